@@ -1,0 +1,41 @@
+"""grit_jax: Generative Representational Instruction Tuning (GRIT) in JAX/Flax NNX for TPU pods."""
+from setuptools import find_packages, setup
+
+setup(
+    name="grit_jax",
+    version="0.1.0",
+    description="GRIT (GritLM) training and inference in JAX/Flax NNX for TPU pods",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["grit_jax", "grit_jax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12.4",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "grain>=0.2.12",
+        "sentencepiece>=0.2",
+        "ml-collections>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "absl-py>=2.0",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.56"],
+        "tpu": ["jax[tpu]"],
+        # libtpu lets a CPU machine compile for TPU topologies (grit-aot); not needed to train.
+        "aot": ["libtpu"],
+    },
+    entry_points={
+        "console_scripts": [
+            "grit-train=grit_jax.train:run",
+            "grit-data=grit_jax.data.__main__:run",
+            "grit-convert=grit_jax.convert:run",
+            "grit-aot=grit_jax.aot:run",
+        ]
+    },
+)
