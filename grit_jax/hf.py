@@ -1,0 +1,220 @@
+"""Hugging Face checkpoints <-> grit_jax parameters: one declarative name map and its transforms.
+
+Inside the model parameters keep Hugging Face names and rotate-half RoPE (DESIGN decision 3), so every
+tensor converts by a transpose and a reshape. Reading uses safetensors' lazy numpy reader, one tensor
+at a time, never torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from typing import Iterator
+
+import numpy as np
+from safetensors import safe_open
+
+from grit_jax.model.config import ConfigError, ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A Hugging Face checkpoint that does not match its config: missing, extra or mis-shaped tensors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """Our parameter `path`; its Hugging Face tensor name (with {i} for the layer, {j} for the expert);
+    `in_ndim`: how many leading axes of our kernel form the torch Linear's input (None: copied as is)."""
+
+    path: str
+    hf: str
+    in_ndim: int | None = None
+
+    @property
+    def per_layer(self):
+        return "{i}" in self.hf
+
+    @property
+    def per_expert(self):
+        return "{j}" in self.hf
+
+
+_ATTENTION_AND_NORMS = [
+    Entry("embed_tokens.embedding", "model.embed_tokens.weight"),
+    Entry("norm.scale", "model.norm.weight"),
+    Entry("layers.input_layernorm.scale", "model.layers.{i}.input_layernorm.weight"),
+    Entry("layers.post_attention_layernorm.scale", "model.layers.{i}.post_attention_layernorm.weight"),
+    Entry("layers.self_attn.q_proj.kernel", "model.layers.{i}.self_attn.q_proj.weight", 1),
+    Entry("layers.self_attn.k_proj.kernel", "model.layers.{i}.self_attn.k_proj.weight", 1),
+    Entry("layers.self_attn.v_proj.kernel", "model.layers.{i}.self_attn.v_proj.weight", 1),
+    Entry("layers.self_attn.o_proj.kernel", "model.layers.{i}.self_attn.o_proj.weight", 2),
+]
+_DENSE_MLP = [
+    Entry("layers.mlp.gate_proj.kernel", "model.layers.{i}.mlp.gate_proj.weight", 1),
+    Entry("layers.mlp.up_proj.kernel", "model.layers.{i}.mlp.up_proj.weight", 1),
+    Entry("layers.mlp.down_proj.kernel", "model.layers.{i}.mlp.down_proj.weight", 1),
+]
+_SPARSE_MOE = [
+    Entry("layers.block_sparse_moe.gate.kernel", "model.layers.{i}.block_sparse_moe.gate.weight", 1),
+    Entry("layers.block_sparse_moe.w1.kernel", "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight", 1),
+    Entry("layers.block_sparse_moe.w2.kernel", "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight", 1),
+    Entry("layers.block_sparse_moe.w3.kernel", "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight", 1),
+]
+_LM_HEAD = Entry("lm_head.kernel", "lm_head.weight", 1)
+# Buffers some older checkpoints carry; recomputed by the model.
+_IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def name_map(cfg: ModelConfig) -> list[Entry]:
+    entries = _ATTENTION_AND_NORMS + (_SPARSE_MOE if cfg.is_moe else _DENSE_MLP)
+    return entries + ([] if cfg.tie_word_embeddings else [_LM_HEAD])
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Our parameter shapes, without the stacked layer and expert axes."""
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    n, k, h, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_local_experts
+    return {
+        "embed_tokens.embedding": (v, d), "norm.scale": (d,), "lm_head.kernel": (d, v),
+        "layers.input_layernorm.scale": (d,), "layers.post_attention_layernorm.scale": (d,),
+        "layers.self_attn.q_proj.kernel": (d, n, h), "layers.self_attn.k_proj.kernel": (d, k, h),
+        "layers.self_attn.v_proj.kernel": (d, k, h), "layers.self_attn.o_proj.kernel": (n, h, d),
+        "layers.mlp.gate_proj.kernel": (d, f), "layers.mlp.up_proj.kernel": (d, f),
+        "layers.mlp.down_proj.kernel": (f, d), "layers.block_sparse_moe.gate.kernel": (d, e),
+        "layers.block_sparse_moe.w1.kernel": (d, f), "layers.block_sparse_moe.w3.kernel": (d, f),
+        "layers.block_sparse_moe.w2.kernel": (f, d),
+    }
+
+
+def hf_shape(entry: Entry, shape) -> tuple[int, ...]:
+    if entry.in_ndim is None:
+        return tuple(shape)
+    return (math.prod(shape[entry.in_ndim:]), math.prod(shape[: entry.in_ndim]))
+
+
+def to_ours(entry: Entry, tensor: np.ndarray, shape) -> np.ndarray:
+    """A torch tensor ([out, in] for a Linear) to our layout."""
+    return tensor if entry.in_ndim is None else tensor.T.reshape(shape)
+
+
+def to_hf(entry: Entry, array: np.ndarray) -> np.ndarray:
+    """Our array (one layer, one expert) to the torch layout; the inverse of to_ours."""
+    if entry.in_ndim is None:
+        return array
+    return np.ascontiguousarray(array.reshape(math.prod(array.shape[: entry.in_ndim]), -1).T)
+
+
+def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], str]]:
+    """(index into the stacked array, HF tensor name) for every tensor that makes up `entry`."""
+    layers = range(cfg.num_hidden_layers) if entry.per_layer else [None]
+    experts = range(cfg.num_local_experts) if entry.per_expert else [None]
+    for i in layers:
+        for j in experts:
+            index = tuple(x for x in (i, j) if x is not None)
+            yield index, entry.hf.format(i=i, j=j)
+
+
+class SafetensorsDir:
+    """Lazy access to the tensors of a directory of *.safetensors files (sharded with an index, or not)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+            for file in set(self.files.values()):
+                if not os.path.exists(file):
+                    raise CheckpointError(f"{index}: names shard {os.path.basename(file)}, which does not exist")
+        else:
+            shards = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+            if not shards:
+                raise CheckpointError(f"{path}: no *.safetensors files (grit_jax reads safetensors checkpoints only)")
+            self.files = {}
+            for file in shards:
+                with safe_open(file, framework="numpy") as f:
+                    self.files.update({name: file for name in f.keys()})
+        self._open = {}
+
+    def names(self):
+        return set(self.files)
+
+    def get(self, name: str) -> np.ndarray:
+        file = self.files.get(name)
+        if file is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
+        if file not in self._open:
+            self._open[file] = safe_open(file, framework="numpy")
+        return self._open[file].get_tensor(name)
+
+
+def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
+    """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
+    source = SafetensorsDir(path)
+    shapes = param_shapes(cfg)
+    expected, params = set(), {}
+    for entry in name_map(cfg):
+        shape = shapes[entry.path]
+        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
+        out = None
+        for index, name in hf_names(entry, cfg):
+            expected.add(name)
+            tensor = source.get(name)
+            if tensor.shape != hf_shape(entry, shape):
+                raise CheckpointError(
+                    f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
+                    f"expected {hf_shape(entry, shape)} from the config"
+                )
+            value = to_ours(entry, tensor, shape)
+            if out is None:
+                out = np.empty(stack + shape, dtype or value.dtype)
+            out[index] = value
+        params[entry.path] = out
+    extra = sorted(n for n in source.names() - expected if not n.endswith(_IGNORED_HF_SUFFIXES))
+    if extra:
+        raise CheckpointError(
+            f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} with this config"
+            + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
+        )
+    return params
+
+
+def from_hf(path: str, dtype: str | None = None, **config_changes):
+    """A grit_jax Transformer holding the weights of a Hugging Face Mistral/Mixtral directory.
+
+    `dtype` is the parameter dtype (float32 default); config_changes override ModelConfig fields
+    (e.g. compute dtype, remat_policy).
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from grit_jax.model import Transformer
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    if dtype is not None:
+        config_changes["param_dtype"] = dtype
+    cfg = ModelConfig.from_hf_json(path, **config_changes)
+    params = read_hf_params(path, cfg, dtype=jnp.dtype(cfg.param_dtype))
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    load_flat_params(model, params)
+    return model
+
+
+def load_flat_params(model, params: dict[str, np.ndarray]):
+    """Fills a (possibly abstract) model's parameters from {dotted path: array}."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(state):
+        key = ".".join(map(str, path))
+        target = variable.get_value()
+        if key not in params or params[key].shape != target.shape:
+            got = params[key].shape if key in params else "nothing"
+            raise CheckpointError(f"parameter {key}: expected shape {target.shape}, got {got}")
+        variable.set_value(jnp.asarray(params[key], target.dtype))
+    nnx.update(model, state)

@@ -1,0 +1,59 @@
+"""Mixtral's sparse mixture of experts: a top-k softmax router, SwiGLU experts, the load-balancing loss.
+
+Legend as in layers.py, plus E experts, k experts per token.
+Experts are evaluated densely (every expert on every token, weighted by a combine matrix that is zero
+outside each token's top k). This is exact, shards over the "experts" mesh axis with no hand-written
+all-to-all, and costs E/k times the FLOPs of a dispatching implementation; a ragged (grouped) matmul
+dispatch is the known next step when expert FLOPs dominate.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from grit_jax.model.layers import Linear
+
+
+class SparseMoE(nnx.Module):
+    def __init__(self, cfg, rngs, stack=None):
+        d, f, e, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.param_dtype
+        self.gate = Linear(rngs, (d, e), ("embed", "experts_router"), pdt, stack)
+        # Hugging Face's experts.{i}.w1 / w3 / w2, stacked over experts.
+        self.w1 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
+        self.w3 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
+        self.w2 = Linear(rngs, (e, f, d), ("experts", "mlp", "embed"), pdt, stack)
+        self.top_k = cfg.num_experts_per_tok
+
+    def __call__(self, x):
+        """x [B,T,D] -> y [B,T,D], router_logits [B,T,E] (float32)."""
+        dtype = x.dtype
+        router_logits = jnp.einsum("btd,de->bte", x, self.gate.kernel[...].astype(dtype)).astype(jnp.float32)
+        probs = jax.nn.softmax(router_logits, axis=-1)
+        top_probs, top_index = jax.lax.top_k(probs, self.top_k)
+        top_probs = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
+        combine = jnp.sum(jax.nn.one_hot(top_index, probs.shape[-1]) * top_probs[..., None], axis=-2)  # B,T,E
+        gate = jnp.einsum("btd,edf->btef", x, self.w1.kernel[...].astype(dtype))
+        up = jnp.einsum("btd,edf->btef", x, self.w3.kernel[...].astype(dtype))
+        hidden = jax.nn.silu(gate) * up * combine.astype(dtype)[..., None]
+        y = jnp.einsum("btef,efd->btd", hidden, self.w2.kernel[...].astype(dtype))
+        return y, router_logits
+
+
+def load_balancing_loss(router_logits, top_k, token_mask=None):
+    """The Switch-Transformer auxiliary loss exactly as transformers' Mixtral computes `aux_loss`.
+
+    router_logits [L,B,T,E] from every layer; token_mask [B,T] (True on real tokens) or None.
+    Returns E * sum_e (fraction of top-k assignments to e) * (mean router probability of e).
+    """
+    num_experts = router_logits.shape[-1]
+    probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)  # L,B,T,E
+    _, top_index = jax.lax.top_k(probs, top_k)
+    assigned = jax.nn.one_hot(top_index, num_experts)  # L,B,T,k,E
+    if token_mask is None:
+        token_mask = jnp.ones(router_logits.shape[1:3], bool)
+    weight = jnp.broadcast_to(token_mask[None, :, :].astype(jnp.float32), probs.shape[:3])  # L,B,T
+    count = jnp.sum(weight)
+    tokens_per_expert = jnp.einsum("lbtke,lbt->ke", assigned, weight) / count  # k,E
+    prob_per_expert = jnp.einsum("lbte,lbt->e", probs, weight) / count  # E
+    return jnp.sum(tokens_per_expert * prob_per_expert[None, :]) * num_experts

@@ -1,0 +1,126 @@
+"""The decoder: embed -> stacked layers (scanned or looped, rematerialised) -> final norm -> hidden states.
+
+Legend: B batch, T length, S key length, L layers, D model dim, V vocab, E experts, K kv heads, H head dim.
+The attention mask is an input (grit_jax.masks); the model has no notion of causal or bidirectional.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from grit_jax import sharding
+from grit_jax.model.config import ModelConfig
+from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, make_param, rotary_tables
+from grit_jax.model.moe import SparseMoE
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing inside a layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: k, v [L,B,S,K,H]; index = number of positions already written."""
+
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None):
+        shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
+        dtype = dtype or cfg.dtype
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+class ModelOutput(NamedTuple):
+    hidden: jax.Array  # [B,T,D] after the final norm
+    router_logits: jax.Array | None  # [L,B,T,E] float32 for Mixtral
+    cache: KVCache | None
+
+
+class DecoderLayer(nnx.Module):
+    """One pre-norm decoder layer; created with `stack=L` it holds all L layers' parameters stacked."""
+
+    def __init__(self, cfg: ModelConfig, rngs, stack=None):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, stack)
+        self.self_attn = Attention(cfg, rngs, stack)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, stack)
+        if cfg.is_moe:
+            self.block_sparse_moe = SparseMoE(cfg, rngs, stack)
+        else:
+            self.mlp = MLP(cfg, rngs, stack)
+
+    def __call__(self, x, mask, cos, sin, cache=None):
+        attn_out, kv = self.self_attn(self.input_layernorm(x), mask, cos, sin, cache)
+        x = x + attn_out
+        h = self.post_attention_layernorm(x)
+        if hasattr(self, "block_sparse_moe"):
+            ffn_out, router_logits = self.block_sparse_moe(h)
+        else:
+            ffn_out, router_logits = self.mlp(h), None
+        x = sharding.constrain(x + ffn_out, ("batch", "length", "act_embed"))
+        return x, router_logits, kv
+
+
+class Transformer(nnx.Module):
+    """Mistral (dense) or Mixtral (sparse MoE) decoder with Hugging Face parameter names."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.config = cfg
+        d, v = cfg.hidden_size, cfg.vocab_size
+        self.embed_tokens = nnx.Embed(
+            v, d, param_dtype=cfg.param_dtype, rngs=rngs,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False),
+        )
+        self.layers = DecoderLayer(cfg, rngs, stack=cfg.num_hidden_layers)
+        self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(rngs, (d, v), ("embed", "vocab"), cfg.param_dtype)
+
+    def __call__(self, tokens, mask, positions=None, cache: KVCache | None = None) -> ModelOutput:
+        """tokens [B,T] int; mask [B,T,S] bool; positions [B,T] (default: arange(T) after the cache)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        if positions is None:
+            start = 0 if cache is None else cache.index
+            positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
+        cos, sin = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
+        x = self.embed_tokens.embedding[...].astype(dtype)[tokens]
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def layer_fn(x, per_layer):
+            state, layer_cache = per_layer
+            layer = nnx.merge(graphdef, state)
+            cache_arg = None if layer_cache is None else (*layer_cache, cache.index)
+            x, router_logits, kv = layer(x, mask, cos, sin, cache_arg)
+            return x, (router_logits, kv if cache is not None else None)
+
+        if cfg.remat_policy != "none":
+            layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        per_layer = (layer_state, None if cache is None else (cache.k, cache.v))
+        if cfg.scan_layers:
+            x, (router_logits, kv) = jax.lax.scan(layer_fn, x, per_layer)
+        else:
+            outputs = []
+            for i in range(cfg.num_hidden_layers):
+                x, out = layer_fn(x, jax.tree.map(lambda a: a[i], per_layer))
+                outputs.append(out)
+            router_logits, kv = jax.tree.map(lambda *a: jnp.stack(a), *outputs) if outputs else (None, None)
+
+        new_cache = None if cache is None else KVCache(kv[0], kv[1], cache.index + tokens.shape[1])
+        return ModelOutput(self.norm(x), router_logits, new_cache)
+
+    def logits(self, hidden):
+        """hidden [B,T,D] -> logits [B,T,V] in float32."""
+        if self.config.tie_word_embeddings:
+            kernel = self.embed_tokens.embedding[...].T
+        else:
+            kernel = self.lm_head.kernel[...]
+        return jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)

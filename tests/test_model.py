@@ -1,0 +1,191 @@
+"""The Flax NNX Mistral / Mixtral against transformers' torch models, and the mask invariances."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import grit_jax
+from grit_jax.masks import make_attn_mask
+from grit_jax.model import ModelConfig, Transformer, load_balancing_loss
+from tests.hf_reference import additive_mask, make_torch_model, save
+
+B, T = 3, 12
+LENGTHS = np.array([12, 9, 5])  # right padding in rows 1 and 2
+
+
+def batch(vocab=256, seed=1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=(B, T)).astype(np.int32)
+    padding = np.arange(T)[None, :] < LENGTHS[:, None]
+    return tokens, padding
+
+
+@jax.jit
+def run(graphdef, state, tokens, mask):
+    model = nnx.merge(graphdef, state)
+    out = model(tokens, mask)
+    return model.logits(out.hidden), out.router_logits
+
+
+def jax_logits(model, tokens, mask):
+    graphdef, state = nnx.split(model)
+    return run(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask))
+
+
+def torch_logits(model, tokens, padding=None, mask4d=None):
+    with torch.no_grad():
+        kwargs = {"attention_mask": torch.as_tensor(padding).long()} if mask4d is None else {"attention_mask": mask4d}
+        return model(torch.as_tensor(tokens).long(), **kwargs).logits.numpy()
+
+
+def assert_close_on_real_tokens(a, b, padding, tol=1e-4):
+    diff = np.abs(np.asarray(a) - np.asarray(b))[padding]
+    assert diff.max() < tol, diff.max()
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("sliding_window", [None, 4])
+def test_mistral_matches_transformers(tmp_path, kv_heads, sliding_window):
+    reference = make_torch_model("mistral", num_key_value_heads=kv_heads, sliding_window=sliding_window)
+    model = grit_jax.from_hf(save(reference, tmp_path))
+    assert model.config.rope_theta == 5000.0 and model.config.sliding_window == sliding_window
+    tokens, padding = batch()
+    mask = make_attn_mask(padding, "causal", sliding_window=model.config.sliding_window)
+    logits, _ = jax_logits(model, tokens, mask)
+    assert_close_on_real_tokens(logits, torch_logits(reference, tokens, padding), padding)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 4])
+def test_mixtral_matches_transformers_and_aux_loss(tmp_path, kv_heads):
+    reference = make_torch_model("mixtral", num_key_value_heads=kv_heads)
+    model = grit_jax.from_hf(save(reference, tmp_path))
+    tokens, padding = batch()
+    logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
+    with torch.no_grad():
+        out = reference(torch.as_tensor(tokens).long(), attention_mask=torch.as_tensor(padding).long(),
+                        output_router_logits=True)
+    assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
+    aux = load_balancing_loss(router_logits, model.config.num_experts_per_tok, jnp.asarray(padding))
+    np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
+
+
+def test_sharded_checkpoint_and_tied_embeddings(tmp_path):
+    reference = make_torch_model("mistral", tie_word_embeddings=True)
+    path = save(reference, tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    model = grit_jax.from_hf(path)
+    assert not hasattr(model, "lm_head")
+    tokens, padding = batch()
+    logits, _ = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
+    assert_close_on_real_tokens(logits, torch_logits(reference, tokens, padding), padding)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "mixtral"])
+def test_bidirectional_matches_transformers_with_4d_mask(tmp_path, kind):
+    reference = make_torch_model(kind)
+    model = grit_jax.from_hf(save(reference, tmp_path))
+    tokens, padding = batch()
+    mask = np.asarray(make_attn_mask(padding, "bidirectional"))
+    assert mask[0].all() and not mask[1][:, 9:].any()
+    logits, _ = jax_logits(model, tokens, mask)
+    assert_close_on_real_tokens(logits, torch_logits(reference, tokens, mask4d=additive_mask(mask)), padding)
+
+
+def test_appending_tokens_changes_only_bidirectional_prefix():
+    model = Transformer(ModelConfig.preset("tiny"), rngs=nnx.Rngs(0))
+    tokens = np.random.default_rng(0).integers(3, 512, size=(2, 10)).astype(np.int32)
+    short, long = tokens[:, :6], tokens
+    for kind, same in (("causal", True), ("bidirectional", False)):
+        a, _ = jax_logits(model, short, make_attn_mask(np.ones(short.shape, bool), kind))
+        b, _ = jax_logits(model, long, make_attn_mask(np.ones(long.shape, bool), kind))
+        diff = float(jnp.abs(a - b[:, :6]).max())
+        assert (diff < 1e-5) if same else (diff > 1e-3), (kind, diff)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_scan_equals_loop(preset, remat_policy):
+    cfg = ModelConfig.preset(preset, remat_policy=remat_policy)
+    scanned = Transformer(cfg, rngs=nnx.Rngs(0))
+    looped = Transformer(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))
+    tokens = np.random.default_rng(0).integers(3, 512, size=(2, 8)).astype(np.int32)
+    mask = make_attn_mask(np.ones(tokens.shape, bool), "bidirectional")
+
+    def loss(model):
+        out = model(jnp.asarray(tokens), mask)
+        return jnp.mean(model.logits(out.hidden) ** 2)
+
+    l1, g1 = nnx.value_and_grad(loss)(scanned)
+    l2, g2 = nnx.value_and_grad(loss)(looped)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_mask_kinds():
+    padding = np.array([[1, 1, 1, 1, 0]], bool)
+    causal = np.asarray(make_attn_mask(padding, "causal"))[0]
+    assert causal[2].tolist() == [1, 1, 1, 0, 0] and not causal[:, 4].any()
+    prefix = np.asarray(make_attn_mask(padding, "prefix", prefix_len=np.array([3])))[0]
+    assert prefix[0].tolist() == [1, 1, 1, 0, 0] and prefix[3].tolist() == [1, 1, 1, 1, 0]
+    window = np.asarray(make_attn_mask(padding, "causal", sliding_window=2))[0]
+    assert window[3].tolist() == [0, 0, 1, 1, 0]
+
+
+# ---- bad inputs: clear errors naming the file and the key or tensor ----
+
+
+def _config_dir(tmp_path, **changes):
+    reference = make_torch_model("mistral")
+    save(reference, tmp_path)
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key)
+        else:
+            cfg[key] = value
+    path.write_text(json.dumps(cfg))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"architectures": ["LlamaForCausalLM"]}, "architectures"),
+        ({"hidden_size": None}, "hidden_size: missing"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "rope_parameters"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"qk_layernorm": True}, "qk_layernorm"),
+    ],
+)
+def test_bad_config_json(tmp_path, changes, message):
+    path = _config_dir(tmp_path, **changes)
+    with pytest.raises(grit_jax.model.ConfigError, match=message) as err:
+        grit_jax.from_hf(str(path))
+    assert "config.json" in str(err.value)
+
+
+def test_missing_and_misshaped_tensors(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from grit_jax.hf import CheckpointError
+
+    path = save(make_torch_model("mistral"), tmp_path)
+    file = tmp_path / "model.safetensors"
+    tensors = load_file(file)
+    missing = dict(tensors)
+    missing.pop("model.layers.1.self_attn.k_proj.weight")
+    save_file(missing, file)
+    with pytest.raises(CheckpointError, match="model.layers.1.self_attn.k_proj.weight.*missing"):
+        grit_jax.from_hf(path)
+    misshaped = dict(tensors)
+    misshaped["model.layers.0.mlp.up_proj.weight"] = np.zeros((5, 64), np.float32)
+    save_file(misshaped, file)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp.up_proj.weight' has shape \(5, 64\)"):
+        grit_jax.from_hf(path)
