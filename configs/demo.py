@@ -1,0 +1,20 @@
+"""The quick-start run: a small GRIT model trained on the Python standard library's docstrings.
+
+Builds the corpus and a sentencepiece tokenizer into WORKDIR/data, then trains both objectives on a
+2-core CPU in about ten minutes; held-out retrieval MRR@10 and generative loss are logged as it learns.
+"""
+from grit_jax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.num_steps = 300
+    config.model.preset = "demo"
+    config.data.update(demo_corpus=True, demo_vocab_size=1024, embedding_batch_size=32, generative_batch_size=8,
+                       query_max_len=48, passage_max_len=96, generative_max_len=128, train_group_size=2,
+                       num_threads=2, prefetch_buffer_size=4)
+    config.objective.update(temperature=0.05)
+    config.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_ratio=0.05, weight_decay=0.01)
+    config.checkpoint.update(every_steps=100, keep=2)
+    config.log.update(every_steps=10, eval_every_steps=50, eval_max_queries=256)
+    return config

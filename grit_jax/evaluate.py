@@ -1,0 +1,90 @@
+"""Held-out evaluation during training: retrieval MRR@10 and recall@1, and the generative loss.
+
+The retrieval corpus is every passage (positives and hard negatives) of the held-out records; each
+query is ranked against all of them with the embedding pass the model is trained with.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from grit_jax import data as data_lib
+from grit_jax import masks
+from grit_jax import objective as objective_lib
+from grit_jax import sharding
+
+ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """scores, relevant [Nq, Np] -> MRR@10 and recall@1 (a hit = any relevant passage)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, axis=1)
+    first = np.where(hits.any(1), hits.argmax(1), scores.shape[1])
+    mrr = np.where(first < 10, 1.0 / (first + 1), 0.0)
+    return {"eval_mrr@10": float(mrr.mean()), "eval_recall@1": float((first == 0).mean())}
+
+
+class Evaluator:
+    def __init__(self, config, mesh, graphdef, pad_id: int):
+        self.config, self.mesh = config, mesh
+        self.retrieval = data_lib.eval_retrieval_arrays(config.data, config.log.eval_max_queries, pad_id)
+        self.gen_batches = data_lib.eval_generative_batches(config.data, pad_id=pad_id)
+        if config.objective.mode == "embedding":
+            self.gen_batches = []
+        if config.objective.mode == "generative":
+            self.retrieval = None
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        objective = config.objective
+
+        @jax.jit
+        def encode(params, projection, tokens, mask, instruction_len):
+            with sharding.use_mesh(mesh):
+                model = nnx.merge(graphdef, params)
+                return objective_lib.encode(model, projection, tokens, mask, instruction_len, objective)
+
+        @jax.jit
+        def generative(params, tokens, mask, loss_mask):
+            with sharding.use_mesh(mesh):
+                model = nnx.merge(graphdef, params)
+                out = model(tokens, masks.make_attn_mask(mask, "causal"))
+                total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
+                return total, count
+
+        self._encode, self._generative = encode, generative
+
+    @property
+    def enabled(self) -> bool:
+        return self.retrieval is not None or bool(self.gen_batches)
+
+    def _put(self, array):
+        return jax.make_array_from_process_local_data(self.replicated, np.asarray(array))
+
+    def _embed(self, state, prefix):
+        arrays = [self.retrieval[f"{prefix}_{k}"] for k in ("tokens", "mask", "instruction_len")]
+        n = len(arrays[0])
+        out = []
+        for start in range(0, n, ENCODE_ROWS):
+            rows = [a[start:start + ENCODE_ROWS] for a in arrays]
+            pad = ENCODE_ROWS - len(rows[0])
+            rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
+            emb = self._encode(state.params, state.projection, *map(self._put, rows))
+            out.append(np.asarray(jax.device_get(emb))[: ENCODE_ROWS - pad])
+        return np.concatenate(out)
+
+    def __call__(self, state) -> dict[str, float]:
+        metrics = {}
+        if self.retrieval is not None:
+            q, p = self._embed(state, "query"), self._embed(state, "passage")
+            metrics.update(retrieval_metrics(q @ p.T, self.retrieval["relevant"]))
+        if self.gen_batches:
+            total = count = 0.0
+            for batch in self.gen_batches:
+                t, c = self._generative(state.params, *map(self._put, (batch["gen_tokens"], batch["gen_mask"],
+                                                                         batch["gen_loss_mask"])))
+                total, count = total + float(t), count + float(c)
+            metrics["eval_loss_gen"] = total / max(count, 1.0)
+        return metrics

@@ -1,0 +1,49 @@
+"""Analytic model FLOPs of one train step, for MFU (model FLOPs, no rematerialisation counted).
+
+Bidirectional attention is counted in full (every query against every key); causal attention as the
+half it needs. A step is three forward passes' worth (forward + backward) over the padded shapes.
+"""
+from __future__ import annotations
+
+from grit_jax.model import ModelConfig
+
+
+def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_logits: bool) -> float:
+    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+    experts = cfg.num_experts_per_tok if cfg.is_moe else 1
+    per_token = 2 * d * h * (2 * n + 2 * k) + 2 * 3 * d * f * experts + 2 * d * cfg.num_local_experts
+    keys = length / 2 if causal else length
+    attention = 2 * 2 * keys * n * h  # scores and weighted values, per query token
+    total = cfg.num_hidden_layers * (per_token + attention) + (2 * d * cfg.vocab_size if with_logits else 0)
+    return float(batch * length * total)
+
+
+def train_step_flops(config, cfg: ModelConfig) -> float:
+    """Model FLOPs of one step of `config` (the training config) for the model `cfg`."""
+    data, objective = config.data, config.objective
+    causal_embedding = objective.attn == "cccc"
+    flops = 0.0
+    if objective.mode in ("unified", "embedding"):
+        b = data.embedding_batch_size
+        flops += forward_flops(cfg, b, data.query_max_len, causal_embedding, False)
+        flops += forward_flops(cfg, b * data.train_group_size, data.passage_max_len, causal_embedding, False)
+    if objective.mode in ("unified", "generative"):
+        flops += forward_flops(cfg, data.generative_batch_size, data.generative_max_len, True, True)
+    return 3.0 * flops
+
+
+# Dense bf16 peak FLOP/s per JAX device (a chip: v4 and v5p megacores show as one device), vendor figures.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def device_peak_flops(device) -> float:
+    """The peak of a known accelerator, or 0 (unknown: MFU is not reported) — benchmarks measure it instead."""
+    kind = getattr(device, "device_kind", "")
+    for name, peak in sorted(PEAK_FLOPS.items(), key=lambda item: -len(item[0])):
+        if kind.startswith(name):
+            return peak
+    return 0.0
