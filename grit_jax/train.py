@@ -16,6 +16,7 @@ import sys
 import time
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from grit_jax import distributed
@@ -110,7 +111,7 @@ class MetricsLog:
         self.file.flush()
         for key, value in record.items():
             if key != "step":
-                self.tb.add_scalar(key, value, step)
+                self.tb.add_scalar(key.replace("@", "_at_"), value, step)
         self.tb.flush()
 
     def progress(self, step, metrics, seconds_per_step):
@@ -243,7 +244,7 @@ def _rounded(metrics):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         if _CONFIG.value is None:
             raise UsageError("--config is required, e.g. --config configs/demo.py")
