@@ -1,4 +1,5 @@
 """The grain pipeline on the stdlib demo corpus: contract, sampling rules, determinism, resume, hosts."""
+
 import json
 
 import numpy as np
@@ -10,152 +11,171 @@ from grit_jax.data import demo, pipeline, sources
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  out = demo.prepare_demo_data(str(tmp_path_factory.mktemp("demo")), vocab_size=512)
-  cfg = data.default_data_config()
-  cfg.update(data_dir=out["data_dir"], embedding_batch_size=8, generative_batch_size=4,
-             query_max_len=64, passage_max_len=128, generative_max_len=128, train_group_size=3,
-             num_threads=2, prefetch_buffer_size=2)
-  return cfg
+    out = demo.prepare_demo_data(str(tmp_path_factory.mktemp("demo")), vocab_size=512)
+    cfg = data.default_data_config()
+    cfg.update(
+        data_dir=out["data_dir"],
+        embedding_batch_size=8,
+        generative_batch_size=4,
+        query_max_len=64,
+        passage_max_len=128,
+        generative_max_len=128,
+        train_group_size=3,
+        num_threads=2,
+        prefetch_buffer_size=2,
+    )
+    return cfg
 
 
 def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
+    return [next(iterator) for _ in range(n)]
 
 
 def _equal(a, b):
-  return all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(a, b))
+    return all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(a, b))
 
 
 def test_batch_contract(config):
-  batch = next(data.make_train_iterator(config))
-  B, G, Bg = 8, 3, 4
-  expected = {"query_tokens": (np.int32, (B, 64)), "query_mask": (bool, (B, 64)),
-              "query_instruction_len": (np.int32, (B,)), "passage_tokens": (np.int32, (B * G, 128)),
-              "passage_mask": (bool, (B * G, 128)), "passage_instruction_len": (np.int32, (B * G,)),
-              "gen_tokens": (np.int32, (Bg, 128)), "gen_mask": (bool, (Bg, 128)),
-              "gen_loss_mask": (bool, (Bg, 128))}
-  assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {k: (np.dtype(d), s) for k, (d, s) in expected.items()}
-  tok = data.load_tokenizer(config)
-  for tokens, mask, n in ((batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]),
-                          (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"])):
-    assert (tokens[:, 0] == tok.bos_id).all() and mask[:, 0].all()
-    lengths = mask.sum(1)
-    assert (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all()   # padding on the right
-    assert (n < lengths).all() and (tokens[~mask] == tok.pad_id).all()
-    for row, k in zip(tokens, n):
-      assert tok.decode(row[:k]).endswith("<|embed|>\n")
-  assert not batch["gen_loss_mask"][:, 0].any() and not (batch["gen_loss_mask"] & ~batch["gen_mask"]).any()
-  for row, target in zip(batch["gen_tokens"], batch["gen_loss_mask"]):
-    assert "<|user|>" not in tok.decode(row[target])
+    batch = next(data.make_train_iterator(config))
+    B, G, Bg = 8, 3, 4
+    expected = {
+        "query_tokens": (np.int32, (B, 64)),
+        "query_mask": (bool, (B, 64)),
+        "query_instruction_len": (np.int32, (B,)),
+        "passage_tokens": (np.int32, (B * G, 128)),
+        "passage_mask": (bool, (B * G, 128)),
+        "passage_instruction_len": (np.int32, (B * G,)),
+        "gen_tokens": (np.int32, (Bg, 128)),
+        "gen_mask": (bool, (Bg, 128)),
+        "gen_loss_mask": (bool, (Bg, 128)),
+    }
+    assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {k: (np.dtype(d), s) for k, (d, s) in expected.items()}
+    tok = data.load_tokenizer(config)
+    for tokens, mask, n in (
+        (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]),
+        (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]),
+    ):
+        assert (tokens[:, 0] == tok.bos_id).all() and mask[:, 0].all()
+        lengths = mask.sum(1)
+        assert (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all()  # padding on the right
+        assert (n < lengths).all() and (tokens[~mask] == tok.pad_id).all()
+        for row, k in zip(tokens, n):
+            assert tok.decode(row[:k]).endswith("<|embed|>\n")
+    assert not batch["gen_loss_mask"][:, 0].any() and not (batch["gen_loss_mask"] & ~batch["gen_mask"]).any()
+    for row, target in zip(batch["gen_tokens"], batch["gen_loss_mask"]):
+        assert "<|user|>" not in tok.decode(row[target])
 
 
 def test_positive_first_and_negatives_from_the_query_record(config):
-  cfg = config.copy_and_resolve_references()
-  cfg.update(shuffle=False, train_group_size=4)
-  batch = next(data.make_train_iterator(cfg, mode="embedding"))
-  manifest = sources.read_manifest(cfg.data_dir)
-  source = sources.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
-  for i in range(8):   # unshuffled: query i is record i of the first source
-    record = source[i]
-    passages = np.split(record["passages"], np.cumsum(record["passage_lens"])[:-1])
-    rows = [list(r[m]) for r, m in zip(batch["passage_tokens"][i * 4:i * 4 + 4],
-                                       batch["passage_mask"][i * 4:i * 4 + 4])]
-    assert rows[0] == list(passages[0][:128])
-    negatives = [list(p[:128]) for p in passages[1:]]
-    assert all(r in negatives for r in rows[1:])
-    assert sorted(map(str, rows[1:])) == sorted(map(str, negatives))   # 3 of 3: each exactly once
+    cfg = config.copy_and_resolve_references()
+    cfg.update(shuffle=False, train_group_size=4)
+    batch = next(data.make_train_iterator(cfg, mode="embedding"))
+    manifest = sources.read_manifest(cfg.data_dir)
+    source = sources.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
+    for i in range(8):  # unshuffled: query i is record i of the first source
+        record = source[i]
+        passages = np.split(record["passages"], np.cumsum(record["passage_lens"])[:-1])
+        rows = [
+            list(r[m])
+            for r, m in zip(batch["passage_tokens"][i * 4 : i * 4 + 4], batch["passage_mask"][i * 4 : i * 4 + 4])
+        ]
+        assert rows[0] == list(passages[0][:128])
+        negatives = [list(p[:128]) for p in passages[1:]]
+        assert all(r in negatives for r in rows[1:])
+        assert sorted(map(str, rows[1:])) == sorted(map(str, negatives))  # 3 of 3: each exactly once
 
 
 def test_negative_sampling_repeats_short_lists():
-  rng = np.random.default_rng(0)
-  assert sorted(pipeline.sample_negatives(5, 3, rng)) != [] and len(set(pipeline.sample_negatives(5, 3, rng))) == 3
-  drawn = pipeline.sample_negatives(2, 5, rng)    # [0,1] repeated 3 times, 5 drawn without replacement
-  assert len(drawn) == 5 and set(drawn) <= {0, 1} and max(np.bincount(drawn)) <= 3
+    rng = np.random.default_rng(0)
+    assert sorted(pipeline.sample_negatives(5, 3, rng)) != [] and len(set(pipeline.sample_negatives(5, 3, rng))) == 3
+    drawn = pipeline.sample_negatives(2, 5, rng)  # [0,1] repeated 3 times, 5 drawn without replacement
+    assert len(drawn) == 5 and set(drawn) <= {0, 1} and max(np.bincount(drawn)) <= 3
 
 
 def test_epoch_plan_single_source_batches():
-  plan = pipeline.epoch_plan([21, 13, 5], 4, seed=1, epoch=0)
-  assert plan.shape == (pipeline.steps_per_epoch([21, 13, 5], 4), 4, 2) == (9, 4, 2)
-  mixed = [b for b in plan if len(set(b[:, 0])) > 1]
-  assert len(mixed) <= 2   # tails 1 + 1 + 5 = 7 pooled -> one mixed batch, the rest dropped
-  pairs = {tuple(p) for p in plan.reshape(-1, 2)}
-  assert len(pairs) == 36   # no example twice in an epoch
-  assert not np.array_equal(plan, pipeline.epoch_plan([21, 13, 5], 4, seed=1, epoch=1))
+    plan = pipeline.epoch_plan([21, 13, 5], 4, seed=1, epoch=0)
+    assert plan.shape == (pipeline.steps_per_epoch([21, 13, 5], 4), 4, 2) == (9, 4, 2)
+    mixed = [b for b in plan if len(set(b[:, 0])) > 1]
+    assert len(mixed) <= 2  # tails 1 + 1 + 5 = 7 pooled -> one mixed batch, the rest dropped
+    pairs = {tuple(p) for p in plan.reshape(-1, 2)}
+    assert len(pairs) == 36  # no example twice in an epoch
+    assert not np.array_equal(plan, pipeline.epoch_plan([21, 13, 5], 4, seed=1, epoch=1))
 
 
 def test_demo_batches_come_from_one_source(config):
-  it = data.make_train_iterator(config, mode="embedding")
-  sizes = it.batches.embedding_sizes
-  plan = it.batches._plan(0)
-  assert sum(len(set(b[:, 0])) > 1 for b in plan) <= sum(s % 8 for s in sizes) // 8
+    it = data.make_train_iterator(config, mode="embedding")
+    sizes = it.batches.embedding_sizes
+    plan = it.batches._plan(0)
+    assert sum(len(set(b[:, 0])) > 1 for b in plan) <= sum(s % 8 for s in sizes) // 8
 
 
 def test_unique_indices_cover_the_generative_set(config):
-  it = data.make_train_iterator(config, mode="generative")
-  total = int(it.batches.gen_offsets[-1])
-  steps = total // 4
-  seen = [it.batches.generative_index(s, r) for s in range(steps) for r in range(4)]
-  assert len(set(seen)) == len(seen) == steps * 4
+    it = data.make_train_iterator(config, mode="generative")
+    total = int(it.batches.gen_offsets[-1])
+    steps = total // 4
+    seen = [it.batches.generative_index(s, r) for s in range(steps) for r in range(4)]
+    assert len(set(seen)) == len(seen) == steps * 4
 
 
 def test_two_runs_identical_and_seed_matters(config):
-  a = _take(data.make_train_iterator(config), 3)
-  b = _take(data.make_train_iterator(config), 3)
-  assert _equal(a, b)
-  other = config.copy_and_resolve_references()
-  other.seed = 1
-  assert not _equal(a, _take(data.make_train_iterator(other), 3))
+    a = _take(data.make_train_iterator(config), 3)
+    b = _take(data.make_train_iterator(config), 3)
+    assert _equal(a, b)
+    other = config.copy_and_resolve_references()
+    other.seed = 1
+    assert not _equal(a, _take(data.make_train_iterator(other), 3))
 
 
 def test_restored_state_continues_with_the_next_batch(config):
-  it = data.make_train_iterator(config)
-  _take(it, 2)
-  state = json.loads(json.dumps(it.get_state()))
-  expected = _take(it, 2)
-  fresh = data.make_train_iterator(config)
-  fresh.set_state(state)
-  assert _equal(_take(fresh, 2), expected)
-  other = config.copy_and_resolve_references()
-  other.train_group_size = 2
-  with pytest.raises(ValueError, match="another data config"):
-    data.make_train_iterator(other).set_state(state)
+    it = data.make_train_iterator(config)
+    _take(it, 2)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = _take(it, 2)
+    fresh = data.make_train_iterator(config)
+    fresh.set_state(state)
+    assert _equal(_take(fresh, 2), expected)
+    other = config.copy_and_resolve_references()
+    other.train_group_size = 2
+    with pytest.raises(ValueError, match="another data config"):
+        data.make_train_iterator(other).set_state(state)
 
 
 def test_two_hosts_split_the_global_batch(config):
-  whole = _take(data.make_train_iterator(config, process_index=0, process_count=1), 2)
-  hosts = [_take(data.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)]
-  for step in range(2):
-    for key, value in whole[step].items():
-      joined = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
-      assert np.array_equal(joined, value), key
-    q0, q1 = (hosts[p][step]["query_tokens"] for p in range(2))
-    assert not {r.tobytes() for r in q0} & {r.tobytes() for r in q1}   # disjoint shares
+    whole = _take(data.make_train_iterator(config, process_index=0, process_count=1), 2)
+    hosts = [_take(data.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)]
+    for step in range(2):
+        for key, value in whole[step].items():
+            joined = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
+            assert np.array_equal(joined, value), key
+        q0, q1 = (hosts[p][step]["query_tokens"] for p in range(2))
+        assert not {r.tobytes() for r in q0} & {r.tobytes() for r in q1}  # disjoint shares
 
 
 def test_limits_and_divisibility_are_checked(config):
-  too_long = config.copy_and_resolve_references()
-  too_long.passage_max_len = 4096
-  with pytest.raises(sources.DataError, match="passage_max_len"):
-    data.make_train_iterator(too_long)
-  short = config.copy_and_resolve_references()
-  short.query_max_len = 4
-  with pytest.raises(sources.DataError, match="query_max_len=4 leaves nothing to embed"):
-    data.make_train_iterator(short)
-  with pytest.raises(ValueError, match="divisible"):
-    data.make_train_iterator(config, process_count=3)
+    too_long = config.copy_and_resolve_references()
+    too_long.passage_max_len = 4096
+    with pytest.raises(sources.DataError, match="passage_max_len"):
+        data.make_train_iterator(too_long)
+    short = config.copy_and_resolve_references()
+    short.query_max_len = 4
+    with pytest.raises(sources.DataError, match="query_max_len=4 leaves nothing to embed"):
+        data.make_train_iterator(short)
+    with pytest.raises(ValueError, match="divisible"):
+        data.make_train_iterator(config, process_count=3)
 
 
 def test_eval_data(config):
-  retrieval = data.eval_retrieval_arrays(config)
-  assert retrieval["query_tokens"].shape[1] == 64 and retrieval["passage_tokens"].shape[1] == 128
-  assert retrieval["relevant"].shape == (len(retrieval["query_tokens"]), len(retrieval["passage_tokens"]))
-  assert (retrieval["relevant"].sum(1) == 1).all()
-  batches = data.eval_generative_batches(config)
-  assert batches and all(b["gen_tokens"].shape == (4, 128) for b in batches)
+    retrieval = data.eval_retrieval_arrays(config)
+    assert retrieval["query_tokens"].shape[1] == 64 and retrieval["passage_tokens"].shape[1] == 128
+    assert retrieval["relevant"].shape == (len(retrieval["query_tokens"]), len(retrieval["passage_tokens"]))
+    assert (retrieval["relevant"].sum(1) == 1).all()
+    batches = data.eval_generative_batches(config)
+    assert batches and all(b["gen_tokens"].shape == (4, 128) for b in batches)
 
 
 def test_demo_is_cached(config):
-  import time
-  start = time.time()
-  demo.prepare_demo_data(config.data_dir, vocab_size=512)
-  assert time.time() - start < 1.0
+    import time
+
+    start = time.time()
+    demo.prepare_demo_data(config.data_dir, vocab_size=512)
+    assert time.time() - start < 1.0

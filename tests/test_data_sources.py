@@ -1,4 +1,5 @@
 """Preparation: validation of bad input (file and line reported, stop or skip-and-count) and the build."""
+
 import json
 import os
 
@@ -9,21 +10,24 @@ from grit_jax.data import sources
 from grit_jax.data.__main__ import run
 from grit_jax.data.tokenizer import train_tokenizer
 
-GOOD = {"query": ["Retrieve docs", "json.dumps"], "pos": ["Serialize obj to a JSON string."],
-        "neg": ["Deserialize s.", ["Represent the passage", "Parse a file."]]}
+GOOD = {
+    "query": ["Retrieve docs", "json.dumps"],
+    "pos": ["Serialize obj to a JSON string."],
+    "neg": ["Deserialize s.", ["Represent the passage", "Parse a file."]],
+}
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  texts = ["Serialize obj to a JSON formatted string.", "Retrieve docs", "What does it do?"] * 20
-  return train_tokenizer(texts, str(tmp_path_factory.mktemp("tok") / "t.model"), vocab_size=300)
+    texts = ["Serialize obj to a JSON formatted string.", "Retrieve docs", "What does it do?"] * 20
+    return train_tokenizer(texts, str(tmp_path_factory.mktemp("tok") / "t.model"), vocab_size=300)
 
 
 def _write(path, lines):
-  with open(path, "wb") as f:
-    for line in lines:
-      f.write(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
-  return str(path)
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
+    return str(path)
 
 
 BAD_LINES = [
@@ -39,66 +43,80 @@ BAD_LINES = [
 
 @pytest.mark.parametrize("line,message", BAD_LINES)
 def test_bad_record_stops_with_file_and_line(tmp_path, tok, line, message):
-  path = _write(tmp_path / "e.jsonl", [GOOD, GOOD, line, GOOD])
-  with pytest.raises(sources.DataError, match=message) as error:
-    sources.prepare(str(tmp_path / "out"), tok, [path], query_max_len=16)
-  assert f"{path}:3:" in str(error.value)
+    path = _write(tmp_path / "e.jsonl", [GOOD, GOOD, line, GOOD])
+    with pytest.raises(sources.DataError, match=message) as error:
+        sources.prepare(str(tmp_path / "out"), tok, [path], query_max_len=16)
+    assert f"{path}:3:" in str(error.value)
 
 
 def test_bad_generative_records(tmp_path, tok):
-  path = _write(tmp_path / "g.jsonl", [{"text": "ok"}, {"text": ["user only"]}, {"txt": "x"},
-                                       {"text": 5}, {"text": ""}])
-  with pytest.raises(sources.DataError) as error:
-    sources.prepare(str(tmp_path / "out"), tok, generative=[path])
-  for line in (2, 3, 4, 5):
-    assert f"{path}:{line}:" in str(error.value)
+    path = _write(
+        tmp_path / "g.jsonl", [{"text": "ok"}, {"text": ["user only"]}, {"txt": "x"}, {"text": 5}, {"text": ""}]
+    )
+    with pytest.raises(sources.DataError) as error:
+        sources.prepare(str(tmp_path / "out"), tok, generative=[path])
+    for line in (2, 3, 4, 5):
+        assert f"{path}:{line}:" in str(error.value)
 
 
 def test_skip_bad_counts_every_skipped_record(tmp_path, tok):
-  path = _write(tmp_path / "e.jsonl", [GOOD] + [line for line, _ in BAD_LINES] + [GOOD])
-  manifest = sources.prepare(str(tmp_path / "out"), tok, [path], skip_bad=True, query_max_len=16)
-  entry = manifest["train"]["embedding"][0]
-  assert entry["num_examples"] == 2 and entry["num_skipped"] == len(BAD_LINES)
-  assert [s.split(":")[1] for s in entry["skipped"]] == [str(n) for n in range(2, 2 + len(BAD_LINES))]
+    path = _write(tmp_path / "e.jsonl", [GOOD] + [line for line, _ in BAD_LINES] + [GOOD])
+    manifest = sources.prepare(str(tmp_path / "out"), tok, [path], skip_bad=True, query_max_len=16)
+    entry = manifest["train"]["embedding"][0]
+    assert entry["num_examples"] == 2 and entry["num_skipped"] == len(BAD_LINES)
+    assert [s.split(":")[1] for s in entry["skipped"]] == [str(n) for n in range(2, 2 + len(BAD_LINES))]
 
 
 def test_cli_reports_error_and_skip(tmp_path, tok, capsys):
-  directory = tmp_path / "jsonl"
-  directory.mkdir()
-  _write(directory / "a.jsonl", [GOOD, {"query": "q"}])
-  _write(directory / "b.jsonl", [GOOD] * 3)
-  gen = _write(tmp_path / "chat.jsonl", [{"text": ["hi", "hello"]}, {"text": "plain"}])
-  args = ["prepare", "--embedding", str(directory), "--generative", gen, "--tokenizer", tok.model_path,
-          "--out", str(tmp_path / "out"), "--query_max_len", "32"]
-  assert run(args) == 1
-  assert f"{directory / 'a.jsonl'}:2: missing field 'pos'" in capsys.readouterr().err
-  assert run(args + ["--skip_bad"]) == 0
-  out = capsys.readouterr().out
-  assert "skipped=1" in out and "p50" in out and "b " in out.replace("b   ", "b ")
-  manifest = sources.read_manifest(str(tmp_path / "out"))
-  assert [e["num_examples"] for e in manifest["train"]["embedding"]] == [1, 3]
-  assert manifest["train"]["generative"][0]["num_examples"] == 2
+    directory = tmp_path / "jsonl"
+    directory.mkdir()
+    _write(directory / "a.jsonl", [GOOD, {"query": "q"}])
+    _write(directory / "b.jsonl", [GOOD] * 3)
+    gen = _write(tmp_path / "chat.jsonl", [{"text": ["hi", "hello"]}, {"text": "plain"}])
+    args = [
+        "prepare",
+        "--embedding",
+        str(directory),
+        "--generative",
+        gen,
+        "--tokenizer",
+        tok.model_path,
+        "--out",
+        str(tmp_path / "out"),
+        "--query_max_len",
+        "32",
+    ]
+    assert run(args) == 1
+    assert f"{directory / 'a.jsonl'}:2: missing field 'pos'" in capsys.readouterr().err
+    assert run(args + ["--skip_bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped=1" in out and "p50" in out and "b " in out.replace("b   ", "b ")
+    manifest = sources.read_manifest(str(tmp_path / "out"))
+    assert [e["num_examples"] for e in manifest["train"]["embedding"]] == [1, 3]
+    assert manifest["train"]["generative"][0]["num_examples"] == 2
 
 
 def test_build_stores_tokens_and_is_reused(tmp_path, tok):
-  path = _write(tmp_path / "e.jsonl", [GOOD] * 3)
-  out = str(tmp_path / "out")
-  manifest = sources.prepare(out, tok, [path], query_max_len=32, passage_max_len=32)
-  entry = manifest["train"]["embedding"][0]
-  record = sources.open_source(os.path.join(out, entry["dir"]))[0]
-  query = [tok.bos_id] + tok.encode("<|user|>\nRetrieve docs\n<|embed|>\njson.dumps")
-  assert list(record["query"]) == query
-  assert record["query_instruction_len"] == 1 + len(tok.encode("<|user|>\nRetrieve docs\n<|embed|>\n"))
-  assert list(record["passage_lens"]) == [
-      1 + len(tok.encode("<|embed|>\n" + GOOD["pos"][0])), 1 + len(tok.encode("<|embed|>\nDeserialize s.")),
-      min(32, 1 + len(tok.encode("<|user|>\nRepresent the passage\n<|embed|>\nParse a file.")))]
-  assert record["num_pos"] == 1 and len(record["passages"]) == sum(record["passage_lens"])
-  stamp = os.path.getmtime(os.path.join(out, entry["dir"], "dataset_info.json"))
-  again = sources.prepare(out, tok, [path], query_max_len=32, passage_max_len=32)
-  assert again["train"]["embedding"][0]["dir"] == entry["dir"]
-  assert os.path.getmtime(os.path.join(out, entry["dir"], "dataset_info.json")) == stamp
+    path = _write(tmp_path / "e.jsonl", [GOOD] * 3)
+    out = str(tmp_path / "out")
+    manifest = sources.prepare(out, tok, [path], query_max_len=32, passage_max_len=32)
+    entry = manifest["train"]["embedding"][0]
+    record = sources.open_source(os.path.join(out, entry["dir"]))[0]
+    query = [tok.bos_id] + tok.encode("<|user|>\nRetrieve docs\n<|embed|>\njson.dumps")
+    assert list(record["query"]) == query
+    assert record["query_instruction_len"] == 1 + len(tok.encode("<|user|>\nRetrieve docs\n<|embed|>\n"))
+    assert list(record["passage_lens"]) == [
+        1 + len(tok.encode("<|embed|>\n" + GOOD["pos"][0])),
+        1 + len(tok.encode("<|embed|>\nDeserialize s.")),
+        min(32, 1 + len(tok.encode("<|user|>\nRepresent the passage\n<|embed|>\nParse a file."))),
+    ]
+    assert record["num_pos"] == 1 and len(record["passages"]) == sum(record["passage_lens"])
+    stamp = os.path.getmtime(os.path.join(out, entry["dir"], "dataset_info.json"))
+    again = sources.prepare(out, tok, [path], query_max_len=32, passage_max_len=32)
+    assert again["train"]["embedding"][0]["dir"] == entry["dir"]
+    assert os.path.getmtime(os.path.join(out, entry["dir"], "dataset_info.json")) == stamp
 
 
 def test_missing_path_is_an_error(tmp_path, tok):
-  with pytest.raises(sources.DataError, match="no such file"):
-    sources.prepare(str(tmp_path / "out"), tok, [str(tmp_path / "nope.jsonl")])
+    with pytest.raises(sources.DataError, match="no such file"):
+        sources.prepare(str(tmp_path / "out"), tok, [str(tmp_path / "nope.jsonl")])

@@ -27,22 +27,40 @@ Config fields (`default_data_config()`, defaults in brackets):
   demo_corpus [False], demo_vocab_size [1024]  train.py builds `demo.prepare_demo_data` into
                             WORKDIR/data when data_dir is empty (lengths = the *_max_len fields)
 """
+
 import ml_collections
 
 from grit_jax.data.format import embed_prefix, encode_chat, encode_embedding
-from grit_jax.data.pipeline import (TrainIterator, eval_generative_batches, eval_retrieval_arrays,
-                                    load_tokenizer, make_train_iterator)
+from grit_jax.data.pipeline import (
+    TrainIterator,
+    eval_generative_batches,
+    eval_retrieval_arrays,
+    load_tokenizer,
+    make_train_iterator,
+)
 from grit_jax.data.sources import DataError, prepare, read_manifest
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """The `data` config group with its defaults (the paper's 7B recipe for sizes and lengths)."""
-  return ml_collections.ConfigDict({
-      "data_dir": "", "tokenizer": "",
-      "embedding_batch_size": 2048, "generative_batch_size": 256,
-      "query_max_len": 256, "passage_max_len": 2048, "generative_max_len": 2048,
-      "train_group_size": 2, "seed": 0, "shuffle": True, "use_unique_indices": True,
-      "prefixlm": False, "num_threads": 4, "prefetch_buffer_size": 8,
-      "demo_corpus": False, "demo_vocab_size": 1024,
-  })
+    """The `data` config group with its defaults (the paper's 7B recipe for sizes and lengths)."""
+    return ml_collections.ConfigDict(
+        {
+            "data_dir": "",
+            "tokenizer": "",
+            "embedding_batch_size": 2048,
+            "generative_batch_size": 256,
+            "query_max_len": 256,
+            "passage_max_len": 2048,
+            "generative_max_len": 2048,
+            "train_group_size": 2,
+            "seed": 0,
+            "shuffle": True,
+            "use_unique_indices": True,
+            "prefixlm": False,
+            "num_threads": 4,
+            "prefetch_buffer_size": 8,
+            "demo_corpus": False,
+            "demo_vocab_size": 1024,
+        }
+    )

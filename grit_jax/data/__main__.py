@@ -1,4 +1,5 @@
 """`python -m grit_jax.data prepare ...` (console script `grit-data`): validate and build data."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,62 +11,78 @@ from grit_jax.data.tokenizer import Tokenizer
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="grit-data", description=__doc__)
-  commands = parser.add_subparsers(dest="command", required=True)
-  prepare = commands.add_parser("prepare", help="validate JSONL, tokenize, write TFDS array_record")
-  prepare.add_argument("--embedding", nargs="*", default=[], metavar="PATH",
-                       help="JSONL files or directories of them: {query, pos, neg}")
-  prepare.add_argument("--generative", nargs="*", default=[], metavar="PATH",
-                       help="JSONL files or directories of them: {text}")
-  prepare.add_argument("--eval_embedding", nargs="*", default=[], metavar="PATH")
-  prepare.add_argument("--eval_generative", nargs="*", default=[], metavar="PATH")
-  prepare.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece tokenizer.model")
-  prepare.add_argument("--out", required=True, metavar="DIR")
-  prepare.add_argument("--skip_bad", action="store_true", help="skip and count bad records")
-  prepare.add_argument("--query_max_len", type=int, default=256)
-  prepare.add_argument("--passage_max_len", type=int, default=2048)
-  prepare.add_argument("--generative_max_len", type=int, default=2048)
-  prepare.add_argument("--pad_id", type=int, default=None)
-  demo = commands.add_parser("demo", help="build the stdlib-docstring demo corpus and tokenizer")
-  demo.add_argument("--out", required=True, metavar="DIR")
-  demo.add_argument("--vocab_size", type=int, default=1024)
-  return parser
+    parser = argparse.ArgumentParser(prog="grit-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="validate JSONL, tokenize, write TFDS array_record")
+    prepare.add_argument(
+        "--embedding",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="JSONL files or directories of them: {query, pos, neg}",
+    )
+    prepare.add_argument(
+        "--generative", nargs="*", default=[], metavar="PATH", help="JSONL files or directories of them: {text}"
+    )
+    prepare.add_argument("--eval_embedding", nargs="*", default=[], metavar="PATH")
+    prepare.add_argument("--eval_generative", nargs="*", default=[], metavar="PATH")
+    prepare.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece tokenizer.model")
+    prepare.add_argument("--out", required=True, metavar="DIR")
+    prepare.add_argument("--skip_bad", action="store_true", help="skip and count bad records")
+    prepare.add_argument("--query_max_len", type=int, default=256)
+    prepare.add_argument("--passage_max_len", type=int, default=2048)
+    prepare.add_argument("--generative_max_len", type=int, default=2048)
+    prepare.add_argument("--pad_id", type=int, default=None)
+    demo = commands.add_parser("demo", help="build the stdlib-docstring demo corpus and tokenizer")
+    demo.add_argument("--out", required=True, metavar="DIR")
+    demo.add_argument("--vocab_size", type=int, default=1024)
+    return parser
 
 
 def report(manifest: dict) -> str:
-  """Counts per source and token-length percentiles, one line per source."""
-  lines = []
-  for split in ("train", "eval"):
-    for kind in ("embedding", "generative"):
-      for e in manifest.get(split, {}).get(kind, []):
-        stats = {k: e[k] for k in ("query_tokens", "passage_tokens", "tokens") if k in e}
-        lines.append(f"{split:5} {kind:10} {e['name']:24} examples={e['num_examples']:<8} "
-                     f"skipped={e['num_skipped']:<5} " + json.dumps(stats))
-        lines.extend(f"      skipped {s}" for s in e["skipped"][:5])
-  return "\n".join(lines)
+    """Counts per source and token-length percentiles, one line per source."""
+    lines = []
+    for split in ("train", "eval"):
+        for kind in ("embedding", "generative"):
+            for e in manifest.get(split, {}).get(kind, []):
+                stats = {k: e[k] for k in ("query_tokens", "passage_tokens", "tokens") if k in e}
+                lines.append(
+                    f"{split:5} {kind:10} {e['name']:24} examples={e['num_examples']:<8} "
+                    f"skipped={e['num_skipped']:<5} " + json.dumps(stats)
+                )
+                lines.extend(f"      skipped {s}" for s in e["skipped"][:5])
+    return "\n".join(lines)
 
 
 def run(argv=None) -> int:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    if args.command == "demo":
-      from grit_jax.data.demo import prepare_demo_data
-      out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
-      print(report(sources.read_manifest(out["data_dir"])))
-      return 0
-    if not args.embedding and not args.generative:
-      raise sources.DataError("nothing to prepare: give --embedding and/or --generative")
-    manifest = sources.prepare(
-        args.out, Tokenizer(args.tokenizer, pad_id=args.pad_id), args.embedding, args.generative,
-        args.eval_embedding, args.eval_generative, skip_bad=args.skip_bad,
-        query_max_len=args.query_max_len, passage_max_len=args.passage_max_len,
-        generative_max_len=args.generative_max_len)
-  except (sources.DataError, OSError) as e:
-    print(f"grit-data: error: {e}", file=sys.stderr)
-    return 1
-  print(report(manifest))
-  return 0
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "demo":
+            from grit_jax.data.demo import prepare_demo_data
+
+            out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
+            print(report(sources.read_manifest(out["data_dir"])))
+            return 0
+        if not args.embedding and not args.generative:
+            raise sources.DataError("nothing to prepare: give --embedding and/or --generative")
+        manifest = sources.prepare(
+            args.out,
+            Tokenizer(args.tokenizer, pad_id=args.pad_id),
+            args.embedding,
+            args.generative,
+            args.eval_embedding,
+            args.eval_generative,
+            skip_bad=args.skip_bad,
+            query_max_len=args.query_max_len,
+            passage_max_len=args.passage_max_len,
+            generative_max_len=args.generative_max_len,
+        )
+    except (sources.DataError, OSError) as e:
+        print(f"grit-data: error: {e}", file=sys.stderr)
+        return 1
+    print(report(manifest))
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(run())
+    sys.exit(run())

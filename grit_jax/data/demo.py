@@ -5,6 +5,7 @@ hard negatives = the rest of neighbouring docstrings of the same module. Chat: "
 -> the docstring (some two-turn chats, some module docstrings as plain text). Deterministic for a given
 Python version; about 5% of names (by CRC32) are held out for evaluation. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,144 +31,163 @@ MODULES = (
     "optparse pdb pickle pickletools pkgutil plistlib poplib profile pstats py_compile pydoc quopri "
     "reprlib runpy selectors signal smtplib socket socketserver sqlite3 ssl stat symtable sysconfig "
     "tabnanny trace tracemalloc urllib.request wave xml.dom.minidom xml.etree.ElementTree zipapp "
-    "zipimport zoneinfo").split()
+    "zipimport zoneinfo"
+).split()
 FUNCTION_INSTRUCTION = "Retrieve the documentation of this function"
 CLASS_INSTRUCTION = "Retrieve the documentation of this class or method"
-PREPARE_LIMITS = (128, 512, 512)   # stored lengths; training may truncate further
+PREPARE_LIMITS = (128, 512, 512)  # stored lengths; training may truncate further
 NUM_NEGATIVES = 3
 
 
 def _signature(obj) -> str:
-  try:
-    return str(inspect.signature(obj))
-  except (TypeError, ValueError):
-    return "(...)"
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 def _documented(name: str, obj):
-  """(name, signature, summary, rest) when the docstring has a summary and a body, else None."""
-  doc = inspect.getdoc(obj)
-  if not doc or obj.__doc__ is None:
-    return None
-  summary, _, rest = doc.partition("\n\n")
-  summary, rest = " ".join(summary.split()), rest.strip()
-  if not 10 <= len(summary) <= 300 or len(rest) < 40:
-    return None
-  return name, _signature(obj), summary.strip(), rest
+    """(name, signature, summary, rest) when the docstring has a summary and a body, else None."""
+    doc = inspect.getdoc(obj)
+    if not doc or obj.__doc__ is None:
+        return None
+    summary, _, rest = doc.partition("\n\n")
+    summary, rest = " ".join(summary.split()), rest.strip()
+    if not 10 <= len(summary) <= 300 or len(rest) < 40:
+        return None
+    return name, _signature(obj), summary.strip(), rest
 
 
 def stdlib_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
-  """{'functions' | 'classes': [(module, name, signature, summary, rest)]}, sorted, deduplicated."""
-  with warnings.catch_warnings():   # deprecated aliases (typing.io, ...) warn when touched
-    warnings.simplefilter("ignore")
-    return _collect_entries()
+    """{'functions' | 'classes': [(module, name, signature, summary, rest)]}, sorted, deduplicated."""
+    with warnings.catch_warnings():  # deprecated aliases (typing.io, ...) warn when touched
+        warnings.simplefilter("ignore")
+        return _collect_entries()
 
 
 def _collect_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
-  found = {"functions": [], "classes": []}
-  seen = set()
-  for module_name in MODULES:
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError:
-      continue
-    for attr in sorted(vars(module)):
-      obj = getattr(module, attr)
-      if attr.startswith("_") or getattr(obj, "__module__", None) not in (module_name, "_" + module_name):
-        continue
-      members = []
-      if inspect.isclass(obj):
-        members.append(("classes", f"{module_name}.{attr}", obj))
-        members += [("classes", f"{module_name}.{attr}.{m}", getattr(obj, m)) for m in sorted(vars(obj))
-                    if not m.startswith("_") and callable(getattr(obj, m, None))]
-      elif callable(obj):
-        members.append(("functions", f"{module_name}.{attr}", obj))
-      for kind, name, member in members:
-        entry = _documented(name, member)
-        if entry and entry[3] not in seen:
-          seen.add(entry[3])
-          found[kind].append((module_name, *entry))
-  return found
+    found = {"functions": [], "classes": []}
+    seen = set()
+    for module_name in MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr)
+            if attr.startswith("_") or getattr(obj, "__module__", None) not in (module_name, "_" + module_name):
+                continue
+            members = []
+            if inspect.isclass(obj):
+                members.append(("classes", f"{module_name}.{attr}", obj))
+                members += [
+                    ("classes", f"{module_name}.{attr}.{m}", getattr(obj, m))
+                    for m in sorted(vars(obj))
+                    if not m.startswith("_") and callable(getattr(obj, m, None))
+                ]
+            elif callable(obj):
+                members.append(("functions", f"{module_name}.{attr}", obj))
+            for kind, name, member in members:
+                entry = _documented(name, member)
+                if entry and entry[3] not in seen:
+                    seen.add(entry[3])
+                    found[kind].append((module_name, *entry))
+    return found
 
 
 def _held_out(name: str) -> bool:
-  return zlib.crc32(name.encode()) % 20 == 0
+    return zlib.crc32(name.encode()) % 20 == 0
 
 
 def build_jsonl(out_dir: str) -> dict[str, list[str]]:
-  """Writes the demo JSONL files; returns the paths by role."""
-  os.makedirs(out_dir, exist_ok=True)
-  entries = stdlib_entries()
-  files = {"embedding": [], "generative": [], "eval_embedding": [], "eval_generative": []}
-  chats = {"train": [], "eval": []}
-  for kind, instruction in (("functions", FUNCTION_INSTRUCTION), ("classes", CLASS_INSTRUCTION)):
-    rows = {"train": [], "eval": []}
-    items = entries[kind]
-    for i, (module, name, signature, summary, rest) in enumerate(items):
-      negatives = [items[(i + k) % len(items)][4] for k in range(1, NUM_NEGATIVES + 1)]
-      split = "eval" if _held_out(name) else "train"
-      rows[split].append({"query": [instruction, f"{name}{signature}\n{summary}"], "pos": [rest],
-                          "neg": negatives})
-      chat = [f"What does `{name}` do?", f"{summary}\n\n{rest}"]
-      if i % 4 == 3:   # a two-turn chat about this and the previous name
-        chat = [f"What does `{items[i - 1][1]}` do?", f"{items[i - 1][3]}\n\n{items[i - 1][4]}"] + chat
-      chats[split].append({"text": chat})
+    """Writes the demo JSONL files; returns the paths by role."""
+    os.makedirs(out_dir, exist_ok=True)
+    entries = stdlib_entries()
+    files = {"embedding": [], "generative": [], "eval_embedding": [], "eval_generative": []}
+    chats = {"train": [], "eval": []}
+    for kind, instruction in (("functions", FUNCTION_INSTRUCTION), ("classes", CLASS_INSTRUCTION)):
+        rows = {"train": [], "eval": []}
+        items = entries[kind]
+        for i, (module, name, signature, summary, rest) in enumerate(items):
+            negatives = [items[(i + k) % len(items)][4] for k in range(1, NUM_NEGATIVES + 1)]
+            split = "eval" if _held_out(name) else "train"
+            rows[split].append(
+                {"query": [instruction, f"{name}{signature}\n{summary}"], "pos": [rest], "neg": negatives}
+            )
+            chat = [f"What does `{name}` do?", f"{summary}\n\n{rest}"]
+            if i % 4 == 3:  # a two-turn chat about this and the previous name
+                chat = [f"What does `{items[i - 1][1]}` do?", f"{items[i - 1][3]}\n\n{items[i - 1][4]}"] + chat
+            chats[split].append({"text": chat})
+        for split, prefix in (("train", ""), ("eval", "eval_")):
+            path = os.path.join(out_dir, f"{prefix}stdlib_{kind}.jsonl")
+            _write(path, rows[split])
+            files[f"{prefix}embedding"].append(path)
+    for module_name in MODULES:  # module docstrings as plain text
+        module = sys.modules.get(module_name)
+        if module and inspect.getdoc(module):
+            chats["eval" if _held_out(module_name) else "train"].append({"text": inspect.getdoc(module)})
     for split, prefix in (("train", ""), ("eval", "eval_")):
-      path = os.path.join(out_dir, f"{prefix}stdlib_{kind}.jsonl")
-      _write(path, rows[split])
-      files[f"{prefix}embedding"].append(path)
-  for module_name in MODULES:   # module docstrings as plain text
-    module = sys.modules.get(module_name)
-    if module and inspect.getdoc(module):
-      chats["eval" if _held_out(module_name) else "train"].append({"text": inspect.getdoc(module)})
-  for split, prefix in (("train", ""), ("eval", "eval_")):
-    path = os.path.join(out_dir, f"{prefix}stdlib_chat.jsonl")
-    _write(path, chats[split])
-    files[f"{prefix}generative"].append(path)
-  return files
+        path = os.path.join(out_dir, f"{prefix}stdlib_chat.jsonl")
+        _write(path, chats[split])
+        files[f"{prefix}generative"].append(path)
+    return files
 
 
 def _write(path: str, rows: list[dict]):
-  with open(path, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _strings(value) -> list[str]:
-  if isinstance(value, str):
-    return [value[:4000]]
-  if isinstance(value, dict):
-    value = list(value.values())
-  return [s for v in value for s in _strings(v)]
+    if isinstance(value, str):
+        return [value[:4000]]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for v in value for s in _strings(v)]
 
 
 def _training_texts(files: dict) -> list[str]:
-  texts = []
-  for path in files["embedding"] + files["generative"]:
-    with open(path, encoding="utf-8") as f:
-      texts.extend(s for line in f for s in _strings(json.loads(line)))
-  return texts
+    texts = []
+    for path in files["embedding"] + files["generative"]:
+        with open(path, encoding="utf-8") as f:
+            texts.extend(s for line in f for s in _strings(json.loads(line)))
+    return texts
 
 
-def prepare_demo_data(out_dir: str, vocab_size: int = 1024, query_max_len: int = 128,
-                      passage_max_len: int = 512, generative_max_len: int = 512) -> dict:
-  """Builds the stdlib corpus, a sentencepiece tokenizer and the TFDS datasets into out_dir (cached:
-  returns at once if out_dir already holds this exact build). Texts are stored at lengths of at least
-  PREPARE_LIMITS so that shorter training lengths share one build. Returns {"data_dir", "tokenizer"}."""
-  limits = [max(n, m) for n, m in zip((query_max_len, passage_max_len, generative_max_len), PREPARE_LIMITS)]
-  stamp = {"python": sys.version, "vocab_size": vocab_size, "limits": limits}
-  stamp_path = os.path.join(out_dir, "demo.json")
-  result = {"data_dir": out_dir, "tokenizer": os.path.join(out_dir, "tokenizer.model")}
-  if os.path.isfile(stamp_path) and os.path.isfile(os.path.join(out_dir, sources.MANIFEST)):
-    with open(stamp_path) as f:
-      if json.load(f) == stamp:
-        return result
-  files = build_jsonl(os.path.join(out_dir, "jsonl"))
-  tokenizer = train_tokenizer(_training_texts(files), os.path.join(out_dir, "demo_tokenizer.model"),
-                              vocab_size=vocab_size)
-  sources.prepare(out_dir, tokenizer, files["embedding"], files["generative"], files["eval_embedding"],
-                  files["eval_generative"], query_max_len=limits[0], passage_max_len=limits[1],
-                  generative_max_len=limits[2])
-  with open(stamp_path, "w") as f:
-    json.dump(stamp, f)
-  return result
+def prepare_demo_data(
+    out_dir: str,
+    vocab_size: int = 1024,
+    query_max_len: int = 128,
+    passage_max_len: int = 512,
+    generative_max_len: int = 512,
+) -> dict:
+    """Builds the stdlib corpus, a sentencepiece tokenizer and the TFDS datasets into out_dir (cached:
+    returns at once if out_dir already holds this exact build). Texts are stored at lengths of at least
+    PREPARE_LIMITS so that shorter training lengths share one build. Returns {"data_dir", "tokenizer"}."""
+    limits = [max(n, m) for n, m in zip((query_max_len, passage_max_len, generative_max_len), PREPARE_LIMITS)]
+    stamp = {"python": sys.version, "vocab_size": vocab_size, "limits": limits}
+    stamp_path = os.path.join(out_dir, "demo.json")
+    result = {"data_dir": out_dir, "tokenizer": os.path.join(out_dir, "tokenizer.model")}
+    if os.path.isfile(stamp_path) and os.path.isfile(os.path.join(out_dir, sources.MANIFEST)):
+        with open(stamp_path) as f:
+            if json.load(f) == stamp:
+                return result
+    files = build_jsonl(os.path.join(out_dir, "jsonl"))
+    tokenizer = train_tokenizer(
+        _training_texts(files), os.path.join(out_dir, "demo_tokenizer.model"), vocab_size=vocab_size
+    )
+    sources.prepare(
+        out_dir,
+        tokenizer,
+        files["embedding"],
+        files["generative"],
+        files["eval_embedding"],
+        files["eval_generative"],
+        query_max_len=limits[0],
+        passage_max_len=limits[1],
+        generative_max_len=limits[2],
+    )
+    with open(stamp_path, "w") as f:
+        json.dump(stamp, f)
+    return result

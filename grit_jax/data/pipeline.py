@@ -8,6 +8,7 @@ permutations (`use_unique_indices`: without replacement, refilled when exhausted
 draws. Every random choice is a function of (seed, step, global row), so a host reads only its rows
 [p*B/P, (p+1)*B/P) and a restored run sees exactly the batches it would have seen.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,302 +30,337 @@ _EMBED_STREAM, _GEN_STREAM, _GEN_DRAW, _PASSAGE = 1, 2, 3, 4
 
 
 def _rng(*key: int) -> np.random.Generator:
-  return np.random.default_rng([int(k) for k in key])
+    return np.random.default_rng([int(k) for k in key])
 
 
-def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True
-               ) -> np.ndarray:
-  """[num_batches, batch_size, 2] (source, index) of one epoch's global embedding batches."""
-  rng = _rng(seed, _EMBED_STREAM, epoch)
-  full, tails = [], []
-  for source, size in enumerate(sizes):
-    order = rng.permutation(size) if shuffle else np.arange(size)
-    pairs = np.stack([np.full(size, source), order], axis=1)
-    cut = size // batch_size * batch_size
-    full.extend(np.split(pairs[:cut], cut // batch_size) if cut else [])
-    tails.append(pairs[cut:])
-  pooled = np.concatenate(tails) if tails else np.zeros((0, 2), np.int64)
-  if shuffle:
-    pooled = pooled[rng.permutation(len(pooled))]
-  cut = len(pooled) // batch_size * batch_size
-  batches = full + (np.split(pooled[:cut], cut // batch_size) if cut else [])
-  if not batches:
-    raise sources.DataError(f"{sum(sizes)} embedding examples cannot fill one batch of {batch_size}")
-  plan = np.stack(batches)
-  return plan[rng.permutation(len(plan))] if shuffle else plan
+def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """[num_batches, batch_size, 2] (source, index) of one epoch's global embedding batches."""
+    rng = _rng(seed, _EMBED_STREAM, epoch)
+    full, tails = [], []
+    for source, size in enumerate(sizes):
+        order = rng.permutation(size) if shuffle else np.arange(size)
+        pairs = np.stack([np.full(size, source), order], axis=1)
+        cut = size // batch_size * batch_size
+        full.extend(np.split(pairs[:cut], cut // batch_size) if cut else [])
+        tails.append(pairs[cut:])
+    pooled = np.concatenate(tails) if tails else np.zeros((0, 2), np.int64)
+    if shuffle:
+        pooled = pooled[rng.permutation(len(pooled))]
+    cut = len(pooled) // batch_size * batch_size
+    batches = full + (np.split(pooled[:cut], cut // batch_size) if cut else [])
+    if not batches:
+        raise sources.DataError(f"{sum(sizes)} embedding examples cannot fill one batch of {batch_size}")
+    plan = np.stack(batches)
+    return plan[rng.permutation(len(plan))] if shuffle else plan
 
 
 def steps_per_epoch(sizes: list[int], batch_size: int) -> int:
-  tails = sum(s % batch_size for s in sizes)
-  return sum(s // batch_size for s in sizes) + tails // batch_size
+    tails = sum(s % batch_size for s in sizes)
+    return sum(s // batch_size for s in sizes) + tails // batch_size
 
 
 def _pad(rows: list[np.ndarray], length: int, pad_id: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.full((len(rows), length), pad_id, dtype)
-  mask = np.zeros((len(rows), length), bool)
-  for i, row in enumerate(rows):
-    n = min(len(row), length)
-    tokens[i, :n] = row[:n]
-    mask[i, :n] = True
-  return tokens, mask
+    tokens = np.full((len(rows), length), pad_id, dtype)
+    mask = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        n = min(len(row), length)
+        tokens[i, :n] = row[:n]
+        mask[i, :n] = True
+    return tokens, mask
 
 
 def sample_negatives(num_neg: int, count: int, rng: np.random.Generator) -> np.ndarray:
-  """count of range(num_neg) without replacement; the list repeated ceil(count/num_neg) times if short."""
-  if count == 0:
-    return np.zeros(0, np.int64)
-  pool = np.arange(num_neg)
-  if num_neg < count:
-    pool = np.tile(pool, math.ceil(count / num_neg))
-  return rng.choice(pool, count, replace=False)
+    """count of range(num_neg) without replacement; the list repeated ceil(count/num_neg) times if short."""
+    if count == 0:
+        return np.zeros(0, np.int64)
+    pool = np.arange(num_neg)
+    if num_neg < count:
+        pool = np.tile(pool, math.ceil(count / num_neg))
+    return rng.choice(pool, count, replace=False)
 
 
 class HostBatches:
-  """Maps a step to this host's share of that step's global batch (a dict of numpy arrays)."""
+    """Maps a step to this host's share of that step's global batch (a dict of numpy arrays)."""
 
-  def __init__(self, config, manifest: dict, data_dir: str, pad_id: int, mode: str,
-               process_index: int, process_count: int):
-    self.config, self.pad_id, self.mode = config, pad_id, mode
-    self.embed = mode in ("unified", "embedding")
-    self.gen = mode in ("unified", "generative")
-    if mode not in ("unified", "embedding", "generative"):
-      raise ValueError(f"unknown mode {mode!r}")
-    limits = manifest["limits"]
-    for field in ("query_max_len", "passage_max_len", "generative_max_len"):
-      if config[field] > limits[field]:
-        raise sources.DataError(f"data.{field}={config[field]} exceeds the {limits[field]} the data in "
-                                f"{data_dir} was prepared with; prepare it again with a larger limit")
-    self.rows = {}
-    for name, batch_key, on in (("embedding", "embedding_batch_size", self.embed),
-                                ("generative", "generative_batch_size", self.gen)):
-      if not on:
-        continue
-      entries = [e for e in manifest["train"].get(name, []) if e["num_examples"]]
-      if not entries:
-        raise sources.DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
-      size = config[batch_key]
-      if size % process_count:
-        raise ValueError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
-      share = size // process_count
-      self.rows[name] = (process_index * share, (process_index + 1) * share)
-      opened = [sources.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
-      setattr(self, f"{name}_sources", opened)
-      setattr(self, f"{name}_sizes", [len(s) for s in opened])
-      if name == "embedding":
-        self._check_instruction_lengths(entries)
-      if name == "embedding" and config.train_group_size > 1:
-        short = [e["name"] for e in entries if e["min_negatives"] == 0]
-        if short:
-          raise sources.DataError(f"train_group_size={config.train_group_size} needs hard negatives, but "
-                                  f"sources {short} have records without any")
-    if self.embed:
-      self.epoch_steps = steps_per_epoch(self.embedding_sizes, config.embedding_batch_size)
-    if self.gen:
-      self.gen_offsets = np.cumsum([0] + self.generative_sizes)
-    self._plan_lock = threading.Lock()
+    def __init__(
+        self, config, manifest: dict, data_dir: str, pad_id: int, mode: str, process_index: int, process_count: int
+    ):
+        self.config, self.pad_id, self.mode = config, pad_id, mode
+        self.embed = mode in ("unified", "embedding")
+        self.gen = mode in ("unified", "generative")
+        if mode not in ("unified", "embedding", "generative"):
+            raise ValueError(f"unknown mode {mode!r}")
+        limits = manifest["limits"]
+        for field in ("query_max_len", "passage_max_len", "generative_max_len"):
+            if config[field] > limits[field]:
+                raise sources.DataError(
+                    f"data.{field}={config[field]} exceeds the {limits[field]} the data in "
+                    f"{data_dir} was prepared with; prepare it again with a larger limit"
+                )
+        self.rows = {}
+        for name, batch_key, on in (
+            ("embedding", "embedding_batch_size", self.embed),
+            ("generative", "generative_batch_size", self.gen),
+        ):
+            if not on:
+                continue
+            entries = [e for e in manifest["train"].get(name, []) if e["num_examples"]]
+            if not entries:
+                raise sources.DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
+            size = config[batch_key]
+            if size % process_count:
+                raise ValueError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
+            share = size // process_count
+            self.rows[name] = (process_index * share, (process_index + 1) * share)
+            opened = [sources.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
+            setattr(self, f"{name}_sources", opened)
+            setattr(self, f"{name}_sizes", [len(s) for s in opened])
+            if name == "embedding":
+                self._check_instruction_lengths(entries)
+            if name == "embedding" and config.train_group_size > 1:
+                short = [e["name"] for e in entries if e["min_negatives"] == 0]
+                if short:
+                    raise sources.DataError(
+                        f"train_group_size={config.train_group_size} needs hard negatives, but "
+                        f"sources {short} have records without any"
+                    )
+        if self.embed:
+            self.epoch_steps = steps_per_epoch(self.embedding_sizes, config.embedding_batch_size)
+        if self.gen:
+            self.gen_offsets = np.cumsum([0] + self.generative_sizes)
+        self._plan_lock = threading.Lock()
 
-  def _check_instruction_lengths(self, entries: list[dict]):
-    """Every text must keep a token after its instruction once truncated to the configured length."""
-    for entry in entries:
-      for field in ("query", "passage"):
-        longest = entry.get(f"max_{field}_instruction_len", 0)
-        if longest >= self.config[f"{field}_max_len"]:
-          raise sources.DataError(
-              f"data.{field}_max_len={self.config[f'{field}_max_len']} leaves nothing to embed for "
-              f"{field} texts of source {entry['name']!r} with {longest} instruction tokens (BOS "
-              f"included); use a larger {field}_max_len")
+    def _check_instruction_lengths(self, entries: list[dict]):
+        """Every text must keep a token after its instruction once truncated to the configured length."""
+        for entry in entries:
+            for field in ("query", "passage"):
+                longest = entry.get(f"max_{field}_instruction_len", 0)
+                if longest >= self.config[f"{field}_max_len"]:
+                    raise sources.DataError(
+                        f"data.{field}_max_len={self.config[f'{field}_max_len']} leaves nothing to embed for "
+                        f"{field} texts of source {entry['name']!r} with {longest} instruction tokens (BOS "
+                        f"included); use a larger {field}_max_len"
+                    )
 
-  @functools.lru_cache(maxsize=2)
-  def _plan(self, epoch: int) -> np.ndarray:
-    return epoch_plan(self.embedding_sizes, self.config.embedding_batch_size, self.config.seed, epoch,
-                      self.config.shuffle)
+    @functools.lru_cache(maxsize=2)
+    def _plan(self, epoch: int) -> np.ndarray:
+        return epoch_plan(
+            self.embedding_sizes, self.config.embedding_batch_size, self.config.seed, epoch, self.config.shuffle
+        )
 
-  @functools.lru_cache(maxsize=2)
-  def _generative_order(self, epoch: int) -> np.ndarray:
-    return _rng(self.config.seed, _GEN_STREAM, epoch).permutation(int(self.gen_offsets[-1]))
+    @functools.lru_cache(maxsize=2)
+    def _generative_order(self, epoch: int) -> np.ndarray:
+        return _rng(self.config.seed, _GEN_STREAM, epoch).permutation(int(self.gen_offsets[-1]))
 
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
-    batch = {}
-    if self.embed:
-      batch.update(self.embedding_batch(int(step)))
-    if self.gen:
-      batch.update(self.generative_batch(int(step)))
-    return batch
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        batch = {}
+        if self.embed:
+            batch.update(self.embedding_batch(int(step)))
+        if self.gen:
+            batch.update(self.generative_batch(int(step)))
+        return batch
 
-  def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
-    config, group = self.config, self.config.train_group_size
-    epoch, j = divmod(step, self.epoch_steps)
-    with self._plan_lock:
-      plan = self._plan(epoch)[j]
-    queries, q_lens, passages, p_lens = [], [], [], []
-    start, stop = self.rows["embedding"]
-    for row in range(start, stop):
-      source, index = plan[row]
-      record = self.embedding_sources[source][int(index)]
-      rng = _rng(config.seed, _PASSAGE, step, row)
-      num_pos = int(record["num_pos"])
-      chosen = [rng.integers(num_pos)]
-      chosen += list(num_pos + sample_negatives(len(record["passage_lens"]) - num_pos, group - 1, rng))
-      ends = np.cumsum(record["passage_lens"])
-      queries.append(record["query"])
-      q_lens.append(record["query_instruction_len"])
-      for k in chosen:
-        passages.append(record["passages"][ends[k] - record["passage_lens"][k]:ends[k]])
-        p_lens.append(record["passage_instruction_lens"][k])
-    query_tokens, query_mask = _pad(queries, config.query_max_len, self.pad_id)
-    passage_tokens, passage_mask = _pad(passages, config.passage_max_len, self.pad_id)
-    return {"query_tokens": query_tokens, "query_mask": query_mask,
+    def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
+        config, group = self.config, self.config.train_group_size
+        epoch, j = divmod(step, self.epoch_steps)
+        with self._plan_lock:
+            plan = self._plan(epoch)[j]
+        queries, q_lens, passages, p_lens = [], [], [], []
+        start, stop = self.rows["embedding"]
+        for row in range(start, stop):
+            source, index = plan[row]
+            record = self.embedding_sources[source][int(index)]
+            rng = _rng(config.seed, _PASSAGE, step, row)
+            num_pos = int(record["num_pos"])
+            chosen = [rng.integers(num_pos)]
+            chosen += list(num_pos + sample_negatives(len(record["passage_lens"]) - num_pos, group - 1, rng))
+            ends = np.cumsum(record["passage_lens"])
+            queries.append(record["query"])
+            q_lens.append(record["query_instruction_len"])
+            for k in chosen:
+                passages.append(record["passages"][ends[k] - record["passage_lens"][k] : ends[k]])
+                p_lens.append(record["passage_instruction_lens"][k])
+        query_tokens, query_mask = _pad(queries, config.query_max_len, self.pad_id)
+        passage_tokens, passage_mask = _pad(passages, config.passage_max_len, self.pad_id)
+        return {
+            "query_tokens": query_tokens,
+            "query_mask": query_mask,
             "query_instruction_len": np.asarray(q_lens, np.int32),
-            "passage_tokens": passage_tokens, "passage_mask": passage_mask,
-            "passage_instruction_len": np.asarray(p_lens, np.int32)}
+            "passage_tokens": passage_tokens,
+            "passage_mask": passage_mask,
+            "passage_instruction_len": np.asarray(p_lens, np.int32),
+        }
 
-  def generative_index(self, step: int, row: int) -> int:
-    config, total = self.config, int(self.gen_offsets[-1])
-    if config.use_unique_indices:
-      epoch, position = divmod(step * config.generative_batch_size + row, total)
-      return int(self._generative_order(epoch)[position]) if config.shuffle else position
-    return int(_rng(config.seed, _GEN_DRAW, step, row).integers(total))
+    def generative_index(self, step: int, row: int) -> int:
+        config, total = self.config, int(self.gen_offsets[-1])
+        if config.use_unique_indices:
+            epoch, position = divmod(step * config.generative_batch_size + row, total)
+            return int(self._generative_order(epoch)[position]) if config.shuffle else position
+        return int(_rng(config.seed, _GEN_DRAW, step, row).integers(total))
 
-  def generative_batch(self, step: int) -> dict[str, np.ndarray]:
-    config = self.config
-    rows, targets = [], []
-    start, stop = self.rows["generative"]
-    for row in range(start, stop):
-      index = self.generative_index(step, row)
-      source = int(np.searchsorted(self.gen_offsets, index, side="right") - 1)
-      record = self.generative_sources[source][index - int(self.gen_offsets[source])]
-      target = record["targets"].astype(bool)
-      if config.prefixlm:
-        target[:int(record["last_start"])] = False
-      rows.append(record["tokens"])
-      targets.append(target)
-    tokens, mask = _pad(rows, config.generative_max_len, self.pad_id)
-    loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
-    return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
+    def generative_batch(self, step: int) -> dict[str, np.ndarray]:
+        config = self.config
+        rows, targets = [], []
+        start, stop = self.rows["generative"]
+        for row in range(start, stop):
+            index = self.generative_index(step, row)
+            source = int(np.searchsorted(self.gen_offsets, index, side="right") - 1)
+            record = self.generative_sources[source][index - int(self.gen_offsets[source])]
+            target = record["targets"].astype(bool)
+            if config.prefixlm:
+                target[: int(record["last_start"])] = False
+            rows.append(record["tokens"])
+            targets.append(target)
+        tokens, mask = _pad(rows, config.generative_max_len, self.pad_id)
+        loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
+        return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
 
 
 def _fingerprint(config, manifest: dict, mode: str) -> str:
-  keys = ("embedding_batch_size", "generative_batch_size", "query_max_len", "passage_max_len",
-          "generative_max_len", "train_group_size", "seed", "shuffle", "use_unique_indices", "prefixlm")
-  described = {k: config[k] for k in keys}
-  described.update(mode=mode, sources=[[e["name"], e.get("hash")] for kind in ("embedding", "generative")
-                                       for e in manifest["train"].get(kind, [])])
-  return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    keys = (
+        "embedding_batch_size",
+        "generative_batch_size",
+        "query_max_len",
+        "passage_max_len",
+        "generative_max_len",
+        "train_group_size",
+        "seed",
+        "shuffle",
+        "use_unique_indices",
+        "prefixlm",
+    )
+    described = {k: config[k] for k in keys}
+    described.update(
+        mode=mode,
+        sources=[
+            [e["name"], e.get("hash")] for kind in ("embedding", "generative") for e in manifest["train"].get(kind, [])
+        ],
+    )
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class TrainIterator:
-  """Endless iterator of host batches; get_state()/set_state() resume at the exact next batch."""
+    """Endless iterator of host batches; get_state()/set_state() resume at the exact next batch."""
 
-  def __init__(self, batches: HostBatches, config, fingerprint: str, start_step: int = 0):
-    self.batches, self.config, self.fingerprint = batches, config, fingerprint
-    self._start(start_step)
+    def __init__(self, batches: HostBatches, config, fingerprint: str, start_step: int = 0):
+        self.batches, self.config, self.fingerprint = batches, config, fingerprint
+        self._start(start_step)
 
-  def _start(self, step: int):
-    self.step = step
-    options = grain.ReadOptions(num_threads=self.config.num_threads,
-                                prefetch_buffer_size=self.config.prefetch_buffer_size)
-    dataset = grain.MapDataset.range(step, _ENDLESS).map(self.batches)
-    self._iterator = iter(dataset.to_iter_dataset(options))
+    def _start(self, step: int):
+        self.step = step
+        options = grain.ReadOptions(
+            num_threads=self.config.num_threads, prefetch_buffer_size=self.config.prefetch_buffer_size
+        )
+        dataset = grain.MapDataset.range(step, _ENDLESS).map(self.batches)
+        self._iterator = iter(dataset.to_iter_dataset(options))
 
-  def __iter__(self):
-    return self
+    def __iter__(self):
+        return self
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iterator)
-    self.step += 1
-    return batch
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.step += 1
+        return batch
 
-  def get_state(self) -> dict[str, Any]:
-    """JSON-serialisable: the next step and a fingerprint of the data config and sources."""
-    return {"next_step": self.step, "fingerprint": self.fingerprint}
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable: the next step and a fingerprint of the data config and sources."""
+        return {"next_step": self.step, "fingerprint": self.fingerprint}
 
-  def set_state(self, state: dict[str, Any]) -> None:
-    if state.get("fingerprint") != self.fingerprint:
-      raise ValueError("the saved data iterator state belongs to another data config or data set "
-                       f"({state.get('fingerprint')} != {self.fingerprint})")
-    self.close()
-    self._start(int(state["next_step"]))
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                "the saved data iterator state belongs to another data config or data set "
+                f"({state.get('fingerprint')} != {self.fingerprint})"
+            )
+        self.close()
+        self._start(int(state["next_step"]))
 
-  def close(self):
-    close = getattr(self._iterator, "close", None)
-    if close:
-      close()
+    def close(self):
+        close = getattr(self._iterator, "close", None)
+        if close:
+            close()
 
 
 def load_tokenizer(config) -> Tokenizer:
-  """The tokenizer of `config.tokenizer` ("" = the copy in data_dir), with the prepared data's pad id."""
-  pad_id = sources.read_manifest(config.data_dir)["pad_id"]
-  return Tokenizer(config.tokenizer or os.path.join(config.data_dir, "tokenizer.model"), pad_id=pad_id)
+    """The tokenizer of `config.tokenizer` ("" = the copy in data_dir), with the prepared data's pad id."""
+    pad_id = sources.read_manifest(config.data_dir)["pad_id"]
+    return Tokenizer(config.tokenizer or os.path.join(config.data_dir, "tokenizer.model"), pad_id=pad_id)
 
 
-def make_train_iterator(config, tokenizer: Tokenizer | None = None, process_index: int = 0,
-                        process_count: int = 1, mode: str = "unified") -> TrainIterator:
-  """This host's share of each global batch of prepared data in `config.data_dir`.
+def make_train_iterator(
+    config, tokenizer: Tokenizer | None = None, process_index: int = 0, process_count: int = 1, mode: str = "unified"
+) -> TrainIterator:
+    """This host's share of each global batch of prepared data in `config.data_dir`.
 
-  mode: "unified" (embedding and generative fields), "embedding" or "generative"."""
-  manifest = sources.read_manifest(config.data_dir)
-  tokenizer = tokenizer or load_tokenizer(config)
-  if tokenizer.fingerprint != manifest["tokenizer"]:
-    raise sources.DataError(f"{config.data_dir} was tokenized with another tokenizer than "
-                            f"{tokenizer.model_path}")
-  batches = HostBatches(config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index,
-                        process_count)
-  return TrainIterator(batches, config, _fingerprint(config, manifest, mode))
+    mode: "unified" (embedding and generative fields), "embedding" or "generative"."""
+    manifest = sources.read_manifest(config.data_dir)
+    tokenizer = tokenizer or load_tokenizer(config)
+    if tokenizer.fingerprint != manifest["tokenizer"]:
+        raise sources.DataError(
+            f"{config.data_dir} was tokenized with another tokenizer than " f"{tokenizer.model_path}"
+        )
+    batches = HostBatches(config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count)
+    return TrainIterator(batches, config, _fingerprint(config, manifest, mode))
 
 
 def _eval_records(config, kind: str) -> list[dict]:
-  manifest = sources.read_manifest(config.data_dir)
-  records = []
-  for entry in manifest.get("eval", {}).get(kind, []):
-    if entry["num_examples"]:
-      source = sources.open_source(os.path.join(config.data_dir, entry["dir"]))
-      records.extend(source[i] for i in range(len(source)))
-  return records
+    manifest = sources.read_manifest(config.data_dir)
+    records = []
+    for entry in manifest.get("eval", {}).get(kind, []):
+        if entry["num_examples"]:
+            source = sources.open_source(os.path.join(config.data_dir, entry["dir"]))
+            records.extend(source[i] for i in range(len(source)))
+    return records
 
 
 def eval_retrieval_arrays(config, max_queries: int = 0, pad_id: int | None = None) -> dict | None:
-  """Held-out retrieval set as fixed-shape arrays, or None if the data has no eval embedding split.
+    """Held-out retrieval set as fixed-shape arrays, or None if the data has no eval embedding split.
 
-  Corpus = every passage (positives and hard negatives) of every eval record; `relevant` [Nq, Np] bool
-  marks each query's positives. Keys: query_tokens/mask/instruction_len [Nq, Lq],
-  passage_tokens/mask/instruction_len [Np, Lp], relevant. For MRR@10 and recall@1."""
-  records = _eval_records(config, "embedding")[:max_queries or None]
-  if not records:
-    return None
-  pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
-  passages, p_lens, positives = [], [], []
-  for record in records:
-    ends = np.cumsum(record["passage_lens"])
-    positives.append(range(len(passages), len(passages) + int(record["num_pos"])))
-    for k, end in enumerate(ends):
-      passages.append(record["passages"][end - record["passage_lens"][k]:end])
-      p_lens.append(record["passage_instruction_lens"][k])
-  relevant = np.zeros((len(records), len(passages)), bool)
-  for i, rows in enumerate(positives):
-    relevant[i, list(rows)] = True
-  query_tokens, query_mask = _pad([r["query"] for r in records], config.query_max_len, pad_id)
-  passage_tokens, passage_mask = _pad(passages, config.passage_max_len, pad_id)
-  return {"query_tokens": query_tokens, "query_mask": query_mask,
-          "query_instruction_len": np.asarray([r["query_instruction_len"] for r in records], np.int32),
-          "passage_tokens": passage_tokens, "passage_mask": passage_mask,
-          "passage_instruction_len": np.asarray(p_lens, np.int32), "relevant": relevant}
+    Corpus = every passage (positives and hard negatives) of every eval record; `relevant` [Nq, Np] bool
+    marks each query's positives. Keys: query_tokens/mask/instruction_len [Nq, Lq],
+    passage_tokens/mask/instruction_len [Np, Lp], relevant. For MRR@10 and recall@1."""
+    records = _eval_records(config, "embedding")[: max_queries or None]
+    if not records:
+        return None
+    pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
+    passages, p_lens, positives = [], [], []
+    for record in records:
+        ends = np.cumsum(record["passage_lens"])
+        positives.append(range(len(passages), len(passages) + int(record["num_pos"])))
+        for k, end in enumerate(ends):
+            passages.append(record["passages"][end - record["passage_lens"][k] : end])
+            p_lens.append(record["passage_instruction_lens"][k])
+    relevant = np.zeros((len(records), len(passages)), bool)
+    for i, rows in enumerate(positives):
+        relevant[i, list(rows)] = True
+    query_tokens, query_mask = _pad([r["query"] for r in records], config.query_max_len, pad_id)
+    passage_tokens, passage_mask = _pad(passages, config.passage_max_len, pad_id)
+    return {
+        "query_tokens": query_tokens,
+        "query_mask": query_mask,
+        "query_instruction_len": np.asarray([r["query_instruction_len"] for r in records], np.int32),
+        "passage_tokens": passage_tokens,
+        "passage_mask": passage_mask,
+        "passage_instruction_len": np.asarray(p_lens, np.int32),
+        "relevant": relevant,
+    }
 
 
 def eval_generative_batches(config, batch_size: int = 0, pad_id: int | None = None) -> list[dict]:
-  """Held-out generative examples as gen_* batches of `batch_size` rows (default
-  data.generative_batch_size); the last batch is padded with rows whose masks are all False."""
-  records = _eval_records(config, "generative")
-  pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
-  size = batch_size or config.generative_batch_size
-  batches = []
-  for start in range(0, len(records), size):
-    chunk = records[start:start + size]
-    rows = [r["tokens"] for r in chunk] + [np.zeros(0, np.int32)] * (size - len(chunk))
-    targets = [r["targets"].astype(bool) for r in chunk] + [np.zeros(0, bool)] * (size - len(chunk))
-    if config.prefixlm:
-      for target, record in zip(targets, chunk):
-        target[:int(record["last_start"])] = False
-    tokens, mask = _pad(rows, config.generative_max_len, pad_id)
-    loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
-    batches.append({"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask})
-  return batches
+    """Held-out generative examples as gen_* batches of `batch_size` rows (default
+    data.generative_batch_size); the last batch is padded with rows whose masks are all False."""
+    records = _eval_records(config, "generative")
+    pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
+    size = batch_size or config.generative_batch_size
+    batches = []
+    for start in range(0, len(records), size):
+        chunk = records[start : start + size]
+        rows = [r["tokens"] for r in chunk] + [np.zeros(0, np.int32)] * (size - len(chunk))
+        targets = [r["targets"].astype(bool) for r in chunk] + [np.zeros(0, bool)] * (size - len(chunk))
+        if config.prefixlm:
+            for target, record in zip(targets, chunk):
+                target[: int(record["last_start"])] = False
+        tokens, mask = _pad(rows, config.generative_max_len, pad_id)
+        loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
+        batches.append({"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask})
+    return batches

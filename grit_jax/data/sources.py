@@ -9,6 +9,7 @@ Stored per embedding record: query [Lq] int32, query_instruction_len, passages (
 passage_lens, passage_instruction_lens, num_pos (positives first). Per generative record:
 tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of the last trained turn).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,333 +35,385 @@ ENCODE_CHUNK = 2048
 
 
 class DataError(ValueError):
-  """Bad input data; the message names the file and line."""
+    """Bad input data; the message names the file and line."""
 
 
 @dataclasses.dataclass
 class BadRecord:
-  path: str
-  line: int
-  message: str
+    path: str
+    line: int
+    message: str
 
-  def __str__(self):
-    return f"{self.path}:{self.line}: {self.message}"
+    def __str__(self):
+        return f"{self.path}:{self.line}: {self.message}"
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-  """A PATH is a JSONL file or a directory of them (*.jsonl, sorted)."""
-  files = []
-  for path in paths:
-    if os.path.isdir(path):
-      found = sorted(glob.glob(os.path.join(path, "*.jsonl")))
-      if not found:
-        raise DataError(f"{path}: directory holds no *.jsonl file")
-      files.extend(found)
-    elif os.path.isfile(path):
-      files.append(path)
-    else:
-      raise DataError(f"{path}: no such file or directory")
-  return files
+    """A PATH is a JSONL file or a directory of them (*.jsonl, sorted)."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+            if not found:
+                raise DataError(f"{path}: directory holds no *.jsonl file")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+    return files
 
 
 def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
-  if isinstance(value, str):
-    return value
-  if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
-    return value
-  raise fmt.FormatError(f"field {field!r} must be a string or an [instruction, text] pair of strings, "
-                        f"got {type(value).__name__}")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return value
+    raise fmt.FormatError(
+        f"field {field!r} must be a string or an [instruction, text] pair of strings, " f"got {type(value).__name__}"
+    )
 
 
 def parse_embedding(obj: Any) -> tuple[fmt.EmbedText, list, list]:
-  """Validates one embedding record: query, pos (non-empty list), neg (list, optional)."""
-  if not isinstance(obj, dict):
-    raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
-  for field in ("query", "pos"):
-    if field not in obj:
-      raise fmt.FormatError(f"missing field {field!r}")
-  query = _check_embed_text(obj["query"], "query")
-  lists = []
-  for field in ("pos", "neg"):
-    values = obj.get(field, [])
-    if not isinstance(values, list):
-      raise fmt.FormatError(f"field {field!r} must be a list, got {type(values).__name__}")
-    lists.append([_check_embed_text(v, f"{field}[{i}]") for i, v in enumerate(values)])
-  if not lists[0]:
-    raise fmt.FormatError("field 'pos' is empty")
-  return query, lists[0], lists[1]
+    """Validates one embedding record: query, pos (non-empty list), neg (list, optional)."""
+    if not isinstance(obj, dict):
+        raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
+    for field in ("query", "pos"):
+        if field not in obj:
+            raise fmt.FormatError(f"missing field {field!r}")
+    query = _check_embed_text(obj["query"], "query")
+    lists = []
+    for field in ("pos", "neg"):
+        values = obj.get(field, [])
+        if not isinstance(values, list):
+            raise fmt.FormatError(f"field {field!r} must be a list, got {type(values).__name__}")
+        lists.append([_check_embed_text(v, f"{field}[{i}]") for i, v in enumerate(values)])
+    if not lists[0]:
+        raise fmt.FormatError("field 'pos' is empty")
+    return query, lists[0], lists[1]
 
 
 def parse_generative(obj: Any) -> str | list[str]:
-  if not isinstance(obj, dict):
-    raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
-  if "text" not in obj:
-    raise fmt.FormatError("missing field 'text'")
-  text = obj["text"]
-  if isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text)):
-    return text
-  raise fmt.FormatError("field 'text' must be a string or a list of strings (user/assistant turns)")
+    if not isinstance(obj, dict):
+        raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
+    if "text" not in obj:
+        raise fmt.FormatError("missing field 'text'")
+    text = obj["text"]
+    if isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text)):
+        return text
+    raise fmt.FormatError("field 'text' must be a string or a list of strings (user/assistant turns)")
 
 
 def read_jsonl(path: str, parse) -> Iterator[tuple[int, Any, str | None]]:
-  """Yields (line number, parsed record or None, error or None); blank lines are skipped."""
-  with open(path, "rb") as f:
-    for number, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield number, None, f"not UTF-8 ({e.reason} at byte {e.start})"
-        continue
-      if not line.strip():
-        continue
-      try:
-        yield number, parse(json.loads(line)), None
-      except json.JSONDecodeError as e:
-        yield number, None, f"invalid JSON: {e.msg} (column {e.colno})"
-      except fmt.FormatError as e:
-        yield number, None, str(e)
+    """Yields (line number, parsed record or None, error or None); blank lines are skipped."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield number, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, parse(json.loads(line)), None
+            except json.JSONDecodeError as e:
+                yield number, None, f"invalid JSON: {e.msg} (column {e.colno})"
+            except fmt.FormatError as e:
+                yield number, None, str(e)
 
 
 def _chunks(items, size):
-  for start in range(0, len(items), size):
-    yield items[start:start + size]
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, bad: list) -> list[dict]:
-  """records: [(line, (query, pos, neg))] -> stored examples; failures appended to `bad`."""
-  out = []
-  for chunk in _chunks(records, ENCODE_CHUNK):
-    strings, plans = [], []
-    for line, (query, pos, neg) in chunk:
-      try:
-        texts = [(query, limits["query_max_len"])] + [(t, limits["passage_max_len"]) for t in pos + neg]
-        pairs = [(fmt.embed_strings(t, m), m) for t, m in texts]
-      except fmt.FormatError as e:
-        bad.append(BadRecord(path, line, str(e)))
-        continue
-      plans.append((line, len(strings), pairs, len(pos)))
-      for (prefix, full), _ in pairs:
-        strings.extend([prefix, full])
-    ids = tokenizer.encode_batch(strings)
-    for line, offset, pairs, num_pos in plans:
-      try:
-        encoded = [fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m)
-                   for k, (_, m) in enumerate(pairs)]
-      except fmt.FormatError as e:
-        bad.append(BadRecord(path, line, str(e)))
-        continue
-      passages = encoded[1:]
-      out.append({
-          "query": encoded[0][0], "query_instruction_len": np.int32(encoded[0][1]),
-          "passages": np.concatenate([p for p, _ in passages]),
-          "passage_lens": np.asarray([len(p) for p, _ in passages], np.int32),
-          "passage_instruction_lens": np.asarray([n for _, n in passages], np.int32),
-          "num_pos": np.int32(num_pos)})
-  return out
+    """records: [(line, (query, pos, neg))] -> stored examples; failures appended to `bad`."""
+    out = []
+    for chunk in _chunks(records, ENCODE_CHUNK):
+        strings, plans = [], []
+        for line, (query, pos, neg) in chunk:
+            try:
+                texts = [(query, limits["query_max_len"])] + [(t, limits["passage_max_len"]) for t in pos + neg]
+                pairs = [(fmt.embed_strings(t, m), m) for t, m in texts]
+            except fmt.FormatError as e:
+                bad.append(BadRecord(path, line, str(e)))
+                continue
+            plans.append((line, len(strings), pairs, len(pos)))
+            for (prefix, full), _ in pairs:
+                strings.extend([prefix, full])
+        ids = tokenizer.encode_batch(strings)
+        for line, offset, pairs, num_pos in plans:
+            try:
+                encoded = [
+                    fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m)
+                    for k, (_, m) in enumerate(pairs)
+                ]
+            except fmt.FormatError as e:
+                bad.append(BadRecord(path, line, str(e)))
+                continue
+            passages = encoded[1:]
+            out.append(
+                {
+                    "query": encoded[0][0],
+                    "query_instruction_len": np.int32(encoded[0][1]),
+                    "passages": np.concatenate([p for p, _ in passages]),
+                    "passage_lens": np.asarray([len(p) for p, _ in passages], np.int32),
+                    "passage_instruction_lens": np.asarray([n for _, n in passages], np.int32),
+                    "num_pos": np.int32(num_pos),
+                }
+            )
+    return out
 
 
 def tokenize_generative(tokenizer: Tokenizer, records, limits: dict, path: str, bad: list) -> list[dict]:
-  out, max_len = [], limits["generative_max_len"]
-  for chunk in _chunks(records, ENCODE_CHUNK):
-    strings, plans = [], []
-    for line, text in chunk:
-      try:
-        segments = fmt.chat_segments(text, max_len)
-      except fmt.FormatError as e:
-        bad.append(BadRecord(path, line, str(e)))
-        continue
-      plans.append((len(strings), len(segments), isinstance(text, str)))
-      strings.extend([p for p, _ in segments] + [p + a for p, a in segments])
-    ids = tokenizer.encode_batch(strings)
-    for offset, n, plain in plans:
-      tokens, target, last_start = fmt.finish_chat(
-          tokenizer, ids[offset:offset + n], ids[offset + n:offset + 2 * n], plain, max_len)
-      out.append({"tokens": tokens, "targets": target.astype(np.uint8),
-                  "last_start": np.int32(last_start)})
-  return out
+    out, max_len = [], limits["generative_max_len"]
+    for chunk in _chunks(records, ENCODE_CHUNK):
+        strings, plans = [], []
+        for line, text in chunk:
+            try:
+                segments = fmt.chat_segments(text, max_len)
+            except fmt.FormatError as e:
+                bad.append(BadRecord(path, line, str(e)))
+                continue
+            plans.append((len(strings), len(segments), isinstance(text, str)))
+            strings.extend([p for p, _ in segments] + [p + a for p, a in segments])
+        ids = tokenizer.encode_batch(strings)
+        for offset, n, plain in plans:
+            tokens, target, last_start = fmt.finish_chat(
+                tokenizer, ids[offset : offset + n], ids[offset + n : offset + 2 * n], plain, max_len
+            )
+            out.append({"tokens": tokens, "targets": target.astype(np.uint8), "last_start": np.int32(last_start)})
+    return out
 
 
 def _features(kind: str):
-  import tensorflow_datasets as tfds
-  seq = lambda dtype: tfds.features.Tensor(shape=(None,), dtype=dtype)
-  scalar = tfds.features.Scalar(dtype=np.int32)
-  if kind == "embedding":
-    return tfds.features.FeaturesDict({
-        "query": seq(np.int32), "query_instruction_len": scalar, "passages": seq(np.int32),
-        "passage_lens": seq(np.int32), "passage_instruction_lens": seq(np.int32), "num_pos": scalar})
-  return tfds.features.FeaturesDict({"tokens": seq(np.int32), "targets": seq(np.uint8),
-                                     "last_start": scalar})
+    import tensorflow_datasets as tfds
+
+    seq = lambda dtype: tfds.features.Tensor(shape=(None,), dtype=dtype)
+    scalar = tfds.features.Scalar(dtype=np.int32)
+    if kind == "embedding":
+        return tfds.features.FeaturesDict(
+            {
+                "query": seq(np.int32),
+                "query_instruction_len": scalar,
+                "passages": seq(np.int32),
+                "passage_lens": seq(np.int32),
+                "passage_instruction_lens": seq(np.int32),
+                "num_pos": scalar,
+            }
+        )
+    return tfds.features.FeaturesDict({"tokens": seq(np.int32), "targets": seq(np.uint8), "last_start": scalar})
 
 
 def _builder_class():
-  import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds
 
-  class GritSource(tfds.core.GeneratorBasedBuilder):
-    """One tokenized GRIT source file (embedding or generative) as an array_record dataset."""
-    VERSION = tfds.core.Version(TFDS_VERSION)
-    RELEASE_NOTES = {TFDS_VERSION: "Token ids of the reference's JSONL formats."}
+    class GritSource(tfds.core.GeneratorBasedBuilder):
+        """One tokenized GRIT source file (embedding or generative) as an array_record dataset."""
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):   # tfds' lookup needs importlib_resources; nothing is read from there
-      return None
+        VERSION = tfds.core.Version(TFDS_VERSION)
+        RELEASE_NOTES = {TFDS_VERSION: "Token ids of the reference's JSONL formats."}
 
-    def __init__(self, *, kind: str, examples: list, **kwargs):
-      self._kind, self._examples = kind, examples
-      super().__init__(**kwargs)
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls):  # tfds' lookup needs importlib_resources; nothing is read from there
+            return None
 
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=_features(self._kind))
+        def __init__(self, *, kind: str, examples: list, **kwargs):
+            self._kind, self._examples = kind, examples
+            super().__init__(**kwargs)
 
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples()}
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=_features(self._kind))
 
-    def _generate_examples(self):
-      for i, example in enumerate(self._examples):
-        yield i, example
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
 
-  return GritSource
+        def _generate_examples(self):
+            for i, example in enumerate(self._examples):
+                yield i, example
+
+    return GritSource
 
 
 _BUILDER = None
 
 
 def write_tfds(examples: list, kind: str, name: str, data_dir: str) -> str:
-  """Writes examples as a TFDS array_record dataset; returns its directory."""
-  global _BUILDER
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
-  _BUILDER = _BUILDER or _builder_class()
-  config = tfds.core.BuilderConfig(name=name, version=TFDS_VERSION)
-  absl_logging = logging.getLogger("absl")
-  level = absl_logging.level
-  absl_logging.setLevel(logging.ERROR)   # "Using custom data configuration"
-  try:
-    builder = _BUILDER(kind=kind, examples=examples, config=config, data_dir=data_dir,
-                       file_format="array_record")
-    with contextlib.redirect_stdout(io.StringIO()):   # tfds prints "Downloading and preparing ..."
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False, verify_ssl=False))
-  finally:
-    absl_logging.setLevel(level)
-  return os.fspath(builder.data_path)
+    """Writes examples as a TFDS array_record dataset; returns its directory."""
+    global _BUILDER
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    _BUILDER = _BUILDER or _builder_class()
+    config = tfds.core.BuilderConfig(name=name, version=TFDS_VERSION)
+    absl_logging = logging.getLogger("absl")
+    level = absl_logging.level
+    absl_logging.setLevel(logging.ERROR)  # "Using custom data configuration"
+    try:
+        builder = _BUILDER(kind=kind, examples=examples, config=config, data_dir=data_dir, file_format="array_record")
+        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
+            )
+    finally:
+        absl_logging.setLevel(level)
+    return os.fspath(builder.data_path)
 
 
 def open_source(directory: str):
-  """Random-access data source (len, [i]) of a prepared dataset directory."""
-  import tensorflow_datasets as tfds
-  return tfds.builder_from_directory(directory).as_data_source(split="train")
+    """Random-access data source (len, [i]) of a prepared dataset directory."""
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_from_directory(directory).as_data_source(split="train")
 
 
 def length_stats(lengths: Sequence[int]) -> dict:
-  if len(lengths) == 0:
-    return {}
-  q = np.percentile(np.asarray(lengths), [50, 90, 99, 100])
-  return {"p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]), "max": int(q[3])}
+    if len(lengths) == 0:
+        return {}
+    q = np.percentile(np.asarray(lengths), [50, 90, 99, 100])
+    return {"p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]), "max": int(q[3])}
 
 
 def _source_names(files: Sequence[str]) -> list[str]:
-  names, seen = [], set()
-  for path in files:
-    base = re.sub(r"[^a-z0-9_]", "_", os.path.splitext(os.path.basename(path))[0].lower()) or "source"
-    name, k = base, 1
-    while name in seen:
-      k, name = k + 1, f"{base}_{k}"
-    seen.add(name)
-    names.append(name)
-  return names
+    names, seen = [], set()
+    for path in files:
+        base = re.sub(r"[^a-z0-9_]", "_", os.path.splitext(os.path.basename(path))[0].lower()) or "source"
+        name, k = base, 1
+        while name in seen:
+            k, name = k + 1, f"{base}_{k}"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def _file_hash(path: str, extra: str) -> str:
-  digest = hashlib.sha256(extra.encode())
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()[:16]
+    digest = hashlib.sha256(extra.encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
-def build_sources(files: Sequence[str], kind: str, tokenizer: Tokenizer, out_dir: str, subdir: str,
-                  limits: dict, skip_bad: bool, previous: dict) -> list[dict]:
-  """Validates, tokenizes and writes every file of one kind; returns one manifest entry each."""
-  entries = []
-  parse = parse_embedding if kind == "embedding" else parse_generative
-  tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
-  for path, name in zip(files, _source_names(files)):
-    key = _file_hash(path, json.dumps([kind, limits, tokenizer.fingerprint], sort_keys=True))
-    old = previous.get(name)
-    if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
-      entries.append(old)
-      continue
-    bad, records = [], []
-    for line, record, error in read_jsonl(path, parse):
-      if error:
-        bad.append(BadRecord(path, line, error))
-      else:
-        records.append((line, record))
-    examples = tokenize(tokenizer, records, limits, path, bad)
-    bad.sort(key=lambda b: b.line)
-    if bad and not skip_bad:
-      shown = "\n  ".join(map(str, bad[:20]))
-      more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-      raise DataError(f"{len(bad)} bad record(s) (use --skip_bad to skip and count them):\n  {shown}{more}")
-    entry = {"name": name, "kind": kind, "path": os.path.abspath(path), "hash": key,
-             "num_examples": len(examples), "num_skipped": len(bad),
-             "skipped": [str(b) for b in bad[:100]]}
-    if examples:
-      target = os.path.join(out_dir, subdir, name)
-      shutil.rmtree(target, ignore_errors=True)
-      entry["dir"] = os.path.relpath(write_tfds(examples, kind, name, target), out_dir)
-      entry.update(_example_stats(kind, examples))
-    entries.append(entry)
-  return entries
+def build_sources(
+    files: Sequence[str],
+    kind: str,
+    tokenizer: Tokenizer,
+    out_dir: str,
+    subdir: str,
+    limits: dict,
+    skip_bad: bool,
+    previous: dict,
+) -> list[dict]:
+    """Validates, tokenizes and writes every file of one kind; returns one manifest entry each."""
+    entries = []
+    parse = parse_embedding if kind == "embedding" else parse_generative
+    tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
+    for path, name in zip(files, _source_names(files)):
+        key = _file_hash(path, json.dumps([kind, limits, tokenizer.fingerprint], sort_keys=True))
+        old = previous.get(name)
+        if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
+            entries.append(old)
+            continue
+        bad, records = [], []
+        for line, record, error in read_jsonl(path, parse):
+            if error:
+                bad.append(BadRecord(path, line, error))
+            else:
+                records.append((line, record))
+        examples = tokenize(tokenizer, records, limits, path, bad)
+        bad.sort(key=lambda b: b.line)
+        if bad and not skip_bad:
+            shown = "\n  ".join(map(str, bad[:20]))
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise DataError(f"{len(bad)} bad record(s) (use --skip_bad to skip and count them):\n  {shown}{more}")
+        entry = {
+            "name": name,
+            "kind": kind,
+            "path": os.path.abspath(path),
+            "hash": key,
+            "num_examples": len(examples),
+            "num_skipped": len(bad),
+            "skipped": [str(b) for b in bad[:100]],
+        }
+        if examples:
+            target = os.path.join(out_dir, subdir, name)
+            shutil.rmtree(target, ignore_errors=True)
+            entry["dir"] = os.path.relpath(write_tfds(examples, kind, name, target), out_dir)
+            entry.update(_example_stats(kind, examples))
+        entries.append(entry)
+    return entries
 
 
 def _example_stats(kind: str, examples: list) -> dict:
-  if kind == "embedding":
-    return {"query_tokens": length_stats([len(e["query"]) for e in examples]),
+    if kind == "embedding":
+        return {
+            "query_tokens": length_stats([len(e["query"]) for e in examples]),
             "passage_tokens": length_stats(np.concatenate([e["passage_lens"] for e in examples])),
             "min_negatives": int(min(len(e["passage_lens"]) - e["num_pos"] for e in examples)),
             "max_query_instruction_len": int(max(e["query_instruction_len"] for e in examples)),
             "max_passage_instruction_len": int(max(e["passage_instruction_lens"].max() for e in examples)),
-            "total_tokens": int(sum(len(e["query"]) + len(e["passages"]) for e in examples))}
-  return {"tokens": length_stats([len(e["tokens"]) for e in examples]),
-          "total_tokens": int(sum(len(e["tokens"]) for e in examples))}
+            "total_tokens": int(sum(len(e["query"]) + len(e["passages"]) for e in examples)),
+        }
+    return {
+        "tokens": length_stats([len(e["tokens"]) for e in examples]),
+        "total_tokens": int(sum(len(e["tokens"]) for e in examples)),
+    }
 
 
 def read_manifest(out_dir: str) -> dict:
-  path = os.path.join(out_dir, MANIFEST)
-  if not os.path.isfile(path):
-    raise DataError(f"{out_dir}: not a prepared data directory (no {MANIFEST}); run `grit-data prepare`")
-  with open(path) as f:
-    return json.load(f)
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise DataError(f"{out_dir}: not a prepared data directory (no {MANIFEST}); run `grit-data prepare`")
+    with open(path) as f:
+        return json.load(f)
 
 
-def prepare(out_dir: str, tokenizer: Tokenizer, embedding: Sequence[str] = (),
-            generative: Sequence[str] = (), eval_embedding: Sequence[str] = (),
-            eval_generative: Sequence[str] = (), skip_bad: bool = False, query_max_len: int = 256,
-            passage_max_len: int = 2048, generative_max_len: int = 2048) -> dict:
-  """Validates and builds every source into out_dir; unchanged sources are reused. Returns the manifest."""
-  limits = {"query_max_len": query_max_len, "passage_max_len": passage_max_len,
-            "generative_max_len": generative_max_len}
-  os.makedirs(out_dir, exist_ok=True)
-  try:
-    old = read_manifest(out_dir)
-  except DataError:
-    old = {}
-  tokenizer_copy = os.path.join(out_dir, "tokenizer.model")
-  if os.path.abspath(tokenizer.model_path) != os.path.abspath(tokenizer_copy):
-    shutil.copyfile(tokenizer.model_path, tokenizer_copy)
-  manifest = {"version": TFDS_VERSION, "limits": limits, "tokenizer": tokenizer.fingerprint,
-              "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
-              "vocab_size": tokenizer.vocab_size}
-  for split, groups in (("train", (embedding, generative)), ("eval", (eval_embedding, eval_generative))):
-    for kind, paths in zip(("embedding", "generative"), groups):
-      previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
-      manifest.setdefault(split, {})[kind] = build_sources(
-          expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
-          previous)
-  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(tmp, os.path.join(out_dir, MANIFEST))
-  return manifest
+def prepare(
+    out_dir: str,
+    tokenizer: Tokenizer,
+    embedding: Sequence[str] = (),
+    generative: Sequence[str] = (),
+    eval_embedding: Sequence[str] = (),
+    eval_generative: Sequence[str] = (),
+    skip_bad: bool = False,
+    query_max_len: int = 256,
+    passage_max_len: int = 2048,
+    generative_max_len: int = 2048,
+) -> dict:
+    """Validates and builds every source into out_dir; unchanged sources are reused. Returns the manifest."""
+    limits = {
+        "query_max_len": query_max_len,
+        "passage_max_len": passage_max_len,
+        "generative_max_len": generative_max_len,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        old = read_manifest(out_dir)
+    except DataError:
+        old = {}
+    tokenizer_copy = os.path.join(out_dir, "tokenizer.model")
+    if os.path.abspath(tokenizer.model_path) != os.path.abspath(tokenizer_copy):
+        shutil.copyfile(tokenizer.model_path, tokenizer_copy)
+    manifest = {
+        "version": TFDS_VERSION,
+        "limits": limits,
+        "tokenizer": tokenizer.fingerprint,
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "pad_id": tokenizer.pad_id,
+        "vocab_size": tokenizer.vocab_size,
+    }
+    for split, groups in (("train", (embedding, generative)), ("eval", (eval_embedding, eval_generative))):
+        for kind, paths in zip(("embedding", "generative"), groups):
+            previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
+            manifest.setdefault(split, {})[kind] = build_sources(
+                expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad, previous
+            )
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    return manifest
