@@ -28,18 +28,25 @@ Config fields (`default_data_config()`, defaults in brackets):
                             WORKDIR/data when data_dir is empty (lengths = the *_max_len fields)
 """
 
+import importlib
+
 import ml_collections
 
-from grit_jax.data.format import embed_prefix, encode_chat, encode_embedding
-from grit_jax.data.pipeline import (
-    TrainIterator,
-    eval_generative_batches,
-    eval_retrieval_arrays,
-    load_tokenizer,
-    make_train_iterator,
-)
-from grit_jax.data.sources import DataError, prepare, read_manifest
-from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
+# Public names and the modules that define them, imported on first use: the tokenizer and the prompt
+# formats (inference) need neither grain nor tensorflow-datasets.
+_EXPORTS = {
+    "embed_prefix": "format", "encode_chat": "format", "encode_embedding": "format",
+    "TrainIterator": "pipeline", "eval_generative_batches": "pipeline", "eval_retrieval_arrays": "pipeline",
+    "load_tokenizer": "pipeline", "make_train_iterator": "pipeline",
+    "DataError": "sources", "prepare": "sources", "read_manifest": "sources",
+    "Tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"grit_jax.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'grit_jax.data' has no attribute {name!r}")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
