@@ -94,14 +94,35 @@ def prepare_data(config, workdir):
 class MetricsLog:
     """metrics.jsonl, TensorBoard and a console progress line, written by process 0 only."""
 
-    def __init__(self, workdir, num_steps, enabled):
+    def __init__(self, workdir, num_steps, enabled, start_step=0):
         self.enabled, self.num_steps = enabled, num_steps
         self.path = os.path.join(workdir, "metrics.jsonl")
         if enabled:
             from tensorboardX import SummaryWriter
 
+            self._truncate(start_step)
             self.file = open(self.path, "a", encoding="utf-8")
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def _truncate(self, start_step):
+        """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut short by the kill: it and everything after it are redone
+            if start_step == 0 or step > start_step:
+                break
+            kept.append(line)
+        if len(kept) < len(lines):
+            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
 
     def write(self, step, metrics):
         if not self.enabled:
@@ -154,6 +175,7 @@ def train(config, workdir) -> dict:
     from grit_jax.data import load_tokenizer, make_train_iterator
     from grit_jax.evaluate import Evaluator
 
+    preempted = Preempted()
     check_workdir(workdir)
     prepare_data(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
@@ -184,12 +206,11 @@ def train(config, workdir) -> dict:
 
     train_step = step_lib.make_train_step(config, mesh)
     evaluator = Evaluator(config, mesh, step_lib.abstract_model(config)[0], tokenizer.pad_id)
-    log = MetricsLog(workdir, config.num_steps, main)
-    preempted = Preempted()
+    log = MetricsLog(workdir, config.num_steps, main, start)
     step_flops = flops.train_step_flops(config, cfg)
     peak = (config.log.peak_flops_per_device or flops.device_peak_flops(jax.devices()[0])) * jax.device_count()
     every, eval_every = config.log.every_steps, config.log.eval_every_steps
-    last, nonfinite_in_a_row, t0, tokens = {}, 0, time.perf_counter(), 0.0
+    last, nonfinite_in_a_row, save_due, t0, tokens = {}, 0, False, time.perf_counter(), 0.0
     if start == 0 and eval_every and evaluator.enabled:
         log.write(0, evaluator(state))
     try:
@@ -203,6 +224,7 @@ def train(config, workdir) -> dict:
                 logging.warning("step %d: non-finite loss or gradients; update skipped", step)
                 log.write(step, metrics)
                 if nonfinite_in_a_row >= config.max_nonfinite_steps:
+                    ckpt.wait()
                     raise Stop(f"{nonfinite_in_a_row} non-finite steps in a row (max_nonfinite_steps="
                                f"{config.max_nonfinite_steps}); stopped at step {step}. The last good checkpoint "
                                f"is step {ckpt.manager.latest_step()} in {ckpt.directory}; lower "
@@ -220,8 +242,12 @@ def train(config, workdir) -> dict:
                 log.progress(step, metrics, seconds)
                 last, t0, tokens = {"step": step, **metrics}, time.perf_counter(), 0.0
             stop = preempted.agreed()
-            if step % config.checkpoint.every_steps == 0 or step == config.num_steps or stop:
+            # A save that falls on a non-finite step waits for the next finite one: checkpoints only
+            # ever follow an applied update, so a run stopped for non-finite steps keeps its last good one.
+            save_due = save_due or step % config.checkpoint.every_steps == 0 or step == config.num_steps
+            if (save_due and not metrics["nonfinite"]) or stop:
                 ckpt.save(step, state, data.get_state(), force=True)
+                save_due = False
             if stop:
                 ckpt.wait()
                 if main:
@@ -241,22 +267,56 @@ def _rounded(metrics):
     return {k: round(float(v), 5) for k, v in metrics.items()}
 
 
+def _fail(message: str, code: int = 2):
+    print(f"grit-train: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse_flags(argv):
+    """absl's parser, with every mistake on the command line reported as one line that names it."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:  # unknown flag, a value of the wrong type
+        _fail(f"{e}")
+    except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no field a.b
+        name = str(e).strip("'\"")
+        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
+               name in a.split("=")[0][len("--config."):].split(".")]
+        _fail(f"{bad[0] if bad else name}: the config has no field {name!r}; see grit_jax/config.py for the "
+              "fields and their spelling")
+    except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)
+        _fail(_config_load_error(e))
+
+
+def _config_load_error(e: Exception) -> str:
+    detail = " ".join(str(e.__cause__ or e).split()).replace("Failed loading config file config_config ", "")
+    return f"--config: cannot load the config file ({detail})"
+
+
+def _load_config():
+    """The parsed config, or one line saying why the config file could not be loaded."""
+    if _CONFIG.value is None:
+        raise UsageError("--config is required, e.g. --config configs/demo.py")
+    try:
+        _CONFIG.value.get("num_steps")
+    except Exception as e:  # the config file is missing or raised: config_flags defers its error to here
+        raise UsageError(_config_load_error(e)) from None
+    return _CONFIG.value
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        if _CONFIG.value is None:
-            raise UsageError("--config is required, e.g. --config configs/demo.py")
-        train(_CONFIG.value, _WORKDIR.value)
+        train(_load_config(), _WORKDIR.value)
     except Stop as e:
         print(f"grit-train: stopped: {e}", file=sys.stderr)
         sys.exit(3)
     except Exception as e:  # errors a user can act on: one line, no traceback from inside jax
         if type(e).__name__ not in _USER_ERRORS:
             raise
-        print(f"grit-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(" ".join(str(e).split()))
 
 
 # Errors raised by the checks that run before anything is compiled.
@@ -266,7 +326,7 @@ _USER_ERRORS = {"UsageError", "ConfigError", "MeshConfigError", "DataError", "Ch
 
 def run():
     distributed.initialize_from_env()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The quick-start demo: small enough to learn on a 2-core CPU in minutes (vocab of the demo tokenizer).
     "demo": dict(
-        vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
     ),
     # Mistral-7B-v0.1, the base of GritLM-7B.
