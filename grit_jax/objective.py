@@ -1,0 +1,230 @@
+"""The GRIT objective: pooling, the contrastive loss over the global batch, the next-token loss, loss_fn.
+
+Legend: B queries, G passages per query (train_group_size), T length, D model dim, P projection dim,
+V vocab, C chunk (sequences per encoding chunk), W data-parallel size (batch shards).
+
+Every loss is written on global arrays (DESIGN decision 4): under ``jax.jit`` with batch-sharded
+inputs, ``q @ p.T`` compares each query with every passage of every shard and XLA inserts the
+collectives. Pooling and similarities run in float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from grit_jax import masks, sharding
+from grit_jax.model import load_balancing_loss
+
+POOLINGS = ("mean", "weightedmean", "lasttoken", "cls")
+MODES = ("unified", "embedding", "generative")
+ATTENTIONS = {"bbcc": "bidirectional", "cccc": "causal"}  # attention of the embedding pass
+LOSS_GEN_TYPES = ("mixed", "token")
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def pooling_mask(mask, instruction_len):
+    """mask [B,T] bool with the first instruction_len [B] positions (BOS + instruction) removed."""
+    positions = jnp.arange(mask.shape[1])[None, :]
+    return mask & (positions >= instruction_len[:, None])
+
+
+def pool(hidden, mask, instruction_len, method="mean", normalize=True):
+    """hidden [B,T,D], mask [B,T] bool, instruction_len [B] -> embeddings [B,D] float32.
+
+    As the reference: instruction tokens are excluded (except for ``cls``, which takes position 0);
+    ``weightedmean`` weighs kept positions 1, 2, 3, ...; ``lasttoken`` takes the last kept position.
+    A sequence with no kept token pools to zeros (the reference would divide by zero).
+    """
+    if method not in POOLINGS:
+        raise ValueError(f"objective.pooling must be one of {POOLINGS}, got {method!r}")
+    hidden = hidden.astype(jnp.float32)
+    keep = pooling_mask(mask, instruction_len).astype(jnp.float32)  # B,T
+    if method == "cls":
+        emb = hidden[:, 0]
+    elif method == "lasttoken":
+        last = hidden.shape[1] - 1 - jnp.argmax(keep[:, ::-1], axis=1)  # B
+        emb = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0] * jnp.max(keep, 1, keepdims=True)
+    else:
+        weights = keep * jnp.cumsum(keep, axis=1) if method == "weightedmean" else keep
+        emb = jnp.einsum("btd,bt->bd", hidden, weights) / jnp.maximum(jnp.sum(weights, 1, keepdims=True), 1.0)
+    if normalize:
+        emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    return emb
+
+
+def project(hidden, projection):
+    """The optional linear projection {kernel [D,P], bias [P]} (applied before pooling, as the reference)."""
+    if not projection:
+        return hidden
+    return hidden.astype(jnp.float32) @ projection["kernel"] + projection["bias"]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def contrastive_loss(q, p, temperature=0.02):
+    """InfoNCE over the global batch: q [B,D], p [B*G,D] -> (loss, top-1 accuracy).
+
+    Query i's positive is passage i*G; every other passage (its own G-1 hard negatives and all other
+    queries' passages, on every shard) is a negative. Scores in float32, mean cross-entropy over B.
+    """
+    q, p = q.astype(jnp.float32), p.astype(jnp.float32)
+    group = p.shape[0] // q.shape[0]
+    scores = jnp.einsum("bd,nd->bn", q, p, precision=jax.lax.Precision.HIGHEST) / temperature  # B, B*G
+    scores = sharding.constrain(scores, ("batch", None))
+    targets = jnp.arange(q.shape[0]) * group
+    log_probs = jax.nn.log_softmax(scores, axis=-1)
+    loss = -jnp.mean(jnp.take_along_axis(log_probs, targets[:, None], axis=1))
+    accuracy = jnp.mean((jnp.argmax(scores, axis=-1) == targets).astype(jnp.float32))
+    return loss, accuracy
+
+
+def token_cross_entropy(logits, tokens, loss_mask):
+    """Next-token cross-entropy: logits [B,T,V] at t-1 predict tokens [B,T] at t where loss_mask [B,T].
+
+    Returns (sum of the per-token losses over labelled targets, number of labelled targets).
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets, weight = tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(nll * weight), jnp.sum(weight)
+
+
+def generative_normalizer(loss_mask, loss_gen_type):
+    """What the summed token loss is divided by, over the GLOBAL generative batch.
+
+    ``mixed``: the number of labelled targets. The reference takes the mean over each device's tokens
+    and then averages over devices; the global mean over tokens is the exact form of what it
+    approximates, and the two agree when every device holds the same number of labelled tokens.
+    ``token``: the number of sequences (reference: per-device sum / per-device sequences, averaged
+    over devices, which equals global sum / global sequences).
+    """
+    if loss_gen_type == "mixed":
+        return jnp.maximum(jnp.sum(loss_mask[:, 1:].astype(jnp.float32)), 1.0)
+    if loss_gen_type == "token":
+        return jnp.asarray(loss_mask.shape[0], jnp.float32)
+    raise ValueError(f"objective.loss_gen_type must be one of {LOSS_GEN_TYPES}, got {loss_gen_type!r}")
+
+
+def scale_gradient(x, factor):
+    """x in the forward pass, factor * dx in the backward pass."""
+    return jax.lax.stop_gradient(x) + factor * (x - jax.lax.stop_gradient(x))
+
+
+# ----------------------------------------------------------------------------- chunked passes
+
+
+def _chunked(arrays, num_chunks):
+    """[N,...] -> [num_chunks, N/num_chunks, ...] with chunk j = rows j, j+num_chunks, ... .
+
+    Strided, so that when N is split contiguously over W shards every chunk is split over all W
+    shards too and no data moves.
+    """
+    return jax.tree.map(lambda a: jnp.swapaxes(a.reshape(a.shape[0] // num_chunks, num_chunks, *a.shape[1:]), 0, 1), arrays)
+
+
+def _unchunked(a):
+    """Inverse of ``_chunked``: [num_chunks, C, ...] -> [N, ...] in the original row order."""
+    a = jnp.swapaxes(a, 0, 1)
+    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def map_chunks(fn, inputs, chunk_size):
+    """fn over row chunks of ``inputs`` with each chunk rematerialised (GradCache, DESIGN decision 5).
+
+    The forward keeps only fn's (small) outputs; the backward re-runs one chunk at a time, so memory
+    is bounded by the chunk while values and gradients equal the unchunked ones. chunk_size 0 = one pass.
+    """
+    n = jax.tree.leaves(inputs)[0].shape[0]
+    if not chunk_size or chunk_size >= n:
+        return fn(inputs)
+    if n % chunk_size:
+        raise ValueError(f"objective.embedding_chunk_size={chunk_size} does not divide a batch of {n} sequences")
+    out = jax.lax.map(jax.checkpoint(fn), _chunked(inputs, n // chunk_size))
+    return jax.tree.map(_unchunked, out)
+
+
+def encode(model, projection, tokens, mask, instruction_len, objective):
+    """Embeddings [N,D or P] of one set of sequences with the embedding pass's attention."""
+    attn = masks.make_attn_mask(mask, ATTENTIONS[objective.attn])
+    hidden = model(tokens, attn).hidden
+    return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
+
+
+def embedding_loss(graphdef, params, projection, batch, objective, data_parallel_size=1):
+    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks."""
+    def encode_rows(rows):
+        tokens, mask, inst = rows
+        return encode(nnx.merge(graphdef, params), projection, tokens, mask, inst, objective)
+
+    chunk = objective.embedding_chunk_size
+    q = map_chunks(encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk)
+    p = map_chunks(encode_rows, (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]), chunk)
+    loss, accuracy = contrastive_loss(q, p, objective.temperature)
+    if objective.reference_gradient_scale:
+        # The reference all-gathers reps without gradient and averages gradients over W ranks: its
+        # embedding gradient is 1/W of the exact one. Same value, gradient scaled to match.
+        loss = scale_gradient(loss, 1.0 / data_parallel_size)
+    return loss, {"loss_emb": loss, "accuracy": accuracy}
+
+
+def generative_loss(graphdef, params, batch, objective):
+    """(loss, metrics) of next-token prediction on the generative batch, in accumulation micro-batches.
+
+    loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``); for Mixtral
+    loss_router = router_aux_loss_coef * the load-balancing loss (mean over micro-batches).
+    """
+    tokens, mask, loss_mask = batch["gen_tokens"], batch["gen_mask"], batch["gen_loss_mask"]
+    normalizer = generative_normalizer(loss_mask, objective.loss_gen_type)
+
+    def micro(rows):
+        tok, m, lm = rows
+        model = nnx.merge(graphdef, params)
+        out = model(tok, masks.make_attn_mask(m, "causal"))
+        total, _ = token_cross_entropy(model.logits(out.hidden), tok, lm)
+        aux = jnp.zeros((), jnp.float32)
+        if out.router_logits is not None:
+            aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, m)
+        return total, aux
+
+    steps = max(int(objective.generative_accumulation_steps), 1)
+    rows = (tokens, mask, loss_mask)
+    if steps == 1:
+        total, aux = micro(rows)
+    else:
+        if tokens.shape[0] % steps:
+            raise ValueError(f"generative_accumulation_steps={steps} does not divide a generative batch of "
+                             f"{tokens.shape[0]}")
+        totals, auxes = jax.lax.map(jax.checkpoint(micro), _chunked(rows, steps))
+        total, aux = jnp.sum(totals), jnp.mean(auxes)
+    loss_gen = objective.loss_gen_factor * total / normalizer
+    loss_router = objective.router_aux_loss_coef * aux
+    return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
+
+
+def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, data_parallel_size=1):
+    """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict).
+
+    mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
+    of them. Metrics are named as the reference names them where it has a name.
+    """
+    params, projection = trainable
+    zero = jnp.zeros((), jnp.float32)
+    metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
+    loss = zero
+    if objective.mode in ("unified", "embedding"):
+        emb, m = embedding_loss(graphdef, params, projection, batch, objective, data_parallel_size)
+        loss, metrics = loss + emb, {**metrics, **m}
+    if objective.mode in ("unified", "generative"):
+        gen, m = generative_loss(graphdef, params, batch, objective)
+        loss, metrics = loss + gen, {**metrics, **m}
+    if objective.mode not in MODES:
+        raise ValueError(f"objective.mode must be one of {MODES}, got {objective.mode!r}")
+    metrics["loss"] = loss
+    return loss, metrics

@@ -1,0 +1,219 @@
+"""The device mesh and the one table that places logical axes on it.
+
+Mesh axes are ``data, fsdp, tensor, expert`` (DESIGN decision 6). Every parameter carries logical
+axis names in its ``out_sharding`` metadata (CONTRACTS.md); activations are constrained at block
+boundaries with ``constrain(x, ("batch", "length", "act_embed"))``. ``LOGICAL_AXIS_RULES`` maps each
+logical name to the mesh axes it is split over.
+
+Divisibility policy: when a dimension's size is not divisible by the product of the mesh axes its
+rule names, trailing mesh axes are dropped from that dimension until it divides (down to full
+replication). Example: Mistral's 8 key/value heads on a 16-way ``tensor`` axis are replicated. This
+keeps every configuration runnable; the cost is memory, which the AOT compile reports. Parameters
+whose logical names are missing from the table are an error (``UnplacedParameterError``).
+
+``constrain`` is active inside ``use_mesh(mesh)`` (the train step traces under it; it works inside
+``jax.jit``) or ``jax.set_mesh(mesh)``, and is a no-op when no mesh is set, so the model runs
+unchanged on one device.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# logical name -> mesh axes (a tuple; () = replicated). One table for parameters and activations.
+LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
+    # parameters
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "layers": (),
+    "norm": (),
+    "experts": ("expert",),
+    "experts_router": (),
+    # activations: the batch is split over every axis that does not split the model's features
+    "batch": ("data", "fsdp", "expert"),
+    "length": (),
+    "act_embed": (),
+}
+
+# Mesh axes that split the batch; their product is the data-parallel size W.
+BATCH_AXES = LOGICAL_AXIS_RULES["batch"]
+
+
+class UnplacedParameterError(ValueError):
+    """A parameter has no logical axis names, or names the rules table does not know."""
+
+
+class MeshConfigError(ValueError):
+    """The mesh asked for does not fit the devices."""
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Sizes of (data, fsdp, tensor, expert) with the one -1 resolved to the remaining devices."""
+    sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+    unknown = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+    bad = [f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
+    if bad:
+        raise MeshConfigError(f"mesh sizes must be positive or -1, got {', '.join(bad)}")
+    if len(unknown) > 1:
+        raise MeshConfigError(f"at most one mesh axis may be -1, got {unknown}; set all but one explicitly")
+    known = math.prod(s for s in sizes if s != -1)
+    if unknown:
+        if num_devices % known:
+            raise MeshConfigError(
+                f"{num_devices} devices are not divisible by the fixed mesh axes "
+                f"({dict(zip(MESH_AXES, sizes))}, product {known}); change the mesh sizes")
+        sizes[MESH_AXES.index(unknown[0])] = num_devices // known
+    total = math.prod(sizes)
+    if total > num_devices:
+        raise MeshConfigError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {total} devices but only {num_devices} are "
+            f"available; shrink mesh.data/fsdp/tensor/expert (or set one to -1)")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over axes (data, fsdp, tensor, expert) from ``config.mesh``.
+
+    ``devices`` defaults to ``jax.devices()``; pass a TPU topology's devices to compile ahead of time.
+    A mesh smaller than the devices uses the first ones.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_config, len(devices))
+    devices = devices[: math.prod(shape)]
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # topologies mesh_utils cannot lay out physically: plain order
+        grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def data_parallel_size(mesh: Mesh | None) -> int:
+    """W: the number of batch shards (product of the mesh axes that split the batch)."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
+
+
+# ----------------------------------------------------------------------------- logical -> spec
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh_axis_sizes: Mapping[str, int] | None = None, what: str = "array") -> PartitionSpec:
+    """PartitionSpec for logical axis ``names`` (None = replicated), with the divisibility fallback.
+
+    Mesh axes the mesh lacks or that are already used by an earlier dimension are skipped.
+    """
+    spec, used = [], set()
+    for i, name in enumerate(names):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in LOGICAL_AXIS_RULES:
+            raise UnplacedParameterError(
+                f"{what}: logical axis {name!r} has no rule in grit_jax.sharding.LOGICAL_AXIS_RULES "
+                f"(known: {sorted(LOGICAL_AXIS_RULES)})")
+        axes = [a for a in LOGICAL_AXIS_RULES[name] if a not in used
+                and (mesh_axis_sizes is None or a in mesh_axis_sizes)]
+        if shape is not None and mesh_axis_sizes is not None:
+            while axes and shape[i] % math.prod(mesh_axis_sizes[a] for a in axes):
+                axes.pop()  # divisibility fallback: drop trailing mesh axes
+            axes = [a for a in axes if mesh_axis_sizes[a] > 1] or axes
+        used.update(axes)
+        spec.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
+    return PartitionSpec(*spec)
+
+
+_ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("grit_mesh", default=None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+    """Make ``constrain`` place activations on ``mesh`` while tracing (usable inside ``jax.jit``)."""
+    token = _ACTIVE_MESH.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _ACTIVE_MESH.reset(token)
+
+
+def current_mesh():
+    """The mesh ``constrain`` uses: ``use_mesh``'s, else ``jax.set_mesh``'s, else None."""
+    mesh = _ACTIVE_MESH.get()
+    if mesh is not None:
+        return mesh
+    abstract = jax.sharding.get_abstract_mesh()
+    return None if abstract is None or abstract.empty else abstract
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """``with_sharding_constraint`` by logical names under the current mesh; no-op without one."""
+    mesh = current_mesh()
+    if mesh is None:
+        return x
+    if len(names) != x.ndim:
+        raise ValueError(f"constrain: {len(names)} names {tuple(names)} for an array of shape {x.shape}")
+    spec = logical_to_spec(names, x.shape, dict(mesh.shape), what="activation")
+    if isinstance(mesh, Mesh):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _variable_names(variable) -> tuple[str | None, ...] | None:
+    meta = variable.get_metadata() if hasattr(variable, "get_metadata") else {}
+    names = meta.get("out_sharding")
+    return tuple(names) if names else None
+
+
+def param_specs(state, mesh: Mesh):
+    """PartitionSpecs for every variable of an ``nnx.State``: the same tree, values replaced.
+
+    Scalars may go without names (replicated); every other variable needs one logical name per
+    dimension (``out_sharding`` metadata) that the rules table knows. Otherwise
+    ``UnplacedParameterError`` lists every such parameter by path.
+    """
+    from flax import nnx
+
+    sizes = dict(mesh.shape)
+    problems, out = [], []
+    for path, var in nnx.to_flat_state(state):
+        key = ".".join(str(p) for p in path)
+        shape = tuple(np.shape(var.get_value()))
+        names = _variable_names(var)
+        if names is None and shape:
+            problems.append(f"{key} {shape}: no logical axis names (out_sharding metadata)")
+        elif names is not None and len(names) != len(shape):
+            problems.append(f"{key} {shape}: {len(names)} logical names {names} for {len(shape)} dims")
+        elif names is not None and any(n is not None and n not in LOGICAL_AXIS_RULES for n in names):
+            unknown = [n for n in names if n is not None and n not in LOGICAL_AXIS_RULES]
+            problems.append(f"{key} {shape}: logical names {unknown} have no rule")
+        else:
+            out.append((path, var.replace(logical_to_spec(names or (), shape, sizes, what=key))))
+    if problems:
+        raise UnplacedParameterError(
+            "parameters the sharding rules do not place (add their logical names to "
+            "grit_jax.sharding.LOGICAL_AXIS_RULES or to the parameter's out_sharding):\n  "
+            + "\n  ".join(problems))
+    return nnx.from_flat_state(out)
+
+
+def named_shardings(specs, mesh: Mesh):
+    """Turn a tree of PartitionSpecs into NamedShardings on ``mesh``."""
+    return jax.tree.map(lambda p: NamedSharding(mesh, p), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -1,0 +1,89 @@
+"""Mesh construction, the logical-axis rules, and parameters created already sharded."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from grit_jax import sharding, step
+
+
+def test_mesh_resolves_minus_one_and_checks_the_device_count():
+    assert sharding.mesh_shape(dict(data=-1, fsdp=2, tensor=1, expert=1), 8) == (4, 2, 1, 1)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=-1, tensor=1, expert=1))
+    assert dict(mesh.shape) == dict(data=2, fsdp=4, tensor=1, expert=1)
+    assert sharding.data_parallel_size(mesh) == 8
+    assert sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=1)).devices.size == 1
+    with pytest.raises(sharding.MeshConfigError, match="at most one mesh axis may be -1"):
+        sharding.mesh_shape(dict(data=-1, fsdp=-1), 8)
+    with pytest.raises(sharding.MeshConfigError, match="not divisible"):
+        sharding.mesh_shape(dict(data=-1, fsdp=3), 8)
+    with pytest.raises(sharding.MeshConfigError, match="needs 16 devices but only 8 are available"):
+        sharding.make_mesh(dict(data=2, fsdp=8))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
+def test_rules_place_every_parameter(preset):
+    c = step.default_train_config()
+    c.model.preset = preset
+    _, abstract = step.abstract_model(c)
+    mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=2, expert=2))
+    specs = nnx.to_flat_state(sharding.param_specs(abstract, mesh))
+    specs = {".".join(map(str, k)): v.get_value() for k, v in specs}
+    assert specs["embed_tokens.embedding"] == P("tensor", "fsdp")
+    assert specs["layers.self_attn.q_proj.kernel"] == P(None, "fsdp", "tensor", None)
+    if preset == "tiny_moe":
+        assert specs["layers.block_sparse_moe.w1.kernel"] == P(None, "expert", "fsdp", "tensor")
+
+
+def test_unplaced_parameters_are_named_and_indivisible_dims_are_replicated():
+    class Odd(nnx.Module):
+        def __init__(self):
+            self.ok = nnx.Param(jnp.zeros((4, 6)), out_sharding=("embed", "kv_heads"), eager_sharding=False)
+            self.unknown = nnx.Param(jnp.zeros((4,)), out_sharding=("widgets",), eager_sharding=False)
+            self.bare = nnx.Param(jnp.zeros((4, 4)))
+
+    mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=4, expert=1))
+    state = nnx.state(Odd())
+    with pytest.raises(sharding.UnplacedParameterError) as err:
+        sharding.param_specs(state, mesh)
+    assert "unknown (4,): logical names ['widgets']" in str(err.value)
+    assert "bare (4, 4): no logical axis names" in str(err.value)
+    del state["unknown"], state["bare"]
+    # 6 kv heads do not divide over tensor=4: that dimension falls back to replication.
+    assert sharding.param_specs(state, mesh)["ok"].get_value() == P("fsdp", None)
+
+
+def test_constrain_is_a_no_op_without_a_mesh_and_shards_under_one():
+    x = jnp.ones((8, 4, 2))
+    assert sharding.constrain(x, ("batch", "length", "act_embed")) is x
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, expert=1))
+
+    @jax.jit
+    def f(x):
+        with sharding.use_mesh(mesh):
+            return sharding.constrain(x * 2, ("batch", "length", "act_embed"))
+
+    assert f(x).sharding.spec[0] == ("data", "fsdp")
+
+
+def test_train_state_is_created_sharded_and_matches_its_abstract_form():
+    c = step.default_train_config()
+    c.objective.projection_dim = 8
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, expert=1))
+    abstract = step.abstract_train_state(c, mesh)
+    state = step.create_train_state(c, mesh)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+        assert a.shape == s.shape and a.dtype == s.dtype and a.sharding == s.sharding
+    embedding = state.params["embed_tokens"]["embedding"][...]
+    assert embedding.sharding.spec == P("tensor", "fsdp")
+    assert embedding.addressable_shards[0].data.shape == (512, 64 // 4)
+    mu = state.opt_state[1][0].mu[0]["embed_tokens"]["embedding"][...]  # Adam moments shard like the parameter
+    assert mu.sharding == embedding.sharding
+    # Starting from given weights (a converted HF checkpoint): the values are kept, placed on the mesh.
+    given = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+    restarted = step.create_train_state(c, mesh, params=given)
+    np.testing.assert_array_equal(restarted.params["norm"]["scale"][...], given["norm"]["scale"])
+    assert restarted.params["embed_tokens"]["embedding"][...].sharding == embedding.sharding
