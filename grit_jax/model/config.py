@@ -209,6 +209,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
     ),
+    # A ~1.2B Mistral that fits one accelerator with AdamW state: for benchmarks of the step.
+    "mistral_1b": dict(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=32768,
+    ),
     # Mistral-7B-v0.1, the base of GritLM-7B.
     "mistral_7b": dict(
         vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
