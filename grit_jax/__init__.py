@@ -6,3 +6,12 @@ def from_hf(path, dtype=None, **config_changes):
     from grit_jax.hf import from_hf as _from_hf
 
     return _from_hf(path, dtype=dtype, **config_changes)
+
+
+def __getattr__(name):
+    """`grit_jax.GritLM` is imported on first use, so `import grit_jax` stays cheap."""
+    if name == "GritLM":
+        from grit_jax.inference import GritLM
+
+        return GritLM
+    raise AttributeError(f"module 'grit_jax' has no attribute {name!r}")

@@ -142,6 +142,10 @@ class SafetensorsDir:
     def names(self):
         return set(self.files)
 
+    def close(self):
+        """Closes (unmaps) the open files; later reads reopen them."""
+        self._open.clear()
+
     def get(self, name: str) -> np.ndarray:
         file = self.files.get(name)
         if file is None:
@@ -153,16 +157,35 @@ class SafetensorsDir:
 
 def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
     """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
+    return dict(iter_hf_params(path, cfg, dtype))
+
+
+def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
+    """Raise CheckpointError for a tensor of `source` that is not part of the model `cfg` describes."""
+    expected = {name for entry in name_map(cfg) for _, name in hf_names(entry, cfg)}
+    extra = sorted(n for n in source.names() - expected if not n.endswith(_IGNORED_HF_SUFFIXES))
+    if extra:
+        raise CheckpointError(
+            f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} with this config"
+            + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
+        )
+
+
+def iter_hf_params(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+    """(our path, stacked array) one parameter at a time: memory stays near the largest stacked parameter.
+
+    Unexpected tensor names are reported before anything is read; missing or mis-shaped ones when reached.
+    """
     source = SafetensorsDir(path)
+    check_hf_names(source, cfg)
     shapes = param_shapes(cfg)
-    expected, params = set(), {}
     for entry in name_map(cfg):
         shape = shapes[entry.path]
         stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
         out = None
         for index, name in hf_names(entry, cfg):
-            expected.add(name)
             tensor = source.get(name)
+            source.close()  # unmap the file: its pages read so far would otherwise stay resident
             if tensor.shape != hf_shape(entry, shape):
                 raise CheckpointError(
                     f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
@@ -172,14 +195,9 @@ def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndar
             if out is None:
                 out = np.empty(stack + shape, dtype or value.dtype)
             out[index] = value
-        params[entry.path] = out
-    extra = sorted(n for n in source.names() - expected if not n.endswith(_IGNORED_HF_SUFFIXES))
-    if extra:
-        raise CheckpointError(
-            f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} with this config"
-            + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
-        )
-    return params
+            del tensor, value
+        yield entry.path, out
+        del out
 
 
 def from_hf(path: str, dtype: str | None = None, **config_changes):

@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
     ),
-    # A ~1.2B Mistral that fits one accelerator with AdamW state: for benchmarks of the step.
+    # A ~0.85B Mistral that fits one accelerator with AdamW state: for benchmarks of the step.
     "mistral_1b": dict(
         vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=32768,
