@@ -1,0 +1,127 @@
+"""grit-convert: HF -> orbax -> HF is exact; a training checkpoint exports to a model transformers runs;
+bad inputs fail with errors that name the path."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from grit_jax import GritLM, convert
+from grit_jax.hf import SafetensorsDir
+from grit_jax.masks import make_attn_mask
+from tests.grit_fixtures import make_hf_dir, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+    make_tokenizer(path)
+    return str(path)
+
+
+def assert_same_tensors(a_dir, b_dir):
+    a, b = SafetensorsDir(a_dir), SafetensorsDir(b_dir)
+    assert a.names() == b.names(), a.names() ^ b.names()
+    for name in a.names():
+        x, y = a.get(name), b.get(name)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+
+
+@pytest.mark.parametrize("kind,dtype", [("mistral", torch.float32), ("mixtral", torch.float32),
+                                        ("mistral", torch.bfloat16)])
+def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
+    reference, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model, kind)
+    if dtype != torch.float32:
+        reference.to(dtype).save_pretrained(hf_dir, max_shard_size="100KB")
+    convert.run(["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "ckpt")])
+    assert json.load(open(tmp_path / "ckpt" / convert.MODEL_CONFIG))["param_dtype"] == str(dtype).split(".")[1]
+    convert.run(["orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back"),
+                 "--max_shard_size", "150KB"])
+    back = tmp_path / "back"
+    assert_same_tensors(hf_dir, str(back))
+    index = json.load(open(back / "model.safetensors.index.json"))
+    assert len(set(index["weight_map"].values())) > 1
+    assert (back / "tokenizer.model").read_bytes() == open(tokenizer_model, "rb").read()
+    grit = json.load(open(back / convert.GRIT_CONFIG))
+    assert grit["pooling_method"] == "mean" and grit["attn"] == "bbcc" and grit["normalized"] is True
+    hf_config = json.load(open(back / "config.json"))
+    assert hf_config["architectures"] == [reference.config.architectures[0]]
+    # The orbax checkpoint is also what GritLM and the loader read.
+    flat = convert.load_params_from_checkpoint(str(tmp_path / "ckpt"))
+    assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
+
+
+def make_training_checkpoint(workdir, tokenizer_model, step=3):
+    """What grit_jax.train leaves behind: workdir/config.json and Checkpoints(workdir) step dirs."""
+    from grit_jax import checkpoint, sharding, step as step_lib
+
+    config = step_lib.default_train_config()
+    config.data.tokenizer = tokenizer_model
+    config.model.preset = "tiny"
+    mesh = sharding.make_mesh(config.mesh)
+    state = step_lib.create_train_state(config, mesh)
+    # Make the weights differ from a fresh init and the norms from one.
+    state = state.replace(params=jax.tree.map(lambda p: p + 0.05 * jnp.sin(jnp.arange(p.size).reshape(p.shape)),
+                                              state.params))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    ckpt = checkpoint.Checkpoints(workdir, keep=3, async_save=False)
+    ckpt.save(step, state, {"position": 0}, force=True)
+    ckpt.close()
+    return config, state
+
+
+def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
+    from transformers import AutoModelForCausalLM
+
+    from grit_jax import step as step_lib
+
+    workdir = str(tmp_path / "run")
+    config, state = make_training_checkpoint(workdir, tokenizer_model)
+    out = str(tmp_path / "hf")
+    convert.run(["orbax-to-hf", "--ckpt", workdir, "--out", out])  # the work dir: its latest step
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+    reference = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    graphdef, _ = step_lib.abstract_model(config)
+    model = nnx.merge(graphdef, jax.device_get(state.params))
+    tokens = np.random.default_rng(0).integers(3, 400, (2, 10)).astype(np.int32)
+    mask = make_attn_mask(np.ones((2, 10), bool), "causal")
+    ours = np.asarray(model.logits(model(jnp.asarray(tokens), mask).hidden))
+    with torch.no_grad():
+        theirs = reference(torch.as_tensor(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    # GritLM reads the training checkpoint (tokenizer from config.data.tokenizer) and its export alike.
+    a = GritLM.from_pretrained(workdir).encode(["hello world", "a b c"], instruction="<|embed|>\n")
+    b = GritLM.from_pretrained(out).encode(["hello world", "a b c"], instruction="<|embed|>\n")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    step_dir = os.path.join(workdir, "checkpoints", "3")
+    flat = convert.load_params_from_checkpoint(step_dir, step_lib.model_config(config).replace(param_dtype="bfloat16"))
+    assert str(flat["norm.scale"].dtype) == "bfloat16"
+
+
+def test_errors_name_the_path(tmp_path, tokenizer_model):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=f"{empty}: not a checkpoint"):
+        convert.run(["orbax-to-hf", "--ckpt", str(empty), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'nowhere'}: no such directory"):
+        convert.run(["hf-to-orbax", "--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
+    _, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model)
+    llama = tmp_path / "llama"
+    shutil.copytree(hf_dir, llama)
+    cfg = json.load(open(llama / "config.json"))
+    cfg.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    json.dump(cfg, open(llama / "config.json", "w"))
+    with pytest.raises(SystemExit, match=f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM"):
+        convert.run(["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")])
+    os.remove(os.path.join(hf_dir, "tokenizer.model"))
+    with pytest.raises(SystemExit, match=f"no tokenizer: {os.path.join(hf_dir, 'tokenizer.model')}"):
+        convert.run(["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "w")])
+    with pytest.raises(FileNotFoundError, match=f"{os.path.join(hf_dir, 'tokenizer.model')}"):
+        GritLM.from_pretrained(hf_dir)
