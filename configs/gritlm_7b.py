@@ -2,6 +2,7 @@
 
     grit-train --config configs/gritlm_7b.py[:unified|embedding|generative] --workdir gs://.../run \
         --config.model.hf_dir=/path/to/Mistral-7B-v0.1 --config.data.data_dir=/path/to/prepared
+    (or --config.model.init_checkpoint=DIR: a `grit-convert hf-to-orbax` output or another run's checkpoint)
 """
 from grit_jax.config import base_config
 

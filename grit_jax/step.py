@@ -30,7 +30,7 @@ def default_train_config() -> ml_collections.ConfigDict:
     """Every field the step reads, with the paper's recipe where it has one, on the tiny model."""
     c = ml_collections.ConfigDict()
     c.seed, c.num_steps = 0, 100
-    c.model = dict(preset="tiny", hf_dir="", dtype="float32", param_dtype="float32", scan_layers=True,
+    c.model = dict(preset="tiny", hf_dir="", init_checkpoint="", dtype="float32", param_dtype="float32", scan_layers=True,
                    remat_policy="none")
     c.data = dict(embedding_batch_size=8, generative_batch_size=8, query_max_len=16, passage_max_len=32,
                   generative_max_len=32, train_group_size=2)
@@ -46,9 +46,14 @@ def default_train_config() -> ml_collections.ConfigDict:
 
 
 def model_config(config) -> ModelConfig:
-    """The ModelConfig of ``config.model``: a preset or an HF directory, with our overrides."""
+    """The ModelConfig of ``config.model``: a preset, an HF directory or an orbax checkpoint (its own
+    model config), with our overrides (dtype, param_dtype, scan_layers, remat_policy)."""
     m = config.model
     overrides = {k: m[k] for k in ("dtype", "param_dtype", "scan_layers", "remat_policy") if k in m}
+    if m.get("init_checkpoint"):
+        from grit_jax.convert import resolve_checkpoint
+
+        return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):
         return ModelConfig.from_hf_json(m.hf_dir, **overrides)
     return ModelConfig.preset(m.preset, **overrides)

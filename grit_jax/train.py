@@ -150,13 +150,21 @@ class MetricsLog:
 
 
 def initial_params(config):
-    """None (initialise from config.seed) or the weights of config.model.hf_dir as a nested dict."""
-    if not config.model.hf_dir:
-        return None
-    from grit_jax.hf import read_hf_params
+    """None (initialise from config.seed), or the weights of model.hf_dir (a Hugging Face directory) or of
+    model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), nested."""
     from grit_jax.step import model_config
 
-    flat = read_hf_params(config.model.hf_dir, model_config(config))
+    cfg = model_config(config)
+    if config.model.init_checkpoint:
+        from grit_jax.convert import load_params_from_checkpoint
+
+        flat = load_params_from_checkpoint(config.model.init_checkpoint, cfg)
+    elif config.model.hf_dir:
+        from grit_jax.hf import read_hf_params
+
+        flat = read_hf_params(config.model.hf_dir, cfg)
+    else:
+        return None
     nested = {}
     for path, value in flat.items():
         node = nested

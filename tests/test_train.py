@@ -211,3 +211,22 @@ def test_demo_learns(tmp_path, data_dir, compile_cache):
     # measured 0.012 -> 0.067 (2-core CPU): assert at least 3x and +0.03 (random ranking of 260 passages: ~0.011)
     assert trained["eval_mrr@10"] > max(3 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.03)
     assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 0.5
+
+
+def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir, compile_cache):
+    """Training from an HF directory and from its `grit-convert hf-to-orbax` checkpoint starts from the same
+    weights: the two runs log identical values, and neither equals a run from random initialisation."""
+    from grit_jax.convert import hf_to_orbax
+    from tests.hf_reference import make_torch_model, save
+
+    hf_dir = save(make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128), tmp_path / "hf")
+    shutil.copyfile(os.path.join(data_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.model"))
+    converted = hf_to_orbax(hf_dir, str(tmp_path / "converted"))
+    runs = {}
+    for name, override in (("hf", f"--config.model.hf_dir={hf_dir}"),
+                           ("orbax", f"--config.model.init_checkpoint={converted}"), ("scratch", None)):
+        workdir = str(tmp_path / f"run_{name}")
+        _ok(_train(workdir, data_dir, compile_cache, "--config.num_steps=2", *([override] if override else [])))
+        runs[name] = _metrics(workdir)
+    assert runs["hf"] == runs["orbax"]
+    assert runs["hf"][1]["loss"] != runs["scratch"][1]["loss"]
