@@ -3,8 +3,12 @@
     python benchmarks/convert_memory.py --workdir /tmp/convert_mem [--dtype float32|bfloat16]
 
 Each step runs in its own process started from this small parent (Linux carries the parent's RSS into a
-child's ru_maxrss, so the parent never touches the model); a child's peak resident memory (ru_maxrss) is
-compared with the size of the model and of its largest (stacked) parameter.
+child's ru_maxrss, so the parent never touches the model). Two peaks per child, compared with the size of
+the model and of its largest (stacked) parameter:
+- peak RSS (ru_maxrss): all resident pages, file-backed ones included (shared libraries, mmapped files);
+- peak anonymous memory: RssAnon of /proc/self/status, sampled every 2 ms by a thread. This is the
+  honest metric for "does it fit": file-backed pages are clean and the kernel drops them under pressure,
+  anonymous pages (heap, numpy/tensorstore buffers) it cannot (no swap).
 """
 import argparse
 import json
@@ -22,9 +26,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
               num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096, rope_theta=10000.0,
               rms_norm_eps=1e-5, tie_word_embeddings=False)
+# --moe: a small Mixtral whose stacked expert weights [L,E,D,F] dwarf any single Hugging Face tensor.
+MOE_CONFIG = dict(CONFIG, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_local_experts=8,
+                  num_experts_per_tok=2)
 
 
-def write_model(path, dtype, shard_bytes=1 << 30):
+def largest_stacked(cfg, itemsize):
+    from grit_jax import hf
+
+    shapes = hf.param_shapes(cfg)
+    stack = lambda e: (cfg.num_hidden_layers,) * e.per_layer + (cfg.num_local_experts,) * e.per_expert
+    return int(max(np.prod(stack(e) + shapes[e.path]) for e in hf.name_map(cfg))) * itemsize
+
+
+def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
     """A random Mistral in HF layout (config.json, sharded safetensors with index, a tokenizer file)."""
     import ml_dtypes
     from safetensors.numpy import save_file
@@ -33,7 +48,7 @@ def write_model(path, dtype, shard_bytes=1 << 30):
     from grit_jax.model import ModelConfig
 
     np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
-    cfg = ModelConfig(**CONFIG)
+    cfg = ModelConfig(**(MOE_CONFIG if moe else CONFIG))
     os.makedirs(path, exist_ok=True)
     shapes, rng = hf.param_shapes(cfg), np.random.default_rng(0)
     pending, size, files, weight_map = {}, 0, [], {}
@@ -61,19 +76,44 @@ def write_model(path, dtype, shard_bytes=1 << 30):
         json.dump({**cfg.to_hf_dict(), "torch_dtype": dtype}, f)
     with open(os.path.join(path, "tokenizer.model"), "wb") as f:
         f.write(b"placeholder: conversion copies the tokenizer file, it does not parse it")
-    largest = max(np.prod((cfg.num_hidden_layers,) * e.per_layer + shapes[e.path]) for e in hf.name_map(cfg))
-    return total, int(largest) * np_dtype.itemsize
+    return total, largest_stacked(cfg, np_dtype.itemsize)
+
+
+def model_sizes(path):
+    """(bytes of all tensors, bytes of the largest stacked parameter) of a model written by write_model."""
+    from grit_jax.model import ModelConfig
+
+    cfg = ModelConfig.from_hf_json(path)
+    with open(os.path.join(path, "model.safetensors.index.json")) as f:
+        total = json.load(f)["metadata"]["total_size"]
+    itemsize = 2 if json.load(open(os.path.join(path, "config.json"))).get("torch_dtype") == "bfloat16" else 4
+    return total, largest_stacked(cfg, itemsize)
 
 
 def measure(argv):
     """Peak RSS (bytes) and seconds of `python -m grit_jax.convert argv` in a child process."""
     start = time.time()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    code = ("import resource, sys; from grit_jax import convert; convert.run(sys.argv[1:]); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, *argv], env=env, check=True, capture_output=True, text=True)
-    peak = int(out.stdout.split("PEAK")[-1]) * 1024
-    return peak, time.time() - start
+    out = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, check=True, capture_output=True, text=True)
+    peak, anon = map(int, out.stdout.split("PEAK")[-1].split())
+    return peak * 1024, anon * 1024, time.time() - start
+
+
+CHILD = """
+import resource, sys, threading, time
+peak_anon = [0]
+def sample():
+    while True:
+        with open('/proc/self/status') as f:
+            anon = next(int(line.split()[1]) for line in f if line.startswith('RssAnon:'))
+        peak_anon[0] = max(peak_anon[0], anon)
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+from grit_jax import convert
+convert.run(sys.argv[1:])
+time.sleep(0.01)
+print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak_anon[0])
+"""
 
 
 def baseline():
@@ -88,24 +128,39 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/convert_mem")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--moe", action="store_true", help="a small Mixtral (MOE_CONFIG) instead")
     parser.add_argument("--write_only", default="")
+    parser.add_argument("--hf_dir", default="", help="reuse a model written by --write_only (not deleted)")
     args = parser.parse_args()
     if args.write_only:
-        print("SIZES", json.dumps(write_model(args.write_only, args.dtype)))
+        print("SIZES", json.dumps(write_model(args.write_only, args.dtype, args.moe)))
         return
     shutil.rmtree(args.workdir, ignore_errors=True)
     hf_dir, ckpt, out = (os.path.join(args.workdir, n) for n in ("hf", "ckpt", "hf_out"))
-    written = subprocess.run([sys.executable, __file__, "--dtype", args.dtype, "--write_only", hf_dir], check=True,
-                             capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    total, largest = json.loads(written.stdout.split("SIZES")[-1])
+    if args.hf_dir:
+        hf_dir = args.hf_dir
+        total, largest = model_sizes(hf_dir)
+    else:
+        written = subprocess.run([sys.executable, __file__, "--dtype", args.dtype, "--write_only", hf_dir]
+                                 + ["--moe"] * args.moe,
+                                 check=True, capture_output=True, text=True,
+                                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        total, largest = json.loads(written.stdout.split("SIZES")[-1])
     gib = lambda b: f"{b / 2**30:.2f} GiB"
-    print(f"model {gib(total)} ({args.dtype}), largest stacked parameter {gib(largest)}, "
+    from grit_jax import hf
+    from grit_jax.model import ModelConfig
+
+    cfg = ModelConfig.from_hf_json(hf_dir)
+    itemsize = largest // largest_stacked(cfg, 1)
+    single = int(max(np.prod(hf.param_shapes(cfg)[e.path]) for e in hf.name_map(cfg))) * itemsize
+    print(f"model {gib(total)} ({args.dtype}), largest stacked parameter {gib(largest)}, largest single "
+          f"tensor {gib(single)}, "
           f"imports alone {gib(baseline())}")
     for name, argv in (("hf-to-orbax", ["hf-to-orbax", "--hf_dir", hf_dir, "--out", ckpt]),
                        ("orbax-to-hf", ["orbax-to-hf", "--ckpt", ckpt, "--out", out, "--max_shard_size", "1GB"])):
-        peak, seconds = measure(argv)
+        peak, anon, seconds = measure(argv)
         print(f"{name}: peak RSS {gib(peak)} = {peak / total:.2f} x model, {peak / largest:.2f} x largest "
-              f"parameter; {seconds:.0f} s", flush=True)
+              f"parameter; peak anonymous {gib(anon)} = {anon / total:.2f} x model; {seconds:.0f} s", flush=True)
     shutil.rmtree(args.workdir, ignore_errors=True)
 
 

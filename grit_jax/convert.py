@@ -9,10 +9,12 @@ ModelConfig field) and the tokenizer files. A training checkpoint is an orbax Ch
 `workdir/checkpoints/<step>/` whose `state` item holds {"params": nnx State, ...}, with the training
 config in `workdir/config.json`. `load_params_from_checkpoint` reads both.
 
-Memory: parameters are read, converted and written one (stacked) parameter at a time, and safetensors
-output is flushed shard by shard, so the peak stays near the largest stacked parameter plus one output
-shard (benchmarks/RESULTS.md, "Conversion memory"). The name map and per-tensor transforms are
-grit_jax.hf's; there is no second map here.
+Memory: both directions move one Hugging Face tensor (one layer, one expert) at a time: orbax arrays are
+read and written in slices with tensorstore (no chunk cache), safetensors output goes straight to disk
+with a pre-planned header, and freed memory is handed back to the OS after each tensor. The peak stays
+near a few copies of the largest single tensor, whatever the size of a stacked parameter (a Mixtral's
+[L,E,D,F] experts included) (benchmarks/RESULTS.md, "Conversion memory"). The name map and per-tensor
+transforms are grit_jax.hf's; there is no second map here.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Iterator
 
 import numpy as np
@@ -163,7 +166,7 @@ def _read_model_config(path: str) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-# ----------------------------------------------------------------------------- reading orbax, one leaf at a time
+# ----------------------------------------------------------------------------- orbax checkpoint contents
 
 
 def _strip(key: tuple[str, ...], prefix: tuple[str, ...]) -> str | None:
@@ -210,34 +213,98 @@ def _check_leaves(source: CheckpointSource, leaves) -> None:
                               f"with this config")
 
 
-def _nest(keys, value):
-    out = value
-    for k in reversed(keys):
-        out = {k: out}
-    return out
+# ----------------------------------------------------------------------------- arrays, slice by slice, with tensorstore
+
+# orbax's layout (PyTreeCheckpointer.save, orbax-checkpoint 0.12): an OCDBT key-value store in the item dir,
+# one zarr (v2) array per leaf named by its dotted key path, and a `_METADATA` json tree. Reading and writing
+# the arrays with tensorstore directly lets us move one slice (one layer, one expert) at a time: orbax's
+# save would copy each whole array twice over (~3x its size at the peak) and glibc would keep the freed memory.
+_OCDBT_CONFIG = {"max_inline_value_bytes": 1024, "max_decoded_node_bytes": 100_000_000, "version_tree_arity_log2": 4,
+                 "compression": {"id": "zstd"}}
 
 
-def restore_leaf(pytree_dir: str, keys: tuple[str, ...], metadata) -> np.ndarray:
-    """One array of an orbax PyTree checkpoint, read alone (partial restore) into host memory."""
-    import orbax.checkpoint as ocp
+def _ts_context():
+    import tensorstore as ts
 
-    item = _nest(keys, metadata)
-    args = ocp.args.PyTreeRestore(item=item, restore_args=_nest(keys, ocp.RestoreArgs(restore_type=np.ndarray)),
-                                  partial_restore=True)
-    out = ocp.PyTreeCheckpointer().restore(pytree_dir, args=args)
-    for k in keys:
-        out = out[k]
-    return np.asarray(out)
+    return ts.Context({"cache_pool": {"total_bytes_limit": 0}})  # no chunk cache: each chunk is read once
+
+
+def _leaf_spec(pytree_dir: str, keys: tuple[str, ...], use_ocdbt: bool = True, use_zarr3: bool = False) -> dict:
+    name = ".".join(keys)
+    kvstore = ({"driver": "ocdbt", "base": f"file://{pytree_dir}/", "path": name} if use_ocdbt
+               else {"driver": "file", "path": os.path.join(pytree_dir, name)})
+    return {"driver": "zarr3" if use_zarr3 else "zarr", "kvstore": kvstore}
+
+
+def release_memory():
+    """Hands memory freed by numpy/tensorstore back to the OS (glibc keeps it in its arenas otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def leaf_opener(pytree_dir: str):
+    """keys -> the tensorstore array of that leaf of an orbax PyTree checkpoint, to read whole or in slices."""
+    import tensorstore as ts
+
+    with open(os.path.join(pytree_dir, "_METADATA"), encoding="utf-8") as f:
+        meta = json.load(f)
+    ocdbt, zarr3, context = meta.get("use_ocdbt", True), meta.get("use_zarr3", False), _ts_context()
+    return lambda keys: ts.open(_leaf_spec(pytree_dir, keys, ocdbt, zarr3), open=True, read=True,
+                                context=context).result()
+
+
+class PyTreeWriter:
+    """Writes an orbax PyTree checkpoint of a flat {dotted path: array} dict (read back as a nested dict of
+    numpy arrays), one slice at a time: `write(path, shape, index, value)` sets array[index] = value; a new
+    path starts a new array. Chunks are one slice, so no chunk is ever read back or held whole."""
+
+    def __init__(self, directory: str):
+        os.makedirs(directory)
+        self.directory, self.context, self.keys, self.array = directory, _ts_context(), [], None
+
+    def write(self, path: str, shape: tuple[int, ...], index: tuple[int, ...], value: np.ndarray):
+        import tensorstore as ts
+
+        keys = tuple(path.split("."))
+        if not self.keys or self.keys[-1] != keys:
+            self.keys.append(keys)
+            spec = _leaf_spec(self.directory, keys)
+            spec["kvstore"]["config"] = _OCDBT_CONFIG
+            chunks = (1,) * (len(shape) - value.ndim) + tuple(value.shape)
+            spec.update(dtype=str(value.dtype), metadata={"shape": list(shape), "chunks": list(chunks),
+                                                          "compressor": {"id": "zstd", "level": 1}})
+            self.array = ts.open(spec, create=True, context=self.context).result()
+        # value is never modified after this: tensorstore may keep a reference instead of copying it
+        self.array[index].write(value, can_reference_source_data_indefinitely=True).result()
+
+    def close(self):
+        leaf = {"value_type": "np.ndarray", "skip_deserialize": False}
+        tree = {str(keys): {"key_metadata": [{"key": k, "key_type": 2} for k in keys], "value_metadata": leaf}
+                for keys in self.keys}
+        meta = {"tree_metadata": tree, "use_ocdbt": True, "use_zarr3": False,
+                "store_array_data_equal_to_fill_value": True, "custom_metadata": None}
+        with open(os.path.join(self.directory, "_METADATA"), "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        handler, now = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler", time.time_ns()
+        with open(os.path.join(self.directory, "_CHECKPOINT_METADATA"), "w", encoding="utf-8") as f:
+            json.dump({"item_handlers": handler, "metrics": {}, "performance_metrics": {}, "custom_metadata": {},
+                       "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now}, f)
 
 
 def iter_checkpoint_params(source: CheckpointSource, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
     """(our dotted path, array) for every parameter, one at a time, after checking names and shapes."""
     leaves = checkpoint_leaves(source)
     _check_leaves(source, leaves)
+    open_leaf = leaf_opener(source.pytree_dir)
     for entry in hf.name_map(source.config):
-        keys, _, _, metadata = leaves[entry.path]
-        array = restore_leaf(source.pytree_dir, keys, metadata)
+        array = open_leaf(leaves[entry.path][0]).read().result()
         yield entry.path, (array if dtype is None else array.astype(dtype, copy=False))
+        del array
+        release_memory()
 
 
 def load_params_from_checkpoint(path: str, cfg: ModelConfig | None = None, step: int | None = None,
@@ -365,8 +432,6 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
 
 def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     """A Hugging Face Mistral/Mixtral directory -> an orbax checkpoint dir (params/, model_config.json, tokenizer)."""
-    from orbax.checkpoint.experimental.v1 import partial
-
     hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
     if not os.path.isdir(hf_dir):
         raise NotACheckpointError(f"{hf_dir}: no such directory (expected a Hugging Face model directory)")
@@ -376,15 +441,16 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     if os.path.exists(os.path.join(out, PARAMS_ITEM)):
         raise FileExistsError(f"{os.path.join(out, PARAMS_ITEM)} exists; choose a new --out")
     os.makedirs(out, exist_ok=True)
-    staging = os.path.join(out, "params_partial_save")
-    first = None
-    for path, array in hf.iter_hf_params(hf_dir, cfg, dtype=target):
-        first = first or str(array.dtype)
-        partial.save(staging, _nest(tuple(path.split(".")), array))
-        del array
-    partial.finalize(staging)
-    os.replace(os.path.join(staging, "state"), os.path.join(out, PARAMS_ITEM))
-    shutil.rmtree(staging)
+    staging = os.path.join(out, PARAMS_ITEM + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    writer, first = PyTreeWriter(staging), None
+    for entry, shape, index, value in hf.iter_hf_slices(hf_dir, cfg, dtype=target):
+        first = first or str(value.dtype)
+        writer.write(entry.path, shape, index, value)
+        del value
+        release_memory()
+    writer.close()
+    os.replace(staging, os.path.join(out, PARAMS_ITEM))
     fields = dataclasses.asdict(cfg.replace(param_dtype=_dtype_name(first)))
     with open(os.path.join(out, MODEL_CONFIG), "w", encoding="utf-8") as f:
         json.dump(fields, f, indent=2)
@@ -411,12 +477,14 @@ def orbax_to_hf(ckpt: str, out: str, step: int | None = None, dtype: str | None 
     stored = str(target or leaves[hf.name_map(cfg)[0].path][2])
     plan = [(name, hf.hf_shape(entry, hf.param_shapes(cfg)[entry.path]), str(target or leaves[entry.path][2]))
             for entry in hf.name_map(cfg) for _, name in hf.hf_names(entry, cfg)]
-    writer = ShardWriter(out, parse_size(max_shard_size), plan)
-    for path, array in iter_checkpoint_params(source, target):
-        entry = next(e for e in hf.name_map(cfg) if e.path == path)
+    writer, open_leaf = ShardWriter(out, parse_size(max_shard_size), plan), leaf_opener(source.pytree_dir)
+    for entry in hf.name_map(cfg):
+        array = open_leaf(leaves[entry.path][0])
         for index, name in hf.hf_names(entry, cfg):
-            writer.add(name, hf.to_hf(entry, array[index] if index else array))
-        del array
+            value = array[index].read().result()  # one layer (and expert) at a time
+            writer.add(name, hf.to_hf(entry, value if target is None else value.astype(target, copy=False)))
+            del value
+        release_memory()
     writer.close()
     hf_config = source.config.replace(param_dtype=_dtype_name(stored)).to_hf_dict()
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:

@@ -236,3 +236,27 @@ def load_flat_params(model, params: dict[str, np.ndarray]):
             raise CheckpointError(f"parameter {key}: expected shape {target.shape}, got {got}")
         variable.set_value(jnp.asarray(params[key], target.dtype))
     nnx.update(model, state)
+
+
+def iter_hf_slices(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[Entry, tuple[int, ...], tuple[int, ...], np.ndarray]]:
+    """(entry, stacked shape, index into the stacked array, one tensor in our layout) for every Hugging Face
+    tensor, in name_map order: memory stays near one tensor, whatever the size of the stacked parameter.
+
+    Same checks as iter_hf_params (unexpected names first, missing or mis-shaped ones when reached).
+    """
+    source = SafetensorsDir(path)
+    check_hf_names(source, cfg)
+    shapes = param_shapes(cfg)
+    for entry in name_map(cfg):
+        shape = shapes[entry.path]
+        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
+        for index, name in hf_names(entry, cfg):
+            tensor = source.get(name)
+            source.close()  # unmap the file: its pages read so far would otherwise stay resident
+            if tensor.shape != hf_shape(entry, shape):
+                raise CheckpointError(f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
+                                      f"expected {hf_shape(entry, shape)} from the config")
+            value = np.ascontiguousarray(to_ours(entry, tensor, shape), dtype=dtype)  # the writer may keep it
+            del tensor  # else a transposed copy and the original would be held together
+            yield entry, stack + shape, index, value
+            del value

@@ -230,3 +230,41 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
         runs[name] = _metrics(workdir)
     assert runs["hf"] == runs["orbax"]
     assert runs["hf"][1]["loss"] != runs["scratch"][1]["loss"]
+
+
+def _assert_close_runs(got, want, steps, rtol):
+    for step in steps:
+        for key in ("loss", "loss_emb", "loss_gen", "grad_norm", "param_norm"):
+            np.testing.assert_allclose(got[step][key], want[step][key], rtol=rtol, atol=1e-6, err_msg=f"step {step} {key}")
+        assert got[step]["tokens"] == want[step]["tokens"]
+
+
+def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, reference, data_dir, compile_cache):
+    """launch/local.sh runs 2 processes x 4 CPU devices as 2 hosts (gloo): killed after a checkpoint and
+    restarted on the same layout, it logs the losses of the 1-process x 8-device reference run; its
+    checkpoint then restores onto a different mesh (data=2 x fsdp=4, one process) and continues alike.
+
+    Tolerance 1e-5 relative: the same program on the same 8-device mesh, but the cross-host reductions run
+    through gloo, whose summation order may differ from the in-process one."""
+    workdir = str(tmp_path / "two_hosts")
+    env = dict(_env(4, compile_cache), PYTHON=sys.executable, DEVICES_PER_HOST="4", KILL_AFTER="5",
+               LOG_DIR=os.path.join(workdir, "logs"))
+    command = ["bash", "launch/local.sh", "2", *_command(workdir, data_dir)[3:]]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(2 * EVERY))), process, timeout=400)
+    os.killpg(process.pid, signal.SIGKILL)  # every host at once, no chance to save
+    process.communicate()
+    restart = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert restart.returncode == 0, restart.stdout[-3000:] + restart.stderr[-3000:]
+    assert "resuming from checkpoint step" in restart.stdout
+    two_hosts, single = _metrics(workdir), _metrics(reference)
+    assert sorted(two_hosts) == sorted(single)
+    _assert_close_runs(two_hosts, single, single, rtol=1e-5)
+
+    other_mesh = str(tmp_path / "other_mesh")
+    shutil.copytree(workdir, other_mesh)
+    shutil.rmtree(os.path.join(other_mesh, "checkpoints", str(STEPS)))  # resume from step 28 ...
+    result = _ok(_train(other_mesh, data_dir, compile_cache, "--config.mesh.data=2", "--config.mesh.fsdp=4"))
+    assert "resuming from checkpoint step 28 " in result.stdout  # ... onto data=2 x fsdp=4
+    _assert_close_runs(_metrics(other_mesh), single, (29, 30), rtol=1e-4)
