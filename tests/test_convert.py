@@ -51,9 +51,22 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     assert grit["pooling_method"] == "mean" and grit["attn"] == "bbcc" and grit["normalized"] is True
     hf_config = json.load(open(back / "config.json"))
     assert hf_config["architectures"] == [reference.config.architectures[0]]
-    # The orbax checkpoint is also what GritLM and the loader read.
+    # The orbax checkpoint is also what GritLM and the loader read, and orbax itself reads it back exactly
+    # (grit-convert writes orbax's layout slice by slice with tensorstore: an orbax upgrade must not break it).
     flat = convert.load_params_from_checkpoint(str(tmp_path / "ckpt"))
     assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
+    import orbax.checkpoint as ocp
+
+    from grit_jax.hf import read_hf_params
+    from grit_jax.model import ModelConfig
+
+    restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "params"))
+    by_orbax = {".".join(str(getattr(k, "key", k)) for k in path if str(getattr(k, "key", k)) != "value"): leaf
+                for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    expected = read_hf_params(hf_dir, ModelConfig.from_hf_json(hf_dir))
+    assert set(by_orbax) == set(expected)
+    for key, value in expected.items():
+        assert by_orbax[key].dtype == value.dtype and np.array_equal(np.asarray(by_orbax[key]), value), key
 
 
 def make_training_checkpoint(workdir, tokenizer_model, step=3):
