@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from grit_jax import hf
+from grit_jax import hf, platforms
 from grit_jax.hf import CheckpointError
 from grit_jax.model.config import ConfigError, ModelConfig
 
@@ -521,6 +521,7 @@ def parse_args(argv):
 
 
 def run(argv=None):
+    platforms.quiet_platform()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "hf-to-orbax":

@@ -19,7 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from grit_jax import distributed
+from grit_jax import distributed, platforms
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True)
@@ -333,6 +333,7 @@ _USER_ERRORS = {"UsageError", "ConfigError", "MeshConfigError", "DataError", "Ch
 
 
 def run():
+    platforms.quiet_platform()  # before any JAX backend starts: no libtpu noise on a CPU machine
     distributed.initialize_from_env()
     app.run(main, flags_parser=_parse_flags)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from grit_jax import platforms
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
 
@@ -55,6 +56,7 @@ def report(manifest: dict) -> str:
 
 
 def run(argv=None) -> int:
+    platforms.quiet_platform()
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "demo":

@@ -1,0 +1,145 @@
+"""grit-aot: Cloud TPU names, a real compile of the tiny config for a v5e slice, a config that does
+not fit, usage errors, and quiet stderr on CPU (libtpu installed, JAX_PLATFORMS unset)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grit_jax import aot, platforms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_libtpu = pytest.mark.skipif(not aot.importlib.util.find_spec("libtpu"), reason="the aot extra (libtpu)")
+
+
+def _run(*args, unset_platforms=True):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # no faked CPU devices: the run must behave as a user's would
+    if unset_platforms:
+        env.pop("JAX_PLATFORMS", None)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, chips, topology", [
+    ("v4-128", 64, "v4:4x4x4"), ("v5p-128", 64, "v5p:4x4x4"), ("v5p-256", 128, "v5p:4x4x8"),
+    ("v5p-512", 256, "v5p:4x8x8"), ("v5p-8", 4, "v5p:2x2x1"), ("v4-16", 8, "v4:2x2x2"),
+    ("v5e-64", 64, "v5e:8x8"), ("v5litepod-16", 16, "v5e:4x4"), ("v6e-64", 64, "v6e:8x8"), ("v6e-8", 8, "v6e:2x4"),
+    ("v5e:2x4", 8, "v5e:2x4"),
+])
+def test_cloud_tpu_names(name, chips, topology):
+    a = aot.parse_accelerator(name)
+    assert (a.chips, a.topology) == (chips, topology)
+
+
+@pytest.mark.parametrize("name", ["v5p-7", "v5e-12", "v7-8", "tpu", "v5e:2x2x2", ""])
+def test_bad_names(name):
+    with pytest.raises(aot.UsageError):
+        aot.parse_accelerator(name)
+
+
+def test_hbm_per_chip():
+    gib = 2**30
+    assert [aot.parse_accelerator(n).hbm_bytes // gib for n in ("v4-8", "v5p-8", "v5e-4", "v6e-4")] == [32, 95, 16, 32]
+
+
+def test_without_libtpu_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(aot.UsageError, match=r"pip install -e \.\[aot\]"):
+        aot.topology_devices(aot.parse_accelerator("v5e-4"))
+
+
+@needs_libtpu
+def test_tiny_compiles_for_v5e(tmp_path):
+    out = tmp_path / "report.json"
+    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4", f"--json={out}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == ""  # no libtpu / TPU-initialisation noise
+    assert r.stdout.startswith("fits: needs ")
+    report = json.loads(out.read_text())
+    assert report["chips"] == 4 and report["device_kind"] == "TPU v5 lite" and report["topology"] == "v5e:2x2"
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1, "expert": 1}
+    assert report["fits"] and report["hbm_bytes"] == 16 * 2**30
+
+    import importlib.util
+
+    import jax
+
+    from grit_jax import flops, step
+
+    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    cfg = step.model_config(config)
+    num_params = sum(x.size for x in jax.tree.leaves(step.abstract_model(config)[1]))
+    # data parallel: every chip holds all float32 parameters and Adam's two moments
+    assert report["parameter_bytes"] == 4 * num_params
+    assert 2 * 4 * num_params <= report["optimizer_bytes"] <= 2 * 4 * num_params + 64
+    assert report["argument_bytes"] >= report["parameter_bytes"] + report["optimizer_bytes"]
+    assert report["total_bytes"] >= report["argument_bytes"] + report["temp_bytes"]
+    assert report["step_flops"] == pytest.approx(flops.train_step_flops(config, cfg))
+    assert report["step_seconds"] == pytest.approx(report["step_flops"] / (4 * 197e12 * 0.5))
+    assert report["top"] and report["top"][0][1] == max(b for _, b, _ in report["top"])
+
+
+@needs_libtpu
+def test_config_that_does_not_fit_says_so():
+    # 4096 generative sequences of 2048 tokens on 4 chips: the float32 logits alone exceed 16 GiB a chip
+    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4", "--top=3",
+             "--config.objective.mode=generative", "--config.data.generative_batch_size=4096",
+             "--config.data.generative_max_len=2048")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == ""
+    first, *rest = r.stdout.splitlines()
+    assert first.startswith("does not fit: needs ") and " GiB of 16.00 GiB per chip" in first
+    needed = float(first.split("needs ")[1].split(" GiB")[0])
+    assert needed > 16
+    consumers = rest[rest.index("top consumers per chip:") + 1:][:3]
+    assert "temporaries" in consumers[0]
+
+
+def test_usage_errors_are_one_line():
+    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5p-7")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("grit-aot: error: --topology v5p-7")
+    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4",
+             "--config.data.embedding_batch_size=6")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "embedding_batch_size=6" in r.stderr
+    r = _run("-m", "grit_jax.aot", "--config", "configs/nope.py", "--topology", "v5e-4")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_quiet_platform_on_cpu():
+    """With libtpu installed and JAX_PLATFORMS unset, a CPU command prints nothing to stderr."""
+    code = ("from grit_jax import platforms; p = platforms.quiet_platform(); import jax; "
+            "print(p, jax.devices()[0].platform, 'libtpu' in open('/proc/self/maps').read())")
+    r = _run("-c", code)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # on this CPU machine libtpu is never even loaded (loading it is what prints the noise)
+    assert r.stdout.split() == [platforms.default_platforms() or "None", "cpu", str(platforms.has_tpu())]
+
+
+def test_quiet_platform_after_jax_import():
+    code = ("import jax; from grit_jax import platforms; platforms.quiet_platform(); print(jax.devices()[0].platform, "
+            "'libtpu' in open('/proc/self/maps').read())")
+    r = _run("-c", code)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.split() == ["cpu", str(platforms.has_tpu())]
+
+
+def test_quiet_platform_keeps_the_users_choice(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert platforms.quiet_platform() == "cpu"
+
+
+def test_train_cli_is_quiet_on_cpu(tmp_path):
+    """grit-train stopping on a config error says one line, with no TPU-initialisation noise."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    # the mesh is built (JAX starts its backends) before the config check fails
+    r = _run("-m", "grit_jax.train", "--config", "configs/tiny.py", f"--workdir={tmp_path / 'work'}",
+             f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.train_group_size=1",
+             "--config.data.embedding_batch_size=1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("grit-train: error: data.train_group_size=1") and r.stderr.count("\n") == 1, r.stderr
