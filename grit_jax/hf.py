@@ -157,7 +157,12 @@ class SafetensorsDir:
 
 def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
     """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
-    return dict(iter_hf_params(path, cfg, dtype))
+    params = {}
+    for entry, stacked_shape, index, value in iter_hf_slices(path, cfg, dtype):
+        if entry.path not in params:
+            params[entry.path] = np.empty(stacked_shape, value.dtype)
+        params[entry.path][index] = value
+    return params
 
 
 def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
@@ -169,35 +174,6 @@ def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
             f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} with this config"
             + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
         )
-
-
-def iter_hf_params(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-    """(our path, stacked array) one parameter at a time: memory stays near the largest stacked parameter.
-
-    Unexpected tensor names are reported before anything is read; missing or mis-shaped ones when reached.
-    """
-    source = SafetensorsDir(path)
-    check_hf_names(source, cfg)
-    shapes = param_shapes(cfg)
-    for entry in name_map(cfg):
-        shape = shapes[entry.path]
-        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
-        out = None
-        for index, name in hf_names(entry, cfg):
-            tensor = source.get(name)
-            source.close()  # unmap the file: its pages read so far would otherwise stay resident
-            if tensor.shape != hf_shape(entry, shape):
-                raise CheckpointError(
-                    f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
-                    f"expected {hf_shape(entry, shape)} from the config"
-                )
-            value = to_ours(entry, tensor, shape)
-            if out is None:
-                out = np.empty(stack + shape, dtype or value.dtype)
-            out[index] = value
-            del tensor, value
-        yield entry.path, out
-        del out
 
 
 def from_hf(path: str, dtype: str | None = None, **config_changes):
@@ -242,7 +218,7 @@ def iter_hf_slices(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[En
     """(entry, stacked shape, index into the stacked array, one tensor in our layout) for every Hugging Face
     tensor, in name_map order: memory stays near one tensor, whatever the size of the stacked parameter.
 
-    Same checks as iter_hf_params (unexpected names first, missing or mis-shaped ones when reached).
+    Unexpected tensor names are reported before anything is read; missing or mis-shaped ones when reached.
     """
     source = SafetensorsDir(path)
     check_hf_names(source, cfg)
