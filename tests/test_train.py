@@ -268,3 +268,23 @@ def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, referen
     result = _ok(_train(other_mesh, data_dir, compile_cache, "--config.mesh.data=2", "--config.mesh.fsdp=4"))
     assert "resuming from checkpoint step 28 " in result.stdout  # ... onto data=2 x fsdp=4
     _assert_close_runs(_metrics(other_mesh), single, (29, 30), rtol=1e-4)
+
+
+def test_trained_run_exports_to_transformers(tmp_path, reference):
+    """The reference run's work directory, exported with grit-convert, loads in transformers and gives the
+    logits of the trained JAX model (restored from the same checkpoint by GritLM) within 1e-4."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from grit_jax import GritLM, convert
+    from grit_jax.masks import make_attn_mask
+
+    out = str(tmp_path / "hf")
+    convert.run(["orbax-to-hf", "--ckpt", reference, "--out", out])
+    exported = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    model = GritLM.from_pretrained(reference).model
+    tokens = np.random.default_rng(0).integers(3, 500, (2, 12)).astype(np.int32)
+    ours = np.asarray(model.logits(model(tokens, make_attn_mask(np.ones((2, 12), bool), "causal")).hidden))
+    with torch.no_grad():
+        theirs = exported(torch.as_tensor(tokens).long()).logits.numpy()
+    assert np.abs(ours - theirs).max() < 1e-4
