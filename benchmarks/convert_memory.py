@@ -13,7 +13,6 @@ the model and of its largest (stacked) parameter:
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys

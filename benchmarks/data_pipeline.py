@@ -14,7 +14,6 @@ import random
 import tempfile
 import time
 
-import numpy as np
 
 from grit_jax import data
 from grit_jax.data import demo, sources

@@ -284,7 +284,7 @@ def format_report(r: Report) -> str:
     lines = [
         head,
         f"slice      {r.accelerator} = {r.chips} chips ({r.device_kind}, topology {r.topology}), mesh {mesh}",
-        f"settings   " + ", ".join(f"{k}={v}" for k, v in r.settings.items()),
+        "settings   " + ", ".join(f"{k}={v}" for k, v in r.settings.items()),
         "per chip:",
         f"  parameters        {_gib(r.parameter_bytes):>12}",
         f"  optimizer state   {_gib(r.optimizer_bytes):>12}",

@@ -6,7 +6,6 @@ query is ranked against all of them with the embedding pass the model is trained
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec

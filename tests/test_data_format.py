@@ -1,6 +1,5 @@
 """Token-level tests of the GRIT prompt formats against the reference's rules."""
 
-import numpy as np
 import pytest
 
 from grit_jax.data import format as fmt

@@ -179,3 +179,19 @@ def test_demo_is_cached(config):
     start = time.time()
     demo.prepare_demo_data(config.data_dir, vocab_size=512)
     assert time.time() - start < 1.0
+
+
+def test_demo_corpus_depends_on_the_python_version_alone():
+    """The stdlib corpus is collected by a fresh interpreter and holds no object addresses: the same in a
+    process that imported torch and jax (which touch stdlib modules) as in any other, and from run to run."""
+    import subprocess
+    import sys
+
+    from grit_jax.data.demo import stdlib_entries
+
+    here = stdlib_entries()
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "import json, torch, jax; from grit_jax.data.demo import stdlib_entries; "
+                               "print(json.dumps(stdlib_entries()))"], capture_output=True, text=True, check=True)
+    assert json.loads(elsewhere.stdout.strip().splitlines()[-1]) == here
+    assert " at 0x" not in json.dumps(here) and len(here["functions"]) > 300 and len(here["modules"]) > 50

@@ -8,91 +8,27 @@ Python version; about 5% of names (by CRC32) are held out for evaluation. Nothin
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
+import subprocess
 import sys
-import warnings
 import zlib
 
 from grit_jax.data import sources
-from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
+from grit_jax.data.tokenizer import train_tokenizer
 
-MODULES = (
-    "abc argparse ast base64 bisect calendar codecs collections configparser contextlib copy csv "
-    "dataclasses datetime difflib enum filecmp fnmatch fractions functools gettext glob gzip hashlib "
-    "heapq hmac html inspect ipaddress itertools json linecache locale logging math numbers operator "
-    "os pathlib pprint queue random re sched secrets shlex shutil statistics string struct subprocess "
-    "tarfile tempfile textwrap threading timeit tokenize traceback types typing unittest urllib.parse "
-    "uuid warnings weakref zipfile zlib asyncio binascii cmd code codeop colorsys compileall "
-    "concurrent.futures contextvars copyreg decimal dis doctest email.message email.utils ftplib getopt "
-    "graphlib http.client http.cookies http.server imaplib importlib io mailbox mimetypes netrc "
-    "optparse pdb pickle pickletools pkgutil plistlib poplib profile pstats py_compile pydoc quopri "
-    "reprlib runpy selectors signal smtplib socket socketserver sqlite3 ssl stat symtable sysconfig "
-    "tabnanny trace tracemalloc urllib.request wave xml.dom.minidom xml.etree.ElementTree zipapp "
-    "zipimport zoneinfo"
-).split()
 FUNCTION_INSTRUCTION = "Retrieve the documentation of this function"
 CLASS_INSTRUCTION = "Retrieve the documentation of this class or method"
 PREPARE_LIMITS = (128, 512, 512)  # stored lengths; training may truncate further
 NUM_NEGATIVES = 3
 
 
-def _signature(obj) -> str:
-    try:
-        return str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return "(...)"
-
-
-def _documented(name: str, obj):
-    """(name, signature, summary, rest) when the docstring has a summary and a body, else None."""
-    doc = inspect.getdoc(obj)
-    if not doc or obj.__doc__ is None:
-        return None
-    summary, _, rest = doc.partition("\n\n")
-    summary, rest = " ".join(summary.split()), rest.strip()
-    if not 10 <= len(summary) <= 300 or len(rest) < 40:
-        return None
-    return name, _signature(obj), summary.strip(), rest
-
-
-def stdlib_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
-    """{'functions' | 'classes': [(module, name, signature, summary, rest)]}, sorted, deduplicated."""
-    with warnings.catch_warnings():  # deprecated aliases (typing.io, ...) warn when touched
-        warnings.simplefilter("ignore")
-        return _collect_entries()
-
-
-def _collect_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
-    found = {"functions": [], "classes": []}
-    seen = set()
-    for module_name in MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for attr in sorted(vars(module)):
-            obj = getattr(module, attr)
-            if attr.startswith("_") or getattr(obj, "__module__", None) not in (module_name, "_" + module_name):
-                continue
-            members = []
-            if inspect.isclass(obj):
-                members.append(("classes", f"{module_name}.{attr}", obj))
-                members += [
-                    ("classes", f"{module_name}.{attr}.{m}", getattr(obj, m))
-                    for m in sorted(vars(obj))
-                    if not m.startswith("_") and callable(getattr(obj, m, None))
-                ]
-            elif callable(obj):
-                members.append(("functions", f"{module_name}.{attr}", obj))
-            for kind, name, member in members:
-                entry = _documented(name, member)
-                if entry and entry[3] not in seen:
-                    seen.add(entry[3])
-                    found[kind].append((module_name, *entry))
-    return found
+def stdlib_entries() -> dict[str, list]:
+    """{'functions' | 'classes': [(module, name, signature, summary, rest)], 'modules': [(module, doc)]},
+    collected by a fresh interpreter (see stdlib_docs.py) so that only the Python version decides it."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stdlib_docs.py")
+    result = subprocess.run([sys.executable, "-I", "-S", script], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
 
 
 def _held_out(name: str) -> bool:
@@ -122,10 +58,8 @@ def build_jsonl(out_dir: str) -> dict[str, list[str]]:
             path = os.path.join(out_dir, f"{prefix}stdlib_{kind}.jsonl")
             _write(path, rows[split])
             files[f"{prefix}embedding"].append(path)
-    for module_name in MODULES:  # module docstrings as plain text
-        module = sys.modules.get(module_name)
-        if module and inspect.getdoc(module):
-            chats["eval" if _held_out(module_name) else "train"].append({"text": inspect.getdoc(module)})
+    for module_name, doc in entries["modules"]:  # module docstrings as plain text
+        chats["eval" if _held_out(module_name) else "train"].append({"text": doc})
     for split, prefix in (("train", ""), ("eval", "eval_")):
         path = os.path.join(out_dir, f"{prefix}stdlib_chat.jsonl")
         _write(path, chats[split])

@@ -13,7 +13,7 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.model.config import ModelConfig
-from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, make_param, rotary_tables
+from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, rotary_tables
 from grit_jax.model.moe import SparseMoE
 
 REMAT_POLICIES = {
