@@ -8,7 +8,7 @@ from grit_jax.config import base_config
 
 def get_config():
     config = base_config()
-    config.num_steps = 300
+    config.num_steps = 800
     config.model.preset = "demo"
     # Short sequences keep a step near 0.5-1 s on 2 CPU cores: the query keeps its instruction, name and
     # signature, the passage the first lines of the docstring body (benchmarks/RESULTS.md "Demo run").
@@ -17,6 +17,6 @@ def get_config():
                        num_threads=2, prefetch_buffer_size=4)
     config.objective.update(temperature=0.05)
     config.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_ratio=0.05, weight_decay=0.01)
-    config.checkpoint.update(every_steps=100, keep=2)
-    config.log.update(every_steps=10, eval_every_steps=50, eval_max_queries=256)
+    config.checkpoint.update(every_steps=200, keep=2)
+    config.log.update(every_steps=20, eval_every_steps=100, eval_max_queries=256)
     return config

@@ -200,15 +200,15 @@ def test_demo_learns(tmp_path, data_dir, compile_cache):
     """A shortened demo (configs/demo.py, fewer steps on shorter sequences): held-out retrieval MRR@10
     rises well above its untrained value and the held-out generative loss falls."""
     workdir = str(tmp_path)
-    _ok(_train(workdir, data_dir, compile_cache, "--config.num_steps=100", "--config.log.eval_every_steps=100",
+    _ok(_train(workdir, data_dir, compile_cache, "--config.num_steps=200", "--config.log.eval_every_steps=200",
                "--config.data.query_max_len=32", "--config.data.passage_max_len=32",
                "--config.data.generative_max_len=48", "--config.checkpoint.every_steps=1000",
                config="configs/demo.py", devices=1, timeout=300))
     metrics = _metrics(workdir)
-    untrained, trained = metrics[0], metrics[100]
+    untrained, trained = metrics[0], metrics[200]
     print(f"demo (shortened): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
           f"eval loss_gen {untrained['eval_loss_gen']:.3f} -> {trained['eval_loss_gen']:.3f}")
-    # measured 0.012 -> 0.067 (2-core CPU): assert at least 3x and +0.03 (random ranking of 260 passages: ~0.011)
+    # measured 0.012 -> 0.060 (2-core CPU; deterministic): assert at least 3x and +0.03 (random ranking: ~0.011)
     assert trained["eval_mrr@10"] > max(3 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.03)
     assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 0.5
 
