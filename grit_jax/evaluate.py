@@ -49,7 +49,7 @@ class Evaluator:
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                out = model(tokens, masks.make_attn_mask(mask, "causal"))
+                out = model(tokens, masks.make_attn_mask(mask, "causal", sliding_window=model.config.sliding_window))
                 total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
                 return total, count
 

@@ -152,7 +152,7 @@ def map_chunks(fn, inputs, chunk_size):
 
 def encode(model, projection, tokens, mask, instruction_len, objective):
     """Embeddings [N,D or P] of one set of sequences with the embedding pass's attention."""
-    attn = masks.make_attn_mask(mask, ATTENTIONS[objective.attn])
+    attn = masks.make_attn_mask(mask, ATTENTIONS[objective.attn], sliding_window=model.config.sliding_window)
     hidden = model(tokens, attn).hidden
     return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
 
@@ -186,7 +186,7 @@ def generative_loss(graphdef, params, batch, objective):
     def micro(rows):
         tok, m, lm = rows
         model = nnx.merge(graphdef, params)
-        out = model(tok, masks.make_attn_mask(m, "causal"))
+        out = model(tok, masks.make_attn_mask(m, "causal", sliding_window=model.config.sliding_window))
         total, _ = token_cross_entropy(model.logits(out.hidden), tok, lm)
         aux = jnp.zeros((), jnp.float32)
         if out.router_logits is not None:

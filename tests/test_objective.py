@@ -207,3 +207,21 @@ def test_reference_gradient_scale_is_one_over_w_of_the_embedding_gradient():
     (loss, grads), (loss_ref, grads_ref) = both(state.projection)
     np.testing.assert_allclose(loss_ref, loss, rtol=1e-7)
     assert_trees_close(grads_ref, jax.tree.map(lambda g: g / 4, grads), rtol=1e-6, atol=1e-7)
+
+
+def test_the_models_sliding_window_reaches_both_passes(setup):
+    """A config.json sliding_window is honoured by the training losses, not only by the model tests."""
+    from grit_jax.model import ModelConfig, Transformer
+
+    c, state, graphdef, batch = setup
+    windowed = nnx.split(nnx.eval_shape(lambda: Transformer(ModelConfig.preset("tiny", sliding_window=4),
+                                                            rngs=nnx.Rngs(0))))[0]
+    _, with_window = loss_only(c, state, windowed, batch)
+    _, without = loss_only(c, state, graphdef, batch)
+    model = nnx.merge(windowed, state.params)
+    tokens = np.asarray(batch["gen_tokens"])
+    logits = model.logits(model(tokens, masks.make_attn_mask(batch["gen_mask"], "causal", sliding_window=4)).hidden)
+    want = torch_generative_loss(logits, tokens, np.asarray(batch["gen_loss_mask"]), "mixed")
+    np.testing.assert_allclose(with_window["loss_gen"], want, rtol=2e-5)
+    assert abs(float(with_window["loss_gen"]) - float(without["loss_gen"])) > 1e-4
+    assert abs(float(with_window["loss_emb"]) - float(without["loss_emb"])) > 1e-4
