@@ -242,8 +242,9 @@ def train(config, workdir) -> dict:
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
                 elapsed = time.perf_counter() - t0
                 seconds = elapsed / every if step % every == 0 else elapsed
-                metrics.update(step_time=seconds, tokens_per_second=tokens / max(elapsed, 1e-9),
-                               mfu=step_flops / seconds / peak if peak else 0.0)
+                metrics.update(step_time=seconds, tokens_per_second=tokens / max(elapsed, 1e-9))
+                if peak:  # unknown on a CPU: benchmarks/train_step.py measures a peak instead
+                    metrics["mfu"] = step_flops / seconds / peak
                 if eval_every and evaluator.enabled and (step % eval_every == 0 or step == config.num_steps):
                     metrics.update(evaluator(state))
                 log.write(step, metrics)
