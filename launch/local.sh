@@ -60,22 +60,26 @@ stop_all() {  # SIGTERM to the processes still running now, SIGKILL after KILL_A
 trap 'echo "local.sh: SIGTERM, forwarding to the processes" >&2; stop_all' TERM
 trap 'echo "local.sh: SIGINT, forwarding SIGTERM to the processes" >&2; stop_all' INT
 
+# Poll rather than `wait -n`: bash's `wait -n PID...` can lose a child that ended while a trap ran
+# ("no such job"), and then loops forever. A finished job leaves `jobs -rp`; `wait PID` gives its status.
 status=0 left=("${pids[@]}")
 while ((${#left[@]})); do
-  done_pid=""
-  if wait -n -p done_pid "${left[@]}"; then rc=0; else rc=$?; fi
-  [[ -n ${done_pid:-} ]] || continue  # woken by a signal: the trap has forwarded it
-  for ((i = 0; i < N; i++)); do [[ ${pids[i]} == "$done_pid" ]] && break; done
+  running=" $(jobs -rp | tr '\n' ' ') "
   still=()
-  for pid in "${left[@]}"; do [[ $pid == "$done_pid" ]] || still+=("$pid"); done
-  left=("${still[@]}")
-  if ((rc != 0)); then
-    echo "local.sh: process $i exited with status $rc (log: $LOG_DIR/process_$i.log)" >&2
-    if ((status == 0)); then
-      status=$rc
-      stop_all
+  for pid in "${left[@]}"; do
+    if [[ $running == *" $pid "* ]]; then still+=("$pid"); continue; fi
+    if wait "$pid" 2>/dev/null; then rc=0; else rc=$?; fi
+    for ((i = 0; i < N; i++)); do [[ ${pids[i]} == "$pid" ]] && break; done
+    if ((rc != 0)); then
+      echo "local.sh: process $i exited with status $rc (log: $LOG_DIR/process_$i.log)" >&2
+      if ((status == 0)); then
+        status=$rc
+        stop_all
+      fi
     fi
-  fi
+  done
+  left=("${still[@]}")
+  ((${#left[@]} == 0)) || sleep 0.2
 done
 [[ -z $killer ]] || kill "$killer" 2>/dev/null || true
 wait "${pipes[@]}" 2>/dev/null || true  # the last lines of the logs
