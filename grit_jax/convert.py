@@ -328,7 +328,7 @@ _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 class ShardWriter:
-    """Writes tensors straight to `model-XXXXX-of-YYYYY.safetensors` files as they arrive, nothing buffered.
+    """Writes tensors straight to `model-00001-of-00003.safetensors`-style shards as they arrive, nothing buffered.
 
     The layout (which tensor goes in which shard, at which offset) is planned from names, shapes and dtypes
     before any tensor is read, so each file's header is written first and tensors stream in after it.
