@@ -206,7 +206,13 @@ def train(config, workdir) -> dict:
         state = step_lib.create_train_state(config, mesh, initial_params(config))
         start = 0
     else:
-        state, data_state = ckpt.restore(start, step_lib.abstract_train_state(config, mesh))
+        try:
+            state, data_state = ckpt.restore(start, step_lib.abstract_train_state(config, mesh))
+        except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer
+            reason = str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
+            raise UsageError(f"checkpoint step {start} in {ckpt.directory} does not match this config (model, "
+                             f"objective.projection_dim or optimizer differ): {reason}; use another --workdir "
+                             "or the config the run started with") from None
         data.set_state(data_state)
         logging.info("resumed from %s/%d", ckpt.directory, start)
         if main:

@@ -288,3 +288,17 @@ def test_trained_run_exports_to_transformers(tmp_path, reference):
     with torch.no_grad():
         theirs = exported(torch.as_tensor(tokens).long()).logits.numpy()
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_resuming_with_another_model_ends_with_one_line(tmp_path, reference, data_dir, compile_cache):
+    """A work directory whose checkpoints hold another model: one line naming the checkpoint, no traceback,
+    and the checkpoints left as they were."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference, workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    result = _train(workdir, data_dir, compile_cache, "--config.model.preset=tiny_moe", timeout=180)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("grit-train: error: checkpoint step 30 ") and "does not match this config" in last, last
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
