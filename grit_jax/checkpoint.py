@@ -12,7 +12,6 @@ import glob
 import logging
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
@@ -61,7 +60,3 @@ class Checkpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
-
-def abstract_with_shardings(tree):
-    """ShapeDtypeStructs with shardings from a tree of jax arrays or ShapeDtypeStructs."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
