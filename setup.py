@@ -1,4 +1,5 @@
 """grit_jax: Generative Representational Instruction Tuning (GRIT) in JAX/Flax NNX for TPU pods."""
+
 from setuptools import find_packages, setup
 
 setup(

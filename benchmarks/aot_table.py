@@ -6,6 +6,7 @@ Each row is one ``python -m grit_jax.aot ... --json`` run (a fresh process: libt
 and memory are not shared between rows); finished rows are kept in --out and reused unless --force.
 Prints the markdown table; compiling the 7B and 8x7B steps takes minutes per row on a small CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,18 @@ ROWS = [
     ("GritLM-7B", "configs/gritlm_7b.py", "v6e-64", {}),
     # 256 queries over 128 / 256 batch shards: a chunk must be a multiple of the shards, and 256
     # generative sequences leave room for 2 / 1 accumulation steps
-    ("GritLM-8x7B", "configs/gritlm_8x7b.py", "v5p-256",
-     {"objective.embedding_chunk_size": 128, "objective.generative_accumulation_steps": 2}),
-    ("GritLM-8x7B", "configs/gritlm_8x7b.py", "v5p-512",
-     {"objective.embedding_chunk_size": 256, "objective.generative_accumulation_steps": 1}),
+    (
+        "GritLM-8x7B",
+        "configs/gritlm_8x7b.py",
+        "v5p-256",
+        {"objective.embedding_chunk_size": 128, "objective.generative_accumulation_steps": 2},
+    ),
+    (
+        "GritLM-8x7B",
+        "configs/gritlm_8x7b.py",
+        "v5p-512",
+        {"objective.embedding_chunk_size": 256, "objective.generative_accumulation_steps": 1},
+    ),
 ]
 
 
@@ -47,21 +56,37 @@ def compile_row(config, accelerator, overrides, out_dir, force=False) -> dict:
     if os.path.exists(path) and not force:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    args = [sys.executable, "-m", "grit_jax.aot", "--config", config, "--topology", accelerator, f"--mfu={MFU}",
-            f"--json={path}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+    args = [
+        sys.executable,
+        "-m",
+        "grit_jax.aot",
+        "--config",
+        config,
+        "--topology",
+        accelerator,
+        f"--mfu={MFU}",
+        f"--json={path}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
     start = time.perf_counter()
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if result.returncode not in (0, 1) or not os.path.exists(path):
         raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    print(f"{row_id(config, accelerator, overrides)}: {result.stdout.splitlines()[0]} "
-          f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    print(
+        f"{row_id(config, accelerator, overrides)}: {result.stdout.splitlines()[0]} "
+        f"({time.perf_counter() - start:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def table(rows) -> str:
-    head = ("| model | slice | chips | HBM/chip | per chip: params + optimizer | temporaries | total | fits "
-            "| embedding chunk | remat | gen. accumulation | hours for 1253 steps at 50% MFU |")
+    head = (
+        "| model | slice | chips | HBM/chip | per chip: params + optimizer | temporaries | total | fits "
+        "| embedding chunk | remat | gen. accumulation | hours for 1253 steps at 50% MFU |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     gib = 2**30
     for model, r in rows:
@@ -71,13 +96,16 @@ def table(rows) -> str:
             f"| {(r['parameter_bytes'] + r['optimizer_bytes']) / gib:.2f} GiB | {r['temp_bytes'] / gib:.2f} GiB "
             f"| {r['total_bytes'] / gib:.2f} GiB | {'yes' if r['fits'] else '**no**'} "
             f"| {s['embedding_chunk_size']} | {s['remat_policy']} | {s['generative_accumulation_steps']} "
-            f"| {r['hours']:.1f} |")
+            f"| {r['hours']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "grit_aot_table"), help="row JSON files")
+    parser.add_argument(
+        "--out", default=os.path.join(tempfile.gettempdir(), "grit_aot_table"), help="row JSON files"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
     parser.add_argument("--force", action="store_true", help="recompile rows already in --out")
     parser.add_argument("--only", default="", help="only rows whose id contains this")

@@ -6,6 +6,7 @@ the step's peak scratch memory beyond arguments and outputs). Nothing runs; only
 
     /work/venv/bin/python benchmarks/chunk_memory.py
 """
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -20,8 +21,14 @@ CHUNKS = (0, 32, 16, 8, 4, 2)
 def config(chunk):
     c = step.default_train_config()
     c.model.preset = "tiny"
-    c.data.update(embedding_batch_size=32, train_group_size=2, query_max_len=64, passage_max_len=256,
-                  generative_batch_size=4, generative_max_len=256)
+    c.data.update(
+        embedding_batch_size=32,
+        train_group_size=2,
+        query_max_len=64,
+        passage_max_len=256,
+        generative_batch_size=4,
+        generative_max_len=256,
+    )
     c.objective.embedding_chunk_size = chunk
     return c
 
@@ -29,20 +36,27 @@ def config(chunk):
 def main():
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=1))
     c = config(0)
-    print(f"tiny model (hidden {step.model_config(c).hidden_size}, {step.model_config(c).num_hidden_layers} layers), "
-          f"{c.data.embedding_batch_size} queries x {c.data.query_max_len} tokens, "
-          f"{c.data.embedding_batch_size * c.data.train_group_size} passages x {c.data.passage_max_len} tokens, "
-          f"{c.data.generative_batch_size} x {c.data.generative_max_len} generative; {jax.devices()[0].platform}")
+    print(
+        f"tiny model (hidden {step.model_config(c).hidden_size}, {step.model_config(c).num_hidden_layers} layers), "
+        f"{c.data.embedding_batch_size} queries x {c.data.query_max_len} tokens, "
+        f"{c.data.embedding_batch_size * c.data.train_group_size} passages x {c.data.passage_max_len} tokens, "
+        f"{c.data.generative_batch_size} x {c.data.generative_max_len} generative; {jax.devices()[0].platform}"
+    )
     print("| embedding_chunk_size | temp (peak scratch) MiB | arguments MiB | outputs MiB |")
     print("|---|---|---|---|")
     for chunk in CHUNKS:
         c = config(chunk)
         train_step = step.make_train_step(c, mesh)
-        compiled = train_step.lower(step.abstract_train_state(c, mesh), step.abstract_batch(c, mesh)).compile()
+        compiled = train_step.lower(
+            step.abstract_train_state(c, mesh), step.abstract_batch(c, mesh)
+        ).compile()
         m = compiled.memory_analysis()
         mib = lambda b: f"{b / 2**20:.1f}"
-        print(f"| {chunk or 'none (0)'} | {mib(m.temp_size_in_bytes)} | {mib(m.argument_size_in_bytes)} | "
-              f"{mib(m.output_size_in_bytes)} |", flush=True)
+        print(
+            f"| {chunk or 'none (0)'} | {mib(m.temp_size_in_bytes)} | {mib(m.argument_size_in_bytes)} | "
+            f"{mib(m.output_size_in_bytes)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the model and of its largest (stacked) parameter:
   honest metric for "does it fit": file-backed pages are clean and the kernel drops them under pressure,
   anonymous pages (heap, numpy/tensorstore buffers) it cannot (no swap).
 """
+
 import argparse
 import json
 import os
@@ -22,12 +23,27 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CONFIG = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-              num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096, rope_theta=10000.0,
-              rms_norm_eps=1e-5, tie_word_embeddings=False)
+CONFIG = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
 # --moe: a small Mixtral whose stacked expert weights [L,E,D,F] dwarf any single Hugging Face tensor.
-MOE_CONFIG = dict(CONFIG, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_local_experts=8,
-                  num_experts_per_tok=2)
+MOE_CONFIG = dict(
+    CONFIG,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=4,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+)
 
 
 def largest_stacked(cfg, itemsize):
@@ -93,7 +109,9 @@ def measure(argv):
     """Peak RSS (bytes) and seconds of `python -m grit_jax.convert argv` in a child process."""
     start = time.time()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *argv], env=env, check=True, capture_output=True, text=True
+    )
     peak, anon = map(int, out.stdout.split("PEAK")[-1].split())
     return peak * 1024, anon * 1024, time.time() - start
 
@@ -116,10 +134,17 @@ print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak_anon[0])
 
 
 def baseline():
-    code = ("import resource; import jax, orbax.checkpoint, safetensors; from grit_jax import convert, hf; "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True,
-                         capture_output=True, text=True)
+    code = (
+        "import resource; import jax, orbax.checkpoint, safetensors; from grit_jax import convert, hf; "
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return int(out.stdout.split("PEAK")[-1]) * 1024
 
 
@@ -140,10 +165,13 @@ def main():
         hf_dir = args.hf_dir
         total, largest = model_sizes(hf_dir)
     else:
-        written = subprocess.run([sys.executable, __file__, "--dtype", args.dtype, "--write_only", hf_dir]
-                                 + ["--moe"] * args.moe,
-                                 check=True, capture_output=True, text=True,
-                                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        written = subprocess.run(
+            [sys.executable, __file__, "--dtype", args.dtype, "--write_only", hf_dir] + ["--moe"] * args.moe,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         total, largest = json.loads(written.stdout.split("SIZES")[-1])
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     from grit_jax import hf
@@ -152,14 +180,21 @@ def main():
     cfg = ModelConfig.from_hf_json(hf_dir)
     itemsize = largest // largest_stacked(cfg, 1)
     single = int(max(np.prod(hf.param_shapes(cfg)[e.path]) for e in hf.name_map(cfg))) * itemsize
-    print(f"model {gib(total)} ({args.dtype}), largest stacked parameter {gib(largest)}, largest single "
-          f"tensor {gib(single)}, "
-          f"imports alone {gib(baseline())}")
-    for name, argv in (("hf-to-orbax", ["hf-to-orbax", "--hf_dir", hf_dir, "--out", ckpt]),
-                       ("orbax-to-hf", ["orbax-to-hf", "--ckpt", ckpt, "--out", out, "--max_shard_size", "1GB"])):
+    print(
+        f"model {gib(total)} ({args.dtype}), largest stacked parameter {gib(largest)}, largest single "
+        f"tensor {gib(single)}, "
+        f"imports alone {gib(baseline())}"
+    )
+    for name, argv in (
+        ("hf-to-orbax", ["hf-to-orbax", "--hf_dir", hf_dir, "--out", ckpt]),
+        ("orbax-to-hf", ["orbax-to-hf", "--ckpt", ckpt, "--out", out, "--max_shard_size", "1GB"]),
+    ):
         peak, anon, seconds = measure(argv)
-        print(f"{name}: peak RSS {gib(peak)} = {peak / total:.2f} x model, {peak / largest:.2f} x largest "
-              f"parameter; peak anonymous {gib(anon)} = {anon / total:.2f} x model; {seconds:.0f} s", flush=True)
+        print(
+            f"{name}: peak RSS {gib(peak)} = {peak / total:.2f} x model, {peak / largest:.2f} x largest "
+            f"parameter; peak anonymous {gib(anon)} = {anon / total:.2f} x model; {seconds:.0f} s",
+            flush=True,
+        )
     shutil.rmtree(args.workdir, ignore_errors=True)
 
 

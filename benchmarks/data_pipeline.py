@@ -14,7 +14,6 @@ import random
 import tempfile
 import time
 
-
 from grit_jax import data
 from grit_jax.data import demo, sources
 
@@ -43,7 +42,9 @@ def synthetic_jsonl(directory: str, num_records: int, seed: int = 0) -> tuple[st
                 )
                 + "\n"
             )
-            g.write(json.dumps({"text": [text(rng.randint(100, 2000)), text(rng.randint(2000, 12000))]}) + "\n")
+            g.write(
+                json.dumps({"text": [text(rng.randint(100, 2000)), text(rng.randint(2000, 12000))]}) + "\n"
+            )
     return emb, gen
 
 
@@ -54,7 +55,9 @@ def main():
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = data.Tokenizer(demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=2000)["tokenizer"])
+        tokenizer = data.Tokenizer(
+            demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=2000)["tokenizer"]
+        )
         emb, gen = synthetic_jsonl(tmp, args.records)
         start = time.perf_counter()
         manifest = sources.prepare(os.path.join(tmp, "out"), tokenizer, [emb], [gen])
@@ -65,7 +68,9 @@ def main():
             f"(tokenizing, {os.cpu_count()} cores)"
         )
         config = data.default_data_config()  # 8 hosts x (32 queries, 64 passages, 4 chats)
-        config.update(data_dir=os.path.join(tmp, "out"), embedding_batch_size=32 * 8, generative_batch_size=4 * 8)
+        config.update(
+            data_dir=os.path.join(tmp, "out"), embedding_batch_size=32 * 8, generative_batch_size=4 * 8
+        )
         for threads in args.threads:
             config.num_threads = threads
             iterator = data.make_train_iterator(config, tokenizer, process_index=3, process_count=8)

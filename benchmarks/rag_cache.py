@@ -7,6 +7,7 @@ the long segment, which holds for any size. Timed: the answer (prefill + new tok
 warm-up call that compiles every shape. "No cache" is the reference's baseline: the document goes into
 the generation prompt and is encoded again, causally, with the query.
 """
+
 import argparse
 import os
 import sys
@@ -26,9 +27,18 @@ def build(tmp, vocab):
     from grit_jax.model import ModelConfig, Transformer
 
     texts = [m.__doc__ or "" for m in (os, sys, argparse, tempfile, time, np)] * 2
-    tokenizer = train_tokenizer([t for t in texts if t], os.path.join(tmp, "tokenizer.model"), vocab_size=vocab)
-    cfg = ModelConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=16384)
+    tokenizer = train_tokenizer(
+        [t for t in texts if t], os.path.join(tmp, "tokenizer.model"), vocab_size=vocab
+    )
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=16384,
+    )
     return GritLM(Transformer(cfg, rngs=nnx.Rngs(0)), tokenizer)
 
 
@@ -57,10 +67,17 @@ def main():
     tok = model.tokenizer.encode
     bos = [model.tokenizer.bos_id]
     # Doc caching: the document's cache comes from its embedding pass (done once, at indexing time).
-    _, doc_cache = model.encode([model.tokenizer.decode(doc)], instruction="<|embed|>\n", get_cache=True,
-                                max_length=args.doc_tokens + 64)
-    doc_prompt = tok("\n<|user|>\n") + query + tok("\n\nAnswer the prior query while optionally using the "
-                                                   "context prior to it\n<|assistant|>\n")
+    _, doc_cache = model.encode(
+        [model.tokenizer.decode(doc)],
+        instruction="<|embed|>\n",
+        get_cache=True,
+        max_length=args.doc_tokens + 64,
+    )
+    doc_prompt = (
+        tok("\n<|user|>\n")
+        + query
+        + tok("\n\nAnswer the prior query while optionally using the context prior to it\n<|assistant|>\n")
+    )
     print("doc cache", doc_cache.num_tokens, "tokens", flush=True)
     cached = timed(lambda: model.generate(doc_prompt, past_key_values=doc_cache, **gen), args.repeats)
     print(f"doc cached {cached:.2f} s", flush=True)
@@ -68,12 +85,18 @@ def main():
     uncached = timed(lambda: model.generate(full, **gen), args.repeats)
     print(f"doc re-encoded {uncached:.2f} s", flush=True)
     # Query caching: a long query (the same 4,000 tokens) cached, a short document in the prompt.
-    _, query_cache = model.encode([model.tokenizer.decode(doc)], instruction="<|user|>\n", get_cache=True,
-                                  max_length=args.doc_tokens + 64)
+    _, query_cache = model.encode(
+        [model.tokenizer.decode(doc)],
+        instruction="<|user|>\n",
+        get_cache=True,
+        max_length=args.doc_tokens + 64,
+    )
     query_prompt = tok("\n") + query + tok("\n<|user|>\nAnswer the prior query\n<|assistant|>\n")
     q_cached = timed(lambda: model.generate(query_prompt, past_key_values=query_cache, **gen), args.repeats)
     q_uncached = timed(lambda: model.generate(bos + doc + query_prompt, **gen), args.repeats)
-    print(f"cached segment {doc_cache.num_tokens} tokens, {args.new_tokens} new tokens, best of {args.repeats}")
+    print(
+        f"cached segment {doc_cache.num_tokens} tokens, {args.new_tokens} new tokens, best of {args.repeats}"
+    )
     for name, c, u in (("doc caching", cached, uncached), ("query caching", q_cached, q_uncached)):
         print(f"{name}: cached {c:.2f} s, re-encoded {u:.2f} s: {100 * (1 - c / u):.0f}% faster")
 

@@ -8,6 +8,7 @@ times the number of devices (a vendor figure would flatter or shame a CPU). Batc
 tokens of the configured shapes), so no data directory is needed. --write appends a row to
 benchmarks/RESULTS.md under "Train step throughput".
 """
+
 from __future__ import annotations
 
 import datetime
@@ -47,8 +48,12 @@ def measure(config, num_steps: int) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     state = step.create_train_state(config, mesh)
     train_step = step.make_train_step(config, mesh)
-    batches = [step.make_global_batch(config, mesh, step.synthetic_batch(config, seed=i, num_hosts=jax.process_count()))
-               for i in range(2)]
+    batches = [
+        step.make_global_batch(
+            config, mesh, step.synthetic_batch(config, seed=i, num_hosts=jax.process_count())
+        )
+        for i in range(2)
+    ]
     for i in range(2):  # compile and warm up
         state, metrics = train_step(state, batches[i % 2])
     jax.block_until_ready(state)
@@ -59,29 +64,44 @@ def measure(config, num_steps: int) -> dict:
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / num_steps
     cfg = step.model_config(config)
-    positions = sum(int(np.prod(shape)) for name, (shape, _) in step.batch_shapes(config).items()
-                    if name.endswith("_tokens"))
+    positions = sum(
+        int(np.prod(shape))
+        for name, (shape, _) in step.batch_shapes(config).items()
+        if name.endswith("_tokens")
+    )
     size = 2048 if jax.default_backend() == "cpu" else 8192
     peak = matmul_peak(cfg.dtype, size) * jax.device_count()
     step_flops = flops.train_step_flops(config, cfg)
-    return {"device": f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})",
-            "step_s": seconds, "tokens_per_s": tokens / num_steps / seconds, "positions_per_s": positions / seconds,
-            "model_tflops": step_flops / seconds / 1e12, "peak_tflops": peak / 1e12, "mfu": step_flops / seconds / peak,
-            "params": cfg.num_params(), "dtype": cfg.dtype}
+    return {
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "step_s": seconds,
+        "tokens_per_s": tokens / num_steps / seconds,
+        "positions_per_s": positions / seconds,
+        "model_tflops": step_flops / seconds / 1e12,
+        "peak_tflops": peak / 1e12,
+        "mfu": step_flops / seconds / peak,
+        "params": cfg.num_params(),
+        "dtype": cfg.dtype,
+    }
 
 
 def write(config_name: str, result: dict, machine: str):
-    row = (f"| {config_name} | {machine} | {result['device']} | {result['params'] / 1e6:.2f} M | {result['dtype']} | "
-           f"{result['step_s'] * 1e3:.1f} | {result['tokens_per_s']:,.0f} | {result['positions_per_s']:,.0f} | "
-           f"{result['model_tflops'] * 1e3:.1f} | {result['peak_tflops'] * 1e3:.1f} | {result['mfu'] * 100:.1f}% | "
-           f"{datetime.date.today().isoformat()} |\n")
+    row = (
+        f"| {config_name} | {machine} | {result['device']} | {result['params'] / 1e6:.2f} M | {result['dtype']} | "
+        f"{result['step_s'] * 1e3:.1f} | {result['tokens_per_s']:,.0f} | {result['positions_per_s']:,.0f} | "
+        f"{result['model_tflops'] * 1e3:.1f} | {result['peak_tflops'] * 1e3:.1f} | {result['mfu'] * 100:.1f}% | "
+        f"{datetime.date.today().isoformat()} |\n"
+    )
     text = open(RESULTS, encoding="utf-8").read() if os.path.exists(RESULTS) else "# Benchmark results\n"
     if HEADING not in text:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n`python benchmarks/train_step.py --config CONFIG --write`: " \
-            "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is " \
-            "against the measured peak (best FLOP/s of a large matmul in the compute dtype, per device x devices).\n\n" \
-            "| config | machine | devices | params | dtype | ms/step | real tokens/s | padded tokens/s | " \
+        text = (
+            text.rstrip("\n")
+            + f"\n\n{HEADING}\n\n`python benchmarks/train_step.py --config CONFIG --write`: "
+            "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is "
+            "against the measured peak (best FLOP/s of a large matmul in the compute dtype, per device x devices).\n\n"
+            "| config | machine | devices | params | dtype | ms/step | real tokens/s | padded tokens/s | "
             "model GFLOP/s | peak GFLOP/s | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        )
     start = text.index(HEADING)
     following = text.find("\n## ", start + len(HEADING))
     end = len(text) if following < 0 else following + 1
@@ -98,7 +118,9 @@ def main(argv):
     for key, value in result.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if _WRITE.value and jax.process_index() == 0:
-        name = os.path.relpath(flags.FLAGS["config"].config_filename, os.path.dirname(os.path.dirname(RESULTS)))
+        name = os.path.relpath(
+            flags.FLAGS["config"].config_filename, os.path.dirname(os.path.dirname(RESULTS))
+        )
         write(name, result, _MACHINE.value or result["device"])
 
 

@@ -3,6 +3,7 @@
 Builds the corpus and a sentencepiece tokenizer into WORKDIR/data, then trains both objectives on a
 2-core CPU in about ten minutes; held-out retrieval MRR@10 and generative loss are logged as it learns.
 """
+
 from grit_jax.config import base_config
 
 
@@ -12,9 +13,18 @@ def get_config():
     config.model.preset = "demo"
     # Short sequences keep a step near 0.5-1 s on 2 CPU cores: the query keeps its instruction, name and
     # signature, the passage the first lines of the docstring body (benchmarks/RESULTS.md "Demo run").
-    config.data.update(demo_corpus=True, demo_vocab_size=1024, embedding_batch_size=32, generative_batch_size=8,
-                       query_max_len=32, passage_max_len=48, generative_max_len=64, train_group_size=2,
-                       num_threads=2, prefetch_buffer_size=4)
+    config.data.update(
+        demo_corpus=True,
+        demo_vocab_size=1024,
+        embedding_batch_size=32,
+        generative_batch_size=8,
+        query_max_len=32,
+        passage_max_len=48,
+        generative_max_len=64,
+        train_group_size=2,
+        num_threads=2,
+        prefetch_buffer_size=4,
+    )
     config.objective.update(temperature=0.05)
     config.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_ratio=0.05, weight_decay=0.01)
     config.checkpoint.update(every_steps=200, keep=2)

@@ -11,6 +11,7 @@ analytic model FLOPs (``flops.train_step_flops``). Exit status: 0 fits, 1 does n
 Accelerator names are Cloud TPU's: v4-N and v5p-N count TensorCores (two per chip), v5e-N
 (alias v5litepod-N) and v6e-N count chips. Raw topologies such as ``v5e:2x4`` are accepted too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,12 @@ from ml_collections import config_flags
 GiB = 2**30
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "Cloud TPU accelerator type, e.g. v5p-64, v5e-16, v4-128, v6e-8")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
+)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "Cloud TPU accelerator type, e.g. v5p-64, v5e-16, v4-128, v6e-8"
+)
 _MFU = flags.DEFINE_float("mfu", 0.5, "model FLOPs utilisation assumed for the predicted step time")
 _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumers to list")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
@@ -97,13 +102,17 @@ def parse_accelerator(name: str) -> Accelerator:
         gen = _ALIASES.get(raw.group(1), raw.group(1))
         sizes = tuple(int(s) for s in raw.group(2).split("x"))
         if gen not in GENERATIONS or len(sizes) != GENERATIONS[gen].dims:
-            raise UsageError(f"--topology {name}: expected e.g. v5e:2x4 or v5p:2x2x2 ({', '.join(GENERATIONS)})")
+            raise UsageError(
+                f"--topology {name}: expected e.g. v5e:2x4 or v5p:2x2x2 ({', '.join(GENERATIONS)})"
+            )
         return Accelerator(name, gen, math.prod(sizes), f"{gen}:{raw.group(2)}")
     cloud = re.fullmatch(r"(v\w+?)-(\d+)", name or "")
     gen = _ALIASES.get(cloud.group(1), cloud.group(1)) if cloud else None
     if gen not in GENERATIONS:
-        raise UsageError(f"--topology {name!r}: expected a Cloud TPU type such as v4-128, v5p-256, v5e-64 or v6e-64 "
-                         f"(v4/v5p count TensorCores, v5e/v6e count chips)")
+        raise UsageError(
+            f"--topology {name!r}: expected a Cloud TPU type such as v4-128, v5p-256, v5e-64 or v6e-64 "
+            f"(v4/v5p count TensorCores, v5e/v6e count chips)"
+        )
     g, count = GENERATIONS[gen], int(cloud.group(2))
     if count % g.cores_per_chip_in_name:
         raise UsageError(f"--topology {name}: {gen}-N counts TensorCores, two per chip; N must be even")
@@ -115,18 +124,28 @@ def parse_accelerator(name: str) -> Accelerator:
 def topology_devices(accelerator: Accelerator):
     """The compile-only TPU devices of the slice (one per chip), from libtpu."""
     if importlib.util.find_spec("libtpu") is None:
-        raise UsageError("libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]")
+        raise UsageError(
+            "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
+        )
     from grit_jax import platforms
 
     platforms.quiet_libtpu(accelerator.cloud_type)
     from jax.experimental import topologies
 
-    kwargs = {"chip_config_name": "megacore"} if GENERATIONS[accelerator.generation].cores_per_chip_in_name == 2 else {}
+    kwargs = (
+        {"chip_config_name": "megacore"}
+        if GENERATIONS[accelerator.generation].cores_per_chip_in_name == 2
+        else {}
+    )
     try:
-        return topologies.get_topology_desc(platform="tpu", topology_name=accelerator.topology, **kwargs).devices
+        return topologies.get_topology_desc(
+            platform="tpu", topology_name=accelerator.topology, **kwargs
+        ).devices
     except Exception as e:  # libtpu's message, on one line
-        raise UsageError(f"--topology {accelerator.name} ({accelerator.topology}): libtpu: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UsageError(
+            f"--topology {accelerator.name} ({accelerator.topology}): libtpu: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- the report
@@ -181,7 +200,9 @@ def state_consumers(state) -> list[tuple[str, int, str]]:
             parts = [p for p in parts if not p.isdigit()]
         name = ".".join(p for p in parts if p != "value")
         per_chip = leaf.sharding.shard_shape(leaf.shape)
-        rows.append((name, _shard_bytes(leaf), f"{list(leaf.shape)} {leaf.dtype} -> {list(per_chip)} per chip"))
+        rows.append(
+            (name, _shard_bytes(leaf), f"{list(leaf.shape)} {leaf.dtype} -> {list(per_chip)} per chip")
+        )
     return sorted(rows, key=lambda r: -r[1])
 
 
@@ -207,17 +228,27 @@ def _out_of_memory(error: Exception, arguments) -> tuple[Any, str]:
     temp_bytes = _bytes(*temps.groups()) if temps else 0
     if used and not temps:
         temp_bytes = max(_bytes(*used.groups()[:2]) - args, 0)
-    memory = types.SimpleNamespace(argument_size_in_bytes=args, output_size_in_bytes=0, alias_size_in_bytes=0,
-                                   temp_size_in_bytes=temp_bytes, generated_code_size_in_bytes=0,
-                                   peak_memory_in_bytes=0)
+    memory = types.SimpleNamespace(
+        argument_size_in_bytes=args,
+        output_size_in_bytes=0,
+        alias_size_in_bytes=0,
+        temp_size_in_bytes=temp_bytes,
+        generated_code_size_in_bytes=0,
+        peak_memory_in_bytes=0,
+    )
     first = next((line for line in message.splitlines() if "memory" in line.lower()), message.splitlines()[0])
     return memory, first.strip()
 
 
 def _total_bytes(memory) -> tuple[int, int]:
     """(needed, compiler peak): arguments + outputs not aliased to them + temporaries + code."""
-    needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-              + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+    needed = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+        + memory.generated_code_size_in_bytes
+    )
     peak = int(getattr(memory, "peak_memory_in_bytes", 0) or 0)
     return max(needed, peak), peak
 
@@ -245,8 +276,13 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     seconds = time.perf_counter() - start
     total, peak = _total_bytes(memory)
 
-    consumers = [("temporaries (activations, gradients, workspace)", memory.temp_size_in_bytes,
-                  "compiled program" if not compiler_error else "XLA's out-of-memory report")]
+    consumers = [
+        (
+            "temporaries (activations, gradients, workspace)",
+            memory.temp_size_in_bytes,
+            "compiled program" if not compiler_error else "XLA's out-of-memory report",
+        )
+    ]
     consumers += state_consumers(state)
     consumers = sorted(consumers, key=lambda r: -r[1])[:top]
 
@@ -255,18 +291,40 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     step_flops = flops.train_step_flops(config, step_lib.model_config(config))
     step_seconds = step_flops / (mesh.devices.size * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
     obj = config.objective
-    settings = dict(remat_policy=config.model.remat_policy, embedding_chunk_size=obj.embedding_chunk_size,
-                    generative_accumulation_steps=obj.generative_accumulation_steps, mode=obj.mode)
+    settings = dict(
+        remat_policy=config.model.remat_policy,
+        embedding_chunk_size=obj.embedding_chunk_size,
+        generative_accumulation_steps=obj.generative_accumulation_steps,
+        mode=obj.mode,
+    )
     return Report(
-        accelerator=accelerator.name, topology=accelerator.topology, device_kind=kind, chips=int(mesh.devices.size),
-        mesh={k: int(v) for k, v in mesh.shape.items()}, hbm_bytes=accelerator.hbm_bytes, parameter_bytes=params,
-        optimizer_bytes=optimizer, argument_bytes=memory.argument_size_in_bytes,
-        output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
-        temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes, peak_bytes=peak,
-        total_bytes=total, fits=not compiler_error and total <= accelerator.hbm_bytes, step_flops=step_flops,
-        peak_flops_per_chip=peak_flops, mfu=mfu, step_seconds=step_seconds, num_steps=int(config.num_steps),
-        hours=step_seconds * int(config.num_steps) / 3600, compile_seconds=seconds, top=consumers,
-        settings=settings, compiler_error=compiler_error)
+        accelerator=accelerator.name,
+        topology=accelerator.topology,
+        device_kind=kind,
+        chips=int(mesh.devices.size),
+        mesh={k: int(v) for k, v in mesh.shape.items()},
+        hbm_bytes=accelerator.hbm_bytes,
+        parameter_bytes=params,
+        optimizer_bytes=optimizer,
+        argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes,
+        peak_bytes=peak,
+        total_bytes=total,
+        fits=not compiler_error and total <= accelerator.hbm_bytes,
+        step_flops=step_flops,
+        peak_flops_per_chip=peak_flops,
+        mfu=mfu,
+        step_seconds=step_seconds,
+        num_steps=int(config.num_steps),
+        hours=step_seconds * int(config.num_steps) / 3600,
+        compile_seconds=seconds,
+        top=consumers,
+        settings=settings,
+        compiler_error=compiler_error,
+    )
 
 
 def _gib(n: float) -> str:
@@ -279,8 +337,10 @@ def format_report(r: Report) -> str:
     if r.fits:
         head = f"fits: needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip ({r.total_bytes / r.hbm_bytes:.0%})"
     else:
-        head = (f"does not fit: needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip "
-                f"({r.total_bytes / r.hbm_bytes:.0%}); the top consumers are listed below")
+        head = (
+            f"does not fit: needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip "
+            f"({r.total_bytes / r.hbm_bytes:.0%}); the top consumers are listed below"
+        )
     lines = [
         head,
         f"slice      {r.accelerator} = {r.chips} chips ({r.device_kind}, topology {r.topology}), mesh {mesh}",
@@ -301,8 +361,10 @@ def format_report(r: Report) -> str:
     if r.compiler_error:
         lines.insert(1, f"XLA:TPU   {r.compiler_error}")
     if r.step_seconds:
-        lines.append(f"time       {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU "
-                     f"({r.peak_flops_per_chip / 1e12:.0f} TFLOP/s per chip): {r.hours:.1f} h for {r.num_steps} steps")
+        lines.append(
+            f"time       {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU "
+            f"({r.peak_flops_per_chip / 1e12:.0f} TFLOP/s per chip): {r.hours:.1f} h for {r.num_steps} steps"
+        )
     lines.append(f"compiled in {r.compile_seconds:.0f} s")
     return "\n".join(lines)
 

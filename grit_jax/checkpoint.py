@@ -6,6 +6,7 @@ directory and renames it when complete, so a crash mid-save leaves `<step>.orbax
 behind: such a directory is never listed as a step, never loaded, and never deleted by us; we say that
 it is there so the user can look at it.
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,7 +22,10 @@ class Checkpoints:
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=False
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=False,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
 
@@ -31,7 +35,10 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         for path in self.incomplete():
-            logging.warning("ignoring incomplete checkpoint %s (a save that never finished; not loaded, not deleted)", path)
+            logging.warning(
+                "ignoring incomplete checkpoint %s (a save that never finished; not loaded, not deleted)",
+                path,
+            )
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
@@ -59,4 +66,3 @@ class Checkpoints:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
-

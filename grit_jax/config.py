@@ -2,6 +2,7 @@
 
 configs/*.py start from `base_config()` and change what their recipe needs (DESIGN decision 8).
 """
+
 from __future__ import annotations
 
 import ml_collections

@@ -16,6 +16,7 @@ near a few copies of the largest single tensor, whatever the size of a stacked p
 [L,E,D,F] experts included) (benchmarks/RESULTS.md, "Conversion memory"). The name map and per-tensor
 transforms are grit_jax.hf's; there is no second map here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -37,8 +38,13 @@ from grit_jax.model.config import ConfigError, ModelConfig
 MODEL_CONFIG = "model_config.json"
 PARAMS_ITEM = "params"
 GRIT_CONFIG = "grit_config.json"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 # What an embedding user needs to know (written next to an exported model as grit_config.json).
 DEFAULT_GRIT_CONFIG = {
     "pooling_method": "mean",
@@ -113,11 +119,15 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
 
     m, data = training.get("model") or {}, training.get("data") or {}
     if not m.get("hf_dir") and not m.get("preset"):
-        raise ConfigError(f"{config_path}: model.preset and model.hf_dir are both empty: cannot tell the model")
+        raise ConfigError(
+            f"{config_path}: model.preset and model.hf_dir are both empty: cannot tell the model"
+        )
     cfg = model_config(ml_collections.ConfigDict(training))
     workdir = os.path.dirname(config_path)
     search = [workdir, data.get("data_dir") or os.path.join(workdir, "data"), m.get("hf_dir")]
-    return CheckpointSource(item, ("params",), cfg, [d for d in search if d], training, data.get("tokenizer") or None)
+    return CheckpointSource(
+        item, ("params",), cfg, [d for d in search if d], training, data.get("tokenizer") or None
+    )
 
 
 def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
@@ -133,27 +143,38 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
         if steps and not _is_pytree_dir(path):
             chosen = dict(steps).get(step) if step is not None else steps[-1][1]
             if chosen is None:
-                raise NotACheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
+                raise NotACheckpointError(
+                    f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}"
+                )
             return resolve_checkpoint(chosen)
-    item = next((os.path.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(os.path.join(path, n))), None)
+    item = next(
+        (os.path.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(os.path.join(path, n))),
+        None,
+    )
     if item is None:
         raise NotACheckpointError(
             f"{path}: not a checkpoint: expected `{PARAMS_ITEM}/` and `{MODEL_CONFIG}` (grit-convert hf-to-orbax), "
-            f"a training step dir with a `state/` orbax item, or a work dir with `checkpoints/<step>/`")
+            f"a training step dir with a `state/` orbax item, or a work dir with `checkpoints/<step>/`"
+        )
     # A training step dir: workdir/checkpoints/<step>/state; the config lives up the tree.
     search = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
     for d in search:
         if os.path.isfile(os.path.join(d, MODEL_CONFIG)):
-            return CheckpointSource(item, ("params",), _read_model_config(os.path.join(d, MODEL_CONFIG)), search)
+            return CheckpointSource(
+                item, ("params",), _read_model_config(os.path.join(d, MODEL_CONFIG)), search
+            )
         config_path = os.path.join(d, "config.json")
         if os.path.isfile(config_path):
             with open(config_path, encoding="utf-8") as f:
                 data = json.load(f)
             if "model" in data:
                 return _training_source(item, config_path, data)
-            return CheckpointSource(item, ("params",), ModelConfig.from_hf_dict(data, source=config_path), search)
-    raise NotACheckpointError(f"{path}: a checkpoint without a config: looked for {MODEL_CONFIG} or config.json in "
-                              f"{search}")
+            return CheckpointSource(
+                item, ("params",), ModelConfig.from_hf_dict(data, source=config_path), search
+            )
+    raise NotACheckpointError(
+        f"{path}: a checkpoint without a config: looked for {MODEL_CONFIG} or config.json in {search}"
+    )
 
 
 def _read_model_config(path: str) -> ModelConfig:
@@ -173,7 +194,7 @@ def _strip(key: tuple[str, ...], prefix: tuple[str, ...]) -> str | None:
     """Our dotted parameter path of an orbax key path (nnx Variables add a trailing `value`)."""
     if key[: len(prefix)] != prefix:
         return None
-    key = key[len(prefix):]
+    key = key[len(prefix) :]
     if key and key[-1] in ("value", "raw_value"):
         key = key[:-1]
     return ".".join(key)
@@ -201,16 +222,22 @@ def _check_leaves(source: CheckpointSource, leaves) -> None:
         stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
         want = stack + shapes[entry.path]
         if entry.path not in leaves:
-            raise CheckpointError(f"{source.pytree_dir}: parameter {entry.path!r} is missing "
-                                  f"(a {cfg.architecture} with this config needs it)")
+            raise CheckpointError(
+                f"{source.pytree_dir}: parameter {entry.path!r} is missing "
+                f"(a {cfg.architecture} with this config needs it)"
+            )
         if leaves[entry.path][1] != want:
-            raise CheckpointError(f"{source.pytree_dir}: parameter {entry.path!r} has shape {leaves[entry.path][1]}, "
-                                  f"the config says {want}")
+            raise CheckpointError(
+                f"{source.pytree_dir}: parameter {entry.path!r} has shape {leaves[entry.path][1]}, "
+                f"the config says {want}"
+            )
     expected = {e.path for e in hf.name_map(cfg)}
     extra = sorted(set(leaves) - expected)
     if extra:
-        raise CheckpointError(f"{source.pytree_dir}: parameter {extra[0]!r} is not part of a {cfg.architecture} "
-                              f"with this config")
+        raise CheckpointError(
+            f"{source.pytree_dir}: parameter {extra[0]!r} is not part of a {cfg.architecture} "
+            f"with this config"
+        )
 
 
 # ----------------------------------------------------------------------------- arrays, slice by slice, with tensorstore
@@ -219,8 +246,12 @@ def _check_leaves(source: CheckpointSource, leaves) -> None:
 # one zarr (v2) array per leaf named by its dotted key path, and a `_METADATA` json tree. Reading and writing
 # the arrays with tensorstore directly lets us move one slice (one layer, one expert) at a time: orbax's
 # save would copy each whole array twice over (~3x its size at the peak) and glibc would keep the freed memory.
-_OCDBT_CONFIG = {"max_inline_value_bytes": 1024, "max_decoded_node_bytes": 100_000_000, "version_tree_arity_log2": 4,
-                 "compression": {"id": "zstd"}}
+_OCDBT_CONFIG = {
+    "max_inline_value_bytes": 1024,
+    "max_decoded_node_bytes": 100_000_000,
+    "version_tree_arity_log2": 4,
+    "compression": {"id": "zstd"},
+}
 
 
 def _ts_context():
@@ -229,10 +260,15 @@ def _ts_context():
     return ts.Context({"cache_pool": {"total_bytes_limit": 0}})  # no chunk cache: each chunk is read once
 
 
-def _leaf_spec(pytree_dir: str, keys: tuple[str, ...], use_ocdbt: bool = True, use_zarr3: bool = False) -> dict:
+def _leaf_spec(
+    pytree_dir: str, keys: tuple[str, ...], use_ocdbt: bool = True, use_zarr3: bool = False
+) -> dict:
     name = ".".join(keys)
-    kvstore = ({"driver": "ocdbt", "base": f"file://{pytree_dir}/", "path": name} if use_ocdbt
-               else {"driver": "file", "path": os.path.join(pytree_dir, name)})
+    kvstore = (
+        {"driver": "ocdbt", "base": f"file://{pytree_dir}/", "path": name}
+        if use_ocdbt
+        else {"driver": "file", "path": os.path.join(pytree_dir, name)}
+    )
     return {"driver": "zarr3" if use_zarr3 else "zarr", "kvstore": kvstore}
 
 
@@ -253,8 +289,9 @@ def leaf_opener(pytree_dir: str):
     with open(os.path.join(pytree_dir, "_METADATA"), encoding="utf-8") as f:
         meta = json.load(f)
     ocdbt, zarr3, context = meta.get("use_ocdbt", True), meta.get("use_zarr3", False), _ts_context()
-    return lambda keys: ts.open(_leaf_spec(pytree_dir, keys, ocdbt, zarr3), open=True, read=True,
-                                context=context).result()
+    return lambda keys: ts.open(
+        _leaf_spec(pytree_dir, keys, ocdbt, zarr3), open=True, read=True, context=context
+    ).result()
 
 
 class PyTreeWriter:
@@ -275,24 +312,49 @@ class PyTreeWriter:
             spec = _leaf_spec(self.directory, keys)
             spec["kvstore"]["config"] = _OCDBT_CONFIG
             chunks = (1,) * (len(shape) - value.ndim) + tuple(value.shape)
-            spec.update(dtype=str(value.dtype), metadata={"shape": list(shape), "chunks": list(chunks),
-                                                          "compressor": {"id": "zstd", "level": 1}})
+            spec.update(
+                dtype=str(value.dtype),
+                metadata={
+                    "shape": list(shape),
+                    "chunks": list(chunks),
+                    "compressor": {"id": "zstd", "level": 1},
+                },
+            )
             self.array = ts.open(spec, create=True, context=self.context).result()
         # value is never modified after this: tensorstore may keep a reference instead of copying it
         self.array[index].write(value, can_reference_source_data_indefinitely=True).result()
 
     def close(self):
         leaf = {"value_type": "np.ndarray", "skip_deserialize": False}
-        tree = {str(keys): {"key_metadata": [{"key": k, "key_type": 2} for k in keys], "value_metadata": leaf}
-                for keys in self.keys}
-        meta = {"tree_metadata": tree, "use_ocdbt": True, "use_zarr3": False,
-                "store_array_data_equal_to_fill_value": True, "custom_metadata": None}
+        tree = {
+            str(keys): {"key_metadata": [{"key": k, "key_type": 2} for k in keys], "value_metadata": leaf}
+            for keys in self.keys
+        }
+        meta = {
+            "tree_metadata": tree,
+            "use_ocdbt": True,
+            "use_zarr3": False,
+            "store_array_data_equal_to_fill_value": True,
+            "custom_metadata": None,
+        }
         with open(os.path.join(self.directory, "_METADATA"), "w", encoding="utf-8") as f:
             json.dump(meta, f)
-        handler, now = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler", time.time_ns()
+        handler, now = (
+            "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler",
+            time.time_ns(),
+        )
         with open(os.path.join(self.directory, "_CHECKPOINT_METADATA"), "w", encoding="utf-8") as f:
-            json.dump({"item_handlers": handler, "metrics": {}, "performance_metrics": {}, "custom_metadata": {},
-                       "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now}, f)
+            json.dump(
+                {
+                    "item_handlers": handler,
+                    "metrics": {},
+                    "performance_metrics": {},
+                    "custom_metadata": {},
+                    "init_timestamp_nsecs": now,
+                    "commit_timestamp_nsecs": now,
+                },
+                f,
+            )
 
 
 def iter_checkpoint_params(source: CheckpointSource, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
@@ -307,8 +369,9 @@ def iter_checkpoint_params(source: CheckpointSource, dtype=None) -> Iterator[tup
         release_memory()
 
 
-def load_params_from_checkpoint(path: str, cfg: ModelConfig | None = None, step: int | None = None,
-                                dtype=None) -> dict[str, np.ndarray]:
+def load_params_from_checkpoint(
+    path: str, cfg: ModelConfig | None = None, step: int | None = None, dtype=None
+) -> dict[str, np.ndarray]:
     """{dotted path: array} from an hf-to-orbax dir or a training checkpoint (step dir or work dir).
 
     `cfg` (optional) must agree with the checkpoint's own config on every shape; `dtype` defaults to
@@ -345,7 +408,9 @@ class ShardWriter:
             self.shards[-1].append((name, tuple(shape), dtype, nbytes))
             size += nbytes
         n = len(self.shards)
-        self.names = ["model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.names = [
+            "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)
+        ]
         self.queue = [(i, item) for i, shard in enumerate(self.shards) for item in shard]
         self.position, self.file, self.file_index = 0, None, -1
 
@@ -354,7 +419,11 @@ class ShardWriter:
             self.file.close()
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, shape, dtype, nbytes in self.shards[i]:
-            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {
+                "dtype": _SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
             offset += nbytes
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
@@ -365,7 +434,9 @@ class ShardWriter:
     def add(self, name: str, tensor: np.ndarray):
         i, (want, shape, dtype, _) = self.queue[self.position]
         if name != want or tuple(tensor.shape) != shape or str(tensor.dtype) != dtype:
-            raise CheckpointError(f"internal: expected {want} {shape} {dtype}, got {name} {tensor.shape} {tensor.dtype}")
+            raise CheckpointError(
+                f"internal: expected {want} {shape} {dtype}, got {name} {tensor.shape} {tensor.dtype}"
+            )
         if i != self.file_index:
             self._open(i)
         self.file.write(np.ascontiguousarray(tensor).reshape(-1).view(np.uint8).data)
@@ -375,9 +446,11 @@ class ShardWriter:
         if self.file:
             self.file.close()
         if self.position != len(self.queue):
-            raise CheckpointError(f"internal: {len(self.queue) - self.position} planned tensors were never written")
+            raise CheckpointError(
+                f"internal: {len(self.queue) - self.position} planned tensors were never written"
+            )
         if len(self.names) > 1:
-            weight_map = {name: self.names[i] for i, (name, *_ ) in self.queue}
+            weight_map = {name: self.names[i] for i, (name, *_) in self.queue}
             total = sum(item[3] for _, item in self.queue)
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             with open(os.path.join(self.out_dir, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
@@ -390,11 +463,17 @@ class ShardWriter:
 def find_tokenizer(dirs: list[str], explicit: str | None = None, hint: str | None = None) -> str:
     """The tokenizer.model to use: `explicit`, else `hint` or the first found in `dirs`; an error names every
     path tried."""
-    candidates = [explicit] if explicit else [hint] * bool(hint) + [os.path.join(d, "tokenizer.model") for d in dirs if d]
+    candidates = (
+        [explicit]
+        if explicit
+        else [hint] * bool(hint) + [os.path.join(d, "tokenizer.model") for d in dirs if d]
+    )
     for c in candidates:
         if os.path.isfile(c):
             return c
-    raise FileNotFoundError(f"no tokenizer: {' nor '.join(candidates)} exists (pass --tokenizer PATH/tokenizer.model)")
+    raise FileNotFoundError(
+        f"no tokenizer: {' nor '.join(candidates)} exists (pass --tokenizer PATH/tokenizer.model)"
+    )
 
 
 def copy_tokenizer(tokenizer_model: str, out: str):
@@ -405,24 +484,37 @@ def copy_tokenizer(tokenizer_model: str, out: str):
             shutil.copyfile(os.path.join(src, name), os.path.join(out, name))
     if not os.path.isfile(os.path.join(out, "tokenizer_config.json")):
         with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                       "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-                       "padding_side": "right"}, f, indent=2)
+            json.dump(
+                {
+                    "tokenizer_class": "LlamaTokenizer",
+                    "bos_token": "<s>",
+                    "eos_token": "</s>",
+                    "unk_token": "<unk>",
+                    "add_bos_token": True,
+                    "add_eos_token": False,
+                    "padding_side": "right",
+                },
+                f,
+                indent=2,
+            )
 
 
 def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
     """GRIT settings for grit_config.json: defaults, then the training config's objective, then overrides."""
     out = dict(DEFAULT_GRIT_CONFIG)
-    for d in (source.search_dirs if source else []):
+    for d in source.search_dirs if source else []:
         if d and os.path.isfile(os.path.join(d, GRIT_CONFIG)):
             with open(os.path.join(d, GRIT_CONFIG), encoding="utf-8") as f:
                 out.update(json.load(f))
             break
     objective = (source.training_config or {}).get("objective") if source else None
     if objective:
-        out.update(pooling_method=objective.get("pooling", out["pooling_method"]),
-                   attn=objective.get("attn", out["attn"]), normalized=objective.get("normalize", out["normalized"]),
-                   projection=objective.get("projection_dim") or None)
+        out.update(
+            pooling_method=objective.get("pooling", out["pooling_method"]),
+            attn=objective.get("attn", out["attn"]),
+            normalized=objective.get("normalize", out["normalized"]),
+            projection=objective.get("projection_dim") or None,
+        )
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
 
@@ -464,8 +556,15 @@ def _dtype_name(dtype: str) -> str:
     return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(dtype, "float32")
 
 
-def orbax_to_hf(ckpt: str, out: str, step: int | None = None, dtype: str | None = None,
-                max_shard_size: str | int = "2GB", tokenizer: str | None = None, **grit_overrides) -> str:
+def orbax_to_hf(
+    ckpt: str,
+    out: str,
+    step: int | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int = "2GB",
+    tokenizer: str | None = None,
+    **grit_overrides,
+) -> str:
     """An orbax checkpoint (hf-to-orbax dir or training checkpoint, any step) -> a Hugging Face directory."""
     source = resolve_checkpoint(ckpt, step)
     tokenizer_model = find_tokenizer(source.search_dirs, tokenizer, source.tokenizer_file)
@@ -475,8 +574,11 @@ def orbax_to_hf(ckpt: str, out: str, step: int | None = None, dtype: str | None 
     _check_leaves(source, leaves)
     target, cfg = numpy_dtype(dtype), source.config
     stored = str(target or leaves[hf.name_map(cfg)[0].path][2])
-    plan = [(name, hf.hf_shape(entry, hf.param_shapes(cfg)[entry.path]), str(target or leaves[entry.path][2]))
-            for entry in hf.name_map(cfg) for _, name in hf.hf_names(entry, cfg)]
+    plan = [
+        (name, hf.hf_shape(entry, hf.param_shapes(cfg)[entry.path]), str(target or leaves[entry.path][2]))
+        for entry in hf.name_map(cfg)
+        for _, name in hf.hf_names(entry, cfg)
+    ]
     writer, open_leaf = ShardWriter(out, parse_size(max_shard_size), plan), leaf_opener(source.pytree_dir)
     for entry in hf.name_map(cfg):
         array = open_leaf(leaves[entry.path][0])
@@ -490,7 +592,11 @@ def orbax_to_hf(ckpt: str, out: str, step: int | None = None, dtype: str | None 
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)
     with open(os.path.join(out, "generation_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"bos_token_id": source.config.bos_token_id, "eos_token_id": source.config.eos_token_id}, f, indent=2)
+        json.dump(
+            {"bos_token_id": source.config.bos_token_id, "eos_token_id": source.config.eos_token_id},
+            f,
+            indent=2,
+        )
     copy_tokenizer(tokenizer_model, out)
     with open(os.path.join(out, GRIT_CONFIG), "w", encoding="utf-8") as f:
         json.dump(grit_settings(source, **grit_overrides), f, indent=2)
@@ -506,15 +612,21 @@ def parse_args(argv):
     a = sub.add_parser("hf-to-orbax", help="Hugging Face Mistral/Mixtral dir -> orbax checkpoint")
     a.add_argument("--hf_dir", required=True)
     a.add_argument("--out", required=True)
-    a.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="parameter dtype to store (default: as in the safetensors files)")
+    a.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="parameter dtype to store (default: as in the safetensors files)",
+    )
     b = sub.add_parser("orbax-to-hf", help="orbax checkpoint (any step) -> Hugging Face dir")
     b.add_argument("--ckpt", required=True, help="hf-to-orbax dir, training step dir, or training work dir")
     b.add_argument("--out", required=True)
     b.add_argument("--step", type=int, default=None, help="with a work dir: the step (default: latest)")
     b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     b.add_argument("--max_shard_size", default="2GB")
-    b.add_argument("--tokenizer", default=None, help="tokenizer.model to ship (default: found next to the checkpoint)")
+    b.add_argument(
+        "--tokenizer", default=None, help="tokenizer.model to ship (default: found next to the checkpoint)"
+    )
     b.add_argument("--pooling_method", default=None, choices=("mean", "weightedmean", "lasttoken", "cls"))
     b.add_argument("--attn", default=None, choices=("bbcc", "cccc"))
     return parser.parse_args(argv)
@@ -527,8 +639,16 @@ def run(argv=None):
         if args.command == "hf-to-orbax":
             out = hf_to_orbax(args.hf_dir, args.out, args.dtype)
         else:
-            out = orbax_to_hf(args.ckpt, args.out, args.step, args.dtype, args.max_shard_size, args.tokenizer,
-                              pooling_method=args.pooling_method, attn=args.attn)
+            out = orbax_to_hf(
+                args.ckpt,
+                args.out,
+                args.step,
+                args.dtype,
+                args.max_shard_size,
+                args.tokenizer,
+                pooling_method=args.pooling_method,
+                attn=args.attn,
+            )
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         raise SystemExit(f"grit-convert {args.command}: error: {e}") from None
     print(f"wrote {out}")

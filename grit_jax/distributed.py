@@ -10,6 +10,7 @@ before the backends are created). Three cases:
   count and id from the TPU metadata by itself.
 - Otherwise (one host, GRIT_DISTRIBUTED=0): nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,7 +68,10 @@ def initialize_from_env() -> None:
         return
     logger.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
     )
 
 

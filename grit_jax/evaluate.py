@@ -3,6 +3,7 @@
 The retrieval corpus is every passage (positives and hard negatives) of the held-out records; each
 query is ranked against all of them with the embedding pass the model is trained with.
 """
+
 from __future__ import annotations
 
 import jax
@@ -11,9 +12,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import data as data_lib
-from grit_jax import masks
+from grit_jax import masks, sharding
 from grit_jax import objective as objective_lib
-from grit_jax import sharding
 
 ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
 
@@ -49,7 +49,9 @@ class Evaluator:
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                out = model(tokens, masks.make_attn_mask(mask, "causal", sliding_window=model.config.sliding_window))
+                out = model(
+                    tokens, masks.make_attn_mask(mask, "causal", sliding_window=model.config.sliding_window)
+                )
                 total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
                 return total, count
 
@@ -67,7 +69,7 @@ class Evaluator:
         n = len(arrays[0])
         out = []
         for start in range(0, n, ENCODE_ROWS):
-            rows = [a[start:start + ENCODE_ROWS] for a in arrays]
+            rows = [a[start : start + ENCODE_ROWS] for a in arrays]
             pad = ENCODE_ROWS - len(rows[0])
             rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
             emb = self._encode(state.params, state.projection, *map(self._put, rows))
@@ -82,8 +84,10 @@ class Evaluator:
         if self.gen_batches:
             total = count = 0.0
             for batch in self.gen_batches:
-                t, c = self._generative(state.params, *map(self._put, (batch["gen_tokens"], batch["gen_mask"],
-                                                                         batch["gen_loss_mask"])))
+                t, c = self._generative(
+                    state.params,
+                    *map(self._put, (batch["gen_tokens"], batch["gen_mask"], batch["gen_loss_mask"])),
+                )
                 total, count = total + float(t), count + float(c)
             metrics["eval_loss_gen"] = total / max(count, 1.0)
         return metrics

@@ -3,6 +3,7 @@
 Bidirectional attention is counted in full (every query against every key); causal attention as the
 half it needs. A step is three forward passes' worth (forward + backward) over the padded shapes.
 """
+
 from __future__ import annotations
 
 from grit_jax.model import ModelConfig
@@ -35,8 +36,16 @@ def train_step_flops(config, cfg: ModelConfig) -> float:
 
 # Dense bf16 peak FLOP/s per JAX device (a chip: v4 and v5p megacores show as one device), vendor figures.
 PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
 }
 
 

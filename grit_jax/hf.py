@@ -4,6 +4,7 @@ Inside the model parameters keep Hugging Face names and rotate-half RoPE (DESIGN
 tensor converts by a transpose and a reshape. Reading uses safetensors' lazy numpy reader, one tensor
 at a time, never torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import glob
 import json
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from safetensors import safe_open
@@ -77,13 +78,21 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     n, k, h, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_local_experts
     return {
-        "embed_tokens.embedding": (v, d), "norm.scale": (d,), "lm_head.kernel": (d, v),
-        "layers.input_layernorm.scale": (d,), "layers.post_attention_layernorm.scale": (d,),
-        "layers.self_attn.q_proj.kernel": (d, n, h), "layers.self_attn.k_proj.kernel": (d, k, h),
-        "layers.self_attn.v_proj.kernel": (d, k, h), "layers.self_attn.o_proj.kernel": (n, h, d),
-        "layers.mlp.gate_proj.kernel": (d, f), "layers.mlp.up_proj.kernel": (d, f),
-        "layers.mlp.down_proj.kernel": (f, d), "layers.block_sparse_moe.gate.kernel": (d, e),
-        "layers.block_sparse_moe.w1.kernel": (d, f), "layers.block_sparse_moe.w3.kernel": (d, f),
+        "embed_tokens.embedding": (v, d),
+        "norm.scale": (d,),
+        "lm_head.kernel": (d, v),
+        "layers.input_layernorm.scale": (d,),
+        "layers.post_attention_layernorm.scale": (d,),
+        "layers.self_attn.q_proj.kernel": (d, n, h),
+        "layers.self_attn.k_proj.kernel": (d, k, h),
+        "layers.self_attn.v_proj.kernel": (d, k, h),
+        "layers.self_attn.o_proj.kernel": (n, h, d),
+        "layers.mlp.gate_proj.kernel": (d, f),
+        "layers.mlp.up_proj.kernel": (d, f),
+        "layers.mlp.down_proj.kernel": (f, d),
+        "layers.block_sparse_moe.gate.kernel": (d, e),
+        "layers.block_sparse_moe.w1.kernel": (d, f),
+        "layers.block_sparse_moe.w3.kernel": (d, f),
         "layers.block_sparse_moe.w2.kernel": (f, d),
     }
 
@@ -91,7 +100,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def hf_shape(entry: Entry, shape) -> tuple[int, ...]:
     if entry.in_ndim is None:
         return tuple(shape)
-    return (math.prod(shape[entry.in_ndim:]), math.prod(shape[: entry.in_ndim]))
+    return (math.prod(shape[entry.in_ndim :]), math.prod(shape[: entry.in_ndim]))
 
 
 def to_ours(entry: Entry, tensor: np.ndarray, shape) -> np.ndarray:
@@ -128,11 +137,15 @@ class SafetensorsDir:
             self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
             for file in set(self.files.values()):
                 if not os.path.exists(file):
-                    raise CheckpointError(f"{index}: names shard {os.path.basename(file)}, which does not exist")
+                    raise CheckpointError(
+                        f"{index}: names shard {os.path.basename(file)}, which does not exist"
+                    )
         else:
             shards = sorted(glob.glob(os.path.join(path, "*.safetensors")))
             if not shards:
-                raise CheckpointError(f"{path}: no *.safetensors files (grit_jax reads safetensors checkpoints only)")
+                raise CheckpointError(
+                    f"{path}: no *.safetensors files (grit_jax reads safetensors checkpoints only)"
+                )
             self.files = {}
             for file in shards:
                 with safe_open(file, framework="numpy") as f:
@@ -214,7 +227,9 @@ def load_flat_params(model, params: dict[str, np.ndarray]):
     nnx.update(model, state)
 
 
-def iter_hf_slices(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[Entry, tuple[int, ...], tuple[int, ...], np.ndarray]]:
+def iter_hf_slices(
+    path: str, cfg: ModelConfig, dtype=None
+) -> Iterator[tuple[Entry, tuple[int, ...], tuple[int, ...], np.ndarray]]:
     """(entry, stacked shape, index into the stacked array, one tensor in our layout) for every Hugging Face
     tensor, in name_map order: memory stays near one tensor, whatever the size of the stacked parameter.
 
@@ -230,8 +245,10 @@ def iter_hf_slices(path: str, cfg: ModelConfig, dtype=None) -> Iterator[tuple[En
             tensor = source.get(name)
             source.close()  # unmap the file: its pages read so far would otherwise stay resident
             if tensor.shape != hf_shape(entry, shape):
-                raise CheckpointError(f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
-                                      f"expected {hf_shape(entry, shape)} from the config")
+                raise CheckpointError(
+                    f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
+                    f"expected {hf_shape(entry, shape)} from the config"
+                )
             value = np.ascontiguousarray(to_ours(entry, tensor, shape), dtype=dtype)  # the writer may keep it
             del tensor  # else a transposed copy and the original would be held together
             yield entry, stack + shape, index, value

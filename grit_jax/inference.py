@@ -12,13 +12,14 @@ out. Generation runs per-row positions over a fixed-size key/value buffer: promp
 grit_jax.masks) lets each row see only its own valid slots. Shapes are rounded up to powers of two, so new
 lengths within a bucket reuse the compiled functions.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,10 @@ from grit_jax.model import KVCache, ModelConfig, Transformer
 from grit_jax.objective import pool
 
 MODES = ("unified", "embedding", "generative")
-PROMPT_DOC_CACHING = ("\n<|user|>\n{query}\n\nAnswer the prior query while optionally using the context prior to it"
-                      "\n<|assistant|>\n")
+PROMPT_DOC_CACHING = (
+    "\n<|user|>\n{query}\n\nAnswer the prior query while optionally using the context prior to it"
+    "\n<|assistant|>\n"
+)
 MIN_BUCKET = 16
 
 
@@ -54,15 +57,17 @@ class Cache:
         return int(self.valid[0].sum())
 
     @staticmethod
-    def concat(caches: Sequence["Cache"]) -> "Cache":
+    def concat(caches: Sequence[Cache]) -> Cache:
         """Caches one after another (doc-query, query-doc caching): each keeps its own positions."""
         if len(caches) == 1:
             return caches[0]
         batch = max(c.valid.shape[0] for c in caches)
-        grow = lambda a, axis: jnp.broadcast_to(a, a.shape[:axis] + (batch,) + a.shape[axis + 1:])
-        return Cache(jnp.concatenate([grow(c.k, 1) for c in caches], axis=2),
-                     jnp.concatenate([grow(c.v, 1) for c in caches], axis=2),
-                     np.concatenate([np.broadcast_to(c.valid, (batch, c.valid.shape[1])) for c in caches], axis=1))
+        grow = lambda a, axis: jnp.broadcast_to(a, a.shape[:axis] + (batch,) + a.shape[axis + 1 :])
+        return Cache(
+            jnp.concatenate([grow(c.k, 1) for c in caches], axis=2),
+            jnp.concatenate([grow(c.v, 1) for c in caches], axis=2),
+            np.concatenate([np.broadcast_to(c.valid, (batch, c.valid.shape[1])) for c in caches], axis=1),
+        )
 
 
 # ----------------------------------------------------------------------------- jitted pieces
@@ -89,14 +94,18 @@ def _decode_pass(graphdef, state, tokens, mask, positions, cache, last):
 @jax.jit
 def _place(buffer_k, buffer_v, k, v):
     """Copies a prefix cache [L,B,S,K,H] into the start of the buffer."""
-    return (jax.lax.dynamic_update_slice_in_dim(buffer_k, k.astype(buffer_k.dtype), 0, axis=2),
-            jax.lax.dynamic_update_slice_in_dim(buffer_v, v.astype(buffer_v.dtype), 0, axis=2))
+    return (
+        jax.lax.dynamic_update_slice_in_dim(buffer_k, k.astype(buffer_k.dtype), 0, axis=2),
+        jax.lax.dynamic_update_slice_in_dim(buffer_v, v.astype(buffer_v.dtype), 0, axis=2),
+    )
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, do_sample=False, temperature=1.0, top_k=0, top_p=1.0):
+def sample(
+    logits: np.ndarray, rng: np.random.Generator, do_sample=False, temperature=1.0, top_k=0, top_p=1.0
+):
     """Next tokens [B] from logits [B,V]: argmax, or a draw after temperature, top-k and top-p filtering."""
     if not do_sample:
         return logits.argmax(-1)
@@ -121,14 +130,30 @@ def sample(logits: np.ndarray, rng: np.random.Generator, do_sample=False, temper
 class GritLM:
     """Embeddings (`encode`) and generation (`generate`) with one set of weights, like gritlm.GritLM."""
 
-    def __init__(self, model: Transformer, tokenizer, mode="unified", pooling_method="mean", attn="bbcc",
-                 normalized=True, embed_eos="", projection=None):
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer,
+        mode="unified",
+        pooling_method="mean",
+        attn="bbcc",
+        normalized=True,
+        embed_eos="",
+        projection=None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if attn not in ("bbcc", "cccc"):
-            raise ValueError(f"attn must be 'bbcc' (bidirectional embedding) or 'cccc' (causal), got {attn!r}")
+            raise ValueError(
+                f"attn must be 'bbcc' (bidirectional embedding) or 'cccc' (causal), got {attn!r}"
+            )
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
-        self.pooling_method, self.attn, self.normalized, self.embed_eos = pooling_method, attn, normalized, embed_eos
+        self.pooling_method, self.attn, self.normalized, self.embed_eos = (
+            pooling_method,
+            attn,
+            normalized,
+            embed_eos,
+        )
         self.projection = projection
         self.config: ModelConfig = model.config
         self.graphdef, self.state = nnx.split(model)
@@ -137,8 +162,18 @@ class GritLM:
     # ---- loading
 
     @classmethod
-    def from_pretrained(cls, path: str, mode="unified", pooling_method=None, attn=None, normalized=None,
-                        dtype="float32", tokenizer=None, step=None, **kwargs) -> "GritLM":
+    def from_pretrained(
+        cls,
+        path: str,
+        mode="unified",
+        pooling_method=None,
+        attn=None,
+        normalized=None,
+        dtype="float32",
+        tokenizer=None,
+        step=None,
+        **kwargs,
+    ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings default to the dir's grit_config.json."""
         from grit_jax import convert, hf
@@ -146,9 +181,13 @@ class GritLM:
 
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)")
+            raise FileNotFoundError(
+                f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
+            )
         hint = None
-        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
+        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
+            os.path.join(path, "checkpoints")
+        ):
             cfg = ModelConfig.from_hf_json(path, dtype=dtype)
             params, search = hf.read_hf_params(path, cfg), [path]
             settings = convert.grit_settings(None)
@@ -161,11 +200,20 @@ class GritLM:
         tokenizer = tokenizer or Tokenizer(convert.find_tokenizer(search, hint=hint))
         if isinstance(tokenizer, str):
             tokenizer = Tokenizer(convert.find_tokenizer([], tokenizer))
-        model = nnx.eval_shape(lambda: Transformer(cfg.replace(param_dtype=_param_dtype(params)), rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(
+            lambda: Transformer(cfg.replace(param_dtype=_param_dtype(params)), rngs=nnx.Rngs(0))
+        )
         hf.load_flat_params(model, params)
         pick = lambda given, key: settings[key] if given is None else given
-        return cls(model, tokenizer, mode, pick(pooling_method, "pooling_method"), pick(attn, "attn"),
-                   pick(normalized, "normalized"), **kwargs)
+        return cls(
+            model,
+            tokenizer,
+            mode,
+            pick(pooling_method, "pooling_method"),
+            pick(attn, "attn"),
+            pick(normalized, "normalized"),
+            **kwargs,
+        )
 
     # ---- embeddings
 
@@ -173,14 +221,25 @@ class GritLM:
         ids = ([self.tokenizer.bos_id] if add_special_tokens else []) + list(self.tokenizer.encode(text))
         return ids[:max_length] if max_length else ids
 
-    def encode(self, sentences, instruction="", batch_size=256, max_length=512, embed_instruction=False,
-               get_cache=False, add_special_tokens=True, **unused):
+    def encode(
+        self,
+        sentences,
+        instruction="",
+        batch_size=256,
+        max_length=512,
+        embed_instruction=False,
+        get_cache=False,
+        add_special_tokens=True,
+        **unused,
+    ):
         """Normalised float32 embeddings [N,D] ([D] for one string); with get_cache, (embeddings, Cache).
 
         Texts are `instruction + sentence + embed_eos`, BOS first, cut to max_length, right-padded.
         """
         if self.mode == "generative":
-            raise ValueError("encode needs mode='unified' or 'embedding' (this GritLM was loaded as 'generative')")
+            raise ValueError(
+                "encode needs mode='unified' or 'embedding' (this GritLM was loaded as 'generative')"
+            )
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         if get_cache and len(sentences) > batch_size:
@@ -190,8 +249,10 @@ class GritLM:
             skip = len(self.tokenize(instruction, add_special_tokens, max_length))
         embeddings, cache = [], None
         for start in range(0, len(sentences), batch_size):
-            rows = [self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
-                    for s in sentences[start:start + batch_size]]
+            rows = [
+                self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
+                for s in sentences[start : start + batch_size]
+            ]
             hidden, valid, kv = self._hidden(rows, with_cache=get_cache)
             if self.projection is not None:
                 hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
@@ -213,7 +274,9 @@ class GritLM:
             tokens[i, : len(r)], valid[i, : len(r)] = r, True
         positions = np.broadcast_to(np.arange(length), (batch, length))
         kind = "bidirectional" if self.attn[:2] == "bb" else "causal"
-        mask = masks.mask_from_positions(positions, positions, valid, kind, sliding_window=self.config.sliding_window)
+        mask = masks.mask_from_positions(
+            positions, positions, valid, kind, sliding_window=self.config.sliding_window
+        )
         hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
         return hidden, valid, kv
 
@@ -224,8 +287,14 @@ class GritLM:
         """Documents as strings, dicts with "text" (and "title"), or a dict of lists, as MTEB passes them."""
         if isinstance(corpus, dict):
             corpus = [{k: corpus[k][i] for k in corpus} for i in range(len(corpus["text"]))]
-        texts = [(d["title"] + self.sep + d["text"]).strip() if "title" in d else d["text"].strip()
-                 if isinstance(d, dict) else d for d in corpus]
+        texts = [
+            (d["title"] + self.sep + d["text"]).strip()
+            if "title" in d
+            else d["text"].strip()
+            if isinstance(d, dict)
+            else d
+            for d in corpus
+        ]
         return self.encode(texts, **kwargs)
 
     # ---- generation
@@ -255,8 +324,19 @@ class GritLM:
             return self.chat_prompt(prompt)
         return [int(t) for t in prompt]
 
-    def generate(self, inputs, max_new_tokens=256, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 past_key_values=None, eos_token_id=None, **unused):
+    def generate(
+        self,
+        inputs,
+        max_new_tokens=256,
+        do_sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        past_key_values=None,
+        eos_token_id=None,
+        **unused,
+    ):
         """New token ids for a prompt (text, token ids or chat messages) or a list of prompts.
 
         past_key_values: a Cache (or a list, used one after another) from encode(get_cache=True); the
@@ -264,16 +344,26 @@ class GritLM:
         stops at EOS (included in the output) or after max_new_tokens.
         """
         if self.mode == "embedding":
-            raise ValueError("generate needs mode='unified' or 'generative' (this GritLM was loaded as 'embedding')")
+            raise ValueError(
+                "generate needs mode='unified' or 'generative' (this GritLM was loaded as 'embedding')"
+            )
         single = _is_single_prompt(inputs)
         prompts = [inputs] if single else list(inputs)
         cache = None
         if past_key_values is not None:
-            cache = Cache.concat(past_key_values if isinstance(past_key_values, (list, tuple)) else [past_key_values])
+            cache = Cache.concat(
+                past_key_values if isinstance(past_key_values, (list, tuple)) else [past_key_values]
+            )
         rows = [self._prompt_ids(p, continuing=cache is not None) for p in prompts]
         eos = self.tokenizer.eos_id if eos_token_id is None else eos_token_id
-        out = self._decode(rows, cache, max_new_tokens, eos, np.random.default_rng(seed),
-                           dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p))
+        out = self._decode(
+            rows,
+            cache,
+            max_new_tokens,
+            eos,
+            np.random.default_rng(seed),
+            dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p),
+        )
         return out[0] if single else out
 
     def _decode(self, rows, cache: Cache | None, max_new_tokens, eos, rng, sampling):
@@ -293,15 +383,25 @@ class GritLM:
         tokens = np.full((batch, prompt_len), self.tokenizer.pad_id, np.int32)
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = r
-            valid[i, prefix: prefix + len(r)] = True
+            valid[i, prefix : prefix + len(r)] = True
         positions = start + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
         slots = prefix + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
-        logits, buffer = _decode_pass(self.graphdef, self.state, jnp.asarray(tokens), self._gen_mask(slots, valid),
-                                      jnp.asarray(positions), buffer, jnp.asarray(lengths - 1))
-        return self._decode_loop(logits, buffer, valid, prefix + prompt_len, start + lengths, max_new_tokens, eos,
-                                 rng, sampling)
+        logits, buffer = _decode_pass(
+            self.graphdef,
+            self.state,
+            jnp.asarray(tokens),
+            self._gen_mask(slots, valid),
+            jnp.asarray(positions),
+            buffer,
+            jnp.asarray(lengths - 1),
+        )
+        return self._decode_loop(
+            logits, buffer, valid, prefix + prompt_len, start + lengths, max_new_tokens, eos, rng, sampling
+        )
 
-    def _decode_loop(self, logits, buffer, valid, first_slot, next_position, max_new_tokens, eos, rng, sampling):
+    def _decode_loop(
+        self, logits, buffer, valid, first_slot, next_position, max_new_tokens, eos, rng, sampling
+    ):
         """From the prefill's last logits: sample, write the token at the next shared slot, repeat.
 
         next_position [B]: each row's position for its first generated token. Stops when every row hit EOS.
@@ -318,17 +418,28 @@ class GritLM:
             slot = first_slot + step
             valid[:, slot] = True
             mask = self._gen_mask(np.full((batch, 1), slot), valid)
-            logits, buffer = _decode_pass(self.graphdef, self.state, jnp.asarray(new[:, None], jnp.int32), mask,
-                                          jnp.asarray(next_position[:, None] + step), buffer,
-                                          jnp.zeros(batch, jnp.int32))
+            logits, buffer = _decode_pass(
+                self.graphdef,
+                self.state,
+                jnp.asarray(new[:, None], jnp.int32),
+                mask,
+                jnp.asarray(next_position[:, None] + step),
+                buffer,
+                jnp.zeros(batch, jnp.int32),
+            )
         return generated
 
     def _gen_mask(self, q_slots, valid):
         """Causal over buffer slots, valid slots only: [B,T,S]."""
         size = valid.shape[1]
         kv_slots = np.broadcast_to(np.arange(size), valid.shape)
-        mask = masks.mask_from_positions(jnp.asarray(q_slots), jnp.asarray(kv_slots), jnp.asarray(valid), "causal",
-                                         sliding_window=self.config.sliding_window)
+        mask = masks.mask_from_positions(
+            jnp.asarray(q_slots),
+            jnp.asarray(kv_slots),
+            jnp.asarray(valid),
+            "causal",
+            sliding_window=self.config.sliding_window,
+        )
         return mask
 
 

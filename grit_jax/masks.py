@@ -3,6 +3,7 @@
 The model takes a boolean mask [B, T, S] (True = query t may attend to key s) and never decides for
 itself, so one set of parameters runs bidirectionally for embeddings and causally for generation.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ import jax.numpy as jnp
 KINDS = ("causal", "bidirectional", "prefix")
 
 
-def mask_from_positions(q_positions, kv_positions, kv_valid, kind="causal", prefix_len=None, sliding_window=None):
+def mask_from_positions(
+    q_positions, kv_positions, kv_valid, kind="causal", prefix_len=None, sliding_window=None
+):
     """The general form: queries at q_positions [B,T] over keys at kv_positions [B,S], kv_valid [B,S] bool.
 
     causal: a key at or before the query. bidirectional: every valid key. prefix: every key inside the first

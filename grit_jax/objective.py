@@ -7,9 +7,11 @@ Every loss is written on global arrays (DESIGN decision 4): under ``jax.jit`` wi
 inputs, ``q @ p.T`` compares each query with every passage of every shard and XLA inserts the
 collectives. Pooling and similarities run in float32 whatever the compute dtype.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +128,9 @@ def _chunked(arrays, num_chunks):
     Strided, so that when N is split contiguously over W shards every chunk is split over all W
     shards too and no data moves.
     """
-    return jax.tree.map(lambda a: jnp.swapaxes(a.reshape(a.shape[0] // num_chunks, num_chunks, *a.shape[1:]), 0, 1), arrays)
+    return jax.tree.map(
+        lambda a: jnp.swapaxes(a.reshape(a.shape[0] // num_chunks, num_chunks, *a.shape[1:]), 0, 1), arrays
+    )
 
 
 def _unchunked(a):
@@ -145,7 +149,9 @@ def map_chunks(fn, inputs, chunk_size):
     if not chunk_size or chunk_size >= n:
         return fn(inputs)
     if n % chunk_size:
-        raise ValueError(f"objective.embedding_chunk_size={chunk_size} does not divide a batch of {n} sequences")
+        raise ValueError(
+            f"objective.embedding_chunk_size={chunk_size} does not divide a batch of {n} sequences"
+        )
     out = jax.lax.map(jax.checkpoint(fn), _chunked(inputs, n // chunk_size))
     return jax.tree.map(_unchunked, out)
 
@@ -159,13 +165,18 @@ def encode(model, projection, tokens, mask, instruction_len, objective):
 
 def embedding_loss(graphdef, params, projection, batch, objective, data_parallel_size=1):
     """(loss, metrics) of the contrastive task on a global batch, encoded in chunks."""
+
     def encode_rows(rows):
         tokens, mask, inst = rows
         return encode(nnx.merge(graphdef, params), projection, tokens, mask, inst, objective)
 
     chunk = objective.embedding_chunk_size
-    q = map_chunks(encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk)
-    p = map_chunks(encode_rows, (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]), chunk)
+    q = map_chunks(
+        encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk
+    )
+    p = map_chunks(
+        encode_rows, (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]), chunk
+    )
     loss, accuracy = contrastive_loss(q, p, objective.temperature)
     if objective.reference_gradient_scale:
         # The reference all-gathers reps without gradient and averages gradients over W ranks: its
@@ -199,8 +210,10 @@ def generative_loss(graphdef, params, batch, objective):
         total, aux = micro(rows)
     else:
         if tokens.shape[0] % steps:
-            raise ValueError(f"generative_accumulation_steps={steps} does not divide a generative batch of "
-                             f"{tokens.shape[0]}")
+            raise ValueError(
+                f"generative_accumulation_steps={steps} does not divide a generative batch of "
+                f"{tokens.shape[0]}"
+            )
         totals, auxes = jax.lax.map(jax.checkpoint(micro), _chunked(rows, steps))
         total, aux = jnp.sum(totals), jnp.mean(auxes)
     loss_gen = objective.loss_gen_factor * total / normalizer

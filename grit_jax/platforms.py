@@ -8,6 +8,7 @@ did not choose: the TPU when there is one, else a GPU whose JAX plugin is instal
 ``quiet_libtpu(accelerator_type)`` is for ``grit-aot``: it gives libtpu the host description it
 looks for, so that building a compile-only TPU topology on a CPU machine stays quiet too.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,7 +33,10 @@ def _read(path: str) -> str:
 def has_tpu() -> bool:
     """True when a TPU chip is attached to this machine (PCI, /dev/accel*, /dev/vfio/N)."""
     for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        if _read(vendor) == _GOOGLE_PCI_VENDOR and _read(os.path.join(os.path.dirname(vendor), "device")) in _TPU_PCI_DEVICES:
+        if (
+            _read(vendor) == _GOOGLE_PCI_VENDOR
+            and _read(os.path.join(os.path.dirname(vendor), "device")) in _TPU_PCI_DEVICES
+        ):
             return True
     return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
@@ -42,11 +46,15 @@ def _installed(*modules: str) -> bool:
 
 
 def _has_cuda() -> bool:
-    return any(os.path.exists(d) for d in _NVIDIA_DEVICES) and _installed("jax_cuda12_plugin", "jax_cuda13_plugin")
+    return any(os.path.exists(d) for d in _NVIDIA_DEVICES) and _installed(
+        "jax_cuda12_plugin", "jax_cuda13_plugin"
+    )
 
 
 def _has_rocm() -> bool:
-    return os.path.exists("/dev/kfd") and _installed("jax_rocm7_plugin", "jax_rocm60_plugin", "jax_rocm_plugin")
+    return os.path.exists("/dev/kfd") and _installed(
+        "jax_rocm7_plugin", "jax_rocm60_plugin", "jax_rocm_plugin"
+    )
 
 
 def default_platforms() -> str | None:

@@ -15,12 +15,14 @@ whose logical names are missing from the table are an error (``UnplacedParameter
 ``jax.jit``) or ``jax.set_mesh(mesh)``, and is a no-op when no mesh is set, so the model runs
 unchanged on one device.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -76,13 +78,15 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, .
         if num_devices % known:
             raise MeshConfigError(
                 f"{num_devices} devices are not divisible by the fixed mesh axes "
-                f"({dict(zip(MESH_AXES, sizes))}, product {known}); change the mesh sizes")
+                f"({dict(zip(MESH_AXES, sizes))}, product {known}); change the mesh sizes"
+            )
         sizes[MESH_AXES.index(unknown[0])] = num_devices // known
     total = math.prod(sizes)
     if total > num_devices:
         raise MeshConfigError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {total} devices but only {num_devices} are "
-            f"available; shrink mesh.data/fsdp/tensor/expert (or set one to -1)")
+            f"available; shrink mesh.data/fsdp/tensor/expert (or set one to -1)"
+        )
     return tuple(sizes)
 
 
@@ -114,8 +118,12 @@ def data_parallel_size(mesh: Mesh | None) -> int:
 # ----------------------------------------------------------------------------- logical -> spec
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh_axis_sizes: Mapping[str, int] | None = None, what: str = "array") -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    mesh_axis_sizes: Mapping[str, int] | None = None,
+    what: str = "array",
+) -> PartitionSpec:
     """PartitionSpec for logical axis ``names`` (None = replicated), with the divisibility fallback.
 
     Mesh axes the mesh lacks or that are already used by an earlier dimension are skipped.
@@ -128,9 +136,13 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = N
         if name not in LOGICAL_AXIS_RULES:
             raise UnplacedParameterError(
                 f"{what}: logical axis {name!r} has no rule in grit_jax.sharding.LOGICAL_AXIS_RULES "
-                f"(known: {sorted(LOGICAL_AXIS_RULES)})")
-        axes = [a for a in LOGICAL_AXIS_RULES[name] if a not in used
-                and (mesh_axis_sizes is None or a in mesh_axis_sizes)]
+                f"(known: {sorted(LOGICAL_AXIS_RULES)})"
+            )
+        axes = [
+            a
+            for a in LOGICAL_AXIS_RULES[name]
+            if a not in used and (mesh_axis_sizes is None or a in mesh_axis_sizes)
+        ]
         if shape is not None and mesh_axis_sizes is not None:
             while axes and shape[i] % math.prod(mesh_axis_sizes[a] for a in axes):
                 axes.pop()  # divisibility fallback: drop trailing mesh axes
@@ -209,11 +221,13 @@ def param_specs(state, mesh: Mesh):
         raise UnplacedParameterError(
             "parameters the sharding rules do not place (add their logical names to "
             "grit_jax.sharding.LOGICAL_AXIS_RULES or to the parameter's out_sharding):\n  "
-            + "\n  ".join(problems))
+            + "\n  ".join(problems)
+        )
     return nnx.from_flat_state(out)
 
 
 def named_shardings(specs, mesh: Mesh):
     """Turn a tree of PartitionSpecs into NamedShardings on ``mesh``."""
-    return jax.tree.map(lambda p: NamedSharding(mesh, p), specs,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(
+        lambda p: NamedSharding(mesh, p), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )

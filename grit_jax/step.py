@@ -4,6 +4,7 @@
 losses in one ``loss_fn``, AdamW with warm-up and decay, gradient clipping, donated state, and no
 update when the loss or the gradients are not finite (DESIGN decision 7).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,15 +31,47 @@ def default_train_config() -> ml_collections.ConfigDict:
     """Every field the step reads, with the paper's recipe where it has one, on the tiny model."""
     c = ml_collections.ConfigDict()
     c.seed, c.num_steps = 0, 100
-    c.model = dict(preset="tiny", hf_dir="", init_checkpoint="", dtype="float32", param_dtype="float32", scan_layers=True,
-                   remat_policy="none")
-    c.data = dict(embedding_batch_size=8, generative_batch_size=8, query_max_len=16, passage_max_len=32,
-                  generative_max_len=32, train_group_size=2)
-    c.objective = dict(mode="unified", attn="bbcc", pooling="mean", normalize=True, temperature=0.02,
-                       projection_dim=0, loss_gen_type="mixed", loss_gen_factor=1.0, router_aux_loss_coef=0.02,
-                       embedding_chunk_size=0, generative_accumulation_steps=1, reference_gradient_scale=False)
-    c.optimizer = dict(learning_rate=2e-5, schedule="linear", warmup_ratio=0.03, weight_decay=0.0, b1=0.9,
-                       b2=0.999, eps=1e-8, max_grad_norm=1.0)
+    c.model = dict(
+        preset="tiny",
+        hf_dir="",
+        init_checkpoint="",
+        dtype="float32",
+        param_dtype="float32",
+        scan_layers=True,
+        remat_policy="none",
+    )
+    c.data = dict(
+        embedding_batch_size=8,
+        generative_batch_size=8,
+        query_max_len=16,
+        passage_max_len=32,
+        generative_max_len=32,
+        train_group_size=2,
+    )
+    c.objective = dict(
+        mode="unified",
+        attn="bbcc",
+        pooling="mean",
+        normalize=True,
+        temperature=0.02,
+        projection_dim=0,
+        loss_gen_type="mixed",
+        loss_gen_factor=1.0,
+        router_aux_loss_coef=0.02,
+        embedding_chunk_size=0,
+        generative_accumulation_steps=1,
+        reference_gradient_scale=False,
+    )
+    c.optimizer = dict(
+        learning_rate=2e-5,
+        schedule="linear",
+        warmup_ratio=0.03,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        max_grad_norm=1.0,
+    )
     c.mesh = dict(data=-1, fsdp=1, tensor=1, expert=1)
     c.checkpoint = dict(every_steps=500, keep=3)
     c.log = dict(every_steps=10, eval_every_steps=0)
@@ -69,8 +102,12 @@ def _uses(config, part):
 def validate_config(config, mesh: Mesh) -> None:
     """Raise ConfigError, naming the field to change, for anything that would fail inside jit."""
     obj, data = config.objective, config.data
-    for field, allowed in (("mode", objective_lib.MODES), ("attn", tuple(objective_lib.ATTENTIONS)),
-                           ("pooling", objective_lib.POOLINGS), ("loss_gen_type", objective_lib.LOSS_GEN_TYPES)):
+    for field, allowed in (
+        ("mode", objective_lib.MODES),
+        ("attn", tuple(objective_lib.ATTENTIONS)),
+        ("pooling", objective_lib.POOLINGS),
+        ("loss_gen_type", objective_lib.LOSS_GEN_TYPES),
+    ):
         if obj[field] not in allowed:
             raise ConfigError(f"objective.{field}={obj[field]!r}: expected one of {allowed}")
     if config.optimizer.schedule not in SCHEDULES:
@@ -81,19 +118,27 @@ def validate_config(config, mesh: Mesh) -> None:
     if _uses(config, "embedding"):
         b, g, chunk = data.embedding_batch_size, data.train_group_size, obj.embedding_chunk_size
         if b % w:
-            raise ConfigError(f"data.embedding_batch_size={b} is not divisible by {where}; use a multiple of {w} "
-                              f"or change mesh.data/fsdp/expert")
+            raise ConfigError(
+                f"data.embedding_batch_size={b} is not divisible by {where}; use a multiple of {w} "
+                f"or change mesh.data/fsdp/expert"
+            )
         if g < 1 or b * g < 2:
-            raise ConfigError(f"data.train_group_size={g} with data.embedding_batch_size={b} leaves the contrastive "
-                              f"loss no negative; use train_group_size >= 2 or a larger batch")
+            raise ConfigError(
+                f"data.train_group_size={g} with data.embedding_batch_size={b} leaves the contrastive "
+                f"loss no negative; use train_group_size >= 2 or a larger batch"
+            )
         if chunk and (chunk % w or b % chunk):
-            raise ConfigError(f"objective.embedding_chunk_size={chunk} must be a multiple of {where} and divide "
-                              f"data.embedding_batch_size={b}; use e.g. {w} or 0 (no chunking)")
+            raise ConfigError(
+                f"objective.embedding_chunk_size={chunk} must be a multiple of {where} and divide "
+                f"data.embedding_batch_size={b}; use e.g. {w} or 0 (no chunking)"
+            )
     if _uses(config, "generative"):
         bg, steps = data.generative_batch_size, max(obj.generative_accumulation_steps, 1)
         if bg % (w * steps):
-            raise ConfigError(f"data.generative_batch_size={bg} must be divisible by {where} times "
-                              f"objective.generative_accumulation_steps={steps}; use a multiple of {w * steps}")
+            raise ConfigError(
+                f"data.generative_batch_size={bg} must be divisible by {where} times "
+                f"objective.generative_accumulation_steps={steps}; use a multiple of {w * steps}"
+            )
 
 
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -102,13 +147,19 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], Any]]:
     shapes = {}
     if _uses(config, "embedding"):
         b, n = d.embedding_batch_size, d.embedding_batch_size * d.train_group_size
-        shapes.update(query_tokens=((b, d.query_max_len), np.int32), query_mask=((b, d.query_max_len), np.bool_),
-                      query_instruction_len=((b,), np.int32),
-                      passage_tokens=((n, d.passage_max_len), np.int32), passage_mask=((n, d.passage_max_len), np.bool_),
-                      passage_instruction_len=((n,), np.int32))
+        shapes.update(
+            query_tokens=((b, d.query_max_len), np.int32),
+            query_mask=((b, d.query_max_len), np.bool_),
+            query_instruction_len=((b,), np.int32),
+            passage_tokens=((n, d.passage_max_len), np.int32),
+            passage_mask=((n, d.passage_max_len), np.bool_),
+            passage_instruction_len=((n,), np.int32),
+        )
     if _uses(config, "generative"):
         bg, lg = d.generative_batch_size, d.generative_max_len
-        shapes.update(gen_tokens=((bg, lg), np.int32), gen_mask=((bg, lg), np.bool_), gen_loss_mask=((bg, lg), np.bool_))
+        shapes.update(
+            gen_tokens=((bg, lg), np.int32), gen_mask=((bg, lg), np.bool_), gen_loss_mask=((bg, lg), np.bool_)
+        )
     return shapes
 
 
@@ -125,13 +176,16 @@ def validate_batch(config, batch, global_batch=True) -> None:
             raise ConfigError(
                 f"the batch has {np_} passages for {nq} queries but data.train_group_size={g} needs {nq * g} "
                 f"(a positive and {g - 1} hard negatives each); lower data.train_group_size to {max(np_ // max(nq, 1), 1)} "
-                f"or give every query {g - 1} negatives")
+                f"or give every query {g - 1} negatives"
+            )
     scale = 1 if global_batch else jax.process_count()
     for name, (shape, _) in expected.items():
         got = tuple(batch[name].shape)
         if (got[0] * scale, *got[1:]) != shape:
-            raise ConfigError(f"batch[{name!r}] has shape {got}, the config says {shape} globally "
-                              f"(data.*_batch_size, *_max_len, train_group_size)")
+            raise ConfigError(
+                f"batch[{name!r}] has shape {got}, the config says {shape} globally "
+                f"(data.*_batch_size, *_max_len, train_group_size)"
+            )
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -144,9 +198,11 @@ def make_schedule(config):
     opt, total = config.optimizer, max(int(config.num_steps), 1)
     warmup = int(math.ceil(opt.warmup_ratio * total))
     decay_steps = max(total - warmup, 1)
-    decay = {"linear": optax.linear_schedule(opt.learning_rate, 0.0, decay_steps),
-             "cosine": optax.cosine_decay_schedule(opt.learning_rate, decay_steps),
-             "constant": optax.constant_schedule(opt.learning_rate)}[opt.schedule]
+    decay = {
+        "linear": optax.linear_schedule(opt.learning_rate, 0.0, decay_steps),
+        "cosine": optax.cosine_decay_schedule(opt.learning_rate, decay_steps),
+        "constant": optax.constant_schedule(opt.learning_rate),
+    }[opt.schedule]
     if not warmup:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), decay], [warmup])
@@ -154,9 +210,11 @@ def make_schedule(config):
 
 def _decay_mask(trainable):
     """Weight decay on matrices only: not on norm scales or biases (as the reference's HF Trainer)."""
+
     def decays(path, _):
         names = jax.tree_util.keystr(path)
         return not ("scale" in names or "bias" in names)
+
     return jax.tree_util.tree_map_with_path(decays, trainable)
 
 
@@ -166,7 +224,9 @@ def make_optimizer(config):
     schedule = make_schedule(config)
     tx = optax.chain(
         optax.clip_by_global_norm(opt.max_grad_norm) if opt.max_grad_norm else optax.identity(),
-        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=_decay_mask),
+        optax.adamw(
+            schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=_decay_mask
+        ),
     )
     return tx, schedule
 
@@ -203,18 +263,22 @@ def _init_projection(config, hidden_size, key):
         return {}
     bound = 1.0 / math.sqrt(hidden_size)  # torch.nn.Linear's default initialisation
     k1, k2 = jax.random.split(key)
-    return {"kernel": jax.random.uniform(k1, (hidden_size, p), jnp.float32, -bound, bound),
-            "bias": jax.random.uniform(k2, (p,), jnp.float32, -bound, bound)}
+    return {
+        "kernel": jax.random.uniform(k1, (hidden_size, p), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (p,), jnp.float32, -bound, bound),
+    }
 
 
 def _opt_state_shardings(abstract_opt, param_shardings_by_path, replicated):
     """Shard each optimizer leaf like the parameter whose path it ends with (mu, nu), else replicate."""
+
     def pick(path, leaf):
         for i in range(len(path)):
             s = param_shardings_by_path.get(tuple(path[i:]))
             if s is not None and s[1] == tuple(leaf.shape):
                 return s[0]
         return replicated
+
     return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
@@ -234,8 +298,9 @@ def _build(config, mesh, params=None):
             with nnx.use_eager_sharding(False):
                 given_params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(k_model)))[1]
         projection = _init_projection(config, cfg.hidden_size, k_proj)
-        return TrainState(given_params, projection, tx.init((given_params, projection)), jnp.zeros((), jnp.int32),
-                          k_state)
+        return TrainState(
+            given_params, projection, tx.init((given_params, projection)), jnp.zeros((), jnp.int32), k_state
+        )
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0), None)
     flat_params = jax.tree_util.tree_flatten_with_path((param_sh, proj_sh))[0]
@@ -272,12 +337,15 @@ def create_train_state(config, mesh, params=None) -> TrainState:
         template = jax.tree.map(lambda a: a, abstract.params)
         nnx.replace_by_pure_dict(template, params)
         params = template
-    wrong = [f"{'.'.join(map(str, k))}: {np.shape(v.get_value())} (want {a.shape})" for (k, v), (_, a) in
-             zip(nnx.to_flat_state(params), nnx.to_flat_state(abstract.params))
-             if isinstance(v.get_value(), jax.ShapeDtypeStruct) or np.shape(v.get_value()) != a.shape]
+    wrong = [
+        f"{'.'.join(map(str, k))}: {np.shape(v.get_value())} (want {a.shape})"
+        for (k, v), (_, a) in zip(nnx.to_flat_state(params), nnx.to_flat_state(abstract.params))
+        if isinstance(v.get_value(), jax.ShapeDtypeStruct) or np.shape(v.get_value()) != a.shape
+    ]
     if wrong:
-        raise ConfigError("given params do not fit the configured model (missing or mis-shaped):\n  "
-                          + "\n  ".join(wrong))
+        raise ConfigError(
+            "given params do not fit the configured model (missing or mis-shaped):\n  " + "\n  ".join(wrong)
+        )
     params = jax.device_put(params, shardings.params)
     fn = jax.jit(init, out_shardings=shardings, donate_argnums=(1,))
     return fn(key, params)
@@ -296,14 +364,19 @@ def make_global_batch(config, mesh, host_batch) -> dict[str, jax.Array]:
     """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on ``mesh``."""
     validate_batch(config, host_batch, global_batch=False)
     shapes, sh = batch_shapes(config), batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sh, np.asarray(host_batch[k], dtype), shape)
-            for k, (shape, dtype) in shapes.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sh, np.asarray(host_batch[k], dtype), shape)
+        for k, (shape, dtype) in shapes.items()
+    }
 
 
 def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for ahead-of-time compilation)."""
     sh = batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sh) for k, (shape, dtype) in batch_shapes(config).items()}
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+        for k, (shape, dtype) in batch_shapes(config).items()
+    }
 
 
 # ----------------------------------------------------------------------------- step
@@ -327,6 +400,7 @@ def _loss_and_grad(config, mesh, graphdef, state_sh):
             out, grads = grad_fn(trainable, graphdef, batch, config.objective, w)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
+
     return fn
 
 
@@ -335,8 +409,10 @@ def make_loss_and_grad(config, mesh):
     validate_config(config, mesh)
     _, _, state_sh, graphdef = _build(config, mesh)
     bsh = batch_sharding(mesh)
-    return jax.jit(_loss_and_grad(config, mesh, graphdef, state_sh),
-                   in_shardings=((state_sh.params, state_sh.projection), {k: bsh for k in batch_shapes(config)}))
+    return jax.jit(
+        _loss_and_grad(config, mesh, graphdef, state_sh),
+        in_shardings=((state_sh.params, state_sh.projection), {k: bsh for k in batch_shapes(config)}),
+    )
 
 
 def make_train_step(config, mesh):
@@ -360,24 +436,38 @@ def make_train_step(config, mesh):
             params, projection = optax.apply_updates(state.trainable, updates)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            params, projection, opt_state = keep((params, projection, opt_state), (*state.trainable, state.opt_state))
-            new_state = TrainState(params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0])
-            metrics.update(grad_norm=grad_norm, param_norm=optax.tree.norm((params, projection)),
-                           learning_rate=schedule(state.step), tokens=_tokens(config, batch),
-                           nonfinite=1 - finite.astype(jnp.int32))
+            params, projection, opt_state = keep(
+                (params, projection, opt_state), (*state.trainable, state.opt_state)
+            )
+            new_state = TrainState(
+                params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0]
+            )
+            metrics.update(
+                grad_norm=grad_norm,
+                param_norm=optax.tree.norm((params, projection)),
+                learning_rate=schedule(state.step),
+                tokens=_tokens(config, batch),
+                nonfinite=1 - finite.astype(jnp.int32),
+            )
         return new_state, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     bsh = batch_sharding(mesh)
     names = batch_shapes(config)
-    jitted = jax.jit(step, in_shardings=(state_sh, {k: bsh for k in names}),
-                     out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_sh, {k: bsh for k in names}),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
 
     def train_step(state, batch):
         if set(batch) != set(names) or any(tuple(batch[k].shape) != s for k, (s, _) in names.items()):
             validate_batch(config, {k: v for k, v in batch.items() if k in names})
-            raise ConfigError(f"batch has arrays {sorted(set(batch) - set(names))} that "
-                              f"objective.mode={config.objective.mode!r} does not use")
+            raise ConfigError(
+                f"batch has arrays {sorted(set(batch) - set(names))} that "
+                f"objective.mode={config.objective.mode!r} does not use"
+            )
         return jitted(state, batch)
 
     train_step.lower = jitted.lower

@@ -6,6 +6,7 @@ A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line p
 tb/ (TensorBoard). Starting in a work directory that has checkpoints resumes from the latest complete
 one; SIGTERM (how TPU VMs are preempted) saves a checkpoint and exits cleanly.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ from ml_collections import config_flags
 from grit_jax import distributed, platforms
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics.jsonl, TensorBoard")
 
 
@@ -77,18 +80,25 @@ def prepare_data(config, workdir):
     if config.data.demo_corpus and not config.data.data_dir:
         data_dir = os.path.join(workdir, "data")
         if jax.process_index() == 0:
-            demo.prepare_demo_data(data_dir, vocab_size=config.data.demo_vocab_size,
-                                   query_max_len=config.data.query_max_len,
-                                   passage_max_len=config.data.passage_max_len,
-                                   generative_max_len=config.data.generative_max_len)
+            demo.prepare_demo_data(
+                data_dir,
+                vocab_size=config.data.demo_vocab_size,
+                query_max_len=config.data.query_max_len,
+                passage_max_len=config.data.passage_max_len,
+                generative_max_len=config.data.generative_max_len,
+            )
         multihost_utils.sync_global_devices("demo data ready")
         with config.unlocked():
             config.data.data_dir = data_dir
     if not config.data.data_dir:
-        raise UsageError("data.data_dir is empty: pass --config.data.data_dir=DIR (prepared with grit-data prepare)")
+        raise UsageError(
+            "data.data_dir is empty: pass --config.data.data_dir=DIR (prepared with grit-data prepare)"
+        )
     if not os.path.exists(os.path.join(config.data.data_dir, "manifest.json")):
-        raise UsageError(f"data.data_dir={config.data.data_dir}: no manifest.json there; prepare it with "
-                         "`grit-data prepare ... --out DIR`")
+        raise UsageError(
+            f"data.data_dir={config.data.data_dir}: no manifest.json there; prepare it with "
+            "`grit-data prepare ... --out DIR`"
+        )
 
 
 class MetricsLog:
@@ -102,7 +112,9 @@ class MetricsLog:
 
             self._truncate(start_step)
             self.file = open(self.path, "a", encoding="utf-8")
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
+            self.tb = SummaryWriter(
+                os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
+            )
 
     def _truncate(self, start_step):
         """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone)."""
@@ -139,8 +151,11 @@ class MetricsLog:
         if not self.enabled:
             return
         eta = time.strftime("%H:%M:%S", time.gmtime(max(self.num_steps - step, 0) * seconds_per_step))
-        shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_emb", "loss_gen", "accuracy",
-                                                              "eval_mrr@10", "eval_loss_gen") if k in metrics)
+        shown = " ".join(
+            f"{k} {metrics[k]:.4g}"
+            for k in ("loss", "loss_emb", "loss_gen", "accuracy", "eval_mrr@10", "eval_loss_gen")
+            if k in metrics
+        )
         print(f"step {step}/{self.num_steps} {shown} | {seconds_per_step:.3f} s/step, ETA {eta}", flush=True)
 
     def close(self):
@@ -179,7 +194,8 @@ def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     import jax
 
-    from grit_jax import checkpoint, flops, sharding, step as step_lib
+    from grit_jax import checkpoint, flops, sharding
+    from grit_jax import step as step_lib
     from grit_jax.data import load_tokenizer, make_train_iterator
     from grit_jax.evaluate import Evaluator
 
@@ -191,15 +207,18 @@ def train(config, workdir) -> dict:
     cfg = step_lib.model_config(config)
     tokenizer = load_tokenizer(config.data)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-                         f"{cfg.vocab_size}; use a model with a larger vocabulary")
+        raise UsageError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{cfg.vocab_size}; use a model with a larger vocabulary"
+        )
     main = jax.process_index() == 0
     if main:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json(indent=2))
 
-    data = make_train_iterator(config.data, tokenizer, jax.process_index(), jax.process_count(),
-                               config.objective.mode)
+    data = make_train_iterator(
+        config.data, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
+    )
     ckpt = checkpoint.Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
     start = ckpt.latest_step()
     if start is None:
@@ -210,9 +229,11 @@ def train(config, workdir) -> dict:
             state, data_state = ckpt.restore(start, step_lib.abstract_train_state(config, mesh))
         except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer
             reason = str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
-            raise UsageError(f"checkpoint step {start} in {ckpt.directory} does not match this config (model, "
-                             f"objective.projection_dim or optimizer differ): {reason}; use another --workdir "
-                             "or the config the run started with") from None
+            raise UsageError(
+                f"checkpoint step {start} in {ckpt.directory} does not match this config (model, "
+                f"objective.projection_dim or optimizer differ): {reason}; use another --workdir "
+                "or the config the run started with"
+            ) from None
         data.set_state(data_state)
         logging.info("resumed from %s/%d", ckpt.directory, start)
         if main:
@@ -222,7 +243,9 @@ def train(config, workdir) -> dict:
     evaluator = Evaluator(config, mesh, step_lib.abstract_model(config)[0], tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
     step_flops = flops.train_step_flops(config, cfg)
-    peak = (config.log.peak_flops_per_device or flops.device_peak_flops(jax.devices()[0])) * jax.device_count()
+    peak = (
+        config.log.peak_flops_per_device or flops.device_peak_flops(jax.devices()[0])
+    ) * jax.device_count()
     every, eval_every = config.log.every_steps, config.log.eval_every_steps
     last, nonfinite_in_a_row, save_due, t0, tokens = {}, 0, False, time.perf_counter(), 0.0
     if start == 0 and eval_every and evaluator.enabled:
@@ -239,10 +262,12 @@ def train(config, workdir) -> dict:
                 log.write(step, metrics)
                 if nonfinite_in_a_row >= config.max_nonfinite_steps:
                     ckpt.wait()
-                    raise Stop(f"{nonfinite_in_a_row} non-finite steps in a row (max_nonfinite_steps="
-                               f"{config.max_nonfinite_steps}); stopped at step {step}. The last good checkpoint "
-                               f"is step {ckpt.manager.latest_step()} in {ckpt.directory}; lower "
-                               "optimizer.learning_rate or check the data")
+                    raise Stop(
+                        f"{nonfinite_in_a_row} non-finite steps in a row (max_nonfinite_steps="
+                        f"{config.max_nonfinite_steps}); stopped at step {step}. The last good checkpoint "
+                        f"is step {ckpt.manager.latest_step()} in {ckpt.directory}; lower "
+                        "optimizer.learning_rate or check the data"
+                    )
             else:
                 nonfinite_in_a_row = 0
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
@@ -266,15 +291,21 @@ def train(config, workdir) -> dict:
             if stop:
                 ckpt.wait()
                 if main:
-                    print(f"preempted: saved checkpoint step {step} in {ckpt.directory}; rerun to resume", flush=True)
+                    print(
+                        f"preempted: saved checkpoint step {step} in {ckpt.directory}; rerun to resume",
+                        flush=True,
+                    )
                 break
     finally:
         ckpt.close()
         log.close()
         data.close()
     if main and not preempted.requested:
-        print(f"done. checkpoints: {ckpt.directory}\nmetrics: {log.path}\nTensorBoard: "
-              f"{os.path.join(workdir, 'tb')}\nfinal metrics: {json.dumps(_rounded(last))}", flush=True)
+        print(
+            f"done. checkpoints: {ckpt.directory}\nmetrics: {log.path}\nTensorBoard: "
+            f"{os.path.join(workdir, 'tb')}\nfinal metrics: {json.dumps(_rounded(last))}",
+            flush=True,
+        )
     return last
 
 
@@ -295,10 +326,15 @@ def _parse_flags(argv):
         _fail(f"{e}")
     except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no field a.b
         name = str(e).strip("'\"")
-        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
-               name in a.split("=")[0][len("--config."):].split(".")]
-        _fail(f"{bad[0] if bad else name}: the config has no field {name!r}; see grit_jax/config.py for the "
-              "fields and their spelling")
+        bad = [
+            a.split("=")[0]
+            for a in argv[1:]
+            if a.startswith("--config.") and name in a.split("=")[0][len("--config.") :].split(".")
+        ]
+        _fail(
+            f"{bad[0] if bad else name}: the config has no field {name!r}; see grit_jax/config.py for the "
+            "fields and their spelling"
+        )
     except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)
         _fail(_config_load_error(e))
 
@@ -335,8 +371,15 @@ def main(argv):
 
 
 # Errors raised by the checks that run before anything is compiled.
-_USER_ERRORS = {"UsageError", "ConfigError", "MeshConfigError", "DataError", "CheckpointError",
-                "UnplacedParameterError", "FileNotFoundError"}
+_USER_ERRORS = {
+    "UsageError",
+    "ConfigError",
+    "MeshConfigError",
+    "DataError",
+    "CheckpointError",
+    "UnplacedParameterError",
+    "FileNotFoundError",
+}
 
 
 def run():

@@ -1,4 +1,5 @@
 """Shared fixtures for the conversion and inference tests: a tiny sentencepiece model and HF directories."""
+
 import inspect
 import json
 import os
@@ -14,7 +15,9 @@ def tokenizer_texts():
 
     modules = [json, os, shutil, inspect, argparse, collections, dataclasses]
     texts = [inspect.getdoc(m) or "" for m in modules]
-    texts += [inspect.getdoc(getattr(m, n)) or "" for m in modules for n in dir(m) if not n.startswith("_")][:400]
+    texts += [inspect.getdoc(getattr(m, n)) or "" for m in modules for n in dir(m) if not n.startswith("_")][
+        :400
+    ]
     return [t for t in texts if t] + ["<|user|>\nhello\n<|embed|>\n", "<|assistant|>\nworld"]
 
 

@@ -1,10 +1,17 @@
 """Random tiny transformers Mistral / Mixtral models saved with save_pretrained: the reference nobody here wrote."""
+
 import numpy as np
 import torch
 
 TINY = dict(
-    vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=512, rope_theta=5000.0,
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rope_theta=5000.0,
 )
 
 

@@ -1,5 +1,6 @@
 """grit-aot: Cloud TPU names, a real compile of the tiny config for a v5e slice, a config that does
 not fit, usage errors, and quiet stderr on CPU (libtpu installed, JAX_PLATFORMS unset)."""
+
 import json
 import os
 import subprocess
@@ -18,15 +19,27 @@ def _run(*args, unset_platforms=True):
     env.pop("XLA_FLAGS", None)  # no faked CPU devices: the run must behave as a user's would
     if unset_platforms:
         env.pop("JAX_PLATFORMS", None)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("name, chips, topology", [
-    ("v4-128", 64, "v4:4x4x4"), ("v5p-128", 64, "v5p:4x4x4"), ("v5p-256", 128, "v5p:4x4x8"),
-    ("v5p-512", 256, "v5p:4x8x8"), ("v5p-8", 4, "v5p:2x2x1"), ("v4-16", 8, "v4:2x2x2"),
-    ("v5e-64", 64, "v5e:8x8"), ("v5litepod-16", 16, "v5e:4x4"), ("v6e-64", 64, "v6e:8x8"), ("v6e-8", 8, "v6e:2x4"),
-    ("v5e:2x4", 8, "v5e:2x4"),
-])
+@pytest.mark.parametrize(
+    "name, chips, topology",
+    [
+        ("v4-128", 64, "v4:4x4x4"),
+        ("v5p-128", 64, "v5p:4x4x4"),
+        ("v5p-256", 128, "v5p:4x4x8"),
+        ("v5p-512", 256, "v5p:4x8x8"),
+        ("v5p-8", 4, "v5p:2x2x1"),
+        ("v4-16", 8, "v4:2x2x2"),
+        ("v5e-64", 64, "v5e:8x8"),
+        ("v5litepod-16", 16, "v5e:4x4"),
+        ("v6e-64", 64, "v6e:8x8"),
+        ("v6e-8", 8, "v6e:2x4"),
+        ("v5e:2x4", 8, "v5e:2x4"),
+    ],
+)
 def test_cloud_tpu_names(name, chips, topology):
     a = aot.parse_accelerator(name)
     assert (a.chips, a.topology) == (chips, topology)
@@ -40,7 +53,12 @@ def test_bad_names(name):
 
 def test_hbm_per_chip():
     gib = 2**30
-    assert [aot.parse_accelerator(n).hbm_bytes // gib for n in ("v4-8", "v5p-8", "v5e-4", "v6e-4")] == [32, 95, 16, 32]
+    assert [aot.parse_accelerator(n).hbm_bytes // gib for n in ("v4-8", "v5p-8", "v5e-4", "v6e-4")] == [
+        32,
+        95,
+        16,
+        32,
+    ]
 
 
 def test_without_libtpu_says_how_to_install(monkeypatch):
@@ -86,16 +104,25 @@ def test_tiny_compiles_for_v5e(tmp_path):
 @needs_libtpu
 def test_config_that_does_not_fit_says_so():
     # 4096 generative sequences of 2048 tokens on 4 chips: the float32 logits alone exceed 16 GiB a chip
-    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4", "--top=3",
-             "--config.objective.mode=generative", "--config.data.generative_batch_size=4096",
-             "--config.data.generative_max_len=2048")
+    r = _run(
+        "-m",
+        "grit_jax.aot",
+        "--config",
+        "configs/tiny.py",
+        "--topology",
+        "v5e-4",
+        "--top=3",
+        "--config.objective.mode=generative",
+        "--config.data.generative_batch_size=4096",
+        "--config.data.generative_max_len=2048",
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr == ""
     first, *rest = r.stdout.splitlines()
     assert first.startswith("does not fit: needs ") and " GiB of 16.00 GiB per chip" in first
     needed = float(first.split("needs ")[1].split(" GiB")[0])
     assert needed > 16
-    consumers = rest[rest.index("top consumers per chip:") + 1:][:3]
+    consumers = rest[rest.index("top consumers per chip:") + 1 :][:3]
     assert "temporaries" in consumers[0]
 
 
@@ -103,8 +130,15 @@ def test_usage_errors_are_one_line():
     r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5p-7")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("grit-aot: error: --topology v5p-7")
-    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4",
-             "--config.data.embedding_batch_size=6")
+    r = _run(
+        "-m",
+        "grit_jax.aot",
+        "--config",
+        "configs/tiny.py",
+        "--topology",
+        "v5e-4",
+        "--config.data.embedding_batch_size=6",
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "embedding_batch_size=6" in r.stderr
     r = _run("-m", "grit_jax.aot", "--config", "configs/nope.py", "--topology", "v5e-4")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
@@ -112,8 +146,10 @@ def test_usage_errors_are_one_line():
 
 def test_quiet_platform_on_cpu():
     """With libtpu installed and JAX_PLATFORMS unset, a CPU command prints nothing to stderr."""
-    code = ("from grit_jax import platforms; p = platforms.quiet_platform(); import jax; "
-            "print(p, jax.devices()[0].platform, 'libtpu' in open('/proc/self/maps').read())")
+    code = (
+        "from grit_jax import platforms; p = platforms.quiet_platform(); import jax; "
+        "print(p, jax.devices()[0].platform, 'libtpu' in open('/proc/self/maps').read())"
+    )
     r = _run("-c", code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     # on this CPU machine libtpu is never even loaded (loading it is what prints the noise)
@@ -121,8 +157,10 @@ def test_quiet_platform_on_cpu():
 
 
 def test_quiet_platform_after_jax_import():
-    code = ("import jax; from grit_jax import platforms; platforms.quiet_platform(); print(jax.devices()[0].platform, "
-            "'libtpu' in open('/proc/self/maps').read())")
+    code = (
+        "import jax; from grit_jax import platforms; platforms.quiet_platform(); print(jax.devices()[0].platform, "
+        "'libtpu' in open('/proc/self/maps').read())"
+    )
     r = _run("-c", code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.split() == ["cpu", str(platforms.has_tpu())]
@@ -138,8 +176,17 @@ def test_train_cli_is_quiet_on_cpu(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.json").write_text("{}")
     # the mesh is built (JAX starts its backends) before the config check fails
-    r = _run("-m", "grit_jax.train", "--config", "configs/tiny.py", f"--workdir={tmp_path / 'work'}",
-             f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.train_group_size=1",
-             "--config.data.embedding_batch_size=1")
+    r = _run(
+        "-m",
+        "grit_jax.train",
+        "--config",
+        "configs/tiny.py",
+        f"--workdir={tmp_path / 'work'}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.data.train_group_size=1",
+        "--config.data.embedding_batch_size=1",
+    )
     assert r.returncode == 2
-    assert r.stderr.startswith("grit-train: error: data.train_group_size=1") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("grit-train: error: data.train_group_size=1") and r.stderr.count("\n") == 1, (
+        r.stderr
+    )

@@ -4,6 +4,7 @@ on an 8-device CPU mesh, without materialising a weight (jax.eval_shape only).
 The meshes of the configs fit 8 devices as written: -1 takes the rest (7B: fsdp=8; 8x7B: expert=8,
 fsdp=1; demo/tiny: data=8), so no override is needed.
 """
+
 import glob
 import os
 
@@ -18,7 +19,11 @@ from grit_jax import sharding, step
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
 WITH_MODES = {"configs/gritlm_7b.py", "configs/gritlm_8x7b.py"}
-CASES = [(c, a) for c in CONFIGS for a in ((None, "unified", "embedding", "generative") if c in WITH_MODES else (None,))]
+CASES = [
+    (c, a)
+    for c in CONFIGS
+    for a in ((None, "unified", "embedding", "generative") if c in WITH_MODES else (None,))
+]
 PARAMS = {"configs/gritlm_7b.py": 7.24e9, "configs/gritlm_8x7b.py": 46.7e9}  # Mistral-7B, Mixtral-8x7B
 
 
@@ -31,7 +36,9 @@ def parse(path, arg=None):
 
 
 def test_every_config_is_covered():
-    assert {"configs/demo.py", "configs/tiny.py", "configs/gritlm_7b.py", "configs/gritlm_8x7b.py"} <= set(CONFIGS)
+    assert {"configs/demo.py", "configs/tiny.py", "configs/gritlm_7b.py", "configs/gritlm_8x7b.py"} <= set(
+        CONFIGS
+    )
 
 
 @pytest.mark.parametrize("path, arg", CASES)

@@ -1,5 +1,6 @@
 """grit-convert: HF -> orbax -> HF is exact; a training checkpoint exports to a model transformers runs;
 bad inputs fail with errors that name the path."""
+
 import json
 import os
 import shutil
@@ -32,16 +33,28 @@ def assert_same_tensors(a_dir, b_dir):
         assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
 
 
-@pytest.mark.parametrize("kind,dtype", [("mistral", torch.float32), ("mixtral", torch.float32),
-                                        ("mistral", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "kind,dtype", [("mistral", torch.float32), ("mixtral", torch.float32), ("mistral", torch.bfloat16)]
+)
 def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     reference, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model, kind)
     if dtype != torch.float32:
         reference.to(dtype).save_pretrained(hf_dir, max_shard_size="100KB")
     convert.run(["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "ckpt")])
-    assert json.load(open(tmp_path / "ckpt" / convert.MODEL_CONFIG))["param_dtype"] == str(dtype).split(".")[1]
-    convert.run(["orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back"),
-                 "--max_shard_size", "150KB"])
+    assert (
+        json.load(open(tmp_path / "ckpt" / convert.MODEL_CONFIG))["param_dtype"] == str(dtype).split(".")[1]
+    )
+    convert.run(
+        [
+            "orbax-to-hf",
+            "--ckpt",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(tmp_path / "back"),
+            "--max_shard_size",
+            "150KB",
+        ]
+    )
     back = tmp_path / "back"
     assert_same_tensors(hf_dir, str(back))
     index = json.load(open(back / "model.safetensors.index.json"))
@@ -61,8 +74,10 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     from grit_jax.model import ModelConfig
 
     restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "params"))
-    by_orbax = {".".join(str(getattr(k, "key", k)) for k in path if str(getattr(k, "key", k)) != "value"): leaf
-                for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
+    by_orbax = {
+        ".".join(str(getattr(k, "key", k)) for k in path if str(getattr(k, "key", k)) != "value"): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
+    }
     expected = read_hf_params(hf_dir, ModelConfig.from_hf_json(hf_dir))
     assert set(by_orbax) == set(expected)
     for key, value in expected.items():
@@ -71,7 +86,8 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
 
 def make_training_checkpoint(workdir, tokenizer_model, step=3):
     """What grit_jax.train leaves behind: workdir/config.json and Checkpoints(workdir) step dirs."""
-    from grit_jax import checkpoint, sharding, step as step_lib
+    from grit_jax import checkpoint, sharding
+    from grit_jax import step as step_lib
 
     config = step_lib.default_train_config()
     config.data.tokenizer = tokenizer_model
@@ -79,8 +95,9 @@ def make_training_checkpoint(workdir, tokenizer_model, step=3):
     mesh = sharding.make_mesh(config.mesh)
     state = step_lib.create_train_state(config, mesh)
     # Make the weights differ from a fresh init and the norms from one.
-    state = state.replace(params=jax.tree.map(lambda p: p + 0.05 * jnp.sin(jnp.arange(p.size).reshape(p.shape)),
-                                              state.params))
+    state = state.replace(
+        params=jax.tree.map(lambda p: p + 0.05 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), state.params)
+    )
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
@@ -114,7 +131,9 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     b = GritLM.from_pretrained(out).encode(["hello world", "a b c"], instruction="<|embed|>\n")
     np.testing.assert_allclose(a, b, atol=1e-6)
     step_dir = os.path.join(workdir, "checkpoints", "3")
-    flat = convert.load_params_from_checkpoint(step_dir, step_lib.model_config(config).replace(param_dtype="bfloat16"))
+    flat = convert.load_params_from_checkpoint(
+        step_dir, step_lib.model_config(config).replace(param_dtype="bfloat16")
+    )
     assert str(flat["norm.scale"].dtype) == "bfloat16"
 
 

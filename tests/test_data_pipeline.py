@@ -49,7 +49,9 @@ def test_batch_contract(config):
         "gen_mask": (bool, (Bg, 128)),
         "gen_loss_mask": (bool, (Bg, 128)),
     }
-    assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {k: (np.dtype(d), s) for k, (d, s) in expected.items()}
+    assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {
+        k: (np.dtype(d), s) for k, (d, s) in expected.items()
+    }
     tok = data.load_tokenizer(config)
     for tokens, mask, n in (
         (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]),
@@ -77,7 +79,9 @@ def test_positive_first_and_negatives_from_the_query_record(config):
         passages = np.split(record["passages"], np.cumsum(record["passage_lens"])[:-1])
         rows = [
             list(r[m])
-            for r, m in zip(batch["passage_tokens"][i * 4 : i * 4 + 4], batch["passage_mask"][i * 4 : i * 4 + 4])
+            for r, m in zip(
+                batch["passage_tokens"][i * 4 : i * 4 + 4], batch["passage_mask"][i * 4 : i * 4 + 4]
+            )
         ]
         assert rows[0] == list(passages[0][:128])
         negatives = [list(p[:128]) for p in passages[1:]]
@@ -87,7 +91,10 @@ def test_positive_first_and_negatives_from_the_query_record(config):
 
 def test_negative_sampling_repeats_short_lists():
     rng = np.random.default_rng(0)
-    assert sorted(pipeline.sample_negatives(5, 3, rng)) != [] and len(set(pipeline.sample_negatives(5, 3, rng))) == 3
+    assert (
+        sorted(pipeline.sample_negatives(5, 3, rng)) != []
+        and len(set(pipeline.sample_negatives(5, 3, rng))) == 3
+    )
     drawn = pipeline.sample_negatives(2, 5, rng)  # [0,1] repeated 3 times, 5 drawn without replacement
     assert len(drawn) == 5 and set(drawn) <= {0, 1} and max(np.bincount(drawn)) <= 3
 
@@ -191,7 +198,15 @@ def test_demo_corpus_depends_on_the_python_version_alone():
 
     here = stdlib_entries()
     elsewhere = subprocess.run(
-        [sys.executable, "-c", "import json, torch, jax; from grit_jax.data.demo import stdlib_entries; "
-                               "print(json.dumps(stdlib_entries()))"], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import json, torch, jax; from grit_jax.data.demo import stdlib_entries; "
+            "print(json.dumps(stdlib_entries()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(elsewhere.stdout.strip().splitlines()[-1]) == here
     assert " at 0x" not in json.dumps(here) and len(here["functions"]) > 300 and len(here["modules"]) > 50

@@ -50,7 +50,8 @@ def test_bad_record_stops_with_file_and_line(tmp_path, tok, line, message):
 
 def test_bad_generative_records(tmp_path, tok):
     path = _write(
-        tmp_path / "g.jsonl", [{"text": "ok"}, {"text": ["user only"]}, {"txt": "x"}, {"text": 5}, {"text": ""}]
+        tmp_path / "g.jsonl",
+        [{"text": "ok"}, {"text": ["user only"]}, {"txt": "x"}, {"text": 5}, {"text": ""}],
     )
     with pytest.raises(sources.DataError) as error:
         sources.prepare(str(tmp_path / "out"), tok, generative=[path])

@@ -1,4 +1,5 @@
 """Several hosts on one machine: N processes joined by jax.distributed (gloo), global arrays across them."""
+
 import os
 import socket
 import subprocess
@@ -44,8 +45,11 @@ def _free_port() -> int:
 
 
 def _clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GRIT_", "TPU_", "JAX_COORDINATOR")) and k != "XLA_FLAGS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GRIT_", "TPU_", "JAX_COORDINATOR")) and k != "XLA_FLAGS"
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
@@ -72,10 +76,17 @@ def test_two_processes_make_one_cluster(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, str(script)],
-            env=_clean_env(GRIT_NUM_PROCESSES="2", GRIT_PROCESS_ID=str(i),
-                           GRIT_COORDINATOR=f"localhost:{port}", JAX_PLATFORMS="cpu",
-                           XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=_clean_env(
+                GRIT_NUM_PROCESSES="2",
+                GRIT_PROCESS_ID=str(i),
+                GRIT_COORDINATOR=f"localhost:{port}",
+                JAX_PLATFORMS="cpu",
+                XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     try:
@@ -90,11 +101,21 @@ def test_two_processes_make_one_cluster(tmp_path):
 def test_local_launcher_runs_the_cluster(tmp_path):
     (tmp_path / "worker_module.py").write_text(WORKER)
     log_dir = tmp_path / "logs"
-    env = _clean_env(PYTHON=sys.executable, GRIT_LOCAL_MODULE="worker_module", LOG_DIR=str(log_dir),
-                     XLA_FLAGS="--xla_force_host_platform_device_count=8")  # local.sh's 4 must win
+    env = _clean_env(
+        PYTHON=sys.executable,
+        GRIT_LOCAL_MODULE="worker_module",
+        LOG_DIR=str(log_dir),
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )  # local.sh's 4 must win
     env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
-    proc = subprocess.run([str(REPO / "launch/local.sh"), "2"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(REPO / "launch/local.sh"), "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[0] RESULT 0" in proc.stdout and "[1] RESULT 1" in proc.stdout
     _check_results([(log_dir / f"process_{i}.log").read_text() for i in range(2)])
@@ -102,13 +123,19 @@ def test_local_launcher_runs_the_cluster(tmp_path):
 
 # ---- initialize_from_env: which case is chosen (jax.distributed.initialize recorded, not run) -------
 
+
 @pytest.fixture
 def calls(monkeypatch):
     recorded = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: recorded.append((a, k)))
-    for key in ("GRIT_NUM_PROCESSES", "GRIT_PROCESS_ID", "GRIT_COORDINATOR", "GRIT_DISTRIBUTED",
-                "TPU_WORKER_HOSTNAMES"):
+    for key in (
+        "GRIT_NUM_PROCESSES",
+        "GRIT_PROCESS_ID",
+        "GRIT_COORDINATOR",
+        "GRIT_DISTRIBUTED",
+        "TPU_WORKER_HOSTNAMES",
+    ):
         monkeypatch.delenv(key, raising=False)
     return recorded
 

@@ -1,21 +1,27 @@
 """GritLM against transformers (encode, greedy generate) and RAG caching against an uncached forward pass."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 
-from grit_jax import GritLM
+from grit_jax import GritLM, masks
 from grit_jax.inference import KVCache, _decode_pass, bucket
-from grit_jax import masks
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask
 
 INSTRUCTION = "<|user|>\nRetrieve the passage that answers the question\n<|embed|>\n"
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Return the list of names in the directory.",
-         "A short one", "Encode the object as JSON and write it to the file, with indentation and sorted keys."]
-DOC = ("Return a list containing the names of the entries in the directory given by path. The list is in "
-       "arbitrary order, and does not include the special entries. ") * 3
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Return the list of names in the directory.",
+    "A short one",
+    "Encode the object as JSON and write it to the file, with indentation and sorted keys.",
+]
+DOC = (
+    "Return a list containing the names of the entries in the directory given by path. The list is in "
+    "arbitrary order, and does not include the special entries. "
+) * 3
 QUERY = "Which entries does the list include?"
 
 
@@ -55,9 +61,15 @@ def test_encode_matches_torch(setup):
 
 def hf_generate(reference, ids, eos, n=20):
     with torch.no_grad():
-        out = reference.generate(torch.as_tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        out = reference.generate(
+            torch.as_tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=n,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_greedy_generate_matches_transformers(setup):
@@ -69,7 +81,11 @@ def test_greedy_generate_matches_transformers(setup):
     # Stop on EOS: make the 6th greedy token of prompt 0 the EOS; both stop there, EOS included.
     eos = wants[0][5]
     want = hf_generate(reference, prompts[0], eos=eos)
-    assert model.generate(prompts[0], max_new_tokens=20, eos_token_id=eos) == want == wants[0][: want.index(eos) + 1]
+    assert (
+        model.generate(prompts[0], max_new_tokens=20, eos_token_id=eos)
+        == want
+        == wants[0][: want.index(eos) + 1]
+    )
 
 
 def test_generate_text_chat_sampling_and_buckets(setup):
@@ -77,15 +93,20 @@ def test_generate_text_chat_sampling_and_buckets(setup):
     chat = [{"role": "user", "content": "hello"}]
     assert model.chat_prompt(chat) == [sp.bos_id()] + sp.encode("<|user|>\nhello\n<|assistant|>\n")
     assert model.generate(chat, max_new_tokens=5, eos_token_id=-1) == model.generate(
-        model.chat_prompt(chat), max_new_tokens=5, eos_token_id=-1)
+        model.chat_prompt(chat), max_new_tokens=5, eos_token_id=-1
+    )
     greedy = model.generate("hello world", max_new_tokens=6, eos_token_id=-1)
     assert model.generate("hello world", max_new_tokens=6, do_sample=True, top_k=1, eos_token_id=-1) == greedy
     a = model.generate("hello world", max_new_tokens=6, do_sample=True, temperature=2.0, top_p=0.9, seed=3)
-    assert a == model.generate("hello world", max_new_tokens=6, do_sample=True, temperature=2.0, top_p=0.9, seed=3)
+    assert a == model.generate(
+        "hello world", max_new_tokens=6, do_sample=True, temperature=2.0, top_p=0.9, seed=3
+    )
     compiled = _decode_pass._cache_size()
     other = "hello, the world"
     assert len(sp.encode(other)) != len(sp.encode("hello world")) and bucket(len(sp.encode(other)) + 1) == 16
-    model.generate(other, max_new_tokens=6, eos_token_id=-1)  # another length in the same buckets: no new compile
+    model.generate(
+        other, max_new_tokens=6, eos_token_id=-1
+    )  # another length in the same buckets: no new compile
     assert _decode_pass._cache_size() == compiled
 
 
@@ -96,13 +117,17 @@ def segment_baseline(model, segments, prompt, max_new_tokens):
     """
     ids = [t for s in segments for t in s] + list(prompt)
     seg = np.concatenate([np.full(len(s), i) for i, s in enumerate(segments)] + [np.full(len(prompt), -1)])
-    positions = np.concatenate([np.arange(len(s)) for s in segments] + [sum(map(len, segments)) + np.arange(len(prompt))])
+    positions = np.concatenate(
+        [np.arange(len(s)) for s in segments] + [sum(map(len, segments)) + np.arange(len(prompt))]
+    )
     n, t = len(ids), bucket(len(ids))
     size = bucket(t + max_new_tokens, 64)
     valid = np.zeros((1, size), bool)
     valid[0, :n] = True
     slots = np.arange(t)[None]
-    causal = np.asarray(masks.mask_from_positions(jnp.asarray(slots), jnp.arange(size)[None], jnp.asarray(valid)))
+    causal = np.asarray(
+        masks.mask_from_positions(jnp.asarray(slots), jnp.arange(size)[None], jnp.asarray(valid))
+    )
     seg_q = np.full(t, -2)
     seg_q[:n] = seg
     seg_k = np.full(size, -3)
@@ -114,10 +139,26 @@ def segment_baseline(model, segments, prompt, max_new_tokens):
     tokens[0, :n] = ids
     pos = np.zeros((1, t), np.int32)
     pos[0, :n] = positions
-    logits, buffer = _decode_pass(model.graphdef, model.state, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(pos),
-                                  KVCache.empty(model.config, 1, size), jnp.asarray([n - 1]))
-    return model._decode_loop(logits, buffer, valid, t, np.array([positions[-1] + 1]), max_new_tokens, -1,
-                              np.random.default_rng(0), dict(do_sample=False))[0]
+    logits, buffer = _decode_pass(
+        model.graphdef,
+        model.state,
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        jnp.asarray(pos),
+        KVCache.empty(model.config, 1, size),
+        jnp.asarray([n - 1]),
+    )
+    return model._decode_loop(
+        logits,
+        buffer,
+        valid,
+        t,
+        np.array([positions[-1] + 1]),
+        max_new_tokens,
+        -1,
+        np.random.default_rng(0),
+        dict(do_sample=False),
+    )[0]
 
 
 @pytest.mark.parametrize("mode", ["doc", "query", "query-doc", "doc-query"])

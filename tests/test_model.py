@@ -1,4 +1,5 @@
 """The Flax NNX Mistral / Mixtral against transformers' torch models, and the mask invariances."""
+
 import json
 
 import jax
@@ -38,7 +39,11 @@ def jax_logits(model, tokens, mask):
 
 def torch_logits(model, tokens, padding=None, mask4d=None):
     with torch.no_grad():
-        kwargs = {"attention_mask": torch.as_tensor(padding).long()} if mask4d is None else {"attention_mask": mask4d}
+        kwargs = (
+            {"attention_mask": torch.as_tensor(padding).long()}
+            if mask4d is None
+            else {"attention_mask": mask4d}
+        )
         return model(torch.as_tensor(tokens).long(), **kwargs).logits.numpy()
 
 
@@ -66,8 +71,11 @@ def test_mixtral_matches_transformers_and_aux_loss(tmp_path, kv_heads):
     tokens, padding = batch()
     logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
     with torch.no_grad():
-        out = reference(torch.as_tensor(tokens).long(), attention_mask=torch.as_tensor(padding).long(),
-                        output_router_logits=True)
+        out = reference(
+            torch.as_tensor(tokens).long(),
+            attention_mask=torch.as_tensor(padding).long(),
+            output_router_logits=True,
+        )
     assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
     aux = load_balancing_loss(router_logits, model.config.num_experts_per_tok, jnp.asarray(padding))
     np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
@@ -187,5 +195,8 @@ def test_missing_and_misshaped_tensors(tmp_path):
     misshaped = dict(tensors)
     misshaped["model.layers.0.mlp.up_proj.weight"] = np.zeros((5, 64), np.float32)
     save_file(misshaped, file)
-    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp.up_proj.weight' has shape \(5, 64\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors: tensor 'model.layers.0.mlp.up_proj.weight' has shape \(5, 64\)",
+    ):
         grit_jax.from_hf(path)

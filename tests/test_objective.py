@@ -1,4 +1,5 @@
 """The GRIT objective against independent computations of the reference's formulas (numpy / torch)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,14 @@ from grit_jax import masks, objective, sharding, step
 
 def tiny_config(**objective_overrides):
     c = step.default_train_config()
-    c.data.update(embedding_batch_size=8, generative_batch_size=4, query_max_len=8, passage_max_len=12,
-                  generative_max_len=12, train_group_size=2)
+    c.data.update(
+        embedding_batch_size=8,
+        generative_batch_size=4,
+        query_max_len=8,
+        passage_max_len=12,
+        generative_max_len=12,
+        train_group_size=2,
+    )
     c.objective.update(objective_overrides)
     return c
 
@@ -81,9 +88,15 @@ def test_pooling_matches_reference_formulas(method):
     mask = np.arange(7)[None] < np.array([[7], [5], [3]])
     inst = np.array([2, 1, 0], np.int32)
     want = numpy_pool(hidden.astype(np.float64), mask, inst, method)
-    got = objective.pool(jnp.asarray(hidden, jnp.bfloat16).astype(jnp.float32), mask, inst, method, normalize=False)
-    np.testing.assert_allclose(got, numpy_pool(np.asarray(jnp.asarray(hidden, jnp.bfloat16).astype(jnp.float32)),
-                                              mask, inst, method), rtol=1e-5, atol=1e-6)
+    got = objective.pool(
+        jnp.asarray(hidden, jnp.bfloat16).astype(jnp.float32), mask, inst, method, normalize=False
+    )
+    np.testing.assert_allclose(
+        got,
+        numpy_pool(np.asarray(jnp.asarray(hidden, jnp.bfloat16).astype(jnp.float32)), mask, inst, method),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     got = objective.pool(hidden, mask, inst, method, normalize=True)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
@@ -133,11 +146,15 @@ def test_loss_fn_matches_reference_on_the_same_reps_and_logits(setup, loss_gen_t
     loss, metrics = loss_only(c, state, graphdef, batch)
 
     model = nnx.merge(graphdef, state.params)
+
     def reps(prefix):
         mask = np.asarray(batch[f"{prefix}_mask"])
         hidden = model(batch[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")).hidden
-        r = numpy_pool(np.asarray(hidden, np.float64), mask, np.asarray(batch[f"{prefix}_instruction_len"]), "mean")
+        r = numpy_pool(
+            np.asarray(hidden, np.float64), mask, np.asarray(batch[f"{prefix}_instruction_len"]), "mean"
+        )
         return torch.from_numpy(r / np.linalg.norm(r, axis=-1, keepdims=True))
+
     q, p = reps("query"), reps("passage")
     g = c.data.train_group_size
     want_emb = torch.nn.functional.cross_entropy(q @ p.T / 0.02, torch.arange(q.shape[0]) * g).item()
@@ -201,7 +218,9 @@ def test_reference_gradient_scale_is_one_over_w_of_the_embedding_gradient():
 
     @jax.jit
     def both(projection):
-        grad = jax.value_and_grad(lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o, 4)[0])
+        grad = jax.value_and_grad(
+            lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o, 4)[0]
+        )
         return grad(projection, _Frozen(c.objective)), grad(projection, _Frozen(reference.objective))
 
     (loss, grads), (loss_ref, grads_ref) = both(state.projection)
@@ -214,13 +233,16 @@ def test_the_models_sliding_window_reaches_both_passes(setup):
     from grit_jax.model import ModelConfig, Transformer
 
     c, state, graphdef, batch = setup
-    windowed = nnx.split(nnx.eval_shape(lambda: Transformer(ModelConfig.preset("tiny", sliding_window=4),
-                                                            rngs=nnx.Rngs(0))))[0]
+    windowed = nnx.split(
+        nnx.eval_shape(lambda: Transformer(ModelConfig.preset("tiny", sliding_window=4), rngs=nnx.Rngs(0)))
+    )[0]
     _, with_window = loss_only(c, state, windowed, batch)
     _, without = loss_only(c, state, graphdef, batch)
     model = nnx.merge(windowed, state.params)
     tokens = np.asarray(batch["gen_tokens"])
-    logits = model.logits(model(tokens, masks.make_attn_mask(batch["gen_mask"], "causal", sliding_window=4)).hidden)
+    logits = model.logits(
+        model(tokens, masks.make_attn_mask(batch["gen_mask"], "causal", sliding_window=4)).hidden
+    )
     want = torch_generative_loss(logits, tokens, np.asarray(batch["gen_loss_mask"]), "mixed")
     np.testing.assert_allclose(with_window["loss_gen"], want, rtol=2e-5)
     assert abs(float(with_window["loss_gen"]) - float(without["loss_gen"])) > 1e-4

@@ -1,4 +1,5 @@
 """Mesh construction, the logical-axis rules, and parameters created already sharded."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +81,9 @@ def test_train_state_is_created_sharded_and_matches_its_abstract_form():
     embedding = state.params["embed_tokens"]["embedding"][...]
     assert embedding.sharding.spec == P("tensor", "fsdp")
     assert embedding.addressable_shards[0].data.shape == (512, 64 // 4)
-    mu = state.opt_state[1][0].mu[0]["embed_tokens"]["embedding"][...]  # Adam moments shard like the parameter
+    mu = state.opt_state[1][0].mu[0]["embed_tokens"]["embedding"][
+        ...
+    ]  # Adam moments shard like the parameter
     assert mu.sharding == embedding.sharding
     # Starting from given weights (a converted HF checkpoint): the values are kept, placed on the mesh.
     given = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))

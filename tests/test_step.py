@@ -1,4 +1,5 @@
 """The train step on 8 faked CPU devices: meshes agree, negatives span shards, Mixtral with an expert axis."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,14 @@ MESHES = {
 
 def tiny_config(**objective_overrides):
     c = step.default_train_config()
-    c.data.update(embedding_batch_size=16, generative_batch_size=8, query_max_len=8, passage_max_len=12,
-                  generative_max_len=12, train_group_size=2)
+    c.data.update(
+        embedding_batch_size=16,
+        generative_batch_size=8,
+        query_max_len=8,
+        passage_max_len=12,
+        generative_max_len=12,
+        train_group_size=2,
+    )
     c.objective.update(objective_overrides)
     return c
 
@@ -39,8 +46,9 @@ def per_mesh():
     for name, axes in MESHES.items():
         mesh = sharding.make_mesh(axes)
         placed = jax.device_put(state, step.train_state_shardings(c, mesh))
-        (loss, metrics), grads = step.make_loss_and_grad(c, mesh)(placed.trainable,
-                                                                  step.make_global_batch(c, mesh, host_batch))
+        (loss, metrics), grads = step.make_loss_and_grad(c, mesh)(
+            placed.trainable, step.make_global_batch(c, mesh, host_batch)
+        )
         results[name] = jax.device_get((loss, metrics, grads))
         if name == "2x4 data x fsdp":  # the gradient is sharded like its parameter
             kernel = grads[0]["embed_tokens"]["embedding"][...]
@@ -97,12 +105,23 @@ def test_mixtral_step_on_an_expert_mesh(moe_run):
     c, mesh, _, _, before, state, metrics = moe_run
     w1 = state.params["layers"]["block_sparse_moe"]["w1"]["kernel"][...]
     assert "expert" in str(w1.sharding.spec)
-    for k in ("loss", "loss_emb", "loss_gen", "loss_router", "accuracy", "grad_norm", "param_norm",
-              "learning_rate", "tokens", "nonfinite"):
+    for k in (
+        "loss",
+        "loss_emb",
+        "loss_gen",
+        "loss_router",
+        "accuracy",
+        "grad_norm",
+        "param_norm",
+        "learning_rate",
+        "tokens",
+        "nonfinite",
+    ):
         assert np.isfinite(metrics[k]), k
     assert metrics["loss_router"] > 0 and metrics["nonfinite"] == 0
-    np.testing.assert_allclose(metrics["loss"], metrics["loss_emb"] + metrics["loss_gen"] + metrics["loss_router"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics["loss"], metrics["loss_emb"] + metrics["loss_gen"] + metrics["loss_router"], rtol=1e-6
+    )
     assert int(state.step) == 1 and state.projection["kernel"].shape == (64, 16)
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, jax.device_get(state.params))
     assert all(jax.tree.leaves(changed))
@@ -128,14 +147,18 @@ def test_misconfigurations_fail_before_compiling_and_say_what_to_change():
     mesh8 = sharding.make_mesh(MESHES["8-way data"])
     c = tiny_config()
     c.data.embedding_batch_size = 12
-    with pytest.raises(step.ConfigError, match="embedding_batch_size=12 is not divisible by the data-parallel size 8"):
+    with pytest.raises(
+        step.ConfigError, match="embedding_batch_size=12 is not divisible by the data-parallel size 8"
+    ):
         step.make_train_step(c, mesh8)
     c = tiny_config()
     c.data.generative_batch_size = 4
     with pytest.raises(step.ConfigError, match="generative_batch_size=4"):
         step.make_train_step(c, mesh8)
     c = tiny_config(embedding_chunk_size=4)
-    with pytest.raises(step.ConfigError, match="embedding_chunk_size=4 must be a multiple of the data-parallel size 8"):
+    with pytest.raises(
+        step.ConfigError, match="embedding_chunk_size=4 must be a multiple of the data-parallel size 8"
+    ):
         step.make_train_step(c, mesh8)
     c = tiny_config()
     c.data.train_group_size = 4  # the data provide a positive and one negative per query

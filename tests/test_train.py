@@ -6,6 +6,7 @@ compile once). What is shown: the demo learns; a run killed (SIGKILL or SIGTERM)
 same values as an uninterrupted run; 1 device and 8 devices log the same losses; non-finite steps are
 skipped and stop the run; a half-written checkpoint is skipped and kept; bad command lines end in one line.
 """
+
 import json
 import os
 import shutil
@@ -35,24 +36,49 @@ def compile_cache(tmp_path_factory):
 
 
 def _env(devices, cache):
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
 
 
 def _command(workdir, data_dir, *overrides, config="configs/tiny.py"):
-    return [sys.executable, "-m", "grit_jax.train", f"--config={config}", f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}", f"--config.num_steps={STEPS}",
-            f"--config.checkpoint.every_steps={EVERY}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "grit_jax.train",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.num_steps={STEPS}",
+        f"--config.checkpoint.every_steps={EVERY}",
+        *overrides,
+    ]
 
 
 def _train(workdir, data_dir, cache, *overrides, devices=8, config="configs/tiny.py", timeout=240):
-    return subprocess.run(_command(workdir, data_dir, *overrides, config=config), cwd=ROOT, env=_env(devices, cache),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        _command(workdir, data_dir, *overrides, config=config),
+        cwd=ROOT,
+        env=_env(devices, cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _start(workdir, data_dir, cache, *overrides, devices=8):
-    return subprocess.Popen(_command(workdir, data_dir, *overrides), cwd=ROOT, env=_env(devices, cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _command(workdir, data_dir, *overrides),
+        cwd=ROOT,
+        env=_env(devices, cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _ok(result):
@@ -135,8 +161,9 @@ def test_one_device_and_eight_devices_log_the_same_losses(tmp_path, reference, d
     assert sorted(one) == sorted(eight)
     for step in one:
         for key in ("loss", "loss_emb", "loss_gen", "grad_norm", "param_norm"):
-            np.testing.assert_allclose(one[step][key], eight[step][key], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"step {step} {key}")
+            np.testing.assert_allclose(
+                one[step][key], eight[step][key], rtol=1e-4, atol=1e-6, err_msg=f"step {step} {key}"
+            )
         assert one[step]["tokens"] == eight[step]["tokens"]
 
 
@@ -161,12 +188,21 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
     not applied and are logged; after max_nonfinite_steps in a row the run stops (exit 3) with one line
     naming the last good checkpoint, which is intact (only finite steps are ever saved)."""
     workdir = str(tmp_path)
-    result = _train(workdir, data_dir, compile_cache, "--config.optimizer.learning_rate=1e30",
-                    "--config.optimizer.warmup_ratio=0", "--config.checkpoint.every_steps=1",
-                    "--config.max_nonfinite_steps=3")
+    result = _train(
+        workdir,
+        data_dir,
+        compile_cache,
+        "--config.optimizer.learning_rate=1e30",
+        "--config.optimizer.warmup_ratio=0",
+        "--config.checkpoint.every_steps=1",
+        "--config.max_nonfinite_steps=3",
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("grit-train: stopped: 3 non-finite steps in a row") and "last good checkpoint is step 1" in last
+    assert (
+        last.startswith("grit-train: stopped: 3 non-finite steps in a row")
+        and "last good checkpoint is step 1" in last
+    )
     assert "Traceback" not in result.stderr
     metrics = _metrics(workdir)
     assert [metrics[s]["nonfinite"] for s in sorted(metrics)] == [0, 1, 1, 1]
@@ -177,15 +213,18 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
     assert checkpoint.Checkpoints(workdir, keep=3, async_save=False).latest_step() == 1
 
 
-@pytest.mark.parametrize("args, names", [
-    (["--config.model.nope=1"], "--config.model.nope"),
-    (["--config.num_steps=abc"], "--config.num_steps"),
-    (["--config.objective.mode=both"], "objective.mode"),
-    (["--config.data.data_dir={tmp}/missing"], "data.data_dir"),
-    (["--workdir={tmp}/a_file/run"], "--workdir"),
-    (["--config=configs/nope.py"], "configs/nope.py"),
-    (["--config.mesh.data=3"], "mesh"),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["--config.model.nope=1"], "--config.model.nope"),
+        (["--config.num_steps=abc"], "--config.num_steps"),
+        (["--config.objective.mode=both"], "objective.mode"),
+        (["--config.data.data_dir={tmp}/missing"], "data.data_dir"),
+        (["--workdir={tmp}/a_file/run"], "--workdir"),
+        (["--config=configs/nope.py"], "configs/nope.py"),
+        (["--config.mesh.data=3"], "mesh"),
+    ],
+)
 def test_bad_command_lines_end_with_one_line(tmp_path, data_dir, compile_cache, args, names):
     (tmp_path / "a_file").write_text("not a directory")
     args = [a.format(tmp=tmp_path) for a in args]
@@ -200,14 +239,28 @@ def test_demo_learns(tmp_path, data_dir, compile_cache):
     """A shortened demo (configs/demo.py, fewer steps on shorter sequences): held-out retrieval MRR@10
     rises well above its untrained value and the held-out generative loss falls."""
     workdir = str(tmp_path)
-    _ok(_train(workdir, data_dir, compile_cache, "--config.num_steps=200", "--config.log.eval_every_steps=200",
-               "--config.data.query_max_len=32", "--config.data.passage_max_len=32",
-               "--config.data.generative_max_len=48", "--config.checkpoint.every_steps=1000",
-               config="configs/demo.py", devices=1, timeout=300))
+    _ok(
+        _train(
+            workdir,
+            data_dir,
+            compile_cache,
+            "--config.num_steps=200",
+            "--config.log.eval_every_steps=200",
+            "--config.data.query_max_len=32",
+            "--config.data.passage_max_len=32",
+            "--config.data.generative_max_len=48",
+            "--config.checkpoint.every_steps=1000",
+            config="configs/demo.py",
+            devices=1,
+            timeout=300,
+        )
+    )
     metrics = _metrics(workdir)
     untrained, trained = metrics[0], metrics[200]
-    print(f"demo (shortened): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
-          f"eval loss_gen {untrained['eval_loss_gen']:.3f} -> {trained['eval_loss_gen']:.3f}")
+    print(
+        f"demo (shortened): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
+        f"eval loss_gen {untrained['eval_loss_gen']:.3f} -> {trained['eval_loss_gen']:.3f}"
+    )
     # measured 0.012 -> 0.060 (2-core CPU; deterministic): assert at least 3x and +0.03 (random ranking: ~0.011)
     assert trained["eval_mrr@10"] > max(3 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.03)
     assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 0.5
@@ -219,14 +272,23 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
     from grit_jax.convert import hf_to_orbax
     from tests.hf_reference import make_torch_model, save
 
-    hf_dir = save(make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128), tmp_path / "hf")
+    hf_dir = save(
+        make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128), tmp_path / "hf"
+    )
     shutil.copyfile(os.path.join(data_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.model"))
     converted = hf_to_orbax(hf_dir, str(tmp_path / "converted"))
     runs = {}
-    for name, override in (("hf", f"--config.model.hf_dir={hf_dir}"),
-                           ("orbax", f"--config.model.init_checkpoint={converted}"), ("scratch", None)):
+    for name, override in (
+        ("hf", f"--config.model.hf_dir={hf_dir}"),
+        ("orbax", f"--config.model.init_checkpoint={converted}"),
+        ("scratch", None),
+    ):
         workdir = str(tmp_path / f"run_{name}")
-        _ok(_train(workdir, data_dir, compile_cache, "--config.num_steps=2", *([override] if override else [])))
+        _ok(
+            _train(
+                workdir, data_dir, compile_cache, "--config.num_steps=2", *([override] if override else [])
+            )
+        )
         runs[name] = _metrics(workdir)
     assert runs["hf"] == runs["orbax"]
     assert runs["hf"][1]["loss"] != runs["scratch"][1]["loss"]
@@ -235,7 +297,9 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
 def _assert_close_runs(got, want, steps, rtol):
     for step in steps:
         for key in ("loss", "loss_emb", "loss_gen", "grad_norm", "param_norm"):
-            np.testing.assert_allclose(got[step][key], want[step][key], rtol=rtol, atol=1e-6, err_msg=f"step {step} {key}")
+            np.testing.assert_allclose(
+                got[step][key], want[step][key], rtol=rtol, atol=1e-6, err_msg=f"step {step} {key}"
+            )
         assert got[step]["tokens"] == want[step]["tokens"]
 
 
@@ -247,12 +311,26 @@ def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, referen
     Tolerance 1e-5 relative: the same program on the same 8-device mesh, but the cross-host reductions run
     through gloo, whose summation order may differ from the in-process one."""
     workdir = str(tmp_path / "two_hosts")
-    env = dict(_env(4, compile_cache), PYTHON=sys.executable, DEVICES_PER_HOST="4", KILL_AFTER="5",
-               LOG_DIR=os.path.join(workdir, "logs"))
+    env = dict(
+        _env(4, compile_cache),
+        PYTHON=sys.executable,
+        DEVICES_PER_HOST="4",
+        KILL_AFTER="5",
+        LOG_DIR=os.path.join(workdir, "logs"),
+    )
     command = ["bash", "launch/local.sh", "2", *_command(workdir, data_dir)[3:]]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(2 * EVERY))), process, timeout=400)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for(
+        lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(2 * EVERY))), process, timeout=400
+    )
     os.killpg(process.pid, signal.SIGKILL)  # every host at once, no chance to save
     process.communicate()
     restart = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -300,5 +378,7 @@ def test_resuming_with_another_model_ends_with_one_line(tmp_path, reference, dat
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("grit-train: error: checkpoint step 30 ") and "does not match this config" in last, last
+    assert (
+        last.startswith("grit-train: error: checkpoint step 30 ") and "does not match this config" in last
+    ), last
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before

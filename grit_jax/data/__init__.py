@@ -35,11 +35,19 @@ import ml_collections
 # Public names and the modules that define them, imported on first use: the tokenizer and the prompt
 # formats (inference) need neither grain nor tensorflow-datasets.
 _EXPORTS = {
-    "embed_prefix": "format", "encode_chat": "format", "encode_embedding": "format",
-    "TrainIterator": "pipeline", "eval_generative_batches": "pipeline", "eval_retrieval_arrays": "pipeline",
-    "load_tokenizer": "pipeline", "make_train_iterator": "pipeline",
-    "DataError": "sources", "prepare": "sources", "read_manifest": "sources",
-    "Tokenizer": "tokenizer", "train_tokenizer": "tokenizer",
+    "embed_prefix": "format",
+    "encode_chat": "format",
+    "encode_embedding": "format",
+    "TrainIterator": "pipeline",
+    "eval_generative_batches": "pipeline",
+    "eval_retrieval_arrays": "pipeline",
+    "load_tokenizer": "pipeline",
+    "make_train_iterator": "pipeline",
+    "DataError": "sources",
+    "prepare": "sources",
+    "read_manifest": "sources",
+    "Tokenizer": "tokenizer",
+    "train_tokenizer": "tokenizer",
 }
 
 

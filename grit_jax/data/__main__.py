@@ -23,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         help="JSONL files or directories of them: {query, pos, neg}",
     )
     prepare.add_argument(
-        "--generative", nargs="*", default=[], metavar="PATH", help="JSONL files or directories of them: {text}"
+        "--generative",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="JSONL files or directories of them: {text}",
     )
     prepare.add_argument("--eval_embedding", nargs="*", default=[], metavar="PATH")
     prepare.add_argument("--eval_generative", nargs="*", default=[], metavar="PATH")

@@ -52,7 +52,10 @@ def build_jsonl(out_dir: str) -> dict[str, list[str]]:
             )
             chat = [f"What does `{name}` do?", f"{summary}\n\n{rest}"]
             if i % 4 == 3:  # a two-turn chat about this and the previous name
-                chat = [f"What does `{items[i - 1][1]}` do?", f"{items[i - 1][3]}\n\n{items[i - 1][4]}"] + chat
+                chat = [
+                    f"What does `{items[i - 1][1]}` do?",
+                    f"{items[i - 1][3]}\n\n{items[i - 1][4]}",
+                ] + chat
             chats[split].append({"text": chat})
         for split, prefix in (("train", ""), ("eval", "eval_")):
             path = os.path.join(out_dir, f"{prefix}stdlib_{kind}.jsonl")

@@ -10,7 +10,8 @@ before tokenizing, then truncated to the limit (the reference's `max_char_len`).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
@@ -92,7 +93,9 @@ def chat_segments(text: str | Sequence[str], max_len: int) -> list[tuple[str, st
     return segments
 
 
-def encode_chat(tokenizer: Tokenizer, text: str | Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+def encode_chat(
+    tokenizer: Tokenizer, text: str | Sequence[str], max_len: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Token ids, target mask and the start of the last trained segment of a generative example.
 
     target[t] is True where token t is a training target (predicted from t-1): assistant text and its

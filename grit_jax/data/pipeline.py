@@ -83,7 +83,14 @@ class HostBatches:
     """Maps a step to this host's share of that step's global batch (a dict of numpy arrays)."""
 
     def __init__(
-        self, config, manifest: dict, data_dir: str, pad_id: int, mode: str, process_index: int, process_count: int
+        self,
+        config,
+        manifest: dict,
+        data_dir: str,
+        pad_id: int,
+        mode: str,
+        process_index: int,
+        process_count: int,
     ):
         self.config, self.pad_id, self.mode = config, pad_id, mode
         self.embed = mode in ("unified", "embedding")
@@ -145,7 +152,11 @@ class HostBatches:
     @functools.lru_cache(maxsize=2)
     def _plan(self, epoch: int) -> np.ndarray:
         return epoch_plan(
-            self.embedding_sizes, self.config.embedding_batch_size, self.config.seed, epoch, self.config.shuffle
+            self.embedding_sizes,
+            self.config.embedding_batch_size,
+            self.config.seed,
+            epoch,
+            self.config.shuffle,
         )
 
     @functools.lru_cache(maxsize=2)
@@ -233,7 +244,9 @@ def _fingerprint(config, manifest: dict, mode: str) -> str:
     described.update(
         mode=mode,
         sources=[
-            [e["name"], e.get("hash")] for kind in ("embedding", "generative") for e in manifest["train"].get(kind, [])
+            [e["name"], e.get("hash")]
+            for kind in ("embedding", "generative")
+            for e in manifest["train"].get(kind, [])
         ],
     )
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
@@ -288,7 +301,11 @@ def load_tokenizer(config) -> Tokenizer:
 
 
 def make_train_iterator(
-    config, tokenizer: Tokenizer | None = None, process_index: int = 0, process_count: int = 1, mode: str = "unified"
+    config,
+    tokenizer: Tokenizer | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    mode: str = "unified",
 ) -> TrainIterator:
     """This host's share of each global batch of prepared data in `config.data_dir`.
 
@@ -297,9 +314,11 @@ def make_train_iterator(
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
         raise sources.DataError(
-            f"{config.data_dir} was tokenized with another tokenizer than " f"{tokenizer.model_path}"
+            f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}"
         )
-    batches = HostBatches(config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count)
+    batches = HostBatches(
+        config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count
+    )
     return TrainIterator(batches, config, _fingerprint(config, manifest, mode))
 
 

@@ -22,7 +22,8 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,8 @@ def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
         return value
     raise fmt.FormatError(
-        f"field {field!r} must be a string or an [instruction, text] pair of strings, " f"got {type(value).__name__}"
+        f"field {field!r} must be a string or an [instruction, text] pair of strings, "
+        f"got {type(value).__name__}"
     )
 
 
@@ -135,7 +137,9 @@ def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, b
         strings, plans = [], []
         for line, (query, pos, neg) in chunk:
             try:
-                texts = [(query, limits["query_max_len"])] + [(t, limits["passage_max_len"]) for t in pos + neg]
+                texts = [(query, limits["query_max_len"])] + [
+                    (t, limits["passage_max_len"]) for t in pos + neg
+                ]
                 pairs = [(fmt.embed_strings(t, m), m) for t, m in texts]
             except fmt.FormatError as e:
                 bad.append(BadRecord(path, line, str(e)))
@@ -184,7 +188,9 @@ def tokenize_generative(tokenizer: Tokenizer, records, limits: dict, path: str, 
             tokens, target, last_start = fmt.finish_chat(
                 tokenizer, ids[offset : offset + n], ids[offset + n : offset + 2 * n], plain, max_len
             )
-            out.append({"tokens": tokens, "targets": target.astype(np.uint8), "last_start": np.int32(last_start)})
+            out.append(
+                {"tokens": tokens, "targets": target.astype(np.uint8), "last_start": np.int32(last_start)}
+            )
     return out
 
 
@@ -204,7 +210,9 @@ def _features(kind: str):
                 "num_pos": scalar,
             }
         )
-    return tfds.features.FeaturesDict({"tokens": seq(np.int32), "targets": seq(np.uint8), "last_start": scalar})
+    return tfds.features.FeaturesDict(
+        {"tokens": seq(np.int32), "targets": seq(np.uint8), "last_start": scalar}
+    )
 
 
 def _builder_class():
@@ -253,7 +261,9 @@ def write_tfds(examples: list, kind: str, name: str, data_dir: str) -> str:
     level = absl_logging.level
     absl_logging.setLevel(logging.ERROR)  # "Using custom data configuration"
     try:
-        builder = _BUILDER(kind=kind, examples=examples, config=config, data_dir=data_dir, file_format="array_record")
+        builder = _BUILDER(
+            kind=kind, examples=examples, config=config, data_dir=data_dir, file_format="array_record"
+        )
         with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
@@ -328,7 +338,9 @@ def build_sources(
         if bad and not skip_bad:
             shown = "\n  ".join(map(str, bad[:20]))
             more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise DataError(f"{len(bad)} bad record(s) (use --skip_bad to skip and count them):\n  {shown}{more}")
+            raise DataError(
+                f"{len(bad)} bad record(s) (use --skip_bad to skip and count them):\n  {shown}{more}"
+            )
         entry = {
             "name": name,
             "kind": kind,
@@ -410,7 +422,14 @@ def prepare(
         for kind, paths in zip(("embedding", "generative"), groups):
             previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
             manifest.setdefault(split, {})[kind] = build_sources(
-                expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad, previous
+                expand_paths(paths),
+                kind,
+                tokenizer,
+                out_dir,
+                os.path.join(split, kind),
+                limits,
+                skip_bad,
+                previous,
             )
     tmp = os.path.join(out_dir, MANIFEST + ".tmp")
     with open(tmp, "w") as f:

@@ -3,6 +3,7 @@
 Run as a script by a fresh `python -I -S`, so the result depends on the Python version alone: a module
 imported by the caller (torch, jax, ...) can change what a stdlib module holds. Imports nothing else.
 """
+
 import importlib
 import inspect
 import json
@@ -24,6 +25,8 @@ MODULES = (
     "tabnanny trace tracemalloc urllib.request wave xml.dom.minidom xml.etree.ElementTree zipapp "
     "zipimport zoneinfo"
 ).split()
+
+
 def _signature(obj) -> str:
     try:
         # default values like <object object at 0x7f...> would change from run to run
@@ -49,8 +52,11 @@ def collect() -> dict:
     with warnings.catch_warnings():  # deprecated aliases (typing.io, ...) warn when touched
         warnings.simplefilter("ignore")
         found = _collect_entries()
-    found["modules"] = [(m, inspect.getdoc(sys.modules[m])) for m in MODULES
-                        if m in sys.modules and inspect.getdoc(sys.modules[m])]
+    found["modules"] = [
+        (m, inspect.getdoc(sys.modules[m]))
+        for m in MODULES
+        if m in sys.modules and inspect.getdoc(sys.modules[m])
+    ]
     return found
 
 
@@ -64,7 +70,10 @@ def _collect_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
             continue
         for attr in sorted(vars(module)):
             obj = getattr(module, attr)
-            if attr.startswith("_") or getattr(obj, "__module__", None) not in (module_name, "_" + module_name):
+            if attr.startswith("_") or getattr(obj, "__module__", None) not in (
+                module_name,
+                "_" + module_name,
+            ):
                 continue
             members = []
             if inspect.isclass(obj):
@@ -82,8 +91,6 @@ def _collect_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
                     seen.add(entry[3])
                     found[kind].append((module_name, *entry))
     return found
-
-
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -24,7 +24,12 @@ class Tokenizer:
     """
 
     def __init__(
-        self, model_path: str, *, bos_id: int | None = None, eos_id: int | None = None, pad_id: int | None = None
+        self,
+        model_path: str,
+        *,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
     ):
         self.model_path = os.fspath(model_path)
         with open(self.model_path, "rb") as f:
@@ -38,7 +43,9 @@ class Tokenizer:
         for name in ("bos_id", "eos_id", "pad_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{self.model_path}: {name}={value} is not a valid id (vocab {self.vocab_size})")
+                raise ValueError(
+                    f"{self.model_path}: {name}={value} is not a valid id (vocab {self.vocab_size})"
+                )
 
     @property
     def vocab_size(self) -> int:
@@ -60,7 +67,10 @@ class Tokenizer:
 
 
 def train_tokenizer(
-    texts: Iterable[str], model_path: str, vocab_size: int = 2000, user_defined_symbols: Sequence[str] = MARKERS
+    texts: Iterable[str],
+    model_path: str,
+    vocab_size: int = 2000,
+    user_defined_symbols: Sequence[str] = MARKERS,
 ) -> Tokenizer:
     """Trains a small BPE SentencePiece model that keeps newlines and spaces exactly (identity
     normalisation, byte fallback, no dummy prefix); ids: unk 0, bos 1, eos 2, pad 3 (Llama layout + pad).

@@ -1,4 +1,5 @@
 """A Flax NNX Mistral / Mixtral decoder whose attention mask is an input."""
+
 from grit_jax.model.config import ConfigError, ModelConfig
 from grit_jax.model.moe import load_balancing_loss
 from grit_jax.model.transformer import KVCache, ModelOutput, Transformer

@@ -4,6 +4,7 @@ Every field of a config.json is either honoured, checked to hold the only value 
 metadata. Anything else is an error naming the file and the key (DESIGN decision 3): an ignored
 `rope_theta` or `sliding_window` would be a silently wrong model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,11 +76,11 @@ class ModelConfig:
     def architecture(self) -> str:
         return "MixtralForCausalLM" if self.is_moe else "MistralForCausalLM"
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def preset(cls, name: str, **changes) -> "ModelConfig":
+    def preset(cls, name: str, **changes) -> ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **changes})
@@ -93,7 +94,7 @@ class ModelConfig:
     # ---- Hugging Face config.json ----
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **changes) -> "ModelConfig":
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **changes) -> ModelConfig:
         """Builds a config from a Hugging Face Mistral/Mixtral config.json dict; `source` names it in errors."""
         hf = dict(hf)
 
@@ -136,14 +137,17 @@ class ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)} - _OUR_FIELDS
         unknown = sorted(set(hf) - fields)
         if unknown:
-            fail(unknown[0], "is not a field grit_jax can honour" + (f" (also {unknown[1:]})" if unknown[1:] else ""))
+            fail(
+                unknown[0],
+                "is not a field grit_jax can honour" + (f" (also {unknown[1:]})" if unknown[1:] else ""),
+            )
         for key in _REQUIRED_HF_KEYS:
             if key not in hf:
                 fail(key, "missing (required)")
         return cls(**{**hf, **changes})
 
     @classmethod
-    def from_hf_json(cls, path: str, **changes) -> "ModelConfig":
+    def from_hf_json(cls, path: str, **changes) -> ModelConfig:
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         if not os.path.exists(path):
@@ -177,13 +181,26 @@ class ModelConfig:
 
 _OUR_FIELDS = {"dtype", "param_dtype", "scan_layers", "remat_policy"}
 _REQUIRED_HF_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
 )
 # Metadata with no effect on the forward pass.
 _IGNORED_HF_KEYS = (
-    "transformers_version", "torch_dtype", "dtype", "initializer_range", "use_cache", "output_router_logits",
-    "_name_or_path", "output_attentions", "output_hidden_states", "return_dict", "use_return_dict",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "initializer_range",
+    "use_cache",
+    "output_router_logits",
+    "_name_or_path",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "use_return_dict",
 )
 # Options that change the model; we support exactly these values.
 _FIXED_HF_VALUES = {
@@ -196,35 +213,71 @@ _FIXED_HF_VALUES = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     ),
     "tiny_moe": dict(
-        vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        num_local_experts=4, num_experts_per_tok=2,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        num_local_experts=4,
+        num_experts_per_tok=2,
     ),
     # The quick-start demo: small enough to learn on a 2-core CPU in minutes (vocab of the demo tokenizer).
     "demo": dict(
-        vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     ),
     # A ~0.85B Mistral that fits one accelerator with AdamW state: for benchmarks of the step.
     "mistral_1b": dict(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=32768,
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
     ),
     # Mistral-7B-v0.1, the base of GritLM-7B.
     "mistral_7b": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-        max_position_embeddings=32768, sliding_window=4096,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=32768,
+        sliding_window=4096,
     ),
     # Mixtral-8x7B-v0.1, the base of GritLM-8x7B.
     "mixtral_8x7b": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e6,
-        max_position_embeddings=32768, num_local_experts=8, num_experts_per_tok=2,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=1e6,
+        max_position_embeddings=32768,
+        num_local_experts=8,
+        num_experts_per_tok=2,
         router_aux_loss_coef=0.02,
     ),
 }

@@ -4,6 +4,7 @@ Legend: B batch, T query length, S key length, N heads, K kv heads, G = N/K, H h
 F MLP dim, V vocab. Every parameter carries logical axis names (`out_sharding`), placed on the mesh by
 grit_jax.sharding; a stacked parameter gets a leading "layers" axis.
 """
+
 from __future__ import annotations
 
 import jax
@@ -55,7 +56,13 @@ class Attention(nnx.Module):
     """Grouped-query attention over an explicit mask; optionally reads and writes a key/value cache."""
 
     def __init__(self, cfg, rngs, stack=None):
-        d, n, k, h, pdt = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.param_dtype
+        d, n, k, h, pdt = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.param_dtype,
+        )
         self.q_proj = Linear(rngs, (d, n, h), ("embed", "heads", "head_dim"), pdt, stack)
         self.k_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack)
         self.v_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack)

@@ -6,6 +6,7 @@ outside each token's top k). This is exact, shards over the "experts" mesh axis 
 all-to-all, and costs E/k times the FLOPs of a dispatching implementation; a ragged (grouped) matmul
 dispatch is the known next step when expert FLOPs dominate.
 """
+
 from __future__ import annotations
 
 import jax

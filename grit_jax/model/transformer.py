@@ -3,6 +3,7 @@
 Legend: B batch, T length, S key length, L layers, D model dim, V vocab, E experts, K kv heads, H head dim.
 The attention mask is an input (grit_jax.masks); the model has no notion of causal or bidirectional.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -74,8 +75,13 @@ class Transformer(nnx.Module):
         self.config = cfg
         d, v = cfg.hidden_size, cfg.vocab_size
         self.embed_tokens = nnx.Embed(
-            v, d, param_dtype=cfg.param_dtype, rngs=rngs,
-            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False),
+            v,
+            d,
+            param_dtype=cfg.param_dtype,
+            rngs=rngs,
+            embedding_init=nnx.with_partitioning(
+                nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False
+            ),
         )
         self.layers = DecoderLayer(cfg, rngs, stack=cfg.num_hidden_layers)
         self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype)
@@ -103,7 +109,9 @@ class Transformer(nnx.Module):
             return x, (router_logits, kv if cache is not None else None)
 
         if cfg.remat_policy != "none":
-            layer_fn = jax.checkpoint(layer_fn, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+            layer_fn = jax.checkpoint(
+                layer_fn, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
+            )
         per_layer = (layer_state, None if cache is None else (cache.k, cache.v))
         if cfg.scan_layers:
             x, (router_logits, kv) = jax.lax.scan(layer_fn, x, per_layer)
