@@ -24,21 +24,21 @@ MFU = 0.5
 # (model, config, accelerator, overrides): the paper's recipes as configured, and what makes 7B fit
 # on 64 v5e chips when the configured recipe does not.
 ROWS = [
-    ("GritLM-7B", "configs/gritlm_7b.py", "v4-128", {}),
-    ("GritLM-7B", "configs/gritlm_7b.py", "v5p-128", {}),
-    ("GritLM-7B", "configs/gritlm_7b.py", "v5e-64", {}),
-    ("GritLM-7B", "configs/gritlm_7b.py", "v6e-64", {}),
+    ("GritLM-7B", "configs/gritlm.py:7b", "v4-128", {}),
+    ("GritLM-7B", "configs/gritlm.py:7b", "v5p-128", {}),
+    ("GritLM-7B", "configs/gritlm.py:7b", "v5e-64", {}),
+    ("GritLM-7B", "configs/gritlm.py:7b", "v6e-64", {}),
     # 256 queries over 128 / 256 batch shards: a chunk must be a multiple of the shards, and 256
     # generative sequences leave room for 2 / 1 accumulation steps
     (
         "GritLM-8x7B",
-        "configs/gritlm_8x7b.py",
+        "configs/gritlm.py:8x7b",
         "v5p-256",
         {"objective.embedding_chunk_size": 128, "objective.generative_accumulation_steps": 2},
     ),
     (
         "GritLM-8x7B",
-        "configs/gritlm_8x7b.py",
+        "configs/gritlm.py:8x7b",
         "v5p-512",
         {"objective.embedding_chunk_size": 256, "objective.generative_accumulation_steps": 1},
     ),
@@ -46,7 +46,7 @@ ROWS = [
 
 
 def row_id(config, accelerator, overrides) -> str:
-    name = os.path.splitext(os.path.basename(config))[0]
+    name = os.path.basename(config).replace(".py", "").replace(":", "_")
     extra = "".join(f"_{k.split('.')[-1]}{v}" for k, v in sorted(overrides.items()))
     return f"{name}_{accelerator}{extra}"
 

@@ -1,4 +1,4 @@
-"""Peak memory of the compiled train step as the embedding chunk shrinks (GradCache, DESIGN decision 5).
+"""Peak memory of the compiled train step as the embedding chunk shrinks (GradCache).
 
 Compiles the full unified train step (embedding + generative pass, AdamW) on one CPU device for
 several `objective.embedding_chunk_size` values and prints XLA's memory_analysis() (temp bytes =
@@ -14,12 +14,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 from grit_jax import sharding, step  # noqa: E402
+from grit_jax.checkpoint import model_config  # noqa: E402
+from grit_jax.config import base_config  # noqa: E402
+from grit_jax.state import TrainSetup  # noqa: E402
 
 CHUNKS = (0, 32, 16, 8, 4, 2)
 
 
 def config(chunk):
-    c = step.default_train_config()
+    c = base_config()
     c.model.preset = "tiny"
     c.data.update(
         embedding_batch_size=32,
@@ -37,7 +40,7 @@ def main():
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=1))
     c = config(0)
     print(
-        f"tiny model (hidden {step.model_config(c).hidden_size}, {step.model_config(c).num_hidden_layers} layers), "
+        f"tiny model (hidden {model_config(c).hidden_size}, {model_config(c).num_hidden_layers} layers), "
         f"{c.data.embedding_batch_size} queries x {c.data.query_max_len} tokens, "
         f"{c.data.embedding_batch_size * c.data.train_group_size} passages x {c.data.passage_max_len} tokens, "
         f"{c.data.generative_batch_size} x {c.data.generative_max_len} generative; {jax.devices()[0].platform}"
@@ -46,10 +49,8 @@ def main():
     print("|---|---|---|---|")
     for chunk in CHUNKS:
         c = config(chunk)
-        train_step = step.make_train_step(c, mesh)
-        compiled = train_step.lower(
-            step.abstract_train_state(c, mesh), step.abstract_batch(c, mesh)
-        ).compile()
+        setup = TrainSetup(c, mesh)
+        compiled = step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).compile()
         m = compiled.memory_analysis()
         mib = lambda b: f"{b / 2**20:.1f}"
         print(

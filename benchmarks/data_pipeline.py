@@ -14,8 +14,10 @@ import random
 import tempfile
 import time
 
-from grit_jax import data
-from grit_jax.data import demo, sources
+from grit_jax.choices import PAPER_LENGTHS
+from grit_jax.config import base_config
+from grit_jax.data import demo, pipeline, sources
+from grit_jax.data.tokenizer import Tokenizer
 
 
 def synthetic_jsonl(directory: str, num_records: int, seed: int = 0) -> tuple[str, str]:
@@ -55,7 +57,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = data.Tokenizer(
+        tokenizer = Tokenizer(
             demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=2000)["tokenizer"]
         )
         emb, gen = synthetic_jsonl(tmp, args.records)
@@ -67,13 +69,16 @@ def main():
             f"prepare: {stored} tokens stored in {elapsed:.1f} s = {stored / elapsed:,.0f} tokens/s "
             f"(tokenizing, {os.cpu_count()} cores)"
         )
-        config = data.default_data_config()  # 8 hosts x (32 queries, 64 passages, 4 chats)
+        config = base_config().data  # 8 hosts x (32 queries, 64 passages, 4 chats), the paper's lengths
         config.update(
-            data_dir=os.path.join(tmp, "out"), embedding_batch_size=32 * 8, generative_batch_size=4 * 8
+            data_dir=os.path.join(tmp, "out"),
+            embedding_batch_size=32 * 8,
+            generative_batch_size=4 * 8,
+            **PAPER_LENGTHS,
         )
         for threads in args.threads:
             config.num_threads = threads
-            iterator = data.make_train_iterator(config, tokenizer, process_index=3, process_count=8)
+            iterator = pipeline.make_train_iterator(config, tokenizer, process_index=3, process_count=8)
             next(iterator)
             padded = real = 0
             start = time.perf_counter()

@@ -16,7 +16,7 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 # GRIT step: 64 queries x 256 + 128 passages x 512 (bidirectional) + 16 x 1024 generative; without and with
 # GradCache chunking (16 sequences per chunk) — the ratio is the cost of the recomputation.
 for chunk in 0 16; do
-  timeout 240 python3 benchmarks/train_step.py --config configs/gritlm_7b.py --config.model.preset=mistral_1b \
+  timeout 240 python3 benchmarks/train_step.py --config configs/gritlm.py:7b --config.model.preset=mistral_1b \
     --config.data.embedding_batch_size=64 --config.data.generative_batch_size=16 --config.data.query_max_len=256 \
     --config.data.passage_max_len=512 --config.data.generative_max_len=1024 \
     --config.objective.generative_accumulation_steps=1 --config.objective.embedding_chunk_size=$chunk \

@@ -22,6 +22,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from grit_jax import flops, sharding, step
+from grit_jax.data.synthetic import synthetic_batch
+from grit_jax.state import TrainSetup
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
@@ -45,13 +47,11 @@ def matmul_peak(dtype: str, size: int, repeats: int = 5) -> float:
 
 
 def measure(config, num_steps: int) -> dict:
-    mesh = sharding.make_mesh(config.mesh)
-    state = step.create_train_state(config, mesh)
-    train_step = step.make_train_step(config, mesh)
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh))
+    state = setup.create_state()
+    train_step = step.make_train_step(setup)
     batches = [
-        step.make_global_batch(
-            config, mesh, step.synthetic_batch(config, seed=i, num_hosts=jax.process_count())
-        )
+        step.global_batch(setup, synthetic_batch(config, seed=i, num_hosts=jax.process_count()))
         for i in range(2)
     ]
     for i in range(2):  # compile and warm up
@@ -63,10 +63,10 @@ def measure(config, num_steps: int) -> dict:
         tokens += float(metrics["tokens"])
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / num_steps
-    cfg = step.model_config(config)
+    cfg = setup.model_config
     positions = sum(
         int(np.prod(shape))
-        for name, (shape, _) in step.batch_shapes(config).items()
+        for name, (shape, _) in setup.batch_shapes.items()
         if name.endswith("_tokens")
     )
     size = 2048 if jax.default_backend() == "cpu" else 8192

@@ -1,6 +1,6 @@
 """Compile a config's exact train step for a TPU topology on this CPU: per-chip memory, fits or not, FLOPs.
 
-    grit-aot --config configs/gritlm_7b.py --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
+    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
 
 The step is the one ``grit-train`` runs (``step.make_train_step``), lowered on an abstract, sharded
 state and batch over the compile-only devices of the named Cloud TPU slice (libtpu, the ``aot``
@@ -18,6 +18,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -25,15 +26,16 @@ import traceback
 import types
 from typing import Any
 
+import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-GiB = 2**30
+from grit_jax import cli, flops, hardware, sharding
+from grit_jax.errors import UsageError
+from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
+from grit_jax.state import TrainSetup
+from grit_jax.step import abstract_batch, make_train_step
 
-FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
-)
+_CONFIG = cli.define_config_flag()
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "Cloud TPU accelerator type, e.g. v5p-64, v5e-16, v4-128, v6e-8"
 )
@@ -42,95 +44,14 @@ _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumer
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
 
 
-class UsageError(ValueError):
-    """A bad command line: printed as one line, exit status 2."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    prefix: str  # the platform prefix libtpu's topology names use
-    cores_per_chip_in_name: int  # 2: the Cloud name counts TensorCores (v4, v5p)
-    dims: int  # 3: 3-D torus (v4, v5p); 2: 2-D (v5e, v6e)
-    hbm_bytes: int  # per chip (one JAX device: v4 and v5p megacore)
-    cloud_type: str  # TPU_ACCELERATOR_TYPE spelling of a slice
-
-
-GENERATIONS = {
-    "v4": Generation("v4", 2, 3, 32 * GiB, "v4-{n}"),
-    "v5p": Generation("v5p", 2, 3, 95 * GiB, "v5p-{n}"),
-    "v5e": Generation("v5e", 1, 2, 16 * GiB, "v5litepod-{n}"),
-    "v6e": Generation("v6e", 1, 2, 32 * GiB, "v6e-{n}"),
-}
-_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v5": "v5p"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-    name: str  # as given, e.g. "v5p-128"
-    generation: str  # key of GENERATIONS
-    chips: int
-    topology: str  # libtpu topology name, e.g. "v5p:4x4x4"
-
-    @property
-    def hbm_bytes(self) -> int:
-        return GENERATIONS[self.generation].hbm_bytes
-
-    @property
-    def cloud_type(self) -> str:
-        g = GENERATIONS[self.generation]
-        return g.cloud_type.format(n=self.chips * g.cores_per_chip_in_name)
-
-
-def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
-    """Cloud TPU's slice shape for ``chips`` (a power of two): 64 -> 8x8 (2-D) or 4x4x4 (3-D)."""
-    if chips < 1 or chips & (chips - 1):
-        raise UsageError(f"{chips} chips: Cloud TPU slices have a power-of-two number of chips")
-    shape = [1] * dims
-    while math.prod(shape) < chips:
-        if dims == 3 and math.prod(shape) < 4:  # 3-D slices start as 2x2x1
-            shape[shape.index(1)] = 2
-            continue
-        smallest = min(shape)  # then double the last of the smallest dimensions: 2x2x2, 2x2x4, 2x4x4, 4x4x4
-        shape[max(i for i, s in enumerate(shape) if s == smallest)] *= 2
-    return tuple(shape)
-
-
-def parse_accelerator(name: str) -> Accelerator:
-    """v4-N / v5p-N (TensorCores), v5e-N / v5litepod-N / v6e-N (chips), or a raw ``v5e:2x4`` topology."""
-    raw = re.fullmatch(r"(v\w+?):(\d+(?:x\d+)+)", name or "")
-    if raw:
-        gen = _ALIASES.get(raw.group(1), raw.group(1))
-        sizes = tuple(int(s) for s in raw.group(2).split("x"))
-        if gen not in GENERATIONS or len(sizes) != GENERATIONS[gen].dims:
-            raise UsageError(
-                f"--topology {name}: expected e.g. v5e:2x4 or v5p:2x2x2 ({', '.join(GENERATIONS)})"
-            )
-        return Accelerator(name, gen, math.prod(sizes), f"{gen}:{raw.group(2)}")
-    cloud = re.fullmatch(r"(v\w+?)-(\d+)", name or "")
-    gen = _ALIASES.get(cloud.group(1), cloud.group(1)) if cloud else None
-    if gen not in GENERATIONS:
-        raise UsageError(
-            f"--topology {name!r}: expected a Cloud TPU type such as v4-128, v5p-256, v5e-64 or v6e-64 "
-            f"(v4/v5p count TensorCores, v5e/v6e count chips)"
-        )
-    g, count = GENERATIONS[gen], int(cloud.group(2))
-    if count % g.cores_per_chip_in_name:
-        raise UsageError(f"--topology {name}: {gen}-N counts TensorCores, two per chip; N must be even")
-    chips = count // g.cores_per_chip_in_name
-    shape = torus_shape(chips, g.dims)
-    return Accelerator(name, gen, chips, f"{gen}:{'x'.join(map(str, shape))}")
-
-
 def topology_devices(accelerator: Accelerator):
     """The compile-only TPU devices of the slice (one per chip), from libtpu."""
     if importlib.util.find_spec("libtpu") is None:
         raise UsageError(
             "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
         )
-    from grit_jax import platforms
-
-    platforms.quiet_libtpu(accelerator.cloud_type)
-    from jax.experimental import topologies
+    hardware.quiet_libtpu(accelerator.cloud_type)
+    from jax.experimental import topologies  # after quiet_libtpu: it reads the environment on import
 
     kwargs = (
         {"chip_config_name": "megacore"}
@@ -191,8 +112,6 @@ def _shard_bytes(leaf) -> int:
 
 def state_consumers(state) -> list[tuple[str, int, str]]:
     """(path, per-chip bytes, "global shape dtype -> per-chip shape") of every state array, largest first."""
-    import jax
-
     rows = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         parts = jax.tree_util.keystr(path, simple=True, separator=".").split(".")
@@ -253,29 +172,21 @@ def _total_bytes(memory) -> tuple[int, int]:
     return max(needed, peak), peak
 
 
-def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6) -> Report:
-    """Lower and compile ``config``'s train step for ``accelerator``; measure it."""
-    import jax
-
-    from grit_jax import flops, sharding
-    from grit_jax import step as step_lib
-
-    devices = topology_devices(accelerator)
-    mesh = sharding.make_mesh(config.mesh, devices=devices)
-    train_step = step_lib.make_train_step(config, mesh)  # validates the config against the mesh
-    state = step_lib.abstract_train_state(config, mesh)
-    batch = step_lib.abstract_batch(config, mesh)
-    params = sum(_shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection)))
-    optimizer = sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state))
+def compile_step(setup: TrainSetup):
+    """(memory analysis, XLA's out-of-memory message or "", seconds) of the compiled train step."""
+    state, batch = setup.abstract_state(), abstract_batch(setup)
     start = time.perf_counter()
     try:
-        memory = train_step.lower(state, batch).compile().memory_analysis()
+        memory = make_train_step(setup).lower(state, batch).compile().memory_analysis()
         compiler_error = ""
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
         memory, compiler_error = _out_of_memory(e, jax.tree.leaves((state, batch)))
-    seconds = time.perf_counter() - start
-    total, peak = _total_bytes(memory)
+    return memory, compiler_error, time.perf_counter() - start
 
+
+def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, top: int) -> dict:
+    state = setup.abstract_state()
+    total, peak = _total_bytes(memory)
     consumers = [
         (
             "temporaries (activations, gradients, workspace)",
@@ -284,12 +195,43 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         )
     ]
     consumers += state_consumers(state)
-    consumers = sorted(consumers, key=lambda r: -r[1])[:top]
+    return dict(
+        parameter_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection))),
+        optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
+        argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes,
+        peak_bytes=peak,
+        total_bytes=total,
+        fits=not compiler_error and total <= hbm_bytes,
+        top=sorted(consumers, key=lambda r: -r[1])[:top],
+        compiler_error=compiler_error,
+    )
 
-    kind = devices[0].device_kind
-    peak_flops = flops.device_peak_flops(devices[0])
-    step_flops = flops.train_step_flops(config, step_lib.model_config(config))
-    step_seconds = step_flops / (mesh.devices.size * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
+
+def _time_fields(setup: TrainSetup, device, mfu: float) -> dict:
+    config = setup.config
+    peak_flops = hardware.device_peak_flops(device)
+    step_flops = flops.train_step_flops(config, setup.model_config)
+    chips = setup.mesh.devices.size
+    step_seconds = step_flops / (chips * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
+    return dict(
+        step_flops=step_flops,
+        peak_flops_per_chip=peak_flops,
+        mfu=mfu,
+        step_seconds=step_seconds,
+        num_steps=int(config.num_steps),
+        hours=step_seconds * int(config.num_steps) / 3600,
+    )
+
+
+def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6) -> Report:
+    """Lower and compile ``config``'s train step for ``accelerator``; measure it."""
+    devices = topology_devices(accelerator)
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
+    memory, compiler_error, seconds = compile_step(setup)
     obj = config.objective
     settings = dict(
         remat_policy=config.model.remat_policy,
@@ -300,30 +242,14 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     return Report(
         accelerator=accelerator.name,
         topology=accelerator.topology,
-        device_kind=kind,
-        chips=int(mesh.devices.size),
-        mesh={k: int(v) for k, v in mesh.shape.items()},
+        device_kind=devices[0].device_kind,
+        chips=int(setup.mesh.devices.size),
+        mesh={k: int(v) for k, v in setup.mesh.shape.items()},
         hbm_bytes=accelerator.hbm_bytes,
-        parameter_bytes=params,
-        optimizer_bytes=optimizer,
-        argument_bytes=memory.argument_size_in_bytes,
-        output_bytes=memory.output_size_in_bytes,
-        alias_bytes=memory.alias_size_in_bytes,
-        temp_bytes=memory.temp_size_in_bytes,
-        code_bytes=memory.generated_code_size_in_bytes,
-        peak_bytes=peak,
-        total_bytes=total,
-        fits=not compiler_error and total <= accelerator.hbm_bytes,
-        step_flops=step_flops,
-        peak_flops_per_chip=peak_flops,
-        mfu=mfu,
-        step_seconds=step_seconds,
-        num_steps=int(config.num_steps),
-        hours=step_seconds * int(config.num_steps) / 3600,
         compile_seconds=seconds,
-        top=consumers,
         settings=settings,
-        compiler_error=compiler_error,
+        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top),
+        **_time_fields(setup, devices[0], mfu),
     )
 
 
@@ -334,13 +260,8 @@ def _gib(n: float) -> str:
 def format_report(r: Report) -> str:
     """The human-readable report; the first line says whether it fits."""
     mesh = " x ".join(f"{k}={v}" for k, v in r.mesh.items() if v > 1) or "1 device"
-    if r.fits:
-        head = f"fits: needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip ({r.total_bytes / r.hbm_bytes:.0%})"
-    else:
-        head = (
-            f"does not fit: needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip "
-            f"({r.total_bytes / r.hbm_bytes:.0%}); the top consumers are listed below"
-        )
+    need = f"needs {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} per chip ({r.total_bytes / r.hbm_bytes:.0%})"
+    head = f"fits: {need}" if r.fits else f"does not fit: {need}; the top consumers are listed below"
     lines = [
         head,
         f"slice      {r.accelerator} = {r.chips} chips ({r.device_kind}, topology {r.topology}), mesh {mesh}",
@@ -371,20 +292,10 @@ def format_report(r: Report) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
-_USER_ERRORS = ("UsageError", "ConfigError", "MeshConfigError", "UnplacedParameterError", "FileNotFoundError")
-
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments {argv[1:]}")
-    try:
-        config = _CONFIG.value
-        config.get("mesh")  # a file that failed to load raises here, on first use
-    except OSError as e:  # config_flags reports a file it could not load only when the value is read
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise UsageError(f"--config: {lines[-1] if lines else e}") from None
-    if config is None:
-        raise UsageError("--config is required, e.g. --config configs/gritlm_7b.py")
+    cli.reject_extra_arguments(argv)
+    config = cli.load_config(_CONFIG, "configs/gritlm.py:7b")
     if not _TOPOLOGY.value:
         raise UsageError("--topology is required, e.g. --topology v5p-64")
     accelerator = parse_accelerator(_TOPOLOGY.value)
@@ -396,37 +307,19 @@ def main(argv) -> int:
     return 0 if report.fits else 1
 
 
-def _fail(message: str) -> None:
-    print(f"grit-aot: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
 def _main(argv):
-    try:
-        sys.exit(main(argv))
-    except Exception as e:  # errors a user can act on: one line, no traceback
-        if type(e).__name__ not in _USER_ERRORS:
-            traceback.print_exc()
-            sys.exit(3)  # a bug, not an answer: 1 must keep meaning "does not fit"
-        _fail(str(e))
+    try:  # every error a user can act on is a usage error here: 1 must keep meaning "does not fit"
+        sys.exit(cli.run_command("grit-aot", lambda: main(argv), error_status=2))
+    except Exception:  # a bug, not an answer
+        traceback.print_exc()
+        sys.exit(3)
 
 
 def run():
-    import os
-
-    from grit_jax import platforms
-
     # The host needs no accelerator (it only compiles): never claim a local TPU or GPU.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    platforms.quiet_platform()
-    app.run(_main, flags_parser=_parse_flags)
+    hardware.quiet_platform()
+    app.run(_main, flags_parser=cli.flags_parser("grit-aot"))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,44 @@
-"""Orbax checkpoints that resume exactly (DESIGN decision 9).
+"""Orbax checkpoints: the training run's (resume exactly), finding any checkpoint's parameters and
+model config, and reading those parameters one at a time.
 
-A checkpoint `WORKDIR/checkpoints/<step>/` holds two items: `state` (the TrainState: parameters, optimizer
-state, step, RNG) and `data` (the data iterator's state, JSON). Orbax writes a step into a temporary
-directory and renames it when complete, so a crash mid-save leaves `<step>.orbax-checkpoint-tmp-*`
-behind: such a directory is never listed as a step, never loaded, and never deleted by us; we say that
-it is there so the user can look at it.
+A training checkpoint `WORKDIR/checkpoints/<step>/` holds two items: `state` (the TrainState: parameters,
+optimizer state, step, RNG) and `data` (the data iterator's state, JSON); the training config is
+`WORKDIR/config.json`. Orbax writes a step into a temporary directory and renames it when complete, so a
+crash mid-save leaves `<step>.orbax-checkpoint-tmp-*` behind: such a directory is never listed as a step,
+never loaded, and never deleted by us; we say that it is there so the user can look at it.
+
+A `grit-convert hf-to-orbax` directory holds `params/` (an orbax PyTree checkpoint of the parameters as a
+pure nested dict, the layout of `nnx.state(model, nnx.Param).to_pure_dict()`) and `model_config.json`
+(every ModelConfig field). `resolve_checkpoint` finds the parameters and the model config of either kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import logging
 import os
+from collections.abc import Iterator
 
+import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from grit_jax import hf
+from grit_jax.errors import CheckpointError
+from grit_jax.model.config import ModelConfig
+from grit_jax.tensorstore_io import leaf_opener, release_memory
+
 STATE, DATA = "state", "data"
+MODEL_CONFIG = "model_config.json"
+PARAMS_ITEM = "params"
 
 
 class Checkpoints:
+    """The training run's checkpoints, saved asynchronously and restored onto any mesh."""
+
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(
@@ -42,22 +62,13 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state or {})}
-            ),
-            force=force,
-        )
+        items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state or {})}
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state):
         """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
-            ),
-        )
+        items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored[STATE], restored[DATA] or None
 
     def wait(self):
@@ -66,3 +77,188 @@ class Checkpoints:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def model_config(config) -> ModelConfig:
+    """The ModelConfig of a training config's `model` group: a preset, a Hugging Face directory or a
+    checkpoint (its own model config), with our overrides (dtype, param_dtype, scan_layers, remat_policy)."""
+    m = config.model
+    overrides = {k: m[k] for k in ("dtype", "param_dtype", "scan_layers", "remat_policy") if k in m}
+    if m.get("init_checkpoint"):
+        return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
+    if m.get("hf_dir"):
+        return ModelConfig.from_hf_json(m.hf_dir, **overrides)
+    return ModelConfig.preset(m.preset, **overrides)
+
+
+# ----------------------------------------------------------------------------- finding checkpoints
+
+
+@dataclasses.dataclass
+class CheckpointSource:
+    """Where a checkpoint's parameters live: an orbax PyTree dir, the key prefix of the parameters in it,
+    the model config, and the directories to search for tokenizer / training config."""
+
+    pytree_dir: str
+    prefix: tuple[str, ...]
+    config: ModelConfig
+    search_dirs: list[str]
+    training_config: dict | None = None
+    tokenizer_file: str | None = None  # the training config's data.tokenizer, if set
+
+
+def _is_pytree_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "_METADATA"))
+
+
+def _step_dirs(path: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(path):
+        return []
+    return sorted((int(n), os.path.join(path, n)) for n in os.listdir(path) if n.isdigit())
+
+
+def _training_source(item: str, config_path: str, training: dict) -> CheckpointSource:
+    """The source of a training step: its ModelConfig as training built it, and where the tokenizer is."""
+    m, data = training.get("model") or {}, training.get("data") or {}
+    if not any(m.get(k) for k in ("preset", "hf_dir", "init_checkpoint")):
+        raise CheckpointError(f"{config_path}: model.preset, hf_dir and init_checkpoint are all empty")
+    cfg = model_config(ml_collections.ConfigDict(training))
+    workdir = os.path.dirname(config_path)
+    search = [workdir, data.get("data_dir") or os.path.join(workdir, "data"), m.get("hf_dir")]
+    return CheckpointSource(
+        item, ("params",), cfg, [d for d in search if d], training, data.get("tokenizer") or None
+    )
+
+
+def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
+    """An hf-to-orbax dir, a training step dir, `workdir/checkpoints` or `workdir` (latest or `step`)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such directory (expected an orbax checkpoint)")
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and _is_pytree_dir(os.path.join(path, PARAMS_ITEM)):
+        cfg = _read_model_config(os.path.join(path, MODEL_CONFIG))
+        return CheckpointSource(os.path.join(path, PARAMS_ITEM), (), cfg, [path])
+    for candidate in (os.path.join(path, "checkpoints"), path):
+        steps = _step_dirs(candidate)
+        if steps and not _is_pytree_dir(path):
+            chosen = dict(steps).get(step) if step is not None else steps[-1][1]
+            if chosen is None:
+                raise CheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
+            return resolve_checkpoint(chosen)
+    item = next(
+        (os.path.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(os.path.join(path, n))),
+        None,
+    )
+    if item is None:
+        raise CheckpointError(
+            f"{path}: not a checkpoint: expected `{PARAMS_ITEM}/` and `{MODEL_CONFIG}` "
+            "(grit-convert hf-to-orbax), a training step dir with a `state/` orbax item, "
+            "or a work dir with `checkpoints/<step>/`"
+        )
+    # A training step dir: workdir/checkpoints/<step>/state; the config lives up the tree.
+    search = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
+    for d in search:
+        if os.path.isfile(os.path.join(d, MODEL_CONFIG)):
+            return CheckpointSource(
+                item, ("params",), _read_model_config(os.path.join(d, MODEL_CONFIG)), search
+            )
+        config_path = os.path.join(d, "config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                data = json.load(f)
+            if "model" in data:
+                return _training_source(item, config_path, data)
+            return CheckpointSource(
+                item, ("params",), ModelConfig.from_hf_dict(data, source=config_path), search
+            )
+    raise CheckpointError(
+        f"{path}: a checkpoint without a config: looked for {MODEL_CONFIG} or config.json in {search}"
+    )
+
+
+def _read_model_config(path: str) -> ModelConfig:
+    with open(path, encoding="utf-8") as f:
+        fields = json.load(f)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown ModelConfig fields {unknown}")
+    return ModelConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- orbax checkpoint contents
+
+
+def _strip(key: tuple[str, ...], prefix: tuple[str, ...]) -> str | None:
+    """Our dotted parameter path of an orbax key path (nnx Variables add a trailing `value`)."""
+    if key[: len(prefix)] != prefix:
+        return None
+    key = key[len(prefix) :]
+    if key and key[-1] in ("value", "raw_value"):
+        key = key[:-1]
+    return ".".join(key)
+
+
+def checkpoint_leaves(source: CheckpointSource) -> dict[str, tuple]:
+    """{our dotted path: (orbax key path, shape, dtype, orbax metadata)} for every parameter leaf."""
+
+    metadata = ocp.PyTreeCheckpointer().metadata(source.pytree_dir)
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    leaves = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path)
+        name = _strip(keys, source.prefix)
+        if name is not None and hasattr(leaf, "shape"):
+            leaves[name] = (keys, tuple(leaf.shape), str(leaf.dtype), leaf)
+    return leaves
+
+
+def check_leaves(source: CheckpointSource, leaves) -> None:
+    cfg, shapes = source.config, hf.param_shapes(source.config)
+    for entry in hf.name_map(cfg):
+        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
+        want = stack + shapes[entry.path]
+        if entry.path not in leaves:
+            raise CheckpointError(
+                f"{source.pytree_dir}: parameter {entry.path!r} is missing "
+                f"(a {cfg.architecture} with this config needs it)"
+            )
+        if leaves[entry.path][1] != want:
+            raise CheckpointError(
+                f"{source.pytree_dir}: parameter {entry.path!r} has shape {leaves[entry.path][1]}, "
+                f"the config says {want}"
+            )
+    expected = {e.path for e in hf.name_map(cfg)}
+    extra = sorted(set(leaves) - expected)
+    if extra:
+        raise CheckpointError(
+            f"{source.pytree_dir}: parameter {extra[0]!r} is not part of a {cfg.architecture} "
+            f"with this config"
+        )
+
+
+def iter_checkpoint_params(source: CheckpointSource, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+    """(our dotted path, array) for every parameter, one at a time, after checking names and shapes."""
+    leaves = checkpoint_leaves(source)
+    check_leaves(source, leaves)
+    open_leaf = leaf_opener(source.pytree_dir)
+    for entry in hf.name_map(source.config):
+        array = open_leaf(leaves[entry.path][0]).read().result()
+        yield entry.path, (array if dtype is None else array.astype(dtype, copy=False))
+        del array
+        release_memory()
+
+
+def load_params_from_checkpoint(
+    path: str, cfg: ModelConfig | None = None, step: int | None = None, dtype=None
+) -> dict[str, np.ndarray]:
+    """{dotted path: array} from an hf-to-orbax dir or a training checkpoint (step dir or work dir).
+
+    `cfg` (optional) must agree with the checkpoint's own config on every shape; `dtype` defaults to
+    cfg.param_dtype when cfg is given, else the stored dtype.
+    """
+    source = resolve_checkpoint(path, step)
+    if cfg is not None:
+        source.config = cfg
+        dtype = dtype or hf.numpy_dtype(cfg.param_dtype)
+    return dict(iter_checkpoint_params(source, dtype))

@@ -1,27 +1,196 @@
-"""The training configuration: every group with its defaults, and the model presets the configs use.
+"""The training configuration: every field with its default (one literal), and the checks that run
+before anything is built or compiled. No jax here, so a config file imports in milliseconds.
 
-configs/*.py start from `base_config()` and change what their recipe needs (DESIGN decision 8).
+configs/*.py start from ``base_config()`` and change what their recipe needs.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import math
+from collections.abc import Mapping
+from typing import Any
 
-from grit_jax.data import default_data_config
-from grit_jax.step import default_train_config
+import ml_collections
+import numpy as np
+
+from grit_jax.choices import ATTENTIONS, BATCH_AXES, LOSS_GEN_TYPES, MODES, POOLINGS, SCHEDULES
+from grit_jax.errors import UsageError
+
+# Sizes are the tiny model's, so that a bare base_config() runs anywhere; configs/gritlm.py sets the paper's.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "num_steps": 100,
+    "max_nonfinite_steps": 5,  # non-finite steps in a row before the run stops
+    "model": {
+        "preset": "tiny",  # a ModelConfig preset, unless hf_dir or init_checkpoint is set
+        "hf_dir": "",  # a Hugging Face directory: its config.json and weights
+        "init_checkpoint": "",  # a `grit-convert hf-to-orbax` output or another run's checkpoint
+        "dtype": "float32",  # compute dtype (bfloat16: mixed precision over param_dtype master weights)
+        "param_dtype": "float32",
+        "scan_layers": True,
+        "remat_policy": "none",  # grit_jax.choices.REMAT_POLICIES
+    },
+    "data": {
+        "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and tokenizer.model)
+        "tokenizer": "",  # "" = <data_dir>/tokenizer.model
+        "embedding_batch_size": 8,  # global batch sizes
+        "generative_batch_size": 8,
+        "query_max_len": 16,  # padded lengths; at most the limits the data was prepared with
+        "passage_max_len": 32,
+        "generative_max_len": 32,
+        "train_group_size": 2,  # passages per query: 1 positive + G-1 hard negatives
+        "seed": 0,
+        "shuffle": True,  # False keeps file order (tests)
+        "use_unique_indices": True,  # generative stream drawn without replacement, refilled when exhausted
+        "prefixlm": False,  # train only on the last assistant turn
+        "num_threads": 4,  # grain reader threads per host
+        "prefetch_buffer_size": 8,  # batches prefetched per host
+        "demo_corpus": False,  # build the stdlib-docstring corpus into WORKDIR/data when data_dir is ""
+        "demo_vocab_size": 1024,
+    },
+    "objective": {
+        "mode": "unified",  # MODES
+        "attn": "bbcc",  # ATTENTIONS: attention of the embedding pass
+        "pooling": "mean",  # POOLINGS
+        "normalize": True,
+        "temperature": 0.02,
+        "projection_dim": 0,  # > 0: a linear projection before pooling
+        "loss_gen_type": "mixed",  # LOSS_GEN_TYPES
+        "loss_gen_factor": 1.0,
+        "router_aux_loss_coef": 0.02,
+        "embedding_chunk_size": 0,  # GradCache: sequences per chunk over the global batch; 0 = unchunked
+        "generative_accumulation_steps": 1,
+        "reference_gradient_scale": False,  # embedding gradient / W, as the reference's all-gather gives
+    },
+    "optimizer": {
+        "learning_rate": 2e-5,
+        "schedule": "linear",  # SCHEDULES, after a linear warm-up
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.0,
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "max_grad_norm": 1.0,  # 0: no clipping
+    },
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1},  # one size may be -1: the other devices
+    "checkpoint": {"every_steps": 500, "keep": 3, "async_save": True},
+    "log": {
+        "every_steps": 10,
+        "eval_every_steps": 0,  # held-out retrieval and generative loss; 0 = never
+        "eval_max_queries": 256,
+        "peak_flops_per_device": 0.0,  # 0: known accelerators from grit_jax.hardware, else no MFU
+    },
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """All groups: model, data, objective, optimizer, mesh, checkpoint, log; seed and num_steps."""
-    config = default_train_config()
-    data = default_data_config()
-    data.update(config.data.to_dict())  # sizes of the tiny defaults
-    config.data = data
-    config.data.demo_corpus = False  # build the stdlib-docstring corpus into WORKDIR/data when data_dir is ""
-    config.data.demo_vocab_size = 1024
-    config.log.eval_every_steps = 0
-    config.log.eval_max_queries = 256
-    config.log.peak_flops_per_device = 0.0  # 0: known accelerators from a table, else MFU is not reported
-    config.checkpoint.async_save = True
-    config.max_nonfinite_steps = 5  # non-finite steps in a row before the run stops
-    return config
+    """A fresh copy of every group with its defaults."""
+    return ml_collections.ConfigDict(DEFAULTS)
+
+
+def uses(config, part: str) -> bool:
+    """Whether the objective's mode trains ``part`` ("embedding" or "generative")."""
+    return config.objective.mode in ("unified", part)
+
+
+def data_parallel_size(mesh_shape: Mapping[str, int]) -> int:
+    """W: the number of batch shards (product of the mesh axes that split the batch)."""
+    return math.prod(mesh_shape.get(a, 1) for a in BATCH_AXES)
+
+
+def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
+    """Raise UsageError, naming the field to change, for anything that would fail inside jit."""
+    obj = config.objective
+    for field, allowed in (
+        ("mode", MODES),
+        ("attn", tuple(ATTENTIONS)),
+        ("pooling", POOLINGS),
+        ("loss_gen_type", LOSS_GEN_TYPES),
+    ):
+        if obj[field] not in allowed:
+            raise UsageError(f"objective.{field}={obj[field]!r}: expected one of {allowed}")
+    if config.optimizer.schedule not in SCHEDULES:
+        raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
+    w = data_parallel_size(mesh_shape)
+    axes = " x ".join(f"{a}={mesh_shape[a]}" for a in BATCH_AXES if a in mesh_shape)
+    where = f"the data-parallel size {w} (mesh {axes})"
+    if uses(config, "embedding"):
+        _validate_embedding(config, w, where)
+    if uses(config, "generative"):
+        bg, steps = config.data.generative_batch_size, max(obj.generative_accumulation_steps, 1)
+        if bg % (w * steps):
+            raise UsageError(
+                f"data.generative_batch_size={bg} must be divisible by {where} times "
+                f"objective.generative_accumulation_steps={steps}; use a multiple of {w * steps}"
+            )
+
+
+def _validate_embedding(config, w: int, where: str) -> None:
+    b, g = config.data.embedding_batch_size, config.data.train_group_size
+    chunk = config.objective.embedding_chunk_size
+    if b % w:
+        raise UsageError(
+            f"data.embedding_batch_size={b} is not divisible by {where}; use a multiple of {w} "
+            f"or change mesh.data/fsdp/expert"
+        )
+    if g < 1 or b * g < 2:
+        raise UsageError(
+            f"data.train_group_size={g} with data.embedding_batch_size={b} leaves the contrastive "
+            f"loss no negative; use train_group_size >= 2 or a larger batch"
+        )
+    if chunk and (chunk % w or b % chunk):
+        raise UsageError(
+            f"objective.embedding_chunk_size={chunk} must be a multiple of {where} and divide "
+            f"data.embedding_batch_size={b}; use e.g. {w} or 0 (no chunking)"
+        )
+
+
+def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Global shape and dtype of every array of a batch for ``config`` (the jitted step's input)."""
+    d = config.data
+    shapes = {}
+    if uses(config, "embedding"):
+        b, n = d.embedding_batch_size, d.embedding_batch_size * d.train_group_size
+        shapes.update(
+            query_tokens=((b, d.query_max_len), np.int32),
+            query_mask=((b, d.query_max_len), np.bool_),
+            query_instruction_len=((b,), np.int32),
+            passage_tokens=((n, d.passage_max_len), np.int32),
+            passage_mask=((n, d.passage_max_len), np.bool_),
+            passage_instruction_len=((n,), np.int32),
+        )
+    if uses(config, "generative"):
+        bg, lg = d.generative_batch_size, d.generative_max_len
+        shapes.update(
+            gen_tokens=((bg, lg), np.int32),
+            gen_mask=((bg, lg), np.bool_),
+            gen_loss_mask=((bg, lg), np.bool_),
+        )
+    return shapes
+
+
+def validate_batch(config, batch: Mapping[str, Any], num_hosts: int = 1) -> None:
+    """Check a batch's arrays against the configured shapes (a host's rows: num_hosts > 1)."""
+    expected = batch_shapes(config)
+    missing = sorted(set(expected) - set(batch))
+    if missing:
+        raise UsageError(f"batch lacks {missing} needed by objective.mode={config.objective.mode!r}")
+    extra = sorted(set(batch) - set(expected))
+    if extra:
+        raise UsageError(f"batch has arrays {extra} that objective.mode={config.objective.mode!r} does not use")
+    g = config.data.train_group_size
+    if "passage_tokens" in batch and "query_tokens" in batch:
+        nq, n_passages = batch["query_tokens"].shape[0], batch["passage_tokens"].shape[0]
+        if n_passages != nq * g:
+            raise UsageError(
+                f"the batch has {n_passages} passages for {nq} queries but data.train_group_size={g} needs "
+                f"{nq * g} (a positive and {g - 1} hard negatives each); lower data.train_group_size to "
+                f"{max(n_passages // max(nq, 1), 1)} or give every query {g - 1} negatives"
+            )
+    for name, (shape, _) in expected.items():
+        got = tuple(batch[name].shape)
+        if (got[0] * num_hosts, *got[1:]) != shape:
+            raise UsageError(
+                f"batch[{name!r}] has shape {got}, the config says {shape} globally "
+                f"(data.*_batch_size, *_max_len, train_group_size)"
+            )

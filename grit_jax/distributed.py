@@ -18,6 +18,8 @@ import os
 
 import jax
 
+from grit_jax.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
@@ -31,10 +33,10 @@ def _local_cluster_from_env() -> tuple[str, int, int] | None:
         return None
     missing = [k for k in ("GRIT_PROCESS_ID", "GRIT_COORDINATOR") if not os.environ.get(k)]
     if missing:
-        raise ValueError(f"GRIT_NUM_PROCESSES={num_processes} needs {' and '.join(missing)} set too")
+        raise UsageError(f"GRIT_NUM_PROCESSES={num_processes} needs {' and '.join(missing)} set too")
     process_id = int(os.environ["GRIT_PROCESS_ID"])
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"GRIT_PROCESS_ID={process_id} is not in [0, {num_processes})")
+        raise UsageError(f"GRIT_PROCESS_ID={process_id} is not in [0, {num_processes})")
     return os.environ["GRIT_COORDINATOR"], num_processes, process_id
 
 
@@ -46,7 +48,7 @@ def _on_tpu_pod() -> bool:
     if flag in _FALSE:
         return False
     if flag:
-        raise ValueError(f"GRIT_DISTRIBUTED={flag!r}: expected 1 or 0")
+        raise UsageError(f"GRIT_DISTRIBUTED={flag!r}: expected 1 or 0")
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return len([h for h in hosts.split(",") if h.strip()]) > 1
 

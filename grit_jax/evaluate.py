@@ -11,9 +11,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from grit_jax import data as data_lib
 from grit_jax import masks, sharding
 from grit_jax import objective as objective_lib
+from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
 
 ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
 
@@ -30,8 +30,8 @@ def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, flo
 class Evaluator:
     def __init__(self, config, mesh, graphdef, pad_id: int):
         self.config, self.mesh = config, mesh
-        self.retrieval = data_lib.eval_retrieval_arrays(config.data, config.log.eval_max_queries, pad_id)
-        self.gen_batches = data_lib.eval_generative_batches(config.data, pad_id=pad_id)
+        self.retrieval = eval_retrieval_arrays(config.data, config.log.eval_max_queries, pad_id)
+        self.gen_batches = eval_generative_batches(config.data, pad_id=pad_id)
         if config.objective.mode == "embedding":
             self.gen_batches = []
         if config.objective.mode == "generative":

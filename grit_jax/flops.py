@@ -32,27 +32,3 @@ def train_step_flops(config, cfg: ModelConfig) -> float:
     if objective.mode in ("unified", "generative"):
         flops += forward_flops(cfg, data.generative_batch_size, data.generative_max_len, True, True)
     return 3.0 * flops
-
-
-# Dense bf16 peak FLOP/s per JAX device (a chip: v4 and v5p megacores show as one device), vendor figures.
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
-
-
-def device_peak_flops(device) -> float:
-    """The peak of a known accelerator, or 0 (unknown: MFU is not reported) — benchmarks measure it instead."""
-    kind = getattr(device, "device_kind", "")
-    for name, peak in sorted(PEAK_FLOPS.items(), key=lambda item: -len(item[0])):
-        if kind.startswith(name):
-            return peak
-    return 0.0

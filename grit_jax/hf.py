@@ -1,27 +1,24 @@
 """Hugging Face checkpoints <-> grit_jax parameters: one declarative name map and its transforms.
 
-Inside the model parameters keep Hugging Face names and rotate-half RoPE (DESIGN decision 3), so every
-tensor converts by a transpose and a reshape. Reading uses safetensors' lazy numpy reader, one tensor
-at a time, never torch.
+Inside the model, parameters keep Hugging Face names and rotate-half RoPE, so every tensor converts by a
+transpose and a reshape (no permutation of the query/key rows). Tensors are read one at a time
+(grit_jax.safetensors_io), so memory stays near one tensor whatever the model's size.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import math
 import os
 from collections.abc import Iterator
 
+import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from flax import nnx
 
-from grit_jax.model.config import ConfigError, ModelConfig
-
-
-class CheckpointError(ValueError):
-    """A Hugging Face checkpoint that does not match its config: missing, extra or mis-shaped tensors."""
+from grit_jax.errors import CheckpointError
+from grit_jax.model import ModelConfig, Transformer
+from grit_jax.safetensors_io import SafetensorsDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,49 +122,6 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
             yield index, entry.hf.format(i=i, j=j)
 
 
-class SafetensorsDir:
-    """Lazy access to the tensors of a directory of *.safetensors files (sharded with an index, or not)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.exists(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
-            for file in set(self.files.values()):
-                if not os.path.exists(file):
-                    raise CheckpointError(
-                        f"{index}: names shard {os.path.basename(file)}, which does not exist"
-                    )
-        else:
-            shards = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-            if not shards:
-                raise CheckpointError(
-                    f"{path}: no *.safetensors files (grit_jax reads safetensors checkpoints only)"
-                )
-            self.files = {}
-            for file in shards:
-                with safe_open(file, framework="numpy") as f:
-                    self.files.update({name: file for name in f.keys()})
-        self._open = {}
-
-    def names(self):
-        return set(self.files)
-
-    def close(self):
-        """Closes (unmaps) the open files; later reads reopen them."""
-        self._open.clear()
-
-    def get(self, name: str) -> np.ndarray:
-        file = self.files.get(name)
-        if file is None:
-            raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
-        if file not in self._open:
-            self._open[file] = safe_open(file, framework="numpy")
-        return self._open[file].get_tensor(name)
-
-
 def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
     """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
     params = {}
@@ -184,7 +138,8 @@ def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
     extra = sorted(n for n in source.names() - expected if not n.endswith(_IGNORED_HF_SUFFIXES))
     if extra:
         raise CheckpointError(
-            f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} with this config"
+            f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} "
+            "with this config"
             + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
         )
 
@@ -195,13 +150,8 @@ def from_hf(path: str, dtype: str | None = None, **config_changes):
     `dtype` is the parameter dtype (float32 default); config_changes override ModelConfig fields
     (e.g. compute dtype, remat_policy).
     """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from grit_jax.model import Transformer
-
     if not os.path.isdir(path):
-        raise ConfigError(f"{path}: not a directory (expected a Hugging Face model directory)")
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
     if dtype is not None:
         config_changes["param_dtype"] = dtype
     cfg = ModelConfig.from_hf_json(path, **config_changes)
@@ -213,9 +163,6 @@ def from_hf(path: str, dtype: str | None = None, **config_changes):
 
 def load_flat_params(model, params: dict[str, np.ndarray]):
     """Fills a (possibly abstract) model's parameters from {dotted path: array}."""
-    import jax.numpy as jnp
-    from flax import nnx
-
     state = nnx.state(model, nnx.Param)
     for path, variable in nnx.to_flat_state(state):
         key = ".".join(map(str, path))

@@ -26,11 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import masks
+from grit_jax import hf, masks
+from grit_jax.checkpoint import iter_checkpoint_params, resolve_checkpoint
+from grit_jax.choices import MODES
+from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import KVCache, ModelConfig, Transformer
+from grit_jax.model_files import GRIT_CONFIG, find_tokenizer, grit_settings
 from grit_jax.objective import pool
 
-MODES = ("unified", "embedding", "generative")
 PROMPT_DOC_CACHING = (
     "\n<|user|>\n{query}\n\nAnswer the prior query while optionally using the context prior to it"
     "\n<|assistant|>\n"
@@ -142,9 +146,9 @@ class GritLM:
         projection=None,
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
         if attn not in ("bbcc", "cccc"):
-            raise ValueError(
+            raise UsageError(
                 f"attn must be 'bbcc' (bidirectional embedding) or 'cccc' (causal), got {attn!r}"
             )
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
@@ -176,12 +180,9 @@ class GritLM:
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings default to the dir's grit_config.json."""
-        from grit_jax import convert, hf
-        from grit_jax.data.tokenizer import Tokenizer
-
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
             )
         hint = None
@@ -190,16 +191,16 @@ class GritLM:
         ):
             cfg = ModelConfig.from_hf_json(path, dtype=dtype)
             params, search = hf.read_hf_params(path, cfg), [path]
-            settings = convert.grit_settings(None)
-            settings.update(_read_json(os.path.join(path, convert.GRIT_CONFIG)))
+            settings = grit_settings(None)
+            settings.update(_read_json(os.path.join(path, GRIT_CONFIG)))
         else:
-            source = convert.resolve_checkpoint(path, step)
+            source = resolve_checkpoint(path, step)
             source.config = cfg = source.config.replace(dtype=dtype)
-            params, search = dict(convert.iter_checkpoint_params(source)), source.search_dirs
-            settings, hint = convert.grit_settings(source), source.tokenizer_file
-        tokenizer = tokenizer or Tokenizer(convert.find_tokenizer(search, hint=hint))
+            params, search = dict(iter_checkpoint_params(source)), source.search_dirs
+            settings, hint = grit_settings(source), source.tokenizer_file
+        tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
         if isinstance(tokenizer, str):
-            tokenizer = Tokenizer(convert.find_tokenizer([], tokenizer))
+            tokenizer = Tokenizer(find_tokenizer([], tokenizer))
         model = nnx.eval_shape(
             lambda: Transformer(cfg.replace(param_dtype=_param_dtype(params)), rngs=nnx.Rngs(0))
         )
@@ -237,13 +238,13 @@ class GritLM:
         Texts are `instruction + sentence + embed_eos`, BOS first, cut to max_length, right-padded.
         """
         if self.mode == "generative":
-            raise ValueError(
+            raise UsageError(
                 "encode needs mode='unified' or 'embedding' (this GritLM was loaded as 'generative')"
             )
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         if get_cache and len(sentences) > batch_size:
-            raise ValueError("get_cache=True encodes one batch only: pass at most batch_size sentences")
+            raise UsageError("get_cache=True encodes one batch only: pass at most batch_size sentences")
         skip = 0
         if instruction and not embed_instruction and "mean" in self.pooling_method:
             skip = len(self.tokenize(instruction, add_special_tokens, max_length))
@@ -310,7 +311,7 @@ class GritLM:
             elif m["role"] == "assistant":
                 ids += self.tokenizer.encode(m["content"].strip()) + [self.tokenizer.eos_id]
             else:
-                raise ValueError(f"message {i}: role must be 'user' or 'assistant', got {m['role']!r}")
+                raise UsageError(f"message {i}: role must be 'user' or 'assistant', got {m['role']!r}")
         return ids
 
     def rag_prompt(self, query: str, template: str = PROMPT_DOC_CACHING) -> list[int]:
@@ -344,7 +345,7 @@ class GritLM:
         stops at EOS (included in the output) or after max_new_tokens.
         """
         if self.mode == "embedding":
-            raise ValueError(
+            raise UsageError(
                 "generate needs mode='unified' or 'generative' (this GritLM was loaded as 'embedding')"
             )
         single = _is_single_prompt(inputs)

@@ -1,4 +1,4 @@
-"""Attention masks: the one place that decides who attends to whom (DESIGN decision 2).
+"""Attention masks: the one place that decides who attends to whom (training, evaluation, inference).
 
 The model takes a boolean mask [B, T, S] (True = query t may attend to key s) and never decides for
 itself, so one set of parameters runs bidirectionally for embeddings and causally for generation.

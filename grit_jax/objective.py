@@ -3,9 +3,10 @@
 Legend: B queries, G passages per query (train_group_size), T length, D model dim, P projection dim,
 V vocab, C chunk (sequences per encoding chunk), W data-parallel size (batch shards).
 
-Every loss is written on global arrays (DESIGN decision 4): under ``jax.jit`` with batch-sharded
+Every loss is written on global arrays: under ``jax.jit`` with batch-sharded
 inputs, ``q @ p.T`` compares each query with every passage of every shard and XLA inserts the
-collectives. Pooling and similarities run in float32 whatever the compute dtype.
+collectives. Pooling and similarities run in float32 whatever the compute dtype. The objective's
+fields and batch sizes were checked once, by grit_jax.config.validate_config.
 """
 
 from __future__ import annotations
@@ -18,13 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grit_jax import masks, sharding
+from grit_jax.choices import ATTENTIONS
 from grit_jax.model import load_balancing_loss
-
-POOLINGS = ("mean", "weightedmean", "lasttoken", "cls")
-MODES = ("unified", "embedding", "generative")
-ATTENTIONS = {"bbcc": "bidirectional", "cccc": "causal"}  # attention of the embedding pass
-LOSS_GEN_TYPES = ("mixed", "token")
-
 
 # ----------------------------------------------------------------------------- pooling
 
@@ -42,8 +38,6 @@ def pool(hidden, mask, instruction_len, method="mean", normalize=True):
     ``weightedmean`` weighs kept positions 1, 2, 3, ...; ``lasttoken`` takes the last kept position.
     A sequence with no kept token pools to zeros (the reference would divide by zero).
     """
-    if method not in POOLINGS:
-        raise ValueError(f"objective.pooling must be one of {POOLINGS}, got {method!r}")
     hidden = hidden.astype(jnp.float32)
     keep = pooling_mask(mask, instruction_len).astype(jnp.float32)  # B,T
     if method == "cls":
@@ -109,9 +103,7 @@ def generative_normalizer(loss_mask, loss_gen_type):
     """
     if loss_gen_type == "mixed":
         return jnp.maximum(jnp.sum(loss_mask[:, 1:].astype(jnp.float32)), 1.0)
-    if loss_gen_type == "token":
-        return jnp.asarray(loss_mask.shape[0], jnp.float32)
-    raise ValueError(f"objective.loss_gen_type must be one of {LOSS_GEN_TYPES}, got {loss_gen_type!r}")
+    return jnp.asarray(loss_mask.shape[0], jnp.float32)  # token
 
 
 def scale_gradient(x, factor):
@@ -140,7 +132,7 @@ def _unchunked(a):
 
 
 def map_chunks(fn, inputs, chunk_size):
-    """fn over row chunks of ``inputs`` with each chunk rematerialised (GradCache, DESIGN decision 5).
+    """fn over row chunks of ``inputs`` with each chunk rematerialised (GradCache).
 
     The forward keeps only fn's (small) outputs; the backward re-runs one chunk at a time, so memory
     is bounded by the chunk while values and gradients equal the unchunked ones. chunk_size 0 = one pass.
@@ -148,10 +140,6 @@ def map_chunks(fn, inputs, chunk_size):
     n = jax.tree.leaves(inputs)[0].shape[0]
     if not chunk_size or chunk_size >= n:
         return fn(inputs)
-    if n % chunk_size:
-        raise ValueError(
-            f"objective.embedding_chunk_size={chunk_size} does not divide a batch of {n} sequences"
-        )
     out = jax.lax.map(jax.checkpoint(fn), _chunked(inputs, n // chunk_size))
     return jax.tree.map(_unchunked, out)
 
@@ -209,11 +197,6 @@ def generative_loss(graphdef, params, batch, objective):
     if steps == 1:
         total, aux = micro(rows)
     else:
-        if tokens.shape[0] % steps:
-            raise ValueError(
-                f"generative_accumulation_steps={steps} does not divide a generative batch of "
-                f"{tokens.shape[0]}"
-            )
         totals, auxes = jax.lax.map(jax.checkpoint(micro), _chunked(rows, steps))
         total, aux = jnp.sum(totals), jnp.mean(auxes)
     loss_gen = objective.loss_gen_factor * total / normalizer
@@ -237,7 +220,5 @@ def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, data_paral
     if objective.mode in ("unified", "generative"):
         gen, m = generative_loss(graphdef, params, batch, objective)
         loss, metrics = loss + gen, {**metrics, **m}
-    if objective.mode not in MODES:
-        raise ValueError(f"objective.mode must be one of {MODES}, got {objective.mode!r}")
     metrics["loss"] = loss
     return loss, metrics

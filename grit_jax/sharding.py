@@ -1,15 +1,15 @@
 """The device mesh and the one table that places logical axes on it.
 
-Mesh axes are ``data, fsdp, tensor, expert`` (DESIGN decision 6). Every parameter carries logical
-axis names in its ``out_sharding`` metadata (CONTRACTS.md); activations are constrained at block
-boundaries with ``constrain(x, ("batch", "length", "act_embed"))``. ``LOGICAL_AXIS_RULES`` maps each
-logical name to the mesh axes it is split over.
+Mesh axes are ``data, fsdp, tensor, expert`` (grit_jax.choices.MESH_AXES). Every parameter carries
+logical axis names in its ``out_sharding`` metadata (grit_jax/model/layers.py); activations are
+constrained at block boundaries with ``constrain(x, ("batch", "length", "act_embed"))``.
+``LOGICAL_AXIS_RULES`` maps each logical name to the mesh axes it is split over.
 
 Divisibility policy: when a dimension's size is not divisible by the product of the mesh axes its
 rule names, trailing mesh axes are dropped from that dimension until it divides (down to full
 replication). Example: Mistral's 8 key/value heads on a 16-way ``tensor`` axis are replicated. This
 keeps every configuration runnable; the cost is memory, which the AOT compile reports. Parameters
-whose logical names are missing from the table are an error (``UnplacedParameterError``).
+whose logical names are missing from the table are an error that names them.
 
 ``constrain`` is active inside ``use_mesh(mesh)`` (the train step traces under it; it works inside
 ``jax.jit``) or ``jax.set_mesh(mesh)``, and is a no-op when no mesh is set, so the model runs
@@ -26,9 +26,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+from grit_jax.choices import BATCH_AXES, MESH_AXES
+from grit_jax.errors import UsageError
 
 # logical name -> mesh axes (a tuple; () = replicated). One table for parameters and activations.
 LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
@@ -44,22 +47,10 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "experts": ("expert",),
     "experts_router": (),
     # activations: the batch is split over every axis that does not split the model's features
-    "batch": ("data", "fsdp", "expert"),
+    "batch": BATCH_AXES,
     "length": (),
     "act_embed": (),
 }
-
-# Mesh axes that split the batch; their product is the data-parallel size W.
-BATCH_AXES = LOGICAL_AXIS_RULES["batch"]
-
-
-class UnplacedParameterError(ValueError):
-    """A parameter has no logical axis names, or names the rules table does not know."""
-
-
-class MeshConfigError(ValueError):
-    """The mesh asked for does not fit the devices."""
-
 
 # ----------------------------------------------------------------------------- mesh
 
@@ -70,20 +61,20 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, .
     unknown = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
     bad = [f"mesh.{a}={s}" for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
     if bad:
-        raise MeshConfigError(f"mesh sizes must be positive or -1, got {', '.join(bad)}")
+        raise UsageError(f"mesh sizes must be positive or -1, got {', '.join(bad)}")
     if len(unknown) > 1:
-        raise MeshConfigError(f"at most one mesh axis may be -1, got {unknown}; set all but one explicitly")
+        raise UsageError(f"at most one mesh axis may be -1, got {unknown}; set all but one explicitly")
     known = math.prod(s for s in sizes if s != -1)
     if unknown:
         if num_devices % known:
-            raise MeshConfigError(
+            raise UsageError(
                 f"{num_devices} devices are not divisible by the fixed mesh axes "
                 f"({dict(zip(MESH_AXES, sizes))}, product {known}); change the mesh sizes"
             )
         sizes[MESH_AXES.index(unknown[0])] = num_devices // known
     total = math.prod(sizes)
     if total > num_devices:
-        raise MeshConfigError(
+        raise UsageError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {total} devices but only {num_devices} are "
             f"available; shrink mesh.data/fsdp/tensor/expert (or set one to -1)"
         )
@@ -100,19 +91,10 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = No
     shape = mesh_shape(mesh_config, len(devices))
     devices = devices[: math.prod(shape)]
     try:
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # topologies mesh_utils cannot lay out physically: plain order
         grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def data_parallel_size(mesh: Mesh | None) -> int:
-    """W: the number of batch shards (product of the mesh axes that split the batch)."""
-    if mesh is None:
-        return 1
-    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
 
 
 # ----------------------------------------------------------------------------- logical -> spec
@@ -134,7 +116,7 @@ def logical_to_spec(
             spec.append(None)
             continue
         if name not in LOGICAL_AXIS_RULES:
-            raise UnplacedParameterError(
+            raise UsageError(
                 f"{what}: logical axis {name!r} has no rule in grit_jax.sharding.LOGICAL_AXIS_RULES "
                 f"(known: {sorted(LOGICAL_AXIS_RULES)})"
             )
@@ -198,10 +180,8 @@ def param_specs(state, mesh: Mesh):
 
     Scalars may go without names (replicated); every other variable needs one logical name per
     dimension (``out_sharding`` metadata) that the rules table knows. Otherwise
-    ``UnplacedParameterError`` lists every such parameter by path.
+    ``UsageError`` lists every such parameter by path.
     """
-    from flax import nnx
-
     sizes = dict(mesh.shape)
     problems, out = [], []
     for path, var in nnx.to_flat_state(state):
@@ -218,7 +198,7 @@ def param_specs(state, mesh: Mesh):
         else:
             out.append((path, var.replace(logical_to_spec(names or (), shape, sizes, what=key))))
     if problems:
-        raise UnplacedParameterError(
+        raise UsageError(
             "parameters the sharding rules do not place (add their logical names to "
             "grit_jax.sharding.LOGICAL_AXIS_RULES or to the parameter's out_sharding):\n  "
             + "\n  ".join(problems)

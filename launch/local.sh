@@ -4,15 +4,16 @@
 #
 #   launch/local.sh N [grit-train arguments...]
 #
-# Environment: PYTHON (default python3), DEVICES_PER_HOST (default 4), LOG_DIR (default workdir/logs;
-# process i writes LOG_DIR/process_i.log, and its lines also go to stdout prefixed "[i] "),
+# Environment: PYTHON (default python3), DEVICES_PER_HOST (default 4), LOG_DIR (default WORKDIR/logs,
+# WORKDIR being the run's --workdir, else ./logs; process i writes LOG_DIR/process_i.log, and its lines
+# also go to stdout prefixed "[i] "),
 # GRIT_COORDINATOR_PORT (default: a free port), GRIT_LOCAL_MODULE (default grit_jax.train),
 # KILL_AFTER (seconds between SIGTERM and SIGKILL when stopping the others, default 30).
 # If one process fails, the others are stopped and the exit status is the first failure's.
 # SIGTERM / SIGINT are forwarded to every process (as a preemption would be).
 set -euo pipefail
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 die() { echo "local.sh: error: $*" >&2; exit 2; }
 
 [[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }
@@ -24,7 +25,16 @@ shift
 PYTHON=${PYTHON:-python3}
 MODULE=${GRIT_LOCAL_MODULE:-grit_jax.train}
 DEVICES_PER_HOST=${DEVICES_PER_HOST:-4}
-LOG_DIR=${LOG_DIR:-workdir/logs}
+# The run's own --workdir (local only: a gs:// work directory keeps its logs here, under ./logs).
+workdir=.
+for ((i = 1; i <= $#; i++)); do
+  case ${!i} in
+    --workdir=*) workdir=${!i#--workdir=} ;;
+    --workdir) j=$((i + 1)); workdir=${!j:-.} ;;
+  esac
+done
+[[ $workdir == *://* ]] && workdir=.
+LOG_DIR=${LOG_DIR:-$workdir/logs}
 KILL_AFTER=${KILL_AFTER:-30}
 [[ $DEVICES_PER_HOST =~ ^[1-9][0-9]*$ ]] || die "DEVICES_PER_HOST must be a positive number"
 [[ $KILL_AFTER =~ ^[0-9]+$ ]] || die "KILL_AFTER must be a number of seconds"

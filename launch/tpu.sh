@@ -11,7 +11,7 @@ commands:
   create   queue a TPU slice (gcloud compute tpus queued-resources create) and wait until ACTIVE
   setup    copy the repository (git archive of --ref, default HEAD) to every worker, pip install -e '.[tpu]'
   run      start grit-train on every worker (GRIT_DISTRIBUTED=1, nohup, output to <dir>/logs/train.log):
-             launch/tpu.sh run -- --config configs/grit.py --workdir gs://bucket/run1
+             launch/tpu.sh run -- --config configs/gritlm.py:7b --workdir gs://bucket/run1
   logs     gather every worker's log into --out (default logs/<name>/<worker>.log); -f follows worker 0
   ssh      ssh to --worker (default 0; or all); arguments after -- are run there as a command
   stop     send SIGTERM to the training run on every worker (it checkpoints and exits);
@@ -202,7 +202,7 @@ cmd_setup() {
 }
 
 cmd_run() {
-  ((${#PASSTHROUGH[@]})) || die "run needs grit-train arguments after --, e.g. -- --config configs/grit.py --workdir gs://bucket/run"
+  ((${#PASSTHROUGH[@]})) || die "run needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
   local env="GRIT_DISTRIBUTED=1" kv
   for kv in "${ENVS[@]}"; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs KEY=VALUE, not '$kv'"

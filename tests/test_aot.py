@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from grit_jax import aot, platforms
+from grit_jax import aot, hardware
+from grit_jax.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(not aot.importlib.util.find_spec("libtpu"), reason="the aot extra (libtpu)")
@@ -41,19 +42,19 @@ def _run(*args, unset_platforms=True):
     ],
 )
 def test_cloud_tpu_names(name, chips, topology):
-    a = aot.parse_accelerator(name)
+    a = hardware.parse_accelerator(name)
     assert (a.chips, a.topology) == (chips, topology)
 
 
 @pytest.mark.parametrize("name", ["v5p-7", "v5e-12", "v7-8", "tpu", "v5e:2x2x2", ""])
 def test_bad_names(name):
-    with pytest.raises(aot.UsageError):
-        aot.parse_accelerator(name)
+    with pytest.raises(UsageError):
+        hardware.parse_accelerator(name)
 
 
 def test_hbm_per_chip():
     gib = 2**30
-    assert [aot.parse_accelerator(n).hbm_bytes // gib for n in ("v4-8", "v5p-8", "v5e-4", "v6e-4")] == [
+    assert [hardware.parse_accelerator(n).hbm_bytes // gib for n in ("v4-8", "v5p-8", "v5e-4", "v6e-4")] == [
         32,
         95,
         16,
@@ -63,8 +64,8 @@ def test_hbm_per_chip():
 
 def test_without_libtpu_says_how_to_install(monkeypatch):
     monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(aot.UsageError, match=r"pip install -e \.\[aot\]"):
-        aot.topology_devices(aot.parse_accelerator("v5e-4"))
+    with pytest.raises(UsageError, match=r"pip install -e \.\[aot\]"):
+        aot.topology_devices(hardware.parse_accelerator("v5e-4"))
 
 
 @needs_libtpu
@@ -83,14 +84,16 @@ def test_tiny_compiles_for_v5e(tmp_path):
 
     import jax
 
-    from grit_jax import flops, step
+    from grit_jax import flops
+    from grit_jax.checkpoint import model_config
+    from grit_jax.state import abstract_model
 
     spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    cfg = step.model_config(config)
-    num_params = sum(x.size for x in jax.tree.leaves(step.abstract_model(config)[1]))
+    cfg = model_config(config)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_model(model_config(config))[1]))
     # data parallel: every chip holds all float32 parameters and Adam's two moments
     assert report["parameter_bytes"] == 4 * num_params
     assert 2 * 4 * num_params <= report["optimizer_bytes"] <= 2 * 4 * num_params + 64
@@ -147,28 +150,28 @@ def test_usage_errors_are_one_line():
 def test_quiet_platform_on_cpu():
     """With libtpu installed and JAX_PLATFORMS unset, a CPU command prints nothing to stderr."""
     code = (
-        "from grit_jax import platforms; p = platforms.quiet_platform(); import jax; "
+        "from grit_jax import hardware; p = hardware.quiet_platform(); import jax; "
         "print(p, jax.devices()[0].platform, 'libtpu' in open('/proc/self/maps').read())"
     )
     r = _run("-c", code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     # on this CPU machine libtpu is never even loaded (loading it is what prints the noise)
-    assert r.stdout.split() == [platforms.default_platforms() or "None", "cpu", str(platforms.has_tpu())]
+    assert r.stdout.split() == [hardware.default_platforms() or "None", "cpu", str(hardware.has_tpu())]
 
 
 def test_quiet_platform_after_jax_import():
     code = (
-        "import jax; from grit_jax import platforms; platforms.quiet_platform(); print(jax.devices()[0].platform, "
+        "import jax; from grit_jax import hardware; hardware.quiet_platform(); print(jax.devices()[0].platform, "
         "'libtpu' in open('/proc/self/maps').read())"
     )
     r = _run("-c", code)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert r.stdout.split() == ["cpu", str(platforms.has_tpu())]
+    assert r.stdout.split() == ["cpu", str(hardware.has_tpu())]
 
 
 def test_quiet_platform_keeps_the_users_choice(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert platforms.quiet_platform() == "cpu"
+    assert hardware.quiet_platform() == "cpu"
 
 
 def test_train_cli_is_quiet_on_cpu(tmp_path):

@@ -7,6 +7,8 @@ fsdp=1; demo/tiny: data=8), so no override is needed.
 
 import glob
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -14,17 +16,19 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from grit_jax import sharding, step
+from grit_jax import sharding
+from grit_jax.checkpoint import model_config
+from grit_jax.config import validate_config
+from grit_jax.state import TrainSetup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
-WITH_MODES = {"configs/gritlm_7b.py", "configs/gritlm_8x7b.py"}
-CASES = [
-    (c, a)
-    for c in CONFIGS
-    for a in ((None, "unified", "embedding", "generative") if c in WITH_MODES else (None,))
+# configs/gritlm.py:VARIANT[,MODE]; the others take no argument.
+RECIPES = [(v, m) for v in ("7b", "8x7b") for m in (None, "unified", "embedding", "generative")]
+CASES = [(c, None) for c in CONFIGS if c != "configs/gritlm.py"] + [
+    ("configs/gritlm.py", v + (f",{m}" if m else "")) for v, m in RECIPES
 ]
-PARAMS = {"configs/gritlm_7b.py": 7.24e9, "configs/gritlm_8x7b.py": 46.7e9}  # Mistral-7B, Mixtral-8x7B
+PARAMS = {"7b": 7.24e9, "8x7b": 46.7e9}  # Mistral-7B, Mixtral-8x7B
 
 
 def parse(path, arg=None):
@@ -36,31 +40,42 @@ def parse(path, arg=None):
 
 
 def test_every_config_is_covered():
-    assert {"configs/demo.py", "configs/tiny.py", "configs/gritlm_7b.py", "configs/gritlm_8x7b.py"} <= set(
-        CONFIGS
-    )
+    assert {"configs/demo.py", "configs/tiny.py", "configs/gritlm.py"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("path, arg", CASES)
 def test_config_builds_abstract_sharded_state(path, arg):
     config = parse(path, arg)
-    if arg:
-        assert config.objective.mode == arg
+    variant, _, mode = (arg or "").partition(",")
+    assert config.objective.mode == (mode or "unified")
     assert jax.device_count() == 8
     mesh = sharding.make_mesh(config.mesh)
-    step.validate_config(config, mesh)
-    state = step.abstract_train_state(config, mesh)
+    validate_config(config, mesh.shape)
+    state = TrainSetup(config, mesh).abstract_state()
     leaves = jax.tree.leaves(state)
     assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # nothing materialised
     assert all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh for x in leaves)
     params = jax.tree.leaves(state.params)
     count = sum(int(np.prod(x.shape)) for x in params)
-    assert count == step.model_config(config).num_params()
-    if path in PARAMS:
-        assert abs(count / PARAMS[path] - 1) < 0.01, count
+    assert count == model_config(config).num_params()
+    if variant in PARAMS:
+        assert abs(count / PARAMS[variant] - 1) < 0.01, count
         # the weights are split over the 8 devices (7B: FSDP; 8x7B: experts), not replicated
         per_device = sum(int(np.prod(x.sharding.shard_shape(x.shape))) for x in params)
         assert per_device < count / 4, (per_device, count)
+
+
+def test_config_files_do_not_import_jax():
+    """A config file loads in a fresh interpreter without jax (or flax, optax)."""
+    code = (
+        "import sys; from ml_collections import config_flags; "
+        "sys.argv = ['x', '--config=configs/gritlm.py:8x7b,embedding']; from absl import flags; "
+        "c = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv); c.value.get('mesh'); "
+        "print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]"]
 
 
 def test_configs_are_locked():

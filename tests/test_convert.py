@@ -3,6 +3,7 @@ bad inputs fail with errors that name the path."""
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -12,9 +13,14 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import GritLM, convert
-from grit_jax.hf import SafetensorsDir
+from grit_jax import GritLM, convert, sharding
+from grit_jax.checkpoint import Checkpoints, load_params_from_checkpoint, model_config
+from grit_jax.config import base_config
+from grit_jax.errors import CheckpointError
+from grit_jax.model_files import GRIT_CONFIG
 from grit_jax.masks import make_attn_mask
+from grit_jax.safetensors_io import SafetensorsDir
+from grit_jax.state import TrainSetup, abstract_model
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 
@@ -60,13 +66,13 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     index = json.load(open(back / "model.safetensors.index.json"))
     assert len(set(index["weight_map"].values())) > 1
     assert (back / "tokenizer.model").read_bytes() == open(tokenizer_model, "rb").read()
-    grit = json.load(open(back / convert.GRIT_CONFIG))
+    grit = json.load(open(back / GRIT_CONFIG))
     assert grit["pooling_method"] == "mean" and grit["attn"] == "bbcc" and grit["normalized"] is True
     hf_config = json.load(open(back / "config.json"))
     assert hf_config["architectures"] == [reference.config.architectures[0]]
     # The orbax checkpoint is also what GritLM and the loader read, and orbax itself reads it back exactly
     # (grit-convert writes orbax's layout slice by slice with tensorstore: an orbax upgrade must not break it).
-    flat = convert.load_params_from_checkpoint(str(tmp_path / "ckpt"))
+    flat = load_params_from_checkpoint(str(tmp_path / "ckpt"))
     assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
     import orbax.checkpoint as ocp
 
@@ -86,14 +92,11 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
 
 def make_training_checkpoint(workdir, tokenizer_model, step=3):
     """What grit_jax.train leaves behind: workdir/config.json and Checkpoints(workdir) step dirs."""
-    from grit_jax import checkpoint, sharding
-    from grit_jax import step as step_lib
-
-    config = step_lib.default_train_config()
+    config = base_config()
     config.data.tokenizer = tokenizer_model
     config.model.preset = "tiny"
     mesh = sharding.make_mesh(config.mesh)
-    state = step_lib.create_train_state(config, mesh)
+    state = TrainSetup(config, mesh).create_state()
     # Make the weights differ from a fresh init and the norms from one.
     state = state.replace(
         params=jax.tree.map(lambda p: p + 0.05 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), state.params)
@@ -101,7 +104,7 @@ def make_training_checkpoint(workdir, tokenizer_model, step=3):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
-    ckpt = checkpoint.Checkpoints(workdir, keep=3, async_save=False)
+    ckpt = Checkpoints(workdir, keep=3, async_save=False)
     ckpt.save(step, state, {"position": 0}, force=True)
     ckpt.close()
     return config, state
@@ -110,15 +113,13 @@ def make_training_checkpoint(workdir, tokenizer_model, step=3):
 def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     from transformers import AutoModelForCausalLM
 
-    from grit_jax import step as step_lib
-
     workdir = str(tmp_path / "run")
     config, state = make_training_checkpoint(workdir, tokenizer_model)
     out = str(tmp_path / "hf")
     convert.run(["orbax-to-hf", "--ckpt", workdir, "--out", out])  # the work dir: its latest step
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
     reference = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    graphdef, _ = step_lib.abstract_model(config)
+    graphdef, _ = abstract_model(model_config(config))
     model = nnx.merge(graphdef, jax.device_get(state.params))
     tokens = np.random.default_rng(0).integers(3, 400, (2, 10)).astype(np.int32)
     mask = make_attn_mask(np.ones((2, 10), bool), "causal")
@@ -131,29 +132,33 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     b = GritLM.from_pretrained(out).encode(["hello world", "a b c"], instruction="<|embed|>\n")
     np.testing.assert_allclose(a, b, atol=1e-6)
     step_dir = os.path.join(workdir, "checkpoints", "3")
-    flat = convert.load_params_from_checkpoint(
-        step_dir, step_lib.model_config(config).replace(param_dtype="bfloat16")
+    flat = load_params_from_checkpoint(
+        step_dir, model_config(config).replace(param_dtype="bfloat16")
     )
     assert str(flat["norm.scale"].dtype) == "bfloat16"
 
 
-def test_errors_name_the_path(tmp_path, tokenizer_model):
+def _fails(capsys, argv, pattern):
+    """grit-convert ends with status 1 and one line `grit-convert: error: ...` matching pattern."""
+    assert convert.run(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("grit-convert: error: "), lines
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_errors_name_the_path(tmp_path, tokenizer_model, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SystemExit, match=f"{empty}: not a checkpoint"):
-        convert.run(["orbax-to-hf", "--ckpt", str(empty), "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match=f"{tmp_path / 'nowhere'}: no such directory"):
-        convert.run(["hf-to-orbax", "--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
+    _fails(capsys, ["orbax-to-hf", "--ckpt", str(empty), "--out", str(tmp_path / "x")], f"{empty}: not a checkpoint")
+    _fails(capsys, ["hf-to-orbax", "--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")], f"{tmp_path / 'nowhere'}: no such directory")
     _, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model)
     llama = tmp_path / "llama"
     shutil.copytree(hf_dir, llama)
     cfg = json.load(open(llama / "config.json"))
     cfg.update(architectures=["LlamaForCausalLM"], model_type="llama")
     json.dump(cfg, open(llama / "config.json", "w"))
-    with pytest.raises(SystemExit, match=f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM"):
-        convert.run(["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")])
+    _fails(capsys, ["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")], f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM")
     os.remove(os.path.join(hf_dir, "tokenizer.model"))
-    with pytest.raises(SystemExit, match=f"no tokenizer: {os.path.join(hf_dir, 'tokenizer.model')}"):
-        convert.run(["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "w")])
-    with pytest.raises(FileNotFoundError, match=f"{os.path.join(hf_dir, 'tokenizer.model')}"):
+    _fails(capsys, ["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "w")], f"no tokenizer: {os.path.join(hf_dir, 'tokenizer.model')}")
+    with pytest.raises(CheckpointError, match=f"{os.path.join(hf_dir, 'tokenizer.model')}"):
         GritLM.from_pretrained(hf_dir)

@@ -4,6 +4,7 @@ import pytest
 
 from grit_jax.data import format as fmt
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
+from grit_jax.errors import DataError
 
 TEXTS = [
     "Retrieve the documentation of a Python function.\nReturn a list of lines.",
@@ -53,9 +54,9 @@ def test_truncation_and_character_cut(tok):
 
 
 def test_nothing_left_to_embed_and_empty_text(tok):
-    with pytest.raises(fmt.FormatError, match="nothing left to embed"):
+    with pytest.raises(DataError, match="nothing left to embed"):
         fmt.encode_embedding(tok, ["a very long instruction that fills everything", "text"], 8)
-    with pytest.raises(fmt.FormatError, match="empty text"):
+    with pytest.raises(DataError, match="empty text"):
         fmt.encode_embedding(tok, ["instruction", "  \n"], 64)
 
 
@@ -102,5 +103,5 @@ def test_plain_text_trained_whole_and_truncated(tok):
 
 @pytest.mark.parametrize("turns", [["only a user turn"], [], ["q", "  "], ["", "a"]])
 def test_bad_chats(tok, turns):
-    with pytest.raises(fmt.FormatError):
+    with pytest.raises(DataError):
         fmt.encode_chat(tok, turns, 64)

@@ -5,14 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from grit_jax import data
+from grit_jax.config import base_config
 from grit_jax.data import demo, pipeline, sources
+from grit_jax.errors import DataError, UsageError
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     out = demo.prepare_demo_data(str(tmp_path_factory.mktemp("demo")), vocab_size=512)
-    cfg = data.default_data_config()
+    cfg = base_config().data
     cfg.update(
         data_dir=out["data_dir"],
         embedding_batch_size=8,
@@ -36,7 +37,7 @@ def _equal(a, b):
 
 
 def test_batch_contract(config):
-    batch = next(data.make_train_iterator(config))
+    batch = next(pipeline.make_train_iterator(config))
     B, G, Bg = 8, 3, 4
     expected = {
         "query_tokens": (np.int32, (B, 64)),
@@ -52,7 +53,7 @@ def test_batch_contract(config):
     assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {
         k: (np.dtype(d), s) for k, (d, s) in expected.items()
     }
-    tok = data.load_tokenizer(config)
+    tok = pipeline.load_tokenizer(config)
     for tokens, mask, n in (
         (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]),
         (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]),
@@ -71,7 +72,7 @@ def test_batch_contract(config):
 def test_positive_first_and_negatives_from_the_query_record(config):
     cfg = config.copy_and_resolve_references()
     cfg.update(shuffle=False, train_group_size=4)
-    batch = next(data.make_train_iterator(cfg, mode="embedding"))
+    batch = next(pipeline.make_train_iterator(cfg, mode="embedding"))
     manifest = sources.read_manifest(cfg.data_dir)
     source = sources.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
     for i in range(8):  # unshuffled: query i is record i of the first source
@@ -110,14 +111,14 @@ def test_epoch_plan_single_source_batches():
 
 
 def test_demo_batches_come_from_one_source(config):
-    it = data.make_train_iterator(config, mode="embedding")
+    it = pipeline.make_train_iterator(config, mode="embedding")
     sizes = it.batches.embedding_sizes
     plan = it.batches._plan(0)
     assert sum(len(set(b[:, 0])) > 1 for b in plan) <= sum(s % 8 for s in sizes) // 8
 
 
 def test_unique_indices_cover_the_generative_set(config):
-    it = data.make_train_iterator(config, mode="generative")
+    it = pipeline.make_train_iterator(config, mode="generative")
     total = int(it.batches.gen_offsets[-1])
     steps = total // 4
     seen = [it.batches.generative_index(s, r) for s in range(steps) for r in range(4)]
@@ -125,31 +126,31 @@ def test_unique_indices_cover_the_generative_set(config):
 
 
 def test_two_runs_identical_and_seed_matters(config):
-    a = _take(data.make_train_iterator(config), 3)
-    b = _take(data.make_train_iterator(config), 3)
+    a = _take(pipeline.make_train_iterator(config), 3)
+    b = _take(pipeline.make_train_iterator(config), 3)
     assert _equal(a, b)
     other = config.copy_and_resolve_references()
     other.seed = 1
-    assert not _equal(a, _take(data.make_train_iterator(other), 3))
+    assert not _equal(a, _take(pipeline.make_train_iterator(other), 3))
 
 
 def test_restored_state_continues_with_the_next_batch(config):
-    it = data.make_train_iterator(config)
+    it = pipeline.make_train_iterator(config)
     _take(it, 2)
     state = json.loads(json.dumps(it.get_state()))
     expected = _take(it, 2)
-    fresh = data.make_train_iterator(config)
+    fresh = pipeline.make_train_iterator(config)
     fresh.set_state(state)
     assert _equal(_take(fresh, 2), expected)
     other = config.copy_and_resolve_references()
     other.train_group_size = 2
-    with pytest.raises(ValueError, match="another data config"):
-        data.make_train_iterator(other).set_state(state)
+    with pytest.raises(UsageError, match="another data config"):
+        pipeline.make_train_iterator(other).set_state(state)
 
 
 def test_two_hosts_split_the_global_batch(config):
-    whole = _take(data.make_train_iterator(config, process_index=0, process_count=1), 2)
-    hosts = [_take(data.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)]
+    whole = _take(pipeline.make_train_iterator(config, process_index=0, process_count=1), 2)
+    hosts = [_take(pipeline.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)]
     for step in range(2):
         for key, value in whole[step].items():
             joined = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
@@ -161,22 +162,22 @@ def test_two_hosts_split_the_global_batch(config):
 def test_limits_and_divisibility_are_checked(config):
     too_long = config.copy_and_resolve_references()
     too_long.passage_max_len = 4096
-    with pytest.raises(sources.DataError, match="passage_max_len"):
-        data.make_train_iterator(too_long)
+    with pytest.raises(DataError, match="passage_max_len"):
+        pipeline.make_train_iterator(too_long)
     short = config.copy_and_resolve_references()
     short.query_max_len = 4
-    with pytest.raises(sources.DataError, match="query_max_len=4 leaves nothing to embed"):
-        data.make_train_iterator(short)
-    with pytest.raises(ValueError, match="divisible"):
-        data.make_train_iterator(config, process_count=3)
+    with pytest.raises(DataError, match="query_max_len=4 leaves nothing to embed"):
+        pipeline.make_train_iterator(short)
+    with pytest.raises(UsageError, match="divisible"):
+        pipeline.make_train_iterator(config, process_count=3)
 
 
 def test_eval_data(config):
-    retrieval = data.eval_retrieval_arrays(config)
+    retrieval = pipeline.eval_retrieval_arrays(config)
     assert retrieval["query_tokens"].shape[1] == 64 and retrieval["passage_tokens"].shape[1] == 128
     assert retrieval["relevant"].shape == (len(retrieval["query_tokens"]), len(retrieval["passage_tokens"]))
     assert (retrieval["relevant"].sum(1) == 1).all()
-    batches = data.eval_generative_batches(config)
+    batches = pipeline.eval_generative_batches(config)
     assert batches and all(b["gen_tokens"].shape == (4, 128) for b in batches)
 
 

@@ -8,6 +8,7 @@ import pytest
 from grit_jax.data import sources
 from grit_jax.data.__main__ import run
 from grit_jax.data.tokenizer import train_tokenizer
+from grit_jax.errors import DataError
 
 GOOD = {
     "query": ["Retrieve docs", "json.dumps"],
@@ -43,7 +44,7 @@ BAD_LINES = [
 @pytest.mark.parametrize("line,message", BAD_LINES)
 def test_bad_record_stops_with_file_and_line(tmp_path, tok, line, message):
     path = _write(tmp_path / "e.jsonl", [GOOD, GOOD, line, GOOD])
-    with pytest.raises(sources.DataError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         sources.prepare(str(tmp_path / "out"), tok, [path], query_max_len=16)
     assert f"{path}:3:" in str(error.value)
 
@@ -53,7 +54,7 @@ def test_bad_generative_records(tmp_path, tok):
         tmp_path / "g.jsonl",
         [{"text": "ok"}, {"text": ["user only"]}, {"txt": "x"}, {"text": 5}, {"text": ""}],
     )
-    with pytest.raises(sources.DataError) as error:
+    with pytest.raises(DataError) as error:
         sources.prepare(str(tmp_path / "out"), tok, generative=[path])
     for line in (2, 3, 4, 5):
         assert f"{path}:{line}:" in str(error.value)
@@ -118,5 +119,5 @@ def test_build_stores_tokens_and_is_reused(tmp_path, tok):
 
 
 def test_missing_path_is_an_error(tmp_path, tok):
-    with pytest.raises(sources.DataError, match="no such file"):
+    with pytest.raises(DataError, match="no such file"):
         sources.prepare(str(tmp_path / "out"), tok, [str(tmp_path / "nope.jsonl")])

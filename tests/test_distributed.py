@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from grit_jax import distributed
+from grit_jax.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,11 +164,11 @@ def test_tpu_pod_initializes_without_arguments(calls, monkeypatch):
 
 def test_local_cluster_arguments_and_errors(calls, monkeypatch):
     monkeypatch.setenv("GRIT_NUM_PROCESSES", "3")
-    with pytest.raises(ValueError, match="GRIT_PROCESS_ID and GRIT_COORDINATOR"):
+    with pytest.raises(UsageError, match="GRIT_PROCESS_ID and GRIT_COORDINATOR"):
         distributed.initialize_from_env()
     monkeypatch.setenv("GRIT_PROCESS_ID", "3")
     monkeypatch.setenv("GRIT_COORDINATOR", "localhost:1234")
-    with pytest.raises(ValueError, match="not in"):
+    with pytest.raises(UsageError, match="not in"):
         distributed.initialize_from_env()
     monkeypatch.setenv("GRIT_PROCESS_ID", "2")
     distributed.initialize_from_env()

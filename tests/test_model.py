@@ -10,6 +10,7 @@ import torch
 from flax import nnx
 
 import grit_jax
+from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
 from grit_jax.model import ModelConfig, Transformer, load_balancing_loss
 from tests.hf_reference import additive_mask, make_torch_model, save
@@ -174,15 +175,13 @@ def _config_dir(tmp_path, **changes):
 )
 def test_bad_config_json(tmp_path, changes, message):
     path = _config_dir(tmp_path, **changes)
-    with pytest.raises(grit_jax.model.ConfigError, match=message) as err:
+    with pytest.raises(CheckpointError, match=message) as err:
         grit_jax.from_hf(str(path))
     assert "config.json" in str(err.value)
 
 
 def test_missing_and_misshaped_tensors(tmp_path):
     from safetensors.numpy import load_file, save_file
-
-    from grit_jax.hf import CheckpointError
 
     path = save(make_torch_model("mistral"), tmp_path)
     file = tmp_path / "model.safetensors"

@@ -7,11 +7,15 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import masks, objective, sharding, step
+from grit_jax import masks, objective, sharding
+from grit_jax.checkpoint import model_config
+from grit_jax.config import base_config
+from grit_jax.data.synthetic import synthetic_batch
+from grit_jax.state import TrainSetup, abstract_model
 
 
 def tiny_config(**objective_overrides):
-    c = step.default_train_config()
+    c = base_config()
     c.data.update(
         embedding_batch_size=8,
         generative_batch_size=4,
@@ -28,9 +32,9 @@ def tiny_config(**objective_overrides):
 def setup():
     c = tiny_config()
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
-    state = step.create_train_state(c, mesh)
-    graphdef, _ = step.abstract_model(c)
-    batch = {k: jnp.asarray(v) for k, v in step.synthetic_batch(c, seed=1).items()}
+    state = TrainSetup(c, mesh).create_state()
+    graphdef, _ = abstract_model(model_config(c))
+    batch = {k: jnp.asarray(v) for k, v in synthetic_batch(c, seed=1).items()}
     return c, state, graphdef, batch
 
 
@@ -211,9 +215,9 @@ def test_reference_gradient_scale_is_one_over_w_of_the_embedding_gradient():
     """Same loss value; gradient exact / W. Differentiated w.r.t. the projection only (a small backward)."""
     c = tiny_config(mode="embedding", projection_dim=8)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
-    state = step.create_train_state(c, mesh)
-    graphdef, _ = step.abstract_model(c)
-    batch = {k: jnp.asarray(v) for k, v in step.synthetic_batch(c, seed=2).items()}
+    state = TrainSetup(c, mesh).create_state()
+    graphdef, _ = abstract_model(model_config(c))
+    batch = {k: jnp.asarray(v) for k, v in synthetic_batch(c, seed=2).items()}
     reference = tiny_config(mode="embedding", projection_dim=8, reference_gradient_scale=True)
 
     @jax.jit

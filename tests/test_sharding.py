@@ -7,28 +7,32 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from grit_jax import sharding, step
+from grit_jax import sharding
+from grit_jax.checkpoint import model_config
+from grit_jax.config import base_config, data_parallel_size
+from grit_jax.errors import UsageError
+from grit_jax.state import TrainSetup, abstract_model
 
 
 def test_mesh_resolves_minus_one_and_checks_the_device_count():
     assert sharding.mesh_shape(dict(data=-1, fsdp=2, tensor=1, expert=1), 8) == (4, 2, 1, 1)
     mesh = sharding.make_mesh(dict(data=2, fsdp=-1, tensor=1, expert=1))
     assert dict(mesh.shape) == dict(data=2, fsdp=4, tensor=1, expert=1)
-    assert sharding.data_parallel_size(mesh) == 8
+    assert data_parallel_size(mesh.shape) == 8
     assert sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=1)).devices.size == 1
-    with pytest.raises(sharding.MeshConfigError, match="at most one mesh axis may be -1"):
+    with pytest.raises(UsageError, match="at most one mesh axis may be -1"):
         sharding.mesh_shape(dict(data=-1, fsdp=-1), 8)
-    with pytest.raises(sharding.MeshConfigError, match="not divisible"):
+    with pytest.raises(UsageError, match="not divisible"):
         sharding.mesh_shape(dict(data=-1, fsdp=3), 8)
-    with pytest.raises(sharding.MeshConfigError, match="needs 16 devices but only 8 are available"):
+    with pytest.raises(UsageError, match="needs 16 devices but only 8 are available"):
         sharding.make_mesh(dict(data=2, fsdp=8))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
 def test_rules_place_every_parameter(preset):
-    c = step.default_train_config()
+    c = base_config()
     c.model.preset = preset
-    _, abstract = step.abstract_model(c)
+    _, abstract = abstract_model(model_config(c))
     mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=2, expert=2))
     specs = nnx.to_flat_state(sharding.param_specs(abstract, mesh))
     specs = {".".join(map(str, k)): v.get_value() for k, v in specs}
@@ -47,7 +51,7 @@ def test_unplaced_parameters_are_named_and_indivisible_dims_are_replicated():
 
     mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=4, expert=1))
     state = nnx.state(Odd())
-    with pytest.raises(sharding.UnplacedParameterError) as err:
+    with pytest.raises(UsageError) as err:
         sharding.param_specs(state, mesh)
     assert "unknown (4,): logical names ['widgets']" in str(err.value)
     assert "bare (4, 4): no logical axis names" in str(err.value)
@@ -70,11 +74,11 @@ def test_constrain_is_a_no_op_without_a_mesh_and_shards_under_one():
 
 
 def test_train_state_is_created_sharded_and_matches_its_abstract_form():
-    c = step.default_train_config()
+    c = base_config()
     c.objective.projection_dim = 8
     mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, expert=1))
-    abstract = step.abstract_train_state(c, mesh)
-    state = step.create_train_state(c, mesh)
+    abstract = TrainSetup(c, mesh).abstract_state()
+    state = TrainSetup(c, mesh).create_state()
     assert jax.tree.structure(abstract) == jax.tree.structure(state)
     for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
         assert a.shape == s.shape and a.dtype == s.dtype and a.sharding == s.sharding
@@ -87,6 +91,6 @@ def test_train_state_is_created_sharded_and_matches_its_abstract_form():
     assert mu.sharding == embedding.sharding
     # Starting from given weights (a converted HF checkpoint): the values are kept, placed on the mesh.
     given = jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
-    restarted = step.create_train_state(c, mesh, params=given)
+    restarted = TrainSetup(c, mesh).create_state(given)
     np.testing.assert_array_equal(restarted.params["norm"]["scale"][...], given["norm"]["scale"])
     assert restarted.params["embed_tokens"]["embedding"][...].sharding == embedding.sharding

@@ -7,6 +7,11 @@ import pytest
 from flax import nnx
 
 from grit_jax import masks, objective, sharding, step
+from grit_jax.checkpoint import model_config
+from grit_jax.config import base_config
+from grit_jax.data.synthetic import synthetic_batch
+from grit_jax.errors import UsageError
+from grit_jax.state import TrainSetup, abstract_model
 
 MESHES = {
     "1 device": dict(data=1, fsdp=1, tensor=1, expert=1),
@@ -16,7 +21,7 @@ MESHES = {
 
 
 def tiny_config(**objective_overrides):
-    c = step.default_train_config()
+    c = base_config()
     c.data.update(
         embedding_batch_size=16,
         generative_batch_size=8,
@@ -40,14 +45,14 @@ def close(a, b, rtol=2e-5, atol=2e-5):
 def per_mesh():
     """Loss, metrics and gradients of one global batch on each mesh, from the same initial state."""
     c = tiny_config()
-    host_batch = step.synthetic_batch(c, seed=3)
-    state = step.create_train_state(c, sharding.make_mesh(MESHES["1 device"]))
+    host_batch = synthetic_batch(c, seed=3)
+    state = TrainSetup(c, sharding.make_mesh(MESHES["1 device"])).create_state()
     results = {}
     for name, axes in MESHES.items():
-        mesh = sharding.make_mesh(axes)
-        placed = jax.device_put(state, step.train_state_shardings(c, mesh))
-        (loss, metrics), grads = step.make_loss_and_grad(c, mesh)(
-            placed.trainable, step.make_global_batch(c, mesh, host_batch)
+        setup = TrainSetup(c, sharding.make_mesh(axes))
+        placed = jax.device_put(state, setup.shardings)
+        (loss, metrics), grads = step.make_loss_and_grad(setup)(
+            placed.trainable, step.global_batch(setup, host_batch)
         )
         results[name] = jax.device_get((loss, metrics, grads))
         if name == "2x4 data x fsdp":  # the gradient is sharded like its parameter
@@ -70,7 +75,7 @@ def test_losses_and_gradients_agree_across_meshes(per_mesh, name):
 def test_negatives_span_the_shards(per_mesh):
     """The 8-way loss is the global-batch loss, not the mean of per-shard losses with local negatives."""
     c, state, host_batch, results = per_mesh
-    graphdef, _ = step.abstract_model(c)
+    graphdef, _ = abstract_model(model_config(c))
     model = nnx.merge(graphdef, state.params)
 
     def reps(prefix):
@@ -93,9 +98,9 @@ def moe_run():
     c.optimizer.update(learning_rate=1e-3, warmup_ratio=0.0)
     c.objective.update(embedding_chunk_size=8, projection_dim=16)
     mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=1, expert=2))
-    state = step.create_train_state(c, mesh)
-    train_step = step.make_train_step(c, mesh)
-    batch = step.make_global_batch(c, mesh, step.synthetic_batch(c, seed=4))
+    state = TrainSetup(c, mesh).create_state()
+    train_step = step.make_train_step(TrainSetup(c, mesh))
+    batch = step.global_batch(TrainSetup(c, mesh), synthetic_batch(c, seed=4))
     before = jax.device_get(state.params)
     state, metrics = train_step(state, batch)
     return c, mesh, train_step, batch, before, state, jax.device_get(metrics)
@@ -148,25 +153,25 @@ def test_misconfigurations_fail_before_compiling_and_say_what_to_change():
     c = tiny_config()
     c.data.embedding_batch_size = 12
     with pytest.raises(
-        step.ConfigError, match="embedding_batch_size=12 is not divisible by the data-parallel size 8"
+        UsageError, match="embedding_batch_size=12 is not divisible by the data-parallel size 8"
     ):
-        step.make_train_step(c, mesh8)
+        step.make_train_step(TrainSetup(c, mesh8))
     c = tiny_config()
     c.data.generative_batch_size = 4
-    with pytest.raises(step.ConfigError, match="generative_batch_size=4"):
-        step.make_train_step(c, mesh8)
+    with pytest.raises(UsageError, match="generative_batch_size=4"):
+        step.make_train_step(TrainSetup(c, mesh8))
     c = tiny_config(embedding_chunk_size=4)
     with pytest.raises(
-        step.ConfigError, match="embedding_chunk_size=4 must be a multiple of the data-parallel size 8"
+        UsageError, match="embedding_chunk_size=4 must be a multiple of the data-parallel size 8"
     ):
-        step.make_train_step(c, mesh8)
+        step.make_train_step(TrainSetup(c, mesh8))
     c = tiny_config()
     c.data.train_group_size = 4  # the data provide a positive and one negative per query
-    host_batch = step.synthetic_batch(tiny_config(), seed=0)
-    with pytest.raises(step.ConfigError, match="lower data.train_group_size to 2"):
-        step.make_global_batch(c, mesh8, host_batch)
-    with pytest.raises(sharding.MeshConfigError, match="needs 16 devices but only 8"):
+    host_batch = synthetic_batch(tiny_config(), seed=0)
+    with pytest.raises(UsageError, match="lower data.train_group_size to 2"):
+        step.global_batch(TrainSetup(c, mesh8), host_batch)
+    with pytest.raises(UsageError, match="needs 16 devices but only 8"):
         sharding.make_mesh(dict(data=4, fsdp=4, tensor=1, expert=1))
     c = tiny_config(pooling="max")
-    with pytest.raises(step.ConfigError, match="objective.pooling='max'"):
-        step.make_train_step(c, mesh8)
+    with pytest.raises(UsageError, match="objective.pooling='max'"):
+        step.make_train_step(TrainSetup(c, mesh8))

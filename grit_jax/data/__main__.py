@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 
-from grit_jax import platforms
+from grit_jax import hardware
+from grit_jax.choices import PAPER_LENGTHS
+from grit_jax.cli import run_command
 from grit_jax.data import sources
+from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece tokenizer.model")
     prepare.add_argument("--out", required=True, metavar="DIR")
     prepare.add_argument("--skip_bad", action="store_true", help="skip and count bad records")
-    prepare.add_argument("--query_max_len", type=int, default=256)
-    prepare.add_argument("--passage_max_len", type=int, default=2048)
-    prepare.add_argument("--generative_max_len", type=int, default=2048)
+    prepare.add_argument("--query_max_len", type=int, default=PAPER_LENGTHS["query_max_len"])
+    prepare.add_argument("--passage_max_len", type=int, default=PAPER_LENGTHS["passage_max_len"])
+    prepare.add_argument("--generative_max_len", type=int, default=PAPER_LENGTHS["generative_max_len"])
     prepare.add_argument("--pad_id", type=int, default=None)
     demo = commands.add_parser("demo", help="build the stdlib-docstring demo corpus and tokenizer")
     demo.add_argument("--out", required=True, metavar="DIR")
@@ -60,34 +64,32 @@ def report(manifest: dict) -> str:
 
 
 def run(argv=None) -> int:
-    platforms.quiet_platform()
+    """The console script; returns the exit status (0, 1 for bad data, 2 for a usage error)."""
+    hardware.quiet_platform()
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.command == "demo":
-            from grit_jax.data.demo import prepare_demo_data
+    return run_command("grit-data", lambda: _run(args))
 
-            out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
-            print(report(sources.read_manifest(out["data_dir"])))
-            return 0
-        if not args.embedding and not args.generative:
-            raise sources.DataError("nothing to prepare: give --embedding and/or --generative")
-        manifest = sources.prepare(
-            args.out,
-            Tokenizer(args.tokenizer, pad_id=args.pad_id),
-            args.embedding,
-            args.generative,
-            args.eval_embedding,
-            args.eval_generative,
-            skip_bad=args.skip_bad,
-            query_max_len=args.query_max_len,
-            passage_max_len=args.passage_max_len,
-            generative_max_len=args.generative_max_len,
-        )
-    except (sources.DataError, OSError) as e:
-        print(f"grit-data: error: {e}", file=sys.stderr)
-        return 1
+
+def _run(args):
+    if args.command == "demo":
+        out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
+        print(report(sources.read_manifest(out["data_dir"])))
+        return
+    if not args.embedding and not args.generative:
+        raise UsageError("nothing to prepare: give --embedding and/or --generative")
+    manifest = sources.prepare(
+        args.out,
+        Tokenizer(args.tokenizer, pad_id=args.pad_id),
+        args.embedding,
+        args.generative,
+        args.eval_embedding,
+        args.eval_generative,
+        skip_bad=args.skip_bad,
+        query_max_len=args.query_max_len,
+        passage_max_len=args.passage_max_len,
+        generative_max_len=args.generative_max_len,
+    )
     print(report(manifest))
-    return 0
 
 
 if __name__ == "__main__":

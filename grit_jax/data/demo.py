@@ -44,7 +44,7 @@ def build_jsonl(out_dir: str) -> dict[str, list[str]]:
     for kind, instruction in (("functions", FUNCTION_INSTRUCTION), ("classes", CLASS_INSTRUCTION)):
         rows = {"train": [], "eval": []}
         items = entries[kind]
-        for i, (module, name, signature, summary, rest) in enumerate(items):
+        for i, (_, name, signature, summary, rest) in enumerate(items):
             negatives = [items[(i + k) % len(items)][4] for k in range(1, NUM_NEGATIVES + 1)]
             split = "eval" if _held_out(name) else "train"
             rows[split].append(

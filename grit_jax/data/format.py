@@ -16,13 +16,10 @@ from typing import Union
 import numpy as np
 
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.errors import DataError
 
 EmbedText = Union[str, Sequence[str]]  # "text" or [instruction, text]
 CHARS_PER_TOKEN_CUT = 10
-
-
-class FormatError(ValueError):
-    """A record that cannot be formatted (empty text, nothing left to embed, wrong shape)."""
 
 
 def clean_instruction(instruction: str) -> str:
@@ -49,7 +46,7 @@ def embed_strings(item: EmbedText, max_len: int) -> tuple[str, str]:
     instruction, text = split_embed_text(item)
     cut = CHARS_PER_TOKEN_CUT * max_len
     if not text.strip():
-        raise FormatError("empty text")
+        raise DataError("empty text")
     prefix = embed_prefix(instruction[:cut])
     return prefix, prefix + text[:cut]
 
@@ -67,7 +64,7 @@ def finish_embedding(
     ids = np.asarray([tokenizer.bos_id, *full_ids][:max_len], np.int32)
     instruction_len = 1 + len(prefix_ids)
     if len(ids) <= instruction_len:
-        raise FormatError(
+        raise DataError(
             f"nothing left to embed after the instruction ({instruction_len} instruction "
             f"tokens, {len(ids)} tokens after truncation to {max_len})"
         )
@@ -79,15 +76,15 @@ def chat_segments(text: str | Sequence[str], max_len: int) -> list[tuple[str, st
     cut = CHARS_PER_TOKEN_CUT * max_len
     if isinstance(text, str):
         if not text.strip():
-            raise FormatError("empty text")
+            raise DataError("empty text")
         return [("", text[:cut])]
     if len(text) == 0 or len(text) % 2:
-        raise FormatError(f"a chat must alternate user and assistant turns (got {len(text)} turns)")
+        raise DataError(f"a chat must alternate user and assistant turns (got {len(text)} turns)")
     segments = []
     for k in range(0, len(text), 2):
         user, assistant = text[k], text[k + 1].strip()
         if not user.strip() or not assistant:
-            raise FormatError(f"empty {'user' if not user.strip() else 'assistant'} turn {k // 2}")
+            raise DataError(f"empty {'user' if not user.strip() else 'assistant'} turn {k // 2}")
         newline = "\n" if k else ""
         segments.append((f"{newline}<|user|>\n{user[:cut]}\n<|assistant|>\n", assistant[:cut]))
     return segments

@@ -24,6 +24,7 @@ import numpy as np
 
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.errors import DataError, UsageError
 
 _ENDLESS = 1 << 40
 _EMBED_STREAM, _GEN_STREAM, _GEN_DRAW, _PASSAGE = 1, 2, 3, 4
@@ -49,7 +50,7 @@ def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle
     cut = len(pooled) // batch_size * batch_size
     batches = full + (np.split(pooled[:cut], cut // batch_size) if cut else [])
     if not batches:
-        raise sources.DataError(f"{sum(sizes)} embedding examples cannot fill one batch of {batch_size}")
+        raise DataError(f"{sum(sizes)} embedding examples cannot fill one batch of {batch_size}")
     plan = np.stack(batches)
     return plan[rng.permutation(len(plan))] if shuffle else plan
 
@@ -96,11 +97,11 @@ class HostBatches:
         self.embed = mode in ("unified", "embedding")
         self.gen = mode in ("unified", "generative")
         if mode not in ("unified", "embedding", "generative"):
-            raise ValueError(f"unknown mode {mode!r}")
+            raise UsageError(f"unknown mode {mode!r}")
         limits = manifest["limits"]
         for field in ("query_max_len", "passage_max_len", "generative_max_len"):
             if config[field] > limits[field]:
-                raise sources.DataError(
+                raise DataError(
                     f"data.{field}={config[field]} exceeds the {limits[field]} the data in "
                     f"{data_dir} was prepared with; prepare it again with a larger limit"
                 )
@@ -113,10 +114,10 @@ class HostBatches:
                 continue
             entries = [e for e in manifest["train"].get(name, []) if e["num_examples"]]
             if not entries:
-                raise sources.DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
+                raise DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
             size = config[batch_key]
             if size % process_count:
-                raise ValueError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
+                raise UsageError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
             share = size // process_count
             self.rows[name] = (process_index * share, (process_index + 1) * share)
             opened = [sources.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
@@ -127,7 +128,7 @@ class HostBatches:
             if name == "embedding" and config.train_group_size > 1:
                 short = [e["name"] for e in entries if e["min_negatives"] == 0]
                 if short:
-                    raise sources.DataError(
+                    raise DataError(
                         f"train_group_size={config.train_group_size} needs hard negatives, but "
                         f"sources {short} have records without any"
                     )
@@ -143,7 +144,7 @@ class HostBatches:
             for field in ("query", "passage"):
                 longest = entry.get(f"max_{field}_instruction_len", 0)
                 if longest >= self.config[f"{field}_max_len"]:
-                    raise sources.DataError(
+                    raise DataError(
                         f"data.{field}_max_len={self.config[f'{field}_max_len']} leaves nothing to embed for "
                         f"{field} texts of source {entry['name']!r} with {longest} instruction tokens (BOS "
                         f"included); use a larger {field}_max_len"
@@ -281,7 +282,7 @@ class TrainIterator:
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("fingerprint") != self.fingerprint:
-            raise ValueError(
+            raise UsageError(
                 "the saved data iterator state belongs to another data config or data set "
                 f"({state.get('fingerprint')} != {self.fingerprint})"
             )
@@ -313,7 +314,7 @@ def make_train_iterator(
     manifest = sources.read_manifest(config.data_dir)
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
-        raise sources.DataError(
+        raise DataError(
             f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}"
         )
     batches = HostBatches(

@@ -29,14 +29,11 @@ import numpy as np
 
 from grit_jax.data import format as fmt
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.errors import DataError
 
 MANIFEST = "manifest.json"
 TFDS_VERSION = "1.0.0"
 ENCODE_CHUNK = 2048
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
 
 
 @dataclasses.dataclass
@@ -70,7 +67,7 @@ def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
         return value
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
         return value
-    raise fmt.FormatError(
+    raise DataError(
         f"field {field!r} must be a string or an [instruction, text] pair of strings, "
         f"got {type(value).__name__}"
     )
@@ -79,31 +76,31 @@ def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
 def parse_embedding(obj: Any) -> tuple[fmt.EmbedText, list, list]:
     """Validates one embedding record: query, pos (non-empty list), neg (list, optional)."""
     if not isinstance(obj, dict):
-        raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
     for field in ("query", "pos"):
         if field not in obj:
-            raise fmt.FormatError(f"missing field {field!r}")
+            raise DataError(f"missing field {field!r}")
     query = _check_embed_text(obj["query"], "query")
     lists = []
     for field in ("pos", "neg"):
         values = obj.get(field, [])
         if not isinstance(values, list):
-            raise fmt.FormatError(f"field {field!r} must be a list, got {type(values).__name__}")
+            raise DataError(f"field {field!r} must be a list, got {type(values).__name__}")
         lists.append([_check_embed_text(v, f"{field}[{i}]") for i, v in enumerate(values)])
     if not lists[0]:
-        raise fmt.FormatError("field 'pos' is empty")
+        raise DataError("field 'pos' is empty")
     return query, lists[0], lists[1]
 
 
 def parse_generative(obj: Any) -> str | list[str]:
     if not isinstance(obj, dict):
-        raise fmt.FormatError(f"expected a JSON object, got {type(obj).__name__}")
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
     if "text" not in obj:
-        raise fmt.FormatError("missing field 'text'")
+        raise DataError("missing field 'text'")
     text = obj["text"]
     if isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text)):
         return text
-    raise fmt.FormatError("field 'text' must be a string or a list of strings (user/assistant turns)")
+    raise DataError("field 'text' must be a string or a list of strings (user/assistant turns)")
 
 
 def read_jsonl(path: str, parse) -> Iterator[tuple[int, Any, str | None]]:
@@ -121,7 +118,7 @@ def read_jsonl(path: str, parse) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, parse(json.loads(line)), None
             except json.JSONDecodeError as e:
                 yield number, None, f"invalid JSON: {e.msg} (column {e.colno})"
-            except fmt.FormatError as e:
+            except DataError as e:
                 yield number, None, str(e)
 
 
@@ -141,7 +138,7 @@ def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, b
                     (t, limits["passage_max_len"]) for t in pos + neg
                 ]
                 pairs = [(fmt.embed_strings(t, m), m) for t, m in texts]
-            except fmt.FormatError as e:
+            except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
                 continue
             plans.append((line, len(strings), pairs, len(pos)))
@@ -154,7 +151,7 @@ def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, b
                     fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m)
                     for k, (_, m) in enumerate(pairs)
                 ]
-            except fmt.FormatError as e:
+            except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
                 continue
             passages = encoded[1:]
@@ -178,7 +175,7 @@ def tokenize_generative(tokenizer: Tokenizer, records, limits: dict, path: str, 
         for line, text in chunk:
             try:
                 segments = fmt.chat_segments(text, max_len)
-            except fmt.FormatError as e:
+            except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
                 continue
             plans.append((len(strings), len(segments), isinstance(text, str)))

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from grit_jax.errors import UsageError
+
 MARKERS = ("<|user|>", "<|embed|>", "<|assistant|>")
 
 
@@ -43,7 +45,7 @@ class Tokenizer:
         for name in ("bos_id", "eos_id", "pad_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
-                raise ValueError(
+                raise UsageError(
                     f"{self.model_path}: {name}={value} is not a valid id (vocab {self.vocab_size})"
                 )
 

@@ -1,7 +1,7 @@
 """A Flax NNX Mistral / Mixtral decoder whose attention mask is an input."""
 
-from grit_jax.model.config import ConfigError, ModelConfig
+from grit_jax.model.config import ModelConfig
 from grit_jax.model.moe import load_balancing_loss
 from grit_jax.model.transformer import KVCache, ModelOutput, Transformer
 
-__all__ = ["ConfigError", "KVCache", "ModelConfig", "ModelOutput", "Transformer", "load_balancing_loss"]
+__all__ = ["KVCache", "ModelConfig", "ModelOutput", "Transformer", "load_balancing_loss"]

@@ -1,7 +1,7 @@
 """ModelConfig: one frozen dataclass for Mistral and Mixtral, its presets, and Hugging Face config.json I/O.
 
 Every field of a config.json is either honoured, checked to hold the only value we support, or known to be
-metadata. Anything else is an error naming the file and the key (DESIGN decision 3): an ignored
+metadata. Anything else is an error naming the file and the key: an ignored
 `rope_theta` or `sliding_window` would be a silently wrong model.
 """
 
@@ -12,13 +12,10 @@ import json
 import os
 from typing import Any
 
+from grit_jax.choices import DTYPES, REMAT_POLICIES
+from grit_jax.errors import CheckpointError, UsageError
+
 ARCHITECTURES = {"MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral"}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A model configuration (or a config.json) that the model cannot honour."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,19 +48,20 @@ class ModelConfig:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
+            raise UsageError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            raise UsageError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ConfigError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+            allowed = tuple(REMAT_POLICIES)
+            raise UsageError(f"remat_policy must be one of {allowed}, got {self.remat_policy!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.num_local_experts and not 0 < self.num_experts_per_tok <= self.num_local_experts:
-            raise ConfigError(
+            raise UsageError(
                 f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_local_experts "
                 f"({self.num_local_experts})"
             )
@@ -82,24 +80,26 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **changes) -> ModelConfig:
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+            raise UsageError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **changes})
 
     def num_params(self) -> int:
-        d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
         attn = d * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
         mlp = 3 * d * f * max(1, self.num_local_experts) + d * self.num_local_experts
-        return v * d * (1 if self.tie_word_embeddings else 2) + l * (attn + mlp + 2 * d) + d
+        return (
+            v * d * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * (attn + mlp + 2 * d) + d
+        )
 
     # ---- Hugging Face config.json ----
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **changes) -> ModelConfig:
-        """Builds a config from a Hugging Face Mistral/Mixtral config.json dict; `source` names it in errors."""
+        """A config from a Hugging Face Mistral/Mixtral config.json dict; `source` names it in errors."""
         hf = dict(hf)
 
         def fail(key, why):
-            raise ConfigError(f"{source}: {key}: {why}")
+            raise CheckpointError(f"{source}: {key}: {why}")
 
         archs = hf.pop("architectures", None) or []
         model_type = hf.pop("model_type", None)
@@ -144,21 +144,24 @@ class ModelConfig:
         for key in _REQUIRED_HF_KEYS:
             if key not in hf:
                 fail(key, "missing (required)")
-        return cls(**{**hf, **changes})
+        try:
+            return cls(**{**hf, **changes})
+        except UsageError as e:  # a value the model cannot honour: name the file it came from
+            raise CheckpointError(f"{source}: {e}") from None
 
     @classmethod
     def from_hf_json(cls, path: str, **changes) -> ModelConfig:
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         if not os.path.exists(path):
-            raise ConfigError(f"{path}: no such file (a Hugging Face model directory needs a config.json)")
+            raise CheckpointError(f"{path}: no such file (a Hugging Face model directory has a config.json)")
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON: {e}") from None
+            raise CheckpointError(f"{path}: not valid JSON: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
+            raise CheckpointError(f"{path}: expected a JSON object")
         return cls.from_hf_dict(data, source=path, **changes)
 
     def to_hf_dict(self) -> dict[str, Any]:

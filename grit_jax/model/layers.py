@@ -72,9 +72,9 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, cos, sin, cache=None):
         """x [B,T,D], mask [B,T,S]; cache (k, v [B,S,K,H], index) or None. Returns y [B,T,D], (k, v)."""
         dtype = x.dtype
-        q = apply_rotary(jnp.einsum("btd,dnh->btnh", x, self.q_proj.kernel[...].astype(dtype)), cos, sin)
-        k = apply_rotary(jnp.einsum("btd,dkh->btkh", x, self.k_proj.kernel[...].astype(dtype)), cos, sin)
-        v = jnp.einsum("btd,dkh->btkh", x, self.v_proj.kernel[...].astype(dtype))
+        q = apply_rotary(self.q_proj("btd,dnh->btnh", x), cos, sin)
+        k = apply_rotary(self.k_proj("btd,dkh->btkh", x), cos, sin)
+        v = self.v_proj("btd,dkh->btkh", x)
         if cache is not None:
             cache_k, cache_v, index = cache
             k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
@@ -85,15 +85,22 @@ class Attention(nnx.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dtype)).reshape(b, t, n, h)
-        y = jnp.einsum("btnh,nhd->btd", out, self.o_proj.kernel[...].astype(dtype))
+        y = self.o_proj("btnh,nhd->btd", out)
         return y, (k, v)
 
 
 class Linear(nnx.Module):
-    """A bias-free projection whose kernel keeps its head structure (e.g. [D,N,H]) for sharding."""
+    """A bias-free projection whose kernel keeps its head structure (e.g. [D,N,H]) for sharding.
+
+    Called with an einsum equation between the input and the kernel: the kernel is cast to the input's
+    (compute) dtype, so bf16 compute runs over fp32 master weights.
+    """
 
     def __init__(self, rngs, shape, names, dtype, stack=None):
         self.kernel = make_param(rngs, shape, names, dtype, stack)
+
+    def __call__(self, equation: str, x):
+        return jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
 
 
 class MLP(nnx.Module):
@@ -106,7 +113,6 @@ class MLP(nnx.Module):
         self.down_proj = Linear(rngs, (f, d), ("mlp", "embed"), pdt, stack)
 
     def __call__(self, x):
-        dtype = x.dtype
-        gate = jnp.einsum("btd,df->btf", x, self.gate_proj.kernel[...].astype(dtype))
-        up = jnp.einsum("btd,df->btf", x, self.up_proj.kernel[...].astype(dtype))
-        return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.down_proj.kernel[...].astype(dtype))
+        gate = self.gate_proj("btd,df->btf", x)
+        up = self.up_proj("btd,df->btf", x)
+        return self.down_proj("btf,fd->btd", jax.nn.silu(gate) * up)

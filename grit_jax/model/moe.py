@@ -29,15 +29,15 @@ class SparseMoE(nnx.Module):
     def __call__(self, x):
         """x [B,T,D] -> y [B,T,D], router_logits [B,T,E] (float32)."""
         dtype = x.dtype
-        router_logits = jnp.einsum("btd,de->bte", x, self.gate.kernel[...].astype(dtype)).astype(jnp.float32)
+        router_logits = self.gate("btd,de->bte", x).astype(jnp.float32)
         probs = jax.nn.softmax(router_logits, axis=-1)
         top_probs, top_index = jax.lax.top_k(probs, self.top_k)
         top_probs = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
         combine = jnp.sum(jax.nn.one_hot(top_index, probs.shape[-1]) * top_probs[..., None], axis=-2)  # B,T,E
-        gate = jnp.einsum("btd,edf->btef", x, self.w1.kernel[...].astype(dtype))
-        up = jnp.einsum("btd,edf->btef", x, self.w3.kernel[...].astype(dtype))
+        gate = self.w1("btd,edf->btef", x)
+        up = self.w3("btd,edf->btef", x)
         hidden = jax.nn.silu(gate) * up * combine.astype(dtype)[..., None]
-        y = jnp.einsum("btef,efd->btd", hidden, self.w2.kernel[...].astype(dtype))
+        y = self.w2("btef,efd->btd", hidden)
         return y, router_logits
 
 

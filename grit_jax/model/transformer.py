@@ -13,15 +13,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grit_jax import sharding
+from grit_jax.choices import REMAT_POLICIES
 from grit_jax.model.config import ModelConfig
 from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, rotary_tables
 from grit_jax.model.moe import SparseMoE
-
-REMAT_POLICIES = {
-    "full": None,  # save nothing inside a layer
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class KVCache(NamedTuple):
@@ -109,16 +104,15 @@ class Transformer(nnx.Module):
             return x, (router_logits, kv if cache is not None else None)
 
         if cfg.remat_policy != "none":
-            layer_fn = jax.checkpoint(
-                layer_fn, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
-            )
+            policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat_policy])
+            layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=not cfg.scan_layers)
         per_layer = (layer_state, None if cache is None else (cache.k, cache.v))
         if cfg.scan_layers:
             x, (router_logits, kv) = jax.lax.scan(layer_fn, x, per_layer)
         else:
             outputs = []
             for i in range(cfg.num_hidden_layers):
-                x, out = layer_fn(x, jax.tree.map(lambda a: a[i], per_layer))
+                x, out = layer_fn(x, jax.tree.map(lambda a, i=i: a[i], per_layer))
                 outputs.append(out)
             router_logits, kv = jax.tree.map(lambda *a: jnp.stack(a), *outputs) if outputs else (None, None)
 

@@ -1,0 +1,22 @@
+"""The closed sets of names a configuration may use, each written once (no jax here)."""
+
+MODES = ("unified", "embedding", "generative")
+# The reference's `attn`: first two letters the embedding pass, last two generation; b bidirectional, c causal.
+ATTENTIONS = {"bbcc": "bidirectional", "cccc": "causal"}
+POOLINGS = ("mean", "weightedmean", "lasttoken", "cls")
+LOSS_GEN_TYPES = ("mixed", "token")
+SCHEDULES = ("linear", "cosine", "constant")
+DTYPES = ("float32", "bfloat16", "float16")
+# remat_policy -> the name of a jax.checkpoint_policies member; "none" runs without remat, "full" saves
+# nothing inside a layer.
+REMAT_POLICIES = {
+    "none": None,
+    "full": "nothing_saveable",
+    "dots": "checkpoint_dots",
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",
+}
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+# Mesh axes that split the batch; their product is the data-parallel size W.
+BATCH_AXES = ("data", "fsdp", "expert")
+# The paper's sequence limits (query, passage, generative), in tokens.
+PAPER_LENGTHS = {"query_max_len": 256, "passage_max_len": 2048, "generative_max_len": 2048}

@@ -1,0 +1,90 @@
+"""What every command shares: one-line errors with their exit status, and the ``--config`` flag.
+
+``grit-train`` and ``grit-aot`` take ``--config FILE.py[:ARG]`` and ``--config.a.b=value`` overrides
+(ml_collections, locked after parsing); any mistake on the command line ends as one line that names
+it, with exit status 2. ``grit-data`` and ``grit-convert`` use argparse and ``run_command``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from absl import flags
+from ml_collections import config_flags
+
+from grit_jax.errors import GritError, UsageError, one_line
+
+
+def report(program: str, error: BaseException, status: int | None = None) -> int:
+    """Prints the error as one line on stderr; returns the exit status (the error's, unless given)."""
+    print(f"{program}: {getattr(error, 'label', 'error')}: {one_line(error)}", file=sys.stderr, flush=True)
+    return status if status is not None else getattr(error, "exit_status", 1)
+
+
+def run_command(program: str, main: Callable[[], int | None], error_status: int | None = None) -> int:
+    """Runs ``main``; a GritError, or a file the system could not open, ends as one line, not a traceback.
+    ``error_status`` replaces the errors' own exit status (grit-aot keeps 1 for "does not fit")."""
+    try:
+        return main() or 0
+    except (GritError, OSError) as e:
+        return report(program, e, error_status)
+
+
+def define_config_flag():
+    return config_flags.DEFINE_config_file(
+        "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
+    )
+
+
+def flags_parser(program: str):
+    """absl's parser for ``app.run``, with every mistake on the command line reported as one line."""
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:  # an unknown flag, a value of the wrong type
+            _exit(program, UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__))
+        except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no field a.b
+            name = str(e).strip("'\"")
+            bad = [
+                a.split("=")[0]
+                for a in argv[1:]
+                if a.startswith("--config.") and name in a.split("=")[0][len("--config.") :].split(".")
+            ]
+            _exit(
+                program,
+                UsageError(
+                    f"{bad[0] if bad else name}: the config has no field {name!r}; see "
+                    "grit_jax/config.py for the fields and their spelling"
+                ),
+            )
+        except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)
+            _exit(program, UsageError(_config_load_error(e)))
+
+    return parse
+
+
+def _exit(program: str, error: GritError):
+    sys.exit(report(program, error))
+
+
+def _config_load_error(e: Exception) -> str:
+    detail = " ".join(str(e.__cause__ or e).split()).replace("Failed loading config file config_config ", "")
+    return f"--config: cannot load the config file ({detail})"
+
+
+def load_config(config_flag, example: str):
+    """The parsed config, or a UsageError saying why the config file could not be loaded."""
+    if config_flag.value is None:
+        raise UsageError(f"--config is required, e.g. --config {example}")
+    try:
+        config_flag.value.get("num_steps")
+    except Exception as e:  # the config file is missing or raised: config_flags defers its error to here
+        raise UsageError(_config_load_error(e)) from None
+    return config_flag.value
+
+
+def reject_extra_arguments(argv):
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")

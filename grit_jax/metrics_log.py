@@ -1,0 +1,74 @@
+"""metrics.jsonl, TensorBoard and a console progress line of a training run, written by process 0 only.
+
+On resume, the lines a killed run wrote after the checkpoint it resumes from are dropped first: they are
+logged again, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from tensorboardX import SummaryWriter
+
+
+class MetricsLog:
+    """metrics.jsonl, TensorBoard and a console progress line, written by process 0 only."""
+
+    def __init__(self, workdir, num_steps, enabled, start_step=0):
+        self.enabled, self.num_steps = enabled, num_steps
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if enabled:
+            self._truncate(start_step)
+            self.file = open(self.path, "a", encoding="utf-8")
+            self.tb = SummaryWriter(
+                os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
+            )
+
+    def _truncate(self, start_step):
+        """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut short by the kill: it and everything after it are redone
+            if start_step == 0 or step > start_step:
+                break
+            kept.append(line)
+        if len(kept) < len(lines):
+            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+
+    def write(self, step, metrics):
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step":
+                self.tb.add_scalar(key.replace("@", "_at_"), value, step)
+        self.tb.flush()
+
+    def progress(self, step, metrics, seconds_per_step):
+        if not self.enabled:
+            return
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(self.num_steps - step, 0) * seconds_per_step))
+        shown = " ".join(
+            f"{k} {metrics[k]:.4g}"
+            for k in ("loss", "loss_emb", "loss_gen", "accuracy", "eval_mrr@10", "eval_loss_gen")
+            if k in metrics
+        )
+        print(f"step {step}/{self.num_steps} {shown} | {seconds_per_step:.3f} s/step, ETA {eta}", flush=True)
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            self.tb.close()

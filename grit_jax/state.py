@@ -1,0 +1,165 @@
+"""The TrainState and everything derived once from (config, mesh) to create it already sharded.
+
+``TrainSetup(config, mesh)`` is the one object that train, aot, benchmarks and tests share: it checks the
+config against the mesh (the boundary: nothing later re-checks), resolves the model config (reading a
+checkpoint's or Hugging Face directory's config once), and holds the model's graphdef, the optimizer,
+the abstract state and the shardings of every state leaf.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grit_jax import hf, sharding
+from grit_jax.checkpoint import load_params_from_checkpoint, model_config
+from grit_jax.choices import BATCH_AXES
+from grit_jax.config import batch_shapes, validate_config
+from grit_jax.errors import CheckpointError
+from grit_jax.model import ModelConfig, Transformer
+from grit_jax.optimizer import make_optimizer
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything the step changes. params: the Transformer's nnx.State; projection: {} or
+    {kernel [D,P], bias [P]}; opt_state over (params, projection); step; rng (uint32 key data)."""
+
+    params: Any
+    projection: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+
+    @property
+    def trainable(self):
+        return (self.params, self.projection)
+
+
+def abstract_model(cfg: ModelConfig):
+    """(graphdef, abstract nnx.State) of the model, without allocating weights."""
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def _init_projection(config, hidden_size, key):
+    p = config.objective.projection_dim
+    if not p:
+        return {}
+    bound = 1.0 / math.sqrt(hidden_size)  # torch.nn.Linear's default initialisation
+    k1, k2 = jax.random.split(key)
+    return {
+        "kernel": jax.random.uniform(k1, (hidden_size, p), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (p,), jnp.float32, -bound, bound),
+    }
+
+
+def _opt_state_shardings(abstract_opt, param_shardings_by_path, replicated):
+    """Shard each optimizer leaf like the parameter whose path it ends with (mu, nu), else replicate."""
+
+    def pick(path, leaf):
+        for i in range(len(path)):
+            s = param_shardings_by_path.get(tuple(path[i:]))
+            if s is not None and s[1] == tuple(leaf.shape):
+                return s[0]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+class TrainSetup:
+    """The model, optimizer, abstract state and shardings of ``config`` on ``mesh``, built once."""
+
+    def __init__(self, config, mesh: Mesh, model_cfg: ModelConfig | None = None):
+        validate_config(config, mesh.shape)
+        self.config, self.mesh = config, mesh
+        self.model_config = model_cfg or model_config(config)
+        self.graphdef, abstract_params = abstract_model(self.model_config)
+        self.tx, self.schedule = make_optimizer(config)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        param_sh = sharding.named_shardings(sharding.param_specs(abstract_params, mesh), mesh)
+        proj_sh = {k: replicated for k in ("kernel", "bias")} if config.objective.projection_dim else {}
+        self.abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0), None)
+        flat_params = jax.tree_util.tree_flatten_with_path((param_sh, proj_sh))[0]
+        flat_shapes = jax.tree.leaves((self.abstract.params, self.abstract.projection))
+        by_path = {tuple(p): (s, tuple(a.shape)) for (p, s), a in zip(flat_params, flat_shapes)}
+        opt_sh = _opt_state_shardings(self.abstract.opt_state, by_path, replicated)
+        self.shardings = TrainState(param_sh, proj_sh, opt_sh, replicated, replicated)
+        self.replicated = replicated
+        # Every batch array is split along its first dimension over the batch mesh axes.
+        self.batch_sharding = NamedSharding(
+            mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape))
+        )
+        self.batch_shapes = batch_shapes(config)
+
+    def _init(self, key, given_params):
+        k_model, k_proj, k_state = jax.random.split(key, 3)
+        if given_params is None:
+            with nnx.use_eager_sharding(False):
+                given_params = nnx.split(Transformer(self.model_config, rngs=nnx.Rngs(k_model)))[1]
+        projection = _init_projection(self.config, self.model_config.hidden_size, k_proj)
+        opt_state = self.tx.init((given_params, projection))
+        return TrainState(given_params, projection, opt_state, jnp.zeros((), jnp.int32), k_state)
+
+    def abstract_state(self) -> TrainState:
+        """TrainState of ShapeDtypeStructs carrying their NamedShardings (restore / AOT target)."""
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract, self.shardings
+        )
+
+    def create_state(self, params=None) -> TrainState:
+        """A TrainState initialised directly into its shards (no weight is ever whole on one device).
+
+        ``params``: the Transformer's nnx.State (or its pure dict) when starting from given weights;
+        otherwise the model is initialised from ``config.seed``.
+        """
+        key = jax.random.PRNGKey(self.config.seed)
+        if params is None:
+            fn = jax.jit(lambda k: self._init(k, None), out_shardings=self.shardings)
+            with sharding.use_mesh(self.mesh):
+                return fn(key)
+        params = jax.device_put(self._checked_params(params), self.shardings.params)
+        fn = jax.jit(self._init, out_shardings=self.shardings, donate_argnums=(1,))
+        return fn(key, params)
+
+    def _checked_params(self, params) -> nnx.State:
+        if not isinstance(params, nnx.State):
+            template = jax.tree.map(lambda a: a, self.abstract.params)
+            nnx.replace_by_pure_dict(template, params)
+            params = template
+        wrong = [
+            f"{'.'.join(map(str, k))}: {np.shape(v.get_value())} (want {a.shape})"
+            for (k, v), (_, a) in zip(nnx.to_flat_state(params), nnx.to_flat_state(self.abstract.params))
+            if isinstance(v.get_value(), jax.ShapeDtypeStruct) or np.shape(v.get_value()) != a.shape
+        ]
+        if wrong:
+            raise CheckpointError(
+                "given params do not fit the configured model (missing or mis-shaped):\n  "
+                + "\n  ".join(wrong)
+            )
+        return params
+
+
+def initial_params(config, cfg: ModelConfig) -> dict | None:
+    """None (initialise from config.seed), or the weights of model.hf_dir (a Hugging Face directory) or of
+    model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), nested."""
+    if config.model.init_checkpoint:
+        flat = load_params_from_checkpoint(config.model.init_checkpoint, cfg)
+    elif config.model.hf_dir:
+        flat = hf.read_hf_params(config.model.hf_dir, cfg)
+    else:
+        return None
+    nested = {}
+    for path, value in flat.items():
+        node = nested
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
