@@ -50,7 +50,9 @@ def main():
     for chunk in CHUNKS:
         c = config(chunk)
         setup = TrainSetup(c, mesh)
-        compiled = step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).compile()
+        compiled = (
+            step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).compile()
+        )
         m = compiled.memory_analysis()
         mib = lambda b: f"{b / 2**20:.1f}"
         print(

@@ -57,9 +57,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = Tokenizer(
-            demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=2000)["tokenizer"]
-        )
+        tokenizer = Tokenizer(demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=2000)["tokenizer"])
         emb, gen = synthetic_jsonl(tmp, args.records)
         start = time.perf_counter()
         manifest = sources.prepare(os.path.join(tmp, "out"), tokenizer, [emb], [gen])

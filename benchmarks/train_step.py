@@ -65,9 +65,7 @@ def measure(config, num_steps: int) -> dict:
     seconds = (time.perf_counter() - start) / num_steps
     cfg = setup.model_config
     positions = sum(
-        int(np.prod(shape))
-        for name, (shape, _) in setup.batch_shapes.items()
-        if name.endswith("_tokens")
+        int(np.prod(shape)) for name, (shape, _) in setup.batch_shapes.items() if name.endswith("_tokens")
     )
     size = 2048 if jax.default_backend() == "cpu" else 8192
     peak = matmul_peak(cfg.dtype, size) * jax.device_count()

@@ -177,7 +177,9 @@ def validate_batch(config, batch: Mapping[str, Any], num_hosts: int = 1) -> None
         raise UsageError(f"batch lacks {missing} needed by objective.mode={config.objective.mode!r}")
     extra = sorted(set(batch) - set(expected))
     if extra:
-        raise UsageError(f"batch has arrays {extra} that objective.mode={config.objective.mode!r} does not use")
+        raise UsageError(
+            f"batch has arrays {extra} that objective.mode={config.objective.mode!r} does not use"
+        )
     g = config.data.train_group_size
     if "passage_tokens" in batch and "query_tokens" in batch:
         nq, n_passages = batch["query_tokens"].shape[0], batch["passage_tokens"].shape[0]

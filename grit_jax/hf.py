@@ -139,8 +139,7 @@ def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
     if extra:
         raise CheckpointError(
             f"{source.files[extra[0]]}: tensor {extra[0]!r} is not part of a {cfg.architecture} "
-            "with this config"
-            + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
+            "with this config" + (f" ({len(extra) - 1} more unexpected)" if len(extra) > 1 else "")
         )
 
 

@@ -4,6 +4,7 @@
     q = model.encode(["what is GRIT?"], instruction="<|user|>\\nRetrieve passages\\n<|embed|>\\n")
     d, doc_cache = model.encode([doc], instruction="<|embed|>\\n", get_cache=True)
     ids = model.generate(model.rag_prompt(query), past_key_values=doc_cache, max_new_tokens=64)
+    ids = model.rag_generate(query, doc, mode="query-doc", max_new_tokens=64)  # grit_jax.rag's four modes
 
 Encoding follows the reference exactly: the caller passes the instruction prefix, BOS is added, padding is
 on the right, and for mean-based pooling the first len(tokenize(instruction)) positions (with BOS) are left
@@ -15,117 +16,29 @@ lengths within a bucket reuse the compiled functions.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
-from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import hf, masks
+from grit_jax import hf, masks, rag
 from grit_jax.checkpoint import iter_checkpoint_params, resolve_checkpoint
 from grit_jax.choices import MODES
+from grit_jax.data import format as fmt
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.decoding import _decode_pass, _encode_pass, _place, bucket, sample
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import KVCache, ModelConfig, Transformer
 from grit_jax.model_files import GRIT_CONFIG, find_tokenizer, grit_settings
 from grit_jax.objective import pool
+from grit_jax.rag import Cache
 
-PROMPT_DOC_CACHING = (
-    "\n<|user|>\n{query}\n\nAnswer the prior query while optionally using the context prior to it"
-    "\n<|assistant|>\n"
-)
-MIN_BUCKET = 16
-
-
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The next power of two >= n (at least `minimum`): the lengths the jitted functions are compiled for."""
-    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
-
-
-@dataclasses.dataclass
-class Cache:
-    """Keys and values of an encoded segment, to prefix a generation: k, v [L,B,S,K,H] (rotary already
-    applied at the segment's own positions); valid [B,S] marks real tokens (S is a bucket length)."""
-
-    k: jax.Array
-    v: jax.Array
-    valid: np.ndarray
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.valid[0].sum())
-
-    @staticmethod
-    def concat(caches: Sequence[Cache]) -> Cache:
-        """Caches one after another (doc-query, query-doc caching): each keeps its own positions."""
-        if len(caches) == 1:
-            return caches[0]
-        batch = max(c.valid.shape[0] for c in caches)
-        grow = lambda a, axis: jnp.broadcast_to(a, a.shape[:axis] + (batch,) + a.shape[axis + 1 :])
-        return Cache(
-            jnp.concatenate([grow(c.k, 1) for c in caches], axis=2),
-            jnp.concatenate([grow(c.v, 1) for c in caches], axis=2),
-            np.concatenate([np.broadcast_to(c.valid, (batch, c.valid.shape[1])) for c in caches], axis=1),
-        )
-
-
-# ----------------------------------------------------------------------------- jitted pieces
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "with_cache"))
-def _encode_pass(graphdef, state, tokens, mask, with_cache):
-    """Hidden states [B,T,D] (and the cache of the pass) over a full mask [B,T,T]."""
-    model = nnx.merge(graphdef, state)
-    cache = KVCache.empty(model.config, tokens.shape[0], tokens.shape[1]) if with_cache else None
-    out = model(tokens, mask, cache=cache)
-    return out.hidden, (out.cache.k, out.cache.v) if with_cache else None
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _decode_pass(graphdef, state, tokens, mask, positions, cache, last):
-    """Runs tokens [B,T] at positions [B,T] into the buffer at cache.index; logits [B,V] at column last [B]."""
-    model = nnx.merge(graphdef, state)
-    out = model(tokens, mask, positions=positions, cache=cache)
-    hidden = jnp.take_along_axis(out.hidden, last[:, None, None], axis=1)
-    return model.logits(hidden)[:, 0], out.cache
-
-
-@jax.jit
-def _place(buffer_k, buffer_v, k, v):
-    """Copies a prefix cache [L,B,S,K,H] into the start of the buffer."""
-    return (
-        jax.lax.dynamic_update_slice_in_dim(buffer_k, k.astype(buffer_k.dtype), 0, axis=2),
-        jax.lax.dynamic_update_slice_in_dim(buffer_v, v.astype(buffer_v.dtype), 0, axis=2),
-    )
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def sample(
-    logits: np.ndarray, rng: np.random.Generator, do_sample=False, temperature=1.0, top_k=0, top_p=1.0
-):
-    """Next tokens [B] from logits [B,V]: argmax, or a draw after temperature, top-k and top-p filtering."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits.astype(np.float64) / max(temperature, 1e-6)
-    if top_k:
-        kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    if top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)
-        sorted_probs = np.take_along_axis(probs, order, -1)
-        drop = np.cumsum(sorted_probs, -1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
-        np.put_along_axis(probs, order, np.where(drop, 0.0, sorted_probs), -1)
-        probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=p) for p in probs])
+# The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
+# causal, None included: a model used for one task only); generation is always causal.
+ATTNS = ("bbcc", "cccc", "bb", "cc", None)
+PROMPT_DOC_CACHING = rag.TEMPLATES["doc"]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -147,10 +60,8 @@ class GritLM:
     ):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
-        if attn not in ("bbcc", "cccc"):
-            raise UsageError(
-                f"attn must be 'bbcc' (bidirectional embedding) or 'cccc' (causal), got {attn!r}"
-            )
+        if attn not in ATTNS:
+            raise UsageError(f"attn must be one of {ATTNS} (as the reference), got {attn!r}")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.pooling_method, self.attn, self.normalized, self.embed_eos = (
             pooling_method,
@@ -179,7 +90,8 @@ class GritLM:
         **kwargs,
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
-        hf-to-orbax dir, training step dir or work dir). Settings default to the dir's grit_config.json."""
+        hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
+        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc")."""
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             raise CheckpointError(
@@ -274,7 +186,7 @@ class GritLM:
         for i, r in enumerate(rows):
             tokens[i, : len(r)], valid[i, : len(r)] = r, True
         positions = np.broadcast_to(np.arange(length), (batch, length))
-        kind = "bidirectional" if self.attn[:2] == "bb" else "causal"
+        kind = "bidirectional" if self.attn is not None and self.attn[:2] == "bb" else "causal"
         mask = masks.mask_from_positions(
             positions, positions, valid, kind, sliding_window=self.config.sliding_window
         )
@@ -285,38 +197,52 @@ class GritLM:
         return self.encode(queries, **kwargs)
 
     def encode_corpus(self, corpus, **kwargs):
-        """Documents as strings, dicts with "text" (and "title"), or a dict of lists, as MTEB passes them."""
+        """Documents as strings or dicts with "text" (and "title", joined as title + " " + text, nothing
+        stripped); one dict is one document, as in the reference."""
         if isinstance(corpus, dict):
-            corpus = [{k: corpus[k][i] for k in corpus} for i in range(len(corpus["text"]))]
-        texts = [
-            (d["title"] + self.sep + d["text"]).strip()
-            if "title" in d
-            else d["text"].strip()
-            if isinstance(d, dict)
-            else d
-            for d in corpus
-        ]
-        return self.encode(texts, **kwargs)
+            corpus = [corpus]
+        return self.encode(corpus if isinstance(corpus, str) else [rag.doc_text(d) for d in corpus], **kwargs)
 
     # ---- generation
 
     def chat_prompt(self, messages) -> list[int]:
-        """`<s><|user|>\\n{user}\\n<|assistant|>\\n{assistant}</s>...` ending ready for the assistant's turn."""
+        """Token for token the training format: `<s>` + turns joined by `\\n`, each `<|user|>\\n{user}
+        \\n<|assistant|>\\n{assistant}</s>` (each turn tokenized as training does), ending ready for the
+        assistant's turn (or with the last assistant turn's `</s>`)."""
         ids = [self.tokenizer.bos_id]
         for i, m in enumerate(messages):
-            if i:
-                ids += self.tokenizer.encode("\n")
-            if m["role"] == "user":
-                ids += self.tokenizer.encode(f"<|user|>\n{m['content']}\n<|assistant|>\n")
-            elif m["role"] == "assistant":
-                ids += self.tokenizer.encode(m["content"].strip()) + [self.tokenizer.eos_id]
-            else:
-                raise UsageError(f"message {i}: role must be 'user' or 'assistant', got {m['role']!r}")
+            role = ("user", "assistant")[i % 2]
+            if m["role"] != role:
+                raise UsageError(f"message {i}: turns alternate user and assistant; expected {role!r}")
+        for i in range(0, len(messages), 2):
+            prefix = fmt.user_turn(messages[i]["content"], first=i == 0)
+            if i + 1 == len(messages):
+                return ids + self.tokenizer.encode(prefix)
+            ids += self.tokenizer.encode(prefix + messages[i + 1]["content"].strip()) + [
+                self.tokenizer.eos_id
+            ]
         return ids
 
-    def rag_prompt(self, query: str, template: str = PROMPT_DOC_CACHING) -> list[int]:
-        """The reference's prompt that follows a cached document (no BOS: it continues the cache)."""
-        return self.tokenizer.encode(template.format(query=query))
+    def rag_prompt(self, query: str = "", mode: str = "doc", doc="", answer_prefix: str = "") -> list[int]:
+        """The reference's prompt that follows the mode's cache (no BOS: it continues the cache)."""
+        return self.tokenizer.encode(rag.prompt_text(mode, query, doc, answer_prefix))
+
+    def rag_caches(self, query, doc, mode: str = "doc", max_length: int = 512) -> list[Cache]:
+        """The mode's caches (grit_jax.rag) of one query and document, or of lists of them (one per row)."""
+        queries, docs = _rows(query), _rows(doc)
+        return rag.caches(self, queries, docs, mode, max_length)
+
+    def rag_generate(self, query, doc, mode: str = "doc", answer_prefix: str = "", max_length=512, **kwargs):
+        """RAG with caching as the reference does it: caches of the mode, then its prompt; generate's
+        arguments in kwargs. One query and document give one answer, lists one answer per row."""
+        queries, docs = _rows(query), _rows(doc)
+        if len(queries) != len(docs):
+            raise UsageError(f"{len(queries)} queries but {len(docs)} documents: one of each per row")
+        prompts = [self.rag_prompt(q, mode, d, answer_prefix) for q, d in zip(queries, docs)]
+        out = self.generate(
+            prompts, past_key_values=self.rag_caches(queries, docs, mode, max_length), **kwargs
+        )
+        return out[0] if isinstance(query, str) else out
 
     def _prompt_ids(self, prompt, continuing: bool) -> list[int]:
         if isinstance(prompt, str):
@@ -372,7 +298,11 @@ class GritLM:
         cfg, batch = self.config, len(rows)
         lengths = np.array([len(r) for r in rows])
         prefix = 0 if cache is None else cache.valid.shape[1]
-        start = 0 if cache is None else cache.num_tokens  # positions continue after the cached tokens
+        start = np.zeros(batch, np.int64)  # each row continues after its own cached tokens
+        if cache is not None:
+            if cache.valid.shape[0] not in (1, batch):
+                raise UsageError(f"a cache of {cache.valid.shape[0]} rows cannot prefix {batch} prompts")
+            start = np.broadcast_to(cache.lengths, (batch,))
         prompt_len = bucket(lengths.max())
         buffer = KVCache.empty(cfg, batch, bucket(prefix + prompt_len + max_new_tokens, 64))
         valid = np.zeros((batch, buffer.k.shape[2]), bool)
@@ -385,7 +315,7 @@ class GritLM:
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = r
             valid[i, prefix : prefix + len(r)] = True
-        positions = start + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
+        positions = start[:, None] + np.arange(prompt_len)[None]
         slots = prefix + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
         logits, buffer = _decode_pass(
             self.graphdef,
@@ -442,6 +372,11 @@ class GritLM:
             sliding_window=self.config.sliding_window,
         )
         return mask
+
+
+def _rows(texts) -> list:
+    """One text (or document dict) as a list of one, a list as it is."""
+    return [texts] if isinstance(texts, (str, dict)) else list(texts)
 
 
 def _is_single_prompt(inputs) -> bool:

@@ -17,8 +17,8 @@ from grit_jax import GritLM, convert, sharding
 from grit_jax.checkpoint import Checkpoints, load_params_from_checkpoint, model_config
 from grit_jax.config import base_config
 from grit_jax.errors import CheckpointError
-from grit_jax.model_files import GRIT_CONFIG
 from grit_jax.masks import make_attn_mask
+from grit_jax.model_files import GRIT_CONFIG
 from grit_jax.safetensors_io import SafetensorsDir
 from grit_jax.state import TrainSetup, abstract_model
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
@@ -132,9 +132,7 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     b = GritLM.from_pretrained(out).encode(["hello world", "a b c"], instruction="<|embed|>\n")
     np.testing.assert_allclose(a, b, atol=1e-6)
     step_dir = os.path.join(workdir, "checkpoints", "3")
-    flat = load_params_from_checkpoint(
-        step_dir, model_config(config).replace(param_dtype="bfloat16")
-    )
+    flat = load_params_from_checkpoint(step_dir, model_config(config).replace(param_dtype="bfloat16"))
     assert str(flat["norm.scale"].dtype) == "bfloat16"
 
 
@@ -149,16 +147,32 @@ def _fails(capsys, argv, pattern):
 def test_errors_name_the_path(tmp_path, tokenizer_model, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    _fails(capsys, ["orbax-to-hf", "--ckpt", str(empty), "--out", str(tmp_path / "x")], f"{empty}: not a checkpoint")
-    _fails(capsys, ["hf-to-orbax", "--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")], f"{tmp_path / 'nowhere'}: no such directory")
+    _fails(
+        capsys,
+        ["orbax-to-hf", "--ckpt", str(empty), "--out", str(tmp_path / "x")],
+        f"{empty}: not a checkpoint",
+    )
+    _fails(
+        capsys,
+        ["hf-to-orbax", "--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")],
+        f"{tmp_path / 'nowhere'}: no such directory",
+    )
     _, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model)
     llama = tmp_path / "llama"
     shutil.copytree(hf_dir, llama)
     cfg = json.load(open(llama / "config.json"))
     cfg.update(architectures=["LlamaForCausalLM"], model_type="llama")
     json.dump(cfg, open(llama / "config.json", "w"))
-    _fails(capsys, ["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")], f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM")
+    _fails(
+        capsys,
+        ["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")],
+        f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM",
+    )
     os.remove(os.path.join(hf_dir, "tokenizer.model"))
-    _fails(capsys, ["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "w")], f"no tokenizer: {os.path.join(hf_dir, 'tokenizer.model')}")
+    _fails(
+        capsys,
+        ["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "w")],
+        f"no tokenizer: {os.path.join(hf_dir, 'tokenizer.model')}",
+    )
     with pytest.raises(CheckpointError, match=f"{os.path.join(hf_dir, 'tokenizer.model')}"):
         GritLM.from_pretrained(hf_dir)

@@ -4,7 +4,7 @@ import pytest
 
 from grit_jax.data import format as fmt
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
-from grit_jax.errors import DataError
+from grit_jax.errors import DataError, UsageError
 
 TEXTS = [
     "Retrieve the documentation of a Python function.\nReturn a list of lines.",
@@ -35,12 +35,25 @@ def test_instruction_prefix_and_length(tok):
     assert fmt.embed_prefix("Retrieve docs") == prefix
 
 
-@pytest.mark.parametrize("item", ["plain text", ["", "plain text"], [" : \n", "plain text"]])
+@pytest.mark.parametrize("item", [["", "plain text"], [" : \n", "plain text"]])
 def test_no_instruction(tok, item):
     ids, n = fmt.encode_embedding(tok, item, 64)
     assert list(ids) == [tok.bos_id] + tok.encode("<|embed|>\nplain text")
     assert n == 1 + len(tok.encode("<|embed|>\n"))
     assert tok.decode(ids[n:]) == "plain text"
+
+
+def test_plain_string_embedding_is_raw_text(tok):
+    """The reference formats only [instruction, text] pairs: a plain string is embedded as it is (no BOS,
+    no marker) and nothing is left out of pooling; plain_strings="formatted" keeps `<s><|embed|>\n`."""
+    ids, n = fmt.encode_embedding(tok, "plain text", 64)
+    assert list(ids) == tok.encode("plain text") and n == 0
+    ids, n = fmt.encode_embedding(tok, "plain text", 64, plain_strings="formatted")
+    assert list(ids) == [tok.bos_id] + tok.encode("<|embed|>\nplain text")
+    assert n == 1 + len(tok.encode("<|embed|>\n"))
+    assert len(fmt.encode_embedding(tok, "plain text " * 20, 8)[0]) == 8
+    with pytest.raises(UsageError, match="plain_strings"):
+        fmt.encode_embedding(tok, "plain text", 64, plain_strings="chat")
 
 
 def test_truncation_and_character_cut(tok):
@@ -49,8 +62,8 @@ def test_truncation_and_character_cut(tok):
     assert len(ids) == 16 and ids[0] == tok.bos_id
     full = [tok.bos_id] + tok.encode("<|user|>\nRetrieve\n<|embed|>\n" + text[:160])
     assert list(ids) == full[:16]
-    _, full_text = fmt.embed_strings(["Retrieve", text], 16)
-    assert full_text.endswith(text[:160])
+    _, full_text, _ = fmt.embed_strings(["Retrieve", text], 160)
+    assert full_text.endswith(text[:160]) and not full_text.endswith(text[:161])
 
 
 def test_nothing_left_to_embed_and_empty_text(tok):
@@ -94,9 +107,14 @@ def test_multi_turn_chat_labels(tok):
 
 
 def test_plain_text_trained_whole_and_truncated(tok):
-    ids, target, _ = fmt.encode_chat(tok, "Return a list of lines.", 256)
+    # The reference: raw text, no BOS, no EOS, every token a target (the first has nothing before it).
+    ids, target, last_start = fmt.encode_chat(tok, "Return a list of lines.", 256)
+    assert list(ids) == tok.encode("Return a list of lines.")
+    assert not target[0] and target[1:].all() and last_start == 0
+    ids, target, _ = fmt.encode_chat(tok, "Return a list of lines.", 256, plain_strings="formatted")
     assert list(ids) == [tok.bos_id] + tok.encode("Return a list of lines.") + [tok.eos_id]
     assert not target[0] and target[1:].all()
+    assert len(fmt.encode_chat(tok, "Return a list of lines. " * 20, 8)[0]) == 8
     ids, target, _ = fmt.encode_chat(tok, ["question?", "answer " * 50], 12)
     assert len(ids) == len(target) == 12 and ids[-1] != tok.eos_id
 

@@ -1,5 +1,6 @@
 """The grain pipeline on the stdlib demo corpus: contract, sampling rules, determinism, resume, hosts."""
 
+import itertools
 import json
 
 import numpy as np
@@ -110,6 +111,23 @@ def test_epoch_plan_single_source_batches():
     assert not np.array_equal(plan, pipeline.epoch_plan([21, 13, 5], 4, seed=1, epoch=1))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_leftover_tails_are_shuffled_as_whole_blocks(seed):
+    """The reference permutes the order of the per-source incomplete tails, each kept in one piece, then
+    cuts mixed batches: some order of the mixed batches puts every source's tail in one contiguous run."""
+    sizes, batch = [7, 3, 6, 5, 2, 9], 4  # 5 full batches; tails 3+3+2+1+2+1 = 12 -> 3 mixed batches
+    plan = pipeline.epoch_plan(sizes, batch, seed=seed, epoch=0)
+    mixed = [b for b in plan if len(set(b[:, 0])) > 1]
+    assert len(plan) == pipeline.steps_per_epoch(sizes, batch) == 8 and len(mixed) == 3
+
+    def contiguous(sources):
+        starts = [s for k, s in enumerate(sources) if k == 0 or s != sources[k - 1]]
+        return len(starts) == len(set(starts))
+
+    orders = itertools.permutations(mixed)
+    assert any(contiguous(list(np.concatenate(order)[:, 0])) for order in orders)
+
+
 def test_demo_batches_come_from_one_source(config):
     it = pipeline.make_train_iterator(config, mode="embedding")
     sizes = it.batches.embedding_sizes
@@ -150,7 +168,9 @@ def test_restored_state_continues_with_the_next_batch(config):
 
 def test_two_hosts_split_the_global_batch(config):
     whole = _take(pipeline.make_train_iterator(config, process_index=0, process_count=1), 2)
-    hosts = [_take(pipeline.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)]
+    hosts = [
+        _take(pipeline.make_train_iterator(config, process_index=p, process_count=2), 2) for p in range(2)
+    ]
     for step in range(2):
         for key, value in whole[step].items():
             joined = np.concatenate([hosts[0][step][key], hosts[1][step][key]])

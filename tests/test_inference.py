@@ -7,6 +7,7 @@ import sentencepiece as spm
 import torch
 
 from grit_jax import GritLM, masks
+from grit_jax.errors import UsageError
 from grit_jax.inference import KVCache, _decode_pass, bucket
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask
@@ -161,23 +162,144 @@ def segment_baseline(model, segments, prompt, max_new_tokens):
     )[0]
 
 
+# The reference's prompts after the cache (README of gritlm and its RAG evaluation script), written out.
+AFTER_DOC = (
+    "\n<|user|>\n{query}\n\nAnswer the prior query while optionally using the context prior to it"
+    "\n<|assistant|>\n"
+)
+AFTER_QUERY = (
+    "\n<|user|>\n{doc}\n\nOptionally using the prior context answer the query prior to it\n<|assistant|>\n"
+)
+AFTER_QUERY_DOC = (
+    "\n<|user|>\nOptionally using the prior context answer the query prior to it\n<|assistant|>\n"
+)
+AFTER_DOC_QUERY = (
+    "\n<|user|>\nAnswer the prior query while optionally using the context prior to it\n<|assistant|>\n"
+)
+
+
 @pytest.mark.parametrize("mode", ["doc", "query", "query-doc", "doc-query"])
 def test_generation_from_cache_equals_without(setup, mode):
+    """Each cached segment is `<|embed|>\n{text}` with BOS, except a document cached after a query, which
+    gets "\n" instead of BOS (query-doc); the prompt after the cache has no BOS."""
     _, model, sp = setup
-    tok = lambda text: sp.encode(text)
-    doc_ids = [sp.bos_id()] + tok("<|embed|>\n" + DOC)
-    query_ids = [sp.bos_id()] + tok(INSTRUCTION + QUERY)
-    _, doc_cache = model.encode([DOC], instruction="<|embed|>\n", get_cache=True)
-    _, query_cache = model.encode([QUERY], instruction=INSTRUCTION, get_cache=True)
-    assert doc_cache.num_tokens == len(doc_ids) and query_cache.num_tokens == len(query_ids)
-    after = "\n<|user|>\nAnswer the prior query while using the knowledge in the document\n<|assistant|>\n"
+    tok = sp.encode
+    doc = [sp.bos_id()] + tok("<|embed|>\n" + DOC)
+    query = [sp.bos_id()] + tok("<|embed|>\n" + QUERY)
     plans = {
-        "doc": ([doc_cache], [doc_ids], model.rag_prompt(QUERY)),
-        "query": ([query_cache], [query_ids], tok("\n" + DOC + after)),
-        "query-doc": ([query_cache, doc_cache], [query_ids, doc_ids], tok(after)),
-        "doc-query": ([doc_cache, query_cache], [doc_ids, query_ids], tok(after)),
+        "doc": ([doc], tok(AFTER_DOC.format(query=QUERY))),
+        "query": ([query], tok(AFTER_QUERY.format(doc=DOC))),
+        "query-doc": ([query, tok("\n<|embed|>\n" + DOC)], tok(AFTER_QUERY_DOC)),
+        "doc-query": ([doc, query], tok(AFTER_DOC_QUERY)),
     }
-    caches, segments, prompt = plans[mode]
-    cached = model.generate(prompt, past_key_values=caches, max_new_tokens=12, eos_token_id=-1)
+    segments, prompt = plans[mode]
+    caches = model.rag_caches(QUERY, DOC, mode)
+    assert [c.num_tokens for c in caches] == [len(s) for s in segments]
+    assert model.rag_prompt(QUERY, mode=mode, doc=DOC) == prompt
+    cached = model.rag_generate(QUERY, DOC, mode=mode, max_new_tokens=12, eos_token_id=-1)
     assert cached == segment_baseline(model, segments, prompt, 12)
     assert len(cached) == 12
+    # Batched: each row continues its own cache.
+    short = "Return the names."
+    batched = model.rag_generate(
+        [QUERY, "Names?"], [DOC, short], mode=mode, max_new_tokens=6, eos_token_id=-1
+    )
+    assert batched == [
+        model.rag_generate(q, d, mode=mode, max_new_tokens=6, eos_token_id=-1)
+        for q, d in ((QUERY, DOC), ("Names?", short))
+    ]
+
+
+@pytest.fixture(scope="module")
+def sharp(tmp_path_factory):
+    """A random model with larger weights (initializer_range 0.1): its attention depends enough on
+    positions that a row continuing at another row's position generates other tokens."""
+    root = tmp_path_factory.mktemp("sharp")
+    make_tokenizer(root / "tokenizer.model")
+    _, path = make_hf_dir(root / "hf", root / "tokenizer.model", initializer_range=0.1)
+    return GritLM.from_pretrained(path)
+
+
+def test_batched_generation_from_unequal_cache_rows(sharp):
+    """Row i of a two-row cache continues at its own position, as the one-row call does."""
+    model = sharp
+    docs = [DOC, "A short document about names."]
+    _, both = model.encode(docs, instruction="<|embed|>\n", get_cache=True)
+    prompts = [model.rag_prompt(QUERY), model.rag_prompt("Which names?")]
+    got = model.generate(prompts, past_key_values=both, max_new_tokens=8, eos_token_id=-1)
+    for doc, prompt, row in zip(docs, prompts, got):
+        _, one = model.encode([doc], instruction="<|embed|>\n", get_cache=True)
+        assert row == model.generate(prompt, past_key_values=one, max_new_tokens=8, eos_token_id=-1)
+
+
+def llama_like_tokenizer(path):
+    """A sentencepiece model with Llama's dummy prefix: pieces tokenized apart gain "▁" tokens."""
+    import io
+
+    from grit_jax.data.tokenizer import Tokenizer
+    from tests.grit_fixtures import tokenizer_texts
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tokenizer_texts()),
+        model_writer=model,
+        vocab_size=450,
+        model_type="bpe",
+        byte_fallback=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        user_defined_symbols=["<|user|>", "<|embed|>", "<|assistant|>", "\n"],
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return Tokenizer(str(path))
+
+
+@pytest.mark.parametrize("tokenizer", ["grit", "llama"])
+def test_multi_turn_chat_prompt_is_the_training_format(setup, tmp_path, tokenizer):
+    from grit_jax.data import format as fmt
+
+    _, model, _ = setup
+    if tokenizer == "llama":
+        model = GritLM(model.model, llama_like_tokenizer(tmp_path / "llama.model"))
+    turns = ["What does dumps do?", "  Serialize obj.\n", "And loads?", "Deserialize s.", "And dump?"]
+    messages = [{"role": ("user", "assistant")[k % 2], "content": t} for k, t in enumerate(turns)]
+    ids, _, last_start = fmt.encode_chat(model.tokenizer, turns + ["Write to a file."], 512)
+    assert model.chat_prompt(messages) == list(ids[:last_start])
+    one = fmt.encode_chat(model.tokenizer, turns[:1] + ["x"], 512)
+    assert model.chat_prompt(messages[:1]) == list(one[0][: one[2]])
+
+
+def test_encode_corpus_joins_title_and_text_like_the_reference(setup):
+    _, model, _ = setup
+    kw = dict(instruction="<|embed|>\n")
+    docs = [{"title": "", "text": "Return names. "}, {"title": "os", "text": " listdir"}, {"text": " x "}]
+    want = model.encode([" Return names. ", "os  listdir", " x "], **kw)
+    np.testing.assert_allclose(model.encode_corpus(docs, **kw), want, atol=1e-6)
+    one = model.encode_corpus({"title": "os", "text": " listdir"}, **kw)  # one document, wrapped in a list
+    assert one.shape == (1, want.shape[1])
+    np.testing.assert_allclose(one[0], want[1], atol=1e-6)
+    with pytest.raises(UsageError, match="one document"):
+        model.encode_corpus({"title": ["a", "b"], "text": ["x", "y"]}, **kw)
+
+
+def test_attn_settings_of_the_reference(setup):
+    """bb/bbcc embed bidirectionally; cc/cccc and None causally (None: the model's own, causal attention)."""
+    _, model, _ = setup
+    embed = {
+        a: GritLM(model.model, model.tokenizer, attn=a).encode(TEXTS[:2])
+        for a in ("bbcc", "bb", "cccc", "cc", None)
+    }
+    np.testing.assert_array_equal(embed["bb"], embed["bbcc"])
+    np.testing.assert_array_equal(embed["cc"], embed["cccc"])
+    np.testing.assert_array_equal(embed[None], embed["cccc"])
+    assert not np.allclose(embed["bbcc"], embed["cccc"], atol=1e-3)
+    chat = [{"role": "user", "content": "hello"}]
+    assert GritLM(model.model, model.tokenizer, attn=None).generate(chat, max_new_tokens=4) == model.generate(
+        chat, max_new_tokens=4
+    )
+    with pytest.raises(UsageError, match="attn"):
+        GritLM(model.model, model.tokenizer, attn="bc")

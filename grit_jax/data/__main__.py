@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--passage_max_len", type=int, default=PAPER_LENGTHS["passage_max_len"])
     prepare.add_argument("--generative_max_len", type=int, default=PAPER_LENGTHS["generative_max_len"])
     prepare.add_argument("--pad_id", type=int, default=None)
+    prepare.add_argument(
+        "--plain_strings",
+        choices=("raw", "formatted"),
+        default="raw",
+        help="texts that are neither [instruction, text] pairs nor chat turns: raw text as the reference "
+        "(default), or formatted with BOS and <|embed|> (embedding) or BOS and EOS (generative)",
+    )
     demo = commands.add_parser("demo", help="build the stdlib-docstring demo corpus and tokenizer")
     demo.add_argument("--out", required=True, metavar="DIR")
     demo.add_argument("--vocab_size", type=int, default=1024)
@@ -57,9 +64,13 @@ def report(manifest: dict) -> str:
                 stats = {k: e[k] for k in ("query_tokens", "passage_tokens", "tokens") if k in e}
                 lines.append(
                     f"{split:5} {kind:10} {e['name']:24} examples={e['num_examples']:<8} "
-                    f"skipped={e['num_skipped']:<5} " + json.dumps(stats)
+                    f"skipped={e['num_skipped']:<5} dropped={e.get('num_dropped', 0):<5} " + json.dumps(stats)
                 )
                 lines.extend(f"      skipped {s}" for s in e["skipped"][:5])
+                lines.extend(
+                    f"      dropped {s} (first prompt reaches the length limit)"
+                    for s in e.get("dropped", [])[:5]
+                )
     return "\n".join(lines)
 
 
@@ -88,6 +99,7 @@ def _run(args):
         query_max_len=args.query_max_len,
         passage_max_len=args.passage_max_len,
         generative_max_len=args.generative_max_len,
+        plain_strings=args.plain_strings,
     )
     print(report(manifest))
 

@@ -124,6 +124,7 @@ def prepare_demo_data(
         query_max_len=limits[0],
         passage_max_len=limits[1],
         generative_max_len=limits[2],
+        plain_strings="formatted",  # plain passages, docstrings: `<s><|embed|>\n...`, `<s>...</s>`
     )
     with open(stamp_path, "w") as f:
         json.dump(stamp, f)

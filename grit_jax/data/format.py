@@ -3,9 +3,11 @@
 Embedding: `<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`, or `<s><|embed|>\\n{text}` without an
 instruction; the instruction length (tokens excluded from pooling) counts BOS and the prefix up to and
 including `<|embed|>\\n`. Chat: `<s>` + turns joined by `\\n`, each `<|user|>\\n{user}\\n<|assistant|>\\n
-{assistant}</s>`; labels only on the assistant text and its `</s>`. A plain string is trained on whole.
-`<s>`/`</s>` are the BOS/EOS ids, never text. Each text is cut to 10x its token limit in characters
-before tokenizing, then truncated to the limit (the reference's `max_char_len`).
+{assistant}</s>`; labels only on the assistant text and its `</s>`. `<s>`/`</s>` are the BOS/EOS ids,
+never text. Plain strings (neither pairs nor turns) are raw text as in the reference: no BOS, no marker,
+no EOS, nothing left out of pooling, a generative one trained on whole; plain_strings="formatted" gives
+them `<s><|embed|>\\n{text}` or `<s>{text}</s>` instead. Texts are cut to a number of characters before
+tokenizing (the reference's `max_char_len`: 10x the largest token limit), then truncated to their limit.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Union
 import numpy as np
 
 from grit_jax.data.tokenizer import Tokenizer
-from grit_jax.errors import DataError
+from grit_jax.errors import DataError, UsageError
 
 EmbedText = Union[str, Sequence[str]]  # "text" or [instruction, text]
 CHARS_PER_TOKEN_CUT = 10
+PLAIN_STRINGS = ("raw", "formatted")  # the reference's raw text, or GRIT-formatted (grit_jax before)
 
 
 def clean_instruction(instruction: str) -> str:
@@ -41,26 +44,39 @@ def split_embed_text(item: EmbedText) -> tuple[str, str]:
     return instruction, text
 
 
-def embed_strings(item: EmbedText, max_len: int) -> tuple[str, str]:
-    """(prefix, prefix + text) with both parts cut to 10x max_len characters."""
+def check_plain_strings(plain_strings: str) -> str:
+    if plain_strings not in PLAIN_STRINGS:
+        raise UsageError(f"plain_strings must be one of {PLAIN_STRINGS}, got {plain_strings!r}")
+    return plain_strings
+
+
+def embed_strings(item: EmbedText, max_chars: int, plain_strings="raw") -> tuple[str, str, bool]:
+    """(prefix, prefix + text, raw) with instruction and text cut to max_chars; raw: no BOS, no prefix."""
     instruction, text = split_embed_text(item)
-    cut = CHARS_PER_TOKEN_CUT * max_len
     if not text.strip():
         raise DataError("empty text")
-    prefix = embed_prefix(instruction[:cut])
-    return prefix, prefix + text[:cut]
+    if isinstance(item, str) and check_plain_strings(plain_strings) == "raw":
+        return "", text[:max_chars], True
+    prefix = embed_prefix(instruction[:max_chars])
+    return prefix, prefix + text[:max_chars], False
 
 
-def encode_embedding(tokenizer: Tokenizer, item: EmbedText, max_len: int) -> tuple[np.ndarray, int]:
-    """Token ids (BOS first, truncated to max_len) and the instruction length of one text."""
-    prefix, full = embed_strings(item, max_len)
-    return finish_embedding(tokenizer, tokenizer.encode(prefix), tokenizer.encode(full), max_len)
+def encode_embedding(
+    tokenizer: Tokenizer, item: EmbedText, max_len: int, max_chars: int | None = None, plain_strings="raw"
+) -> tuple[np.ndarray, int]:
+    """Token ids (truncated to max_len) and the instruction length of one text. max_chars defaults to
+    10 x max_len; data preparation passes 10 x the largest of all three limits, as the reference does."""
+    max_chars = CHARS_PER_TOKEN_CUT * max_len if max_chars is None else max_chars
+    prefix, full, raw = embed_strings(item, max_chars, plain_strings)
+    return finish_embedding(tokenizer, tokenizer.encode(prefix), tokenizer.encode(full), max_len, raw)
 
 
 def finish_embedding(
-    tokenizer: Tokenizer, prefix_ids: Sequence[int], full_ids: Sequence[int], max_len: int
+    tokenizer: Tokenizer, prefix_ids: Sequence[int], full_ids: Sequence[int], max_len: int, raw=False
 ) -> tuple[np.ndarray, int]:
-    """Adds BOS, truncates and checks that something is left to embed after the instruction."""
+    """Adds BOS (not to raw text), truncates and checks that something is left to embed."""
+    if raw:
+        return np.asarray(list(full_ids)[:max_len], np.int32), 0
     ids = np.asarray([tokenizer.bos_id, *full_ids][:max_len], np.int32)
     instruction_len = 1 + len(prefix_ids)
     if len(ids) <= instruction_len:
@@ -69,6 +85,11 @@ def finish_embedding(
             f"tokens, {len(ids)} tokens after truncation to {max_len})"
         )
     return ids, instruction_len
+
+
+def user_turn(user: str, first: bool) -> str:
+    """`<|user|>\\n{user}\\n<|assistant|>\\n`, after a `\\n` turn separator unless it is the first turn."""
+    return ("" if first else "\n") + f"<|user|>\n{user}\n<|assistant|>\n"
 
 
 def chat_segments(text: str | Sequence[str], max_len: int) -> list[tuple[str, str]]:
@@ -85,22 +106,21 @@ def chat_segments(text: str | Sequence[str], max_len: int) -> list[tuple[str, st
         user, assistant = text[k], text[k + 1].strip()
         if not user.strip() or not assistant:
             raise DataError(f"empty {'user' if not user.strip() else 'assistant'} turn {k // 2}")
-        newline = "\n" if k else ""
-        segments.append((f"{newline}<|user|>\n{user[:cut]}\n<|assistant|>\n", assistant[:cut]))
+        segments.append((user_turn(user[:cut], first=k == 0), assistant[:cut]))
     return segments
 
 
 def encode_chat(
-    tokenizer: Tokenizer, text: str | Sequence[str], max_len: int
+    tokenizer: Tokenizer, text: str | Sequence[str], max_len: int, plain_strings="raw"
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Token ids, target mask and the start of the last trained segment of a generative example.
 
     target[t] is True where token t is a training target (predicted from t-1): assistant text and its
-    EOS (or the whole plain string and its EOS), never t = 0. Truncated to max_len."""
+    EOS (or every token of a plain string), never t = 0. Truncated to max_len."""
     segments = chat_segments(text, max_len)
     encoded = tokenizer.encode_batch([p for p, _ in segments] + [p + a for p, a in segments], 1)
     n = len(segments)
-    return finish_chat(tokenizer, encoded[:n], encoded[n:], isinstance(text, str), max_len)
+    return finish_chat(tokenizer, encoded[:n], encoded[n:], isinstance(text, str), max_len, plain_strings)
 
 
 def finish_chat(
@@ -109,7 +129,11 @@ def finish_chat(
     full_ids: Sequence[Sequence[int]],
     plain: bool,
     max_len: int,
+    plain_strings="raw",
 ) -> tuple[np.ndarray, np.ndarray, int]:
+    if plain and check_plain_strings(plain_strings) == "raw":  # the reference: labels = input ids
+        ids = np.asarray(list(full_ids[0])[:max_len], np.int32)
+        return ids, np.arange(len(ids)) > 0, 0
     ids, target = [tokenizer.bos_id], [False]
     last_start = 1
     for prefix, full in zip(prefix_ids, full_ids):

@@ -2,8 +2,8 @@
 
 Step s of the embedding stream is global batch j = s mod E of epoch s // E (E batches per epoch).
 An epoch's plan follows the reference: each source's shuffled indices are cut into global batches, the
-incomplete tails are pooled, shuffled and cut into mixed batches (a last incomplete one is dropped), all
-batches are shuffled. The generative stream takes rows s*Bg .. s*Bg+Bg-1 of an endless sequence of
+incomplete tails are shuffled as whole blocks (their order, not their items), joined and cut into mixed
+batches (a last incomplete one is dropped), all batches are shuffled. The generative stream takes rows s*Bg .. s*Bg+Bg-1 of an endless sequence of
 permutations (`use_unique_indices`: without replacement, refilled when exhausted) or of independent
 draws. Every random choice is a function of (seed, step, global row), so a host reads only its rows
 [p*B/P, (p+1)*B/P) and a restored run sees exactly the batches it would have seen.
@@ -43,10 +43,11 @@ def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle
         pairs = np.stack([np.full(size, source), order], axis=1)
         cut = size // batch_size * batch_size
         full.extend(np.split(pairs[:cut], cut // batch_size) if cut else [])
-        tails.append(pairs[cut:])
+        if cut < size:
+            tails.append(pairs[cut:])
+    if shuffle:  # the reference permutes the tails as whole blocks, each keeping its shuffled order
+        tails = [tails[i] for i in rng.permutation(len(tails))]
     pooled = np.concatenate(tails) if tails else np.zeros((0, 2), np.int64)
-    if shuffle:
-        pooled = pooled[rng.permutation(len(pooled))]
     cut = len(pooled) // batch_size * batch_size
     batches = full + (np.split(pooled[:cut], cut // batch_size) if cut else [])
     if not batches:
@@ -314,9 +315,7 @@ def make_train_iterator(
     manifest = sources.read_manifest(config.data_dir)
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
-        raise DataError(
-            f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}"
-        )
+        raise DataError(f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}")
     batches = HostBatches(
         config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count
     )

@@ -34,6 +34,7 @@ from grit_jax.errors import DataError
 MANIFEST = "manifest.json"
 TFDS_VERSION = "1.0.0"
 ENCODE_CHUNK = 2048
+FORMAT_REVISION = 2  # part of each source's hash: data prepared by older rules is built again
 
 
 @dataclasses.dataclass
@@ -127,9 +128,12 @@ def _chunks(items, size):
         yield items[start : start + size]
 
 
-def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, bad: list) -> list[dict]:
+def tokenize_embedding(
+    tokenizer: Tokenizer, records, limits: dict, path: str, bad: list, dropped: list, plain_strings="raw"
+) -> list[dict]:
     """records: [(line, (query, pos, neg))] -> stored examples; failures appended to `bad`."""
     out = []
+    max_chars = fmt.CHARS_PER_TOKEN_CUT * max(limits.values())  # the reference's max_char_len
     for chunk in _chunks(records, ENCODE_CHUNK):
         strings, plans = [], []
         for line, (query, pos, neg) in chunk:
@@ -137,19 +141,19 @@ def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, b
                 texts = [(query, limits["query_max_len"])] + [
                     (t, limits["passage_max_len"]) for t in pos + neg
                 ]
-                pairs = [(fmt.embed_strings(t, m), m) for t, m in texts]
+                pairs = [(fmt.embed_strings(t, max_chars, plain_strings), m) for t, m in texts]
             except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
                 continue
             plans.append((line, len(strings), pairs, len(pos)))
-            for (prefix, full), _ in pairs:
+            for (prefix, full, _), _ in pairs:
                 strings.extend([prefix, full])
         ids = tokenizer.encode_batch(strings)
         for line, offset, pairs, num_pos in plans:
             try:
                 encoded = [
-                    fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m)
-                    for k, (_, m) in enumerate(pairs)
+                    fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m, raw)
+                    for k, ((_, _, raw), m) in enumerate(pairs)
                 ]
             except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
@@ -168,7 +172,11 @@ def tokenize_embedding(tokenizer: Tokenizer, records, limits: dict, path: str, b
     return out
 
 
-def tokenize_generative(tokenizer: Tokenizer, records, limits: dict, path: str, bad: list) -> list[dict]:
+def tokenize_generative(
+    tokenizer: Tokenizer, records, limits: dict, path: str, bad: list, dropped: list, plain_strings="raw"
+) -> list[dict]:
+    """records: [(line, text)] -> stored examples. Chats whose first prompt alone reaches the limit are
+    dropped (their lines appended to `dropped`), as the reference filters them."""
     out, max_len = [], limits["generative_max_len"]
     for chunk in _chunks(records, ENCODE_CHUNK):
         strings, plans = [], []
@@ -178,12 +186,20 @@ def tokenize_generative(tokenizer: Tokenizer, records, limits: dict, path: str, 
             except DataError as e:
                 bad.append(BadRecord(path, line, str(e)))
                 continue
-            plans.append((len(strings), len(segments), isinstance(text, str)))
+            plans.append((line, len(strings), len(segments), isinstance(text, str)))
             strings.extend([p for p, _ in segments] + [p + a for p, a in segments])
         ids = tokenizer.encode_batch(strings)
-        for offset, n, plain in plans:
+        for line, offset, n, plain in plans:
+            if not plain and len(ids[offset]) >= max_len:  # `<|user|>\n{user}\n<|assistant|>\n`, no BOS
+                dropped.append(line)
+                continue
             tokens, target, last_start = fmt.finish_chat(
-                tokenizer, ids[offset : offset + n], ids[offset + n : offset + 2 * n], plain, max_len
+                tokenizer,
+                ids[offset : offset + n],
+                ids[offset + n : offset + 2 * n],
+                plain,
+                max_len,
+                plain_strings,
             )
             out.append(
                 {"tokens": tokens, "targets": target.astype(np.uint8), "last_start": np.int32(last_start)}
@@ -313,24 +329,26 @@ def build_sources(
     limits: dict,
     skip_bad: bool,
     previous: dict,
+    plain_strings: str = "raw",
 ) -> list[dict]:
     """Validates, tokenizes and writes every file of one kind; returns one manifest entry each."""
     entries = []
     parse = parse_embedding if kind == "embedding" else parse_generative
     tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
     for path, name in zip(files, _source_names(files)):
-        key = _file_hash(path, json.dumps([kind, limits, tokenizer.fingerprint], sort_keys=True))
+        settings = [kind, limits, tokenizer.fingerprint, plain_strings, FORMAT_REVISION]
+        key = _file_hash(path, json.dumps(settings, sort_keys=True))
         old = previous.get(name)
         if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
             entries.append(old)
             continue
-        bad, records = [], []
+        bad, records, dropped = [], [], []
         for line, record, error in read_jsonl(path, parse):
             if error:
                 bad.append(BadRecord(path, line, error))
             else:
                 records.append((line, record))
-        examples = tokenize(tokenizer, records, limits, path, bad)
+        examples = tokenize(tokenizer, records, limits, path, bad, dropped, plain_strings)
         bad.sort(key=lambda b: b.line)
         if bad and not skip_bad:
             shown = "\n  ".join(map(str, bad[:20]))
@@ -346,6 +364,8 @@ def build_sources(
             "num_examples": len(examples),
             "num_skipped": len(bad),
             "skipped": [str(b) for b in bad[:100]],
+            "num_dropped": len(dropped),  # generative: first prompt too long, as the reference drops
+            "dropped": [f"{path}:{line}" for line in dropped[:100]],
         }
         if examples:
             target = os.path.join(out_dir, subdir, name)
@@ -391,8 +411,13 @@ def prepare(
     query_max_len: int = 256,
     passage_max_len: int = 2048,
     generative_max_len: int = 2048,
+    plain_strings: str = "raw",
 ) -> dict:
-    """Validates and builds every source into out_dir; unchanged sources are reused. Returns the manifest."""
+    """Validates and builds every source into out_dir; unchanged sources are reused. Returns the manifest.
+
+    plain_strings: "raw" (the reference: plain strings are not formatted) or "formatted" (they get BOS
+    and `<|embed|>\n`, or BOS and EOS for generative text)."""
+    fmt.check_plain_strings(plain_strings)
     limits = {
         "query_max_len": query_max_len,
         "passage_max_len": passage_max_len,
@@ -409,6 +434,7 @@ def prepare(
     manifest = {
         "version": TFDS_VERSION,
         "limits": limits,
+        "plain_strings": plain_strings,
         "tokenizer": tokenizer.fingerprint,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
@@ -427,6 +453,7 @@ def prepare(
                 limits,
                 skip_bad,
                 previous,
+                plain_strings,
             )
     tmp = os.path.join(out_dir, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
