@@ -26,7 +26,7 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.56"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.56", "ruff==0.17.6"],
         "tpu": ["jax[tpu]"],
         # libtpu lets a CPU machine compile for TPU topologies (grit-aot); not needed to train.
         "aot": ["libtpu"],

@@ -93,7 +93,8 @@ def table(rows) -> str:
         s = r["settings"]
         lines.append(
             f"| {model} | {r['accelerator']} | {r['chips']} | {r['hbm_bytes'] / gib:.0f} GiB "
-            f"| {(r['parameter_bytes'] + r['optimizer_bytes']) / gib:.2f} GiB | {r['temp_bytes'] / gib:.2f} GiB "
+            f"| {(r['parameter_bytes'] + r['optimizer_bytes']) / gib:.2f} GiB "
+            f"| {r['temp_bytes'] / gib:.2f} GiB "
             f"| {r['total_bytes'] / gib:.2f} GiB | {'yes' if r['fits'] else '**no**'} "
             f"| {s['embedding_chunk_size']} | {s['remat_policy']} | {s['generative_accumulation_steps']} "
             f"| {r['hours']:.1f} |"

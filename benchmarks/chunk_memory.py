@@ -21,6 +21,10 @@ from grit_jax.state import TrainSetup  # noqa: E402
 CHUNKS = (0, 32, 16, 8, 4, 2)
 
 
+def mib(b):
+    return f"{b / 2**20:.1f}"
+
+
 def config(chunk):
     c = base_config()
     c.model.preset = "tiny"
@@ -42,8 +46,9 @@ def main():
     print(
         f"tiny model (hidden {model_config(c).hidden_size}, {model_config(c).num_hidden_layers} layers), "
         f"{c.data.embedding_batch_size} queries x {c.data.query_max_len} tokens, "
-        f"{c.data.embedding_batch_size * c.data.train_group_size} passages x {c.data.passage_max_len} tokens, "
-        f"{c.data.generative_batch_size} x {c.data.generative_max_len} generative; {jax.devices()[0].platform}"
+        f"{c.data.embedding_batch_size * c.data.train_group_size} passages x "
+        f"{c.data.passage_max_len} tokens, {c.data.generative_batch_size} x {c.data.generative_max_len} "
+        f"generative; {jax.devices()[0].platform}"
     )
     print("| embedding_chunk_size | temp (peak scratch) MiB | arguments MiB | outputs MiB |")
     print("|---|---|---|---|")
@@ -54,7 +59,6 @@ def main():
             step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).compile()
         )
         m = compiled.memory_analysis()
-        mib = lambda b: f"{b / 2**20:.1f}"
         print(
             f"| {chunk or 'none (0)'} | {mib(m.temp_size_in_bytes)} | {mib(m.argument_size_in_bytes)} | "
             f"{mib(m.output_size_in_bytes)} |",

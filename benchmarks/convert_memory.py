@@ -50,7 +50,10 @@ def largest_stacked(cfg, itemsize):
     from grit_jax import hf
 
     shapes = hf.param_shapes(cfg)
-    stack = lambda e: (cfg.num_hidden_layers,) * e.per_layer + (cfg.num_local_experts,) * e.per_expert
+
+    def stack(e):
+        return (cfg.num_hidden_layers,) * e.per_layer + (cfg.num_local_experts,) * e.per_expert
+
     return int(max(np.prod(stack(e) + shapes[e.path]) for e in hf.name_map(cfg))) * itemsize
 
 
@@ -173,7 +176,10 @@ def main():
             env={**os.environ, "JAX_PLATFORMS": "cpu"},
         )
         total, largest = json.loads(written.stdout.split("SIZES")[-1])
-    gib = lambda b: f"{b / 2**30:.2f} GiB"
+
+    def gib(b):
+        return f"{b / 2**30:.2f} GiB"
+
     from grit_jax import hf
     from grit_jax.model import ModelConfig
 

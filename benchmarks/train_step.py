@@ -85,9 +85,11 @@ def measure(config, num_steps: int) -> dict:
 
 def write(config_name: str, result: dict, machine: str):
     row = (
-        f"| {config_name} | {machine} | {result['device']} | {result['params'] / 1e6:.2f} M | {result['dtype']} | "
+        f"| {config_name} | {machine} | {result['device']} | {result['params'] / 1e6:.2f} M "
+        f"| {result['dtype']} | "
         f"{result['step_s'] * 1e3:.1f} | {result['tokens_per_s']:,.0f} | {result['positions_per_s']:,.0f} | "
-        f"{result['model_tflops'] * 1e3:.1f} | {result['peak_tflops'] * 1e3:.1f} | {result['mfu'] * 100:.1f}% | "
+        f"{result['model_tflops'] * 1e3:.1f} | {result['peak_tflops'] * 1e3:.1f} "
+        f"| {result['mfu'] * 100:.1f}% | "
         f"{datetime.date.today().isoformat()} |\n"
     )
     text = open(RESULTS, encoding="utf-8").read() if os.path.exists(RESULTS) else "# Benchmark results\n"
@@ -96,7 +98,8 @@ def write(config_name: str, result: dict, machine: str):
             text.rstrip("\n")
             + f"\n\n{HEADING}\n\n`python benchmarks/train_step.py --config CONFIG --write`: "
             "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is "
-            "against the measured peak (best FLOP/s of a large matmul in the compute dtype, per device x devices).\n\n"
+            "against the measured peak (best FLOP/s of a large matmul in the compute dtype, "
+            "per device x devices).\n\n"
             "| config | machine | devices | params | dtype | ms/step | real tokens/s | padded tokens/s | "
             "model GFLOP/s | peak GFLOP/s | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )

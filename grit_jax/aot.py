@@ -18,7 +18,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -316,9 +315,7 @@ def _main(argv):
 
 
 def run():
-    # The host needs no accelerator (it only compiles): never claim a local TPU or GPU.
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    hardware.quiet_platform()
+    hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
     app.run(_main, flags_parser=cli.flags_parser("grit-aot"))
 
 

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from grit_jax import hf
 from grit_jax.errors import CheckpointError
 from grit_jax.model.config import ModelConfig
+from grit_jax.safetensors_io import numpy_dtype
 from grit_jax.tensorstore_io import leaf_opener, release_memory
 
 STATE, DATA = "state", "data"
@@ -260,5 +261,5 @@ def load_params_from_checkpoint(
     source = resolve_checkpoint(path, step)
     if cfg is not None:
         source.config = cfg
-        dtype = dtype or hf.numpy_dtype(cfg.param_dtype)
+        dtype = dtype or numpy_dtype(cfg.param_dtype)
     return dict(iter_checkpoint_params(source, dtype))

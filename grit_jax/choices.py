@@ -1,7 +1,8 @@
 """The closed sets of names a configuration may use, each written once (no jax here)."""
 
 MODES = ("unified", "embedding", "generative")
-# The reference's `attn`: first two letters the embedding pass, last two generation; b bidirectional, c causal.
+# The reference's `attn`: first two letters the embedding pass, last two generation (b bidirectional,
+# c causal); training uses these two.
 ATTENTIONS = {"bbcc": "bidirectional", "cccc": "causal"}
 POOLINGS = ("mean", "weightedmean", "lasttoken", "cls")
 LOSS_GEN_TYPES = ("mixed", "token")

@@ -7,6 +7,7 @@ it, with exit status 2. ``grit-data`` and ``grit-convert`` use argparse and ``ru
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -29,6 +30,13 @@ def run_command(program: str, main: Callable[[], int | None], error_status: int 
         return main() or 0
     except (GritError, OSError) as e:
         return report(program, e, error_status)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes end as one line `program: error: ...` (exit 2), without the usage block."""
+
+    def error(self, message):
+        sys.exit(report(self.prog.split()[0], UsageError(f"{message} (see {self.prog} --help)")))
 
 
 def define_config_flag():

@@ -14,7 +14,6 @@ size of a stacked parameter (a Mixtral's [L,E,D,F] experts included) (benchmarks
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,7 +30,7 @@ from grit_jax.checkpoint import (
     resolve_checkpoint,
 )
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
-from grit_jax.cli import run_command
+from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
 from grit_jax.model_files import GRIT_CONFIG, copy_tokenizer, find_tokenizer, grit_settings
@@ -62,12 +61,16 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     staging = os.path.join(out, PARAMS_ITEM + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     writer, first = PyTreeWriter(staging), None
-    for entry, shape, index, value in hf.iter_hf_slices(hf_dir, cfg, dtype=target):
-        first = first or str(value.dtype)
-        writer.write(entry.path, shape, index, value)
-        del value
-        release_memory()
-    writer.close()
+    try:
+        for entry, shape, index, value in hf.iter_hf_slices(hf_dir, cfg, dtype=target):
+            first = first or str(value.dtype)
+            writer.write(entry.path, shape, index, value)
+            del value
+            release_memory()
+        writer.close()
+    except BaseException:  # a half-written checkpoint is never left where one is expected
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     os.replace(staging, os.path.join(out, PARAMS_ITEM))
     fields = dataclasses.asdict(cfg.replace(param_dtype=_dtype_name(first)))
     with open(os.path.join(out, MODEL_CONFIG), "w", encoding="utf-8") as f:
@@ -130,7 +133,7 @@ def orbax_to_hf(
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("hf-to-orbax", help="Hugging Face Mistral/Mixtral dir -> orbax checkpoint")
     a.add_argument("--hf_dir", required=True)

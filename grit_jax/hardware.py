@@ -78,13 +78,14 @@ def default_platforms() -> str | None:
     return "cpu"
 
 
-def quiet_platform() -> str | None:
-    """Pin JAX_PLATFORMS to this machine's accelerator unless the user set it; returns the value in force.
+def quiet_platform(platforms: str | None = None) -> str | None:
+    """Pin JAX_PLATFORMS to ``platforms`` (default: this machine's accelerator) unless the user set it;
+    returns the value in force.
 
     Call it before JAX initialises a backend (importing jax is fine; ``jax.devices()`` is not).
     """
     if not os.environ.get("JAX_PLATFORMS"):
-        platforms = default_platforms()
+        platforms = platforms or default_platforms()
         if platforms:
             os.environ["JAX_PLATFORMS"] = platforms
             if "jax" in sys.modules:  # imported already: its config read the environment at import

@@ -16,22 +16,17 @@ lengths within a bucket reuse the compiled functions.
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import hf, masks, rag
-from grit_jax.checkpoint import iter_checkpoint_params, resolve_checkpoint
+from grit_jax import masks, rag
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
-from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.decoding import _decode_pass, _encode_pass, _place, bucket, sample
-from grit_jax.errors import CheckpointError, UsageError
+from grit_jax.errors import UsageError
 from grit_jax.model import KVCache, ModelConfig, Transformer
-from grit_jax.model_files import GRIT_CONFIG, find_tokenizer, grit_settings
+from grit_jax.model_files import load_pretrained
 from grit_jax.objective import pool
 from grit_jax.rag import Cache
 
@@ -92,32 +87,11 @@ class GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
         grit_config.json (for the reference's attn=None, which embeds causally, pass "cc")."""
-        path = os.path.abspath(os.fspath(path))
-        if not os.path.isdir(path):
-            raise CheckpointError(
-                f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
-            )
-        hint = None
-        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
-            os.path.join(path, "checkpoints")
-        ):
-            cfg = ModelConfig.from_hf_json(path, dtype=dtype)
-            params, search = hf.read_hf_params(path, cfg), [path]
-            settings = grit_settings(None)
-            settings.update(_read_json(os.path.join(path, GRIT_CONFIG)))
-        else:
-            source = resolve_checkpoint(path, step)
-            source.config = cfg = source.config.replace(dtype=dtype)
-            params, search = dict(iter_checkpoint_params(source)), source.search_dirs
-            settings, hint = grit_settings(source), source.tokenizer_file
-        tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
-        if isinstance(tokenizer, str):
-            tokenizer = Tokenizer(find_tokenizer([], tokenizer))
-        model = nnx.eval_shape(
-            lambda: Transformer(cfg.replace(param_dtype=_param_dtype(params)), rngs=nnx.Rngs(0))
-        )
-        hf.load_flat_params(model, params)
-        pick = lambda given, key: settings[key] if given is None else given
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer)
+
+        def pick(given, key):
+            return settings[key] if given is None else given
+
         return cls(
             model,
             tokenizer,
@@ -386,15 +360,3 @@ def _is_single_prompt(inputs) -> bool:
     if isinstance(inputs, np.ndarray):
         return inputs.ndim == 1
     return len(inputs) > 0 and isinstance(inputs[0], (dict, int, np.integer))
-
-
-def _read_json(path):
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _param_dtype(params) -> str:
-    dtype = str(next(iter(params.values())).dtype)
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"

@@ -1,6 +1,6 @@
-"""The files that travel with a model besides its weights: the tokenizer, and grit_config.json (how to
-embed with it: pooling, attention, normalisation, instruction and chat formats), so the model can be
-used for embeddings without guessing.
+"""What a model directory holds besides the parameter layout: the tokenizer, grit_config.json (how to
+embed with it: pooling, attention, normalisation, instruction and chat formats, so the model can be used
+for embeddings without guessing), and `load_pretrained`, which reads all of it with the weights.
 """
 
 from __future__ import annotations
@@ -9,8 +9,14 @@ import json
 import os
 import shutil
 
-from grit_jax.checkpoint import CheckpointSource
+from flax import nnx
+
+from grit_jax import hf
+from grit_jax.checkpoint import CheckpointSource, iter_checkpoint_params, resolve_checkpoint
+from grit_jax.choices import DTYPES
+from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError
+from grit_jax.model import ModelConfig, Transformer
 
 GRIT_CONFIG = "grit_config.json"
 TOKENIZER_FILES = (
@@ -90,3 +96,37 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
         )
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
+
+
+def load_pretrained(path: str, dtype: str = "float32", step: int | None = None, tokenizer=None):
+    """(Transformer with the weights, Tokenizer, GRIT settings) of a Hugging Face directory (config.json +
+    safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
+    compute dtype, `tokenizer` a Tokenizer or a tokenizer.model path (default: found beside the model)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
+        )
+    hint = None
+    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
+        os.path.join(path, "checkpoints")
+    ):
+        cfg = ModelConfig.from_hf_json(path, dtype=dtype)
+        params, search = hf.read_hf_params(path, cfg), [path]
+        settings = grit_settings(None)
+        if os.path.isfile(os.path.join(path, GRIT_CONFIG)):
+            with open(os.path.join(path, GRIT_CONFIG), encoding="utf-8") as f:
+                settings.update(json.load(f))
+    else:
+        source = resolve_checkpoint(path, step)
+        source.config = cfg = source.config.replace(dtype=dtype)
+        params, search = dict(iter_checkpoint_params(source)), source.search_dirs
+        settings, hint = grit_settings(source), source.tokenizer_file
+    tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
+    if isinstance(tokenizer, str):
+        tokenizer = Tokenizer(find_tokenizer([], tokenizer))
+    stored = str(next(iter(params.values())).dtype)
+    param_dtype = stored if stored in DTYPES else "float32"
+    model = nnx.eval_shape(lambda: Transformer(cfg.replace(param_dtype=param_dtype), rngs=nnx.Rngs(0)))
+    hf.load_flat_params(model, params)
+    return model, tokenizer, settings

@@ -27,6 +27,13 @@ def numpy_dtype(name: str | None):
     return np.dtype(table[name])
 
 
+def _open(file: str):
+    try:
+        return safe_open(file, framework="numpy")
+    except Exception as e:  # safetensors' own error type: a truncated or corrupt file
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+
+
 class SafetensorsDir:
     """Lazy access to the tensors of a directory of *.safetensors files (sharded with an index, or not)."""
 
@@ -50,7 +57,7 @@ class SafetensorsDir:
                 )
             self.files = {}
             for file in shards:
-                with safe_open(file, framework="numpy") as f:
+                with _open(file) as f:
                     self.files.update({name: file for name in f.keys()})
         self._open = {}
 
@@ -66,8 +73,11 @@ class SafetensorsDir:
         if file is None:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         if file not in self._open:
-            self._open[file] = safe_open(file, framework="numpy")
-        return self._open[file].get_tensor(name)
+            self._open[file] = _open(file)
+        try:
+            return self._open[file].get_tensor(name)
+        except Exception as e:  # header fine, data cut short
+            raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e})") from None
 
 
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

@@ -196,8 +196,8 @@ def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
     check_workdir(workdir)
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
-    setup = TrainSetup(config, sharding.make_mesh(config.mesh))
     tokenizer = load_tokenizer(config.data)
     if tokenizer.vocab_size > setup.model_config.vocab_size:
         raise UsageError(

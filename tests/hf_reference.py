@@ -1,4 +1,5 @@
-"""Random tiny transformers Mistral / Mixtral models saved with save_pretrained: the reference nobody here wrote."""
+"""Random tiny transformers Mistral / Mixtral models saved with save_pretrained: the reference that
+nobody here wrote."""
 
 import numpy as np
 import torch

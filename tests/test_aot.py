@@ -69,6 +69,7 @@ def test_without_libtpu_says_how_to_install(monkeypatch):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_tiny_compiles_for_v5e(tmp_path):
     out = tmp_path / "report.json"
     r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4", f"--json={out}")
@@ -105,6 +106,7 @@ def test_tiny_compiles_for_v5e(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_config_that_does_not_fit_says_so():
     # 4096 generative sequences of 2048 tokens on 4 chips: the float32 logits alone exceed 16 GiB a chip
     r = _run(
@@ -161,7 +163,8 @@ def test_quiet_platform_on_cpu():
 
 def test_quiet_platform_after_jax_import():
     code = (
-        "import jax; from grit_jax import hardware; hardware.quiet_platform(); print(jax.devices()[0].platform, "
+        "import jax; from grit_jax import hardware; hardware.quiet_platform(); "
+        "print(jax.devices()[0].platform, "
         "'libtpu' in open('/proc/self/maps').read())"
     )
     r = _run("-c", code)

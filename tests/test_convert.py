@@ -71,7 +71,8 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     hf_config = json.load(open(back / "config.json"))
     assert hf_config["architectures"] == [reference.config.architectures[0]]
     # The orbax checkpoint is also what GritLM and the loader read, and orbax itself reads it back exactly
-    # (grit-convert writes orbax's layout slice by slice with tensorstore: an orbax upgrade must not break it).
+    # (grit-convert writes orbax's layout slice by slice with tensorstore: an orbax upgrade must not
+    # break it).
     flat = load_params_from_checkpoint(str(tmp_path / "ckpt"))
     assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
     import orbax.checkpoint as ocp
@@ -138,6 +139,7 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
 
 def _fails(capsys, argv, pattern):
     """grit-convert ends with status 1 and one line `grit-convert: error: ...` matching pattern."""
+    capsys.readouterr()  # what came before (transformers' progress bars)
     assert convert.run(argv) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("grit-convert: error: "), lines

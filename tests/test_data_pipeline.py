@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from grit_jax.config import base_config
-from grit_jax.data import demo, pipeline, sources
+from grit_jax.data import demo, pipeline, sources, tfds_io
 from grit_jax.errors import DataError, UsageError
 
 
@@ -75,7 +75,7 @@ def test_positive_first_and_negatives_from_the_query_record(config):
     cfg.update(shuffle=False, train_group_size=4)
     batch = next(pipeline.make_train_iterator(cfg, mode="embedding"))
     manifest = sources.read_manifest(cfg.data_dir)
-    source = sources.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
+    source = tfds_io.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
     for i in range(8):  # unshuffled: query i is record i of the first source
         record = source[i]
         passages = np.split(record["passages"], np.cumsum(record["passage_lens"])[:-1])

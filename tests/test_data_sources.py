@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from grit_jax.data import sources
+from grit_jax.data import sources, tfds_io
 from grit_jax.data.__main__ import report, run
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
 from grit_jax.errors import DataError
@@ -102,7 +102,7 @@ def test_build_stores_tokens_and_is_reused(tmp_path, tok):
     out = str(tmp_path / "out")
     manifest = sources.prepare(out, tok, [path], query_max_len=32, passage_max_len=32)
     entry = manifest["train"]["embedding"][0]
-    record = sources.open_source(os.path.join(out, entry["dir"]))[0]
+    record = tfds_io.open_source(os.path.join(out, entry["dir"]))[0]
     query = [tok.bos_id] + tok.encode("<|user|>\nRetrieve docs\n<|embed|>\njson.dumps")
     assert list(record["query"]) == query
     assert record["query_instruction_len"] == 1 + len(tok.encode("<|user|>\nRetrieve docs\n<|embed|>\n"))
@@ -178,9 +178,9 @@ def test_plain_strings_raw_by_default_formatted_on_request(tmp_path, tok):
         args = ["prepare", "--generative", path, "--embedding", emb, "--tokenizer", tok.model_path]
         assert run(args + ["--out", out] + flag) == 0
         manifest = sources.read_manifest(out)
-        record = sources.open_source(os.path.join(out, manifest["train"]["generative"][0]["dir"]))[0]
+        record = tfds_io.open_source(os.path.join(out, manifest["train"]["generative"][0]["dir"]))[0]
         assert list(record["tokens"]) == want
         assert list(record["targets"]) == [0] + [1] * (len(want) - 1)
-        record = sources.open_source(os.path.join(out, manifest["train"]["embedding"][0]["dir"]))[0]
+        record = tfds_io.open_source(os.path.join(out, manifest["train"]["embedding"][0]["dir"]))[0]
         assert list(record["query"]) == query
         assert record["query_instruction_len"] == (1 + len(tok.encode("<|embed|>\n")) if flag else 0)

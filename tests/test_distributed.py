@@ -59,7 +59,7 @@ def _clean_env(**extra) -> dict:
 def _check_results(outputs: list[str]) -> None:
     results = {}
     for out in outputs:
-        lines = [l for l in out.splitlines() if "RESULT" in l]
+        lines = [line for line in out.splitlines() if "RESULT" in line]
         assert len(lines) == 1, out
         fields = lines[0].split("RESULT", 1)[1].split()
         results[int(fields[0])] = fields[1:]
@@ -70,6 +70,7 @@ def _check_results(outputs: list[str]) -> None:
         assert main == str(p == 0)
 
 
+@pytest.mark.slow
 def test_two_processes_make_one_cluster(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -99,6 +100,7 @@ def test_two_processes_make_one_cluster(tmp_path):
     _check_results(outputs)
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_the_cluster(tmp_path):
     (tmp_path / "worker_module.py").write_text(WORKER)
     log_dir = tmp_path / "logs"

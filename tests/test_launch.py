@@ -64,7 +64,9 @@ def fake(tmp_path):
 
     def calls():
         log = tmp_path / "calls.jsonl"
-        return [["gcloud", *json.loads(l)] for l in log.read_text().splitlines()] if log.exists() else []
+        return (
+            [["gcloud", *json.loads(line)] for line in log.read_text().splitlines()] if log.exists() else []
+        )
 
     run.calls = calls
     run.dir = tmp_path
@@ -304,7 +306,7 @@ def local(tmp_path):
     def wait_started(n):  # every process has printed its first line (its SIGTERM handler is set)
         for _ in range(300):
             logs = [tmp_path / f"logs/process_{i}.log" for i in range(n)]
-            if all(l.exists() and "rank" in l.read_text() for l in logs):
+            if all(log.exists() and "rank" in log.read_text() for log in logs):
                 return
             time.sleep(0.05)
         raise TimeoutError("local.sh processes did not start")

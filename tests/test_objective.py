@@ -9,6 +9,7 @@ from flax import nnx
 
 from grit_jax import masks, objective, sharding
 from grit_jax.checkpoint import model_config
+from grit_jax.choices import POOLINGS
 from grit_jax.config import base_config
 from grit_jax.data.synthetic import synthetic_batch
 from grit_jax.state import TrainSetup, abstract_model
@@ -85,7 +86,7 @@ def numpy_pool(hidden, mask, inst, method):
     return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdims=True)
 
 
-@pytest.mark.parametrize("method", objective.POOLINGS)
+@pytest.mark.parametrize("method", POOLINGS)
 def test_pooling_matches_reference_formulas(method):
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, 7, 5)).astype(np.float32)
@@ -112,7 +113,7 @@ def test_padding_does_not_change_the_pooled_embedding():
     mask = np.array([[1, 1, 1, 1, 0, 0]], bool)
     garbage = hidden.copy()
     garbage[:, 4:] = 1e3
-    for method in objective.POOLINGS:
+    for method in POOLINGS:
         a = objective.pool(hidden, mask, np.array([1]), method)
         b = objective.pool(garbage, mask, np.array([1]), method)
         np.testing.assert_allclose(a, b, rtol=1e-6)

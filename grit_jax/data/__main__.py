@@ -8,7 +8,7 @@ import sys
 
 from grit_jax import hardware
 from grit_jax.choices import PAPER_LENGTHS
-from grit_jax.cli import run_command
+from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.data import sources
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.tokenizer import Tokenizer
@@ -16,7 +16,7 @@ from grit_jax.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grit-data", description=__doc__)
+    parser = ArgumentParser(prog="grit-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("prepare", help="validate JSONL, tokenize, write TFDS array_record")
     prepare.add_argument(

@@ -13,14 +13,13 @@ tokenizing (the reference's `max_char_len`: 10x the largest token limit), then t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 
-EmbedText = Union[str, Sequence[str]]  # "text" or [instruction, text]
+EmbedText = str | Sequence[str]  # "text" or [instruction, text]
 CHARS_PER_TOKEN_CUT = 10
 PLAIN_STRINGS = ("raw", "formatted")  # the reference's raw text, or GRIT-formatted (grit_jax before)
 

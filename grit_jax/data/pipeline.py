@@ -1,12 +1,13 @@
 """The grain pipeline: deterministic, resumable, host-sharded fixed-shape batches from prepared data.
 
 Step s of the embedding stream is global batch j = s mod E of epoch s // E (E batches per epoch).
-An epoch's plan follows the reference: each source's shuffled indices are cut into global batches, the
-incomplete tails are shuffled as whole blocks (their order, not their items), joined and cut into mixed
-batches (a last incomplete one is dropped), all batches are shuffled. The generative stream takes rows s*Bg .. s*Bg+Bg-1 of an endless sequence of
-permutations (`use_unique_indices`: without replacement, refilled when exhausted) or of independent
-draws. Every random choice is a function of (seed, step, global row), so a host reads only its rows
-[p*B/P, (p+1)*B/P) and a restored run sees exactly the batches it would have seen.
+An epoch's plan follows the reference: each source's shuffled indices are cut into global batches,
+the incomplete tails are shuffled as whole blocks (their order, not their items), joined and cut into
+mixed batches (a last incomplete one is dropped), all batches are shuffled. The generative stream
+takes rows s*Bg .. s*Bg+Bg-1 of an endless sequence of permutations (`use_unique_indices`: without
+replacement, refilled when exhausted) or of independent draws. Every random choice is a function of
+(seed, step, global row), so a host reads only its rows [p*B/P, (p+1)*B/P) and a restored run sees
+exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from grit_jax.data import sources
+from grit_jax.data import sources, tfds_io
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 
@@ -121,7 +122,7 @@ class HostBatches:
                 raise UsageError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
             share = size // process_count
             self.rows[name] = (process_index * share, (process_index + 1) * share)
-            opened = [sources.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
+            opened = [tfds_io.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
             setattr(self, f"{name}_sources", opened)
             setattr(self, f"{name}_sizes", [len(s) for s in opened])
             if name == "embedding":
@@ -151,7 +152,7 @@ class HostBatches:
                         f"included); use a larger {field}_max_len"
                     )
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one HostBatches per run: nothing leaks)
     def _plan(self, epoch: int) -> np.ndarray:
         return epoch_plan(
             self.embedding_sizes,
@@ -161,7 +162,7 @@ class HostBatches:
             self.config.shuffle,
         )
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one HostBatches per run: nothing leaks)
     def _generative_order(self, epoch: int) -> np.ndarray:
         return _rng(self.config.seed, _GEN_STREAM, epoch).permutation(int(self.gen_offsets[-1]))
 
@@ -327,7 +328,7 @@ def _eval_records(config, kind: str) -> list[dict]:
     records = []
     for entry in manifest.get("eval", {}).get(kind, []):
         if entry["num_examples"]:
-            source = sources.open_source(os.path.join(config.data_dir, entry["dir"]))
+            source = tfds_io.open_source(os.path.join(config.data_dir, entry["dir"]))
             records.extend(source[i] for i in range(len(source)))
     return records
 

@@ -4,7 +4,8 @@ TFDS array_record datasets (one per source file, no TensorFlow needed).
 Layout of a prepared directory `OUT`:
   OUT/manifest.json                     sources, counts, limits, tokenizer fingerprint, length stats
   OUT/tokenizer.model                   copy of the tokenizer used
-  OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record   (split: train | eval; kind: embedding | generative)
+  OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
+                                        kind: embedding | generative; grit_jax.data.tfds_io)
 Stored per embedding record: query [Lq] int32, query_instruction_len, passages (flat int32),
 passage_lens, passage_instruction_lens, num_pos (positives first). Per generative record:
 tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of the last trained turn).
@@ -12,13 +13,10 @@ tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import hashlib
-import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -28,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from grit_jax.data import format as fmt
+from grit_jax.data import tfds_io
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError
 
 MANIFEST = "manifest.json"
-TFDS_VERSION = "1.0.0"
 ENCODE_CHUNK = 2048
 FORMAT_REVISION = 2  # part of each source's hash: data prepared by older rules is built again
 
@@ -207,92 +205,6 @@ def tokenize_generative(
     return out
 
 
-def _features(kind: str):
-    import tensorflow_datasets as tfds
-
-    seq = lambda dtype: tfds.features.Tensor(shape=(None,), dtype=dtype)
-    scalar = tfds.features.Scalar(dtype=np.int32)
-    if kind == "embedding":
-        return tfds.features.FeaturesDict(
-            {
-                "query": seq(np.int32),
-                "query_instruction_len": scalar,
-                "passages": seq(np.int32),
-                "passage_lens": seq(np.int32),
-                "passage_instruction_lens": seq(np.int32),
-                "num_pos": scalar,
-            }
-        )
-    return tfds.features.FeaturesDict(
-        {"tokens": seq(np.int32), "targets": seq(np.uint8), "last_start": scalar}
-    )
-
-
-def _builder_class():
-    import tensorflow_datasets as tfds
-
-    class GritSource(tfds.core.GeneratorBasedBuilder):
-        """One tokenized GRIT source file (embedding or generative) as an array_record dataset."""
-
-        VERSION = tfds.core.Version(TFDS_VERSION)
-        RELEASE_NOTES = {TFDS_VERSION: "Token ids of the reference's JSONL formats."}
-
-        @tfds.core.utils.classproperty
-        @classmethod
-        def code_path(cls):  # tfds' lookup needs importlib_resources; nothing is read from there
-            return None
-
-        def __init__(self, *, kind: str, examples: list, **kwargs):
-            self._kind, self._examples = kind, examples
-            super().__init__(**kwargs)
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=_features(self._kind))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i, example in enumerate(self._examples):
-                yield i, example
-
-    return GritSource
-
-
-_BUILDER = None
-
-
-def write_tfds(examples: list, kind: str, name: str, data_dir: str) -> str:
-    """Writes examples as a TFDS array_record dataset; returns its directory."""
-    global _BUILDER
-    import tensorflow_datasets as tfds
-
-    tfds.disable_progress_bar()
-    _BUILDER = _BUILDER or _builder_class()
-    config = tfds.core.BuilderConfig(name=name, version=TFDS_VERSION)
-    absl_logging = logging.getLogger("absl")
-    level = absl_logging.level
-    absl_logging.setLevel(logging.ERROR)  # "Using custom data configuration"
-    try:
-        builder = _BUILDER(
-            kind=kind, examples=examples, config=config, data_dir=data_dir, file_format="array_record"
-        )
-        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
-            )
-    finally:
-        absl_logging.setLevel(level)
-    return os.fspath(builder.data_path)
-
-
-def open_source(directory: str):
-    """Random-access data source (len, [i]) of a prepared dataset directory."""
-    import tensorflow_datasets as tfds
-
-    return tfds.builder_from_directory(directory).as_data_source(split="train")
-
-
 def length_stats(lengths: Sequence[int]) -> dict:
     if len(lengths) == 0:
         return {}
@@ -370,7 +282,7 @@ def build_sources(
         if examples:
             target = os.path.join(out_dir, subdir, name)
             shutil.rmtree(target, ignore_errors=True)
-            entry["dir"] = os.path.relpath(write_tfds(examples, kind, name, target), out_dir)
+            entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
             entry.update(_example_stats(kind, examples))
         entries.append(entry)
     return entries
@@ -432,7 +344,7 @@ def prepare(
     if os.path.abspath(tokenizer.model_path) != os.path.abspath(tokenizer_copy):
         shutil.copyfile(tokenizer.model_path, tokenizer_copy)
     manifest = {
-        "version": TFDS_VERSION,
+        "version": tfds_io.TFDS_VERSION,
         "limits": limits,
         "plain_strings": plain_strings,
         "tokenizer": tokenizer.fingerprint,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-from grit_jax.errors import UsageError
+from grit_jax.errors import CheckpointError, UsageError
 
 MARKERS = ("<|user|>", "<|embed|>", "<|assistant|>")
 
@@ -37,7 +37,10 @@ class Tokenizer:
         with open(self.model_path, "rb") as f:
             proto = f.read()
         self.fingerprint = hashlib.sha256(proto).hexdigest()[:16]
-        self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        except RuntimeError as e:  # sentencepiece's parse error names no file
+            raise CheckpointError(f"{self.model_path}: not a sentencepiece tokenizer model ({e})") from None
         self.bos_id = self._sp.bos_id() if bos_id is None else bos_id
         self.eos_id = self._sp.eos_id() if eos_id is None else eos_id
         model_pad = self._sp.pad_id()

@@ -1,0 +1,220 @@
+"""Every command answers a missing path, a bad checkpoint, a corrupt safetensors file and an unknown flag
+with one line that names the thing to fix, the right exit status (2: usage, 1: failure) and no traceback.
+
+grit-data reads no checkpoint: its "bad checkpoint" is a tokenizer file that is not one. grit-aot reads
+a model's config.json but never its tensors, so a corrupt safetensors file is not its concern.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grit_jax.data import sources
+from grit_jax.data.tokenizer import Tokenizer
+from tests.grit_fixtures import make_hf_dir, make_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAMS = {
+    "grit-train": "grit_jax.train",
+    "grit-data": "grit_jax.data",
+    "grit-convert": "grit_jax.convert",
+    "grit-aot": "grit_jax.aot",
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A tokenizer, a small prepared data dir, an empty dir, a path that does not exist, a Hugging Face
+    dir with one safetensors shard overwritten with garbage, and a tokenizer.model that is not one."""
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = str(root / "tokenizer.model")
+    make_tokenizer(tokenizer)
+    records = root / "pairs.jsonl"
+    records.write_text(
+        "".join(
+            json.dumps({"query": f"q {i}", "pos": [f"p {i}"], "neg": [f"n {i}"]}) + "\n" for i in range(16)
+        )
+    )
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"text": [f"u {i}", f"a {i}"]}) + "\n" for i in range(16)))
+    data = str(root / "data")
+    sources.prepare(
+        data,
+        Tokenizer(tokenizer),
+        [str(records)],
+        [str(chats)],
+        query_max_len=32,
+        passage_max_len=64,
+        generative_max_len=64,
+    )
+    _, hf_dir = make_hf_dir(root / "hf", tokenizer)
+    shard = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))[-1]
+    with open(shard, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    (root / "empty").mkdir()
+    bad_tokenizer = root / "bad.model"
+    bad_tokenizer.write_bytes(b"this is not a sentencepiece model")
+    return dict(
+        root=root,
+        tokenizer=tokenizer,
+        data=data,
+        corrupt_hf=hf_dir,
+        shard=shard,
+        empty=str(root / "empty"),
+        missing=str(root / "nowhere"),
+        bad_tokenizer=str(bad_tokenizer),
+    )
+
+
+def run(program, *args, cwd=ROOT):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    return subprocess.run(
+        [sys.executable, "-m", PROGRAMS[program], *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_line(result, program, status, *named):
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{program}: error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for name in named:
+        assert name in errors[0], errors[0]
+
+
+def train(inputs, *overrides):
+    workdir = inputs["root"] / "run"
+    return run(
+        "grit-train",
+        "--config",
+        "configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={inputs['data']}",
+        *overrides,
+    )
+
+
+def test_grit_train(inputs):
+    assert_one_line(
+        train(inputs, f"--config.data.data_dir={inputs['missing']}"), "grit-train", 2, inputs["missing"]
+    )
+    assert_one_line(
+        train(inputs, f"--config.model.init_checkpoint={inputs['empty']}"),
+        "grit-train",
+        1,
+        inputs["empty"],
+        "not a checkpoint",
+    )
+    assert_one_line(
+        train(inputs, f"--config.model.hf_dir={inputs['corrupt_hf']}"), "grit-train", 1, inputs["shard"]
+    )
+    assert_one_line(train(inputs, "--bogus_flag=1"), "grit-train", 2, "bogus_flag")
+
+
+def test_grit_data(inputs):
+    out = inputs["root"] / "prepared"
+    assert_one_line(
+        run(
+            "grit-data",
+            "prepare",
+            "--embedding",
+            inputs["missing"],
+            "--tokenizer",
+            inputs["tokenizer"],
+            "--out",
+            out,
+        ),
+        "grit-data",
+        1,
+        inputs["missing"],
+    )
+    chats = str(inputs["root"] / "chats.jsonl")
+    assert_one_line(
+        run(
+            "grit-data",
+            "prepare",
+            "--generative",
+            chats,
+            "--tokenizer",
+            inputs["bad_tokenizer"],
+            "--out",
+            out,
+        ),
+        "grit-data",
+        1,
+        inputs["bad_tokenizer"],
+    )
+    assert_one_line(
+        run(
+            "grit-data",
+            "prepare",
+            "--generative",
+            chats,
+            "--tokenizer",
+            inputs["tokenizer"],
+            "--out",
+            out,
+            "--bogus_flag",
+        ),
+        "grit-data",
+        2,
+        "--bogus_flag",
+    )
+
+
+def test_grit_convert(inputs):
+    out = inputs["root"] / "converted"
+    assert_one_line(
+        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["missing"], "--out", out),
+        "grit-convert",
+        1,
+        inputs["missing"],
+    )
+    assert_one_line(
+        run("grit-convert", "orbax-to-hf", "--ckpt", inputs["empty"], "--out", out),
+        "grit-convert",
+        1,
+        inputs["empty"],
+        "not a checkpoint",
+    )
+    assert_one_line(
+        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["corrupt_hf"], "--out", out),
+        "grit-convert",
+        1,
+        inputs["shard"],
+    )
+    assert not os.path.exists(out / "params") and not os.path.exists(
+        out / "params.partial"
+    )  # nothing half-written
+    assert_one_line(
+        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["corrupt_hf"], "--out", out, "--bogus_flag"),
+        "grit-convert",
+        2,
+        "--bogus_flag",
+    )
+
+
+def test_grit_aot(inputs):
+    aot = ("grit-aot", "--config", "configs/tiny.py", "--topology", "v5e-4")
+    missing_config = os.path.join(inputs["missing"], "config.py")
+    assert_one_line(
+        run("grit-aot", "--config", missing_config, "--topology", "v5e-4"), "grit-aot", 2, missing_config
+    )
+    assert_one_line(
+        run(*aot, f"--config.model.init_checkpoint={inputs['empty']}"),
+        "grit-aot",
+        2,
+        inputs["empty"],
+        "not a checkpoint",
+    )
+    assert_one_line(run(*aot, "--bogus_flag=1"), "grit-aot", 2, "bogus_flag")
