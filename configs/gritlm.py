@@ -25,6 +25,8 @@ VARIANTS = {
         embedding_chunk_size=256,
         generative_accumulation_steps=4,
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=1),
+        # The public 7B script (scripts/training/train_gritlm_7b.sh) runs on 1 node x 8 GPUs.
+        reference_world_size=8,
     ),
     "8x7b": dict(
         preset="mixtral_8x7b",
@@ -35,6 +37,8 @@ VARIANTS = {
         embedding_chunk_size=128,
         generative_accumulation_steps=2,
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=8),
+        # The public 8x7B script runs on 32 nodes x 8 GPUs.
+        reference_world_size=256,
     ),
 }
 
@@ -67,6 +71,9 @@ def get_config(arg="7b"):
         router_aux_loss_coef=0.02,
         embedding_chunk_size=v["embedding_chunk_size"],
         generative_accumulation_steps=v["generative_accumulation_steps"],
+        # The balance of the two losses in the runs that produced GritLM: their embedding gradient was
+        # 1/W of the exact one (grit_jax.objective.embedding_loss). Set 0 for the exact gradient.
+        reference_world_size=v["reference_world_size"],
     )
     config.optimizer.update(
         learning_rate=2e-5, schedule="linear", warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0

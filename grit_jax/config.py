@@ -60,7 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "router_aux_loss_coef": 0.02,
         "embedding_chunk_size": 0,  # GradCache: sequences per chunk over the global batch; 0 = unchunked
         "generative_accumulation_steps": 1,
-        "reference_gradient_scale": False,  # embedding gradient / W, as the reference's all-gather gives
+        # 0: the exact gradient of the global loss. W > 0: the embedding gradient / W (loss_emb unchanged),
+        # the balance of a reference run on W GPUs (its all-gather carries no gradient); any mesh.
+        "reference_world_size": 0,
     },
     "optimizer": {
         "learning_rate": 2e-5,
@@ -109,6 +111,11 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
     ):
         if obj[field] not in allowed:
             raise UsageError(f"objective.{field}={obj[field]!r}: expected one of {allowed}")
+    if obj.reference_world_size < 0:
+        raise UsageError(
+            f"objective.reference_world_size={obj.reference_world_size}: use 0 (exact gradient) or the "
+            "reference run's GPU count"
+        )
     if config.optimizer.schedule not in SCHEDULES:
         raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
     w = data_parallel_size(mesh_shape)

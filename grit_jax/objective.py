@@ -151,7 +151,7 @@ def encode(model, projection, tokens, mask, instruction_len, objective):
     return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
 
 
-def embedding_loss(graphdef, params, projection, batch, objective, data_parallel_size=1):
+def embedding_loss(graphdef, params, projection, batch, objective):
     """(loss, metrics) of the contrastive task on a global batch, encoded in chunks."""
 
     def encode_rows(rows):
@@ -166,10 +166,10 @@ def embedding_loss(graphdef, params, projection, batch, objective, data_parallel
         encode_rows, (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]), chunk
     )
     loss, accuracy = contrastive_loss(q, p, objective.temperature)
-    if objective.reference_gradient_scale:
-        # The reference all-gathers reps without gradient and averages gradients over W ranks: its
-        # embedding gradient is 1/W of the exact one. Same value, gradient scaled to match.
-        loss = scale_gradient(loss, 1.0 / data_parallel_size)
+    if objective.reference_world_size:
+        # The reference all-gathers reps without gradient and averages gradients over its W GPUs: its
+        # embedding gradient is 1/W of the exact one, whatever mesh we run on. Same value, gradient / W.
+        loss = scale_gradient(loss, 1.0 / objective.reference_world_size)
     return loss, {"loss_emb": loss, "accuracy": accuracy}
 
 
@@ -204,7 +204,7 @@ def generative_loss(graphdef, params, batch, objective):
     return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
 
 
-def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, data_parallel_size=1):
+def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective):
     """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict).
 
     mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
@@ -215,7 +215,7 @@ def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, data_paral
     metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
     loss = zero
     if objective.mode in ("unified", "embedding"):
-        emb, m = embedding_loss(graphdef, params, projection, batch, objective, data_parallel_size)
+        emb, m = embedding_loss(graphdef, params, projection, batch, objective)
         loss, metrics = loss + emb, {**metrics, **m}
     if objective.mode in ("unified", "generative"):
         gen, m = generative_loss(graphdef, params, batch, objective)

@@ -15,7 +15,7 @@ import optax
 
 from grit_jax import objective as objective_lib
 from grit_jax import sharding
-from grit_jax.config import data_parallel_size, validate_batch
+from grit_jax.config import validate_batch
 from grit_jax.state import TrainSetup, TrainState
 
 
@@ -48,13 +48,12 @@ def _loss_and_grad(setup: TrainSetup):
 
     Gradients are constrained to their parameters' shardings (a reduce-scatter under FSDP).
     """
-    mesh, objective = setup.mesh, setup.config.objective
-    w, state_sh = data_parallel_size(mesh.shape), setup.shardings
+    mesh, objective, state_sh = setup.mesh, setup.config.objective, setup.shardings
 
     def fn(trainable, batch):
         with sharding.use_mesh(mesh):
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, w)
+            out, grads = grad_fn(trainable, setup.graphdef, batch, objective)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
 

@@ -60,6 +60,8 @@ def test_config_builds_abstract_sharded_state(path, arg):
     assert count == model_config(config).num_params()
     if variant in PARAMS:
         assert abs(count / PARAMS[variant] - 1) < 0.01, count
+        # the balance of the two losses in the runs that produced GritLM (their GPU counts)
+        assert config.objective.reference_world_size == {"7b": 8, "8x7b": 256}[variant]
         # the weights are split over the 8 devices (7B: FSDP; 8x7B: experts), not replicated
         per_device = sum(int(np.prod(x.sharding.shard_shape(x.shape))) for x in params)
         assert per_device < count / 4, (per_device, count)

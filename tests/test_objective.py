@@ -39,17 +39,17 @@ def setup():
     return c, state, graphdef, batch
 
 
-_loss = jax.jit(objective.loss_fn, static_argnums=(1, 3, 4))  # module level: compiled once per config
-_loss_and_grads = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True), static_argnums=(1, 3, 4))
+_loss = jax.jit(objective.loss_fn, static_argnums=(1, 3))  # module level: compiled once per config
+_loss_and_grads = jax.jit(jax.value_and_grad(objective.loss_fn, has_aux=True), static_argnums=(1, 3))
 
 
-def loss_only(c, state, graphdef, batch, w=1):
-    return _loss(state.trainable, graphdef, batch, _Frozen(c.objective), w)
+def loss_only(c, state, graphdef, batch):
+    return _loss(state.trainable, graphdef, batch, _Frozen(c.objective))
 
 
-def loss_and_grads(c, state, graphdef, batch, w=1):
+def loss_and_grads(c, state, graphdef, batch):
     """((loss, metrics), grads) and the compiled function's temp (scratch) bytes."""
-    args = (state.trainable, graphdef, batch, _Frozen(c.objective), w)
+    args = (state.trainable, graphdef, batch, _Frozen(c.objective))
     compiled = _loss_and_grads.lower(*args).compile()
     return compiled(state.trainable, batch), compiled.memory_analysis().temp_size_in_bytes
 
@@ -212,19 +212,19 @@ def test_chunked_embedding_and_accumulated_generative_passes_equal_one_pass(setu
     assert_trees_close(grads_c, grads, rtol=1e-4, atol=1e-5)
 
 
-def test_reference_gradient_scale_is_one_over_w_of_the_embedding_gradient():
+def test_reference_world_size_scales_the_embedding_gradient_by_one_over_w():
     """Same loss value; gradient exact / W. Differentiated w.r.t. the projection only (a small backward)."""
     c = tiny_config(mode="embedding", projection_dim=8)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
     state = TrainSetup(c, mesh).create_state()
     graphdef, _ = abstract_model(model_config(c))
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch(c, seed=2).items()}
-    reference = tiny_config(mode="embedding", projection_dim=8, reference_gradient_scale=True)
+    reference = tiny_config(mode="embedding", projection_dim=8, reference_world_size=4)
 
     @jax.jit
     def both(projection):
         grad = jax.value_and_grad(
-            lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o, 4)[0]
+            lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o)[0]
         )
         return grad(projection, _Frozen(c.objective)), grad(projection, _Frozen(reference.objective))
 

@@ -175,3 +175,44 @@ def test_misconfigurations_fail_before_compiling_and_say_what_to_change():
     c = tiny_config(pooling="max")
     with pytest.raises(UsageError, match="objective.pooling='max'"):
         step.make_train_step(TrainSetup(c, mesh8))
+
+
+# ----------------------------------------------------------------------------- the reference's choices
+
+
+def _one_step(c, mesh_axes, seed=5):
+    setup = TrainSetup(c, sharding.make_mesh(mesh_axes))
+    state = setup.create_state()
+    new_state, metrics = step.make_train_step(setup)(
+        state, step.global_batch(setup, synthetic_batch(c, seed=seed))
+    )
+    return new_state, jax.device_get(metrics)
+
+
+def test_reference_world_size_divides_the_embedding_gradient_on_any_mesh():
+    """objective.reference_world_size=W: the logged pre-clip gradient norm is 1/W of the exact one and the
+    loss is unchanged, and the same config gives the same numbers on 1 device and on 8."""
+    exact, scaled = tiny_config(mode="embedding"), tiny_config(mode="embedding", reference_world_size=4)
+    _, m_exact = _one_step(exact, MESHES["1 device"])
+    _, m_scaled = _one_step(scaled, MESHES["1 device"])
+    np.testing.assert_allclose(m_scaled["loss"], m_exact["loss"], rtol=1e-7)
+    np.testing.assert_allclose(m_scaled["grad_norm"], m_exact["grad_norm"] / 4, rtol=1e-5)
+    _, m_eight = _one_step(scaled, MESHES["8-way data"])
+    np.testing.assert_allclose(m_eight["loss"], m_scaled["loss"], rtol=2e-5)
+    np.testing.assert_allclose(m_eight["grad_norm"], m_scaled["grad_norm"], rtol=2e-5)
+
+
+def test_bfloat16_parameters_train_with_bfloat16_optimizer_state():
+    """The reference trains bf16 parameters with bf16 AdamW moments: model.param_dtype=bfloat16."""
+    c = tiny_config()
+    c.model.update(param_dtype="bfloat16", dtype="bfloat16")
+    c.optimizer.update(learning_rate=1e-2, warmup_ratio=0.0)
+    setup = TrainSetup(c, sharding.make_mesh(MESHES["2x4 data x fsdp"]))
+    state = setup.create_state()
+    before = jax.device_get(state.params)
+    state, metrics = step.make_train_step(setup)(state, step.global_batch(setup, synthetic_batch(c, seed=6)))
+    assert metrics["nonfinite"] == 0 and np.isfinite(metrics["loss"])
+    dtypes = {str(x.dtype) for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim}
+    assert dtypes == {"bfloat16"}, dtypes
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, jax.device_get(state.params))
+    assert all(jax.tree.leaves(changed))
