@@ -223,9 +223,7 @@ def test_reference_world_size_scales_the_embedding_gradient_by_one_over_w():
 
     @jax.jit
     def both(projection):
-        grad = jax.value_and_grad(
-            lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o)[0]
-        )
+        grad = jax.value_and_grad(lambda pr, o: objective.loss_fn((state.params, pr), graphdef, batch, o)[0])
         return grad(projection, _Frozen(c.objective)), grad(projection, _Frozen(reference.objective))
 
     (loss, grads), (loss_ref, grads_ref) = both(state.projection)
