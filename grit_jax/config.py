@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "num_steps": 100,
     "max_nonfinite_steps": 5,  # non-finite steps in a row before the run stops
+    # XLA's persistent compilation cache: a restart of the same config compiles nothing. "" = the
+    # JAX_COMPILATION_CACHE_DIR of the environment if set, else WORKDIR/compile_cache.
+    "compile_cache_dir": "",
     "model": {
         "preset": "tiny",  # a ModelConfig preset, unless hf_dir or init_checkpoint is set
         "hf_dir": "",  # a Hugging Face directory: its config.json and weights
@@ -81,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_every_steps": 0,  # held-out retrieval and generative loss; 0 = never
         "eval_max_queries": 256,
         "peak_flops_per_device": 0.0,  # 0: known accelerators from grit_jax.hardware, else no MFU
+        "profile_steps": "",  # "FIRST:LAST", e.g. "10:13": a jax.profiler trace of those steps (process 0)
     },
 }
 
@@ -116,6 +120,7 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
             f"objective.reference_world_size={obj.reference_world_size}: use 0 (exact gradient) or the "
             "reference run's GPU count"
         )
+    profile_steps(config)  # a malformed log.profile_steps fails here, before anything compiles
     if config.optimizer.schedule not in SCHEDULES:
         raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
     w = data_parallel_size(mesh_shape)
@@ -130,6 +135,17 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
                 f"data.generative_batch_size={bg} must be divisible by {where} times "
                 f"objective.generative_accumulation_steps={steps}; use a multiple of {w * steps}"
             )
+
+
+def profile_steps(config) -> tuple[int, int] | None:
+    """(first, last) step of log.profile_steps ("FIRST:LAST"), or None when no profile is asked for."""
+    text = config.log.profile_steps
+    if not text:
+        return None
+    first, _, last = text.partition(":")
+    if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+        raise UsageError(f"log.profile_steps={text!r}: expected FIRST:LAST steps, e.g. 10:13")
+    return int(first), int(last)
 
 
 def _validate_embedding(config, w: int, where: str) -> None:

@@ -17,7 +17,7 @@ class MetricsLog:
     """metrics.jsonl, TensorBoard and a console progress line, written by process 0 only."""
 
     def __init__(self, workdir, num_steps, enabled, start_step=0):
-        self.enabled, self.num_steps = enabled, num_steps
+        self.enabled, self.num_steps, self.workdir = enabled, num_steps, workdir
         self.path = os.path.join(workdir, "metrics.jsonl")
         if enabled:
             self._truncate(start_step)

@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 
 from grit_jax import cli, distributed, flops, hardware, sharding
 from grit_jax.checkpoint import Checkpoints
+from grit_jax.compile_cache import CompileCache
+from grit_jax.config import profile_steps
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import RunStopped, UsageError
@@ -125,6 +127,7 @@ class Loop:
         self.peak = device_peak * jax.device_count()
         self.last, self.nonfinite_in_a_row, self.save_due = {}, 0, False
         self.t0, self.tokens = time.perf_counter(), 0.0
+        self.profile_steps = profile_steps(self.config)
 
     def run(self, state, start: int) -> dict:
         """Steps start+1 .. num_steps (or until preempted); returns the last logged metrics."""
@@ -132,8 +135,10 @@ class Loop:
         if start == 0 and config.log.eval_every_steps and self.evaluator.enabled:
             self.log.write(0, self.evaluator(state))
         for step in range(start + 1, config.num_steps + 1):
+            self._profile(step, starting=True)
             state, metrics = self.train_step(state, global_batch(self.setup, next(self.data)))
-            metrics = jax.device_get(metrics)
+            metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
+            self._profile(step, starting=False)
             self.tokens += float(metrics["tokens"])
             self._count_nonfinite(step, metrics)
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
@@ -141,6 +146,20 @@ class Loop:
             if self._save(step, state, metrics):
                 break
         return self.last
+
+    def _profile(self, step: int, starting: bool):
+        """A jax.profiler trace of log.profile_steps, on process 0, into WORKDIR/profile."""
+        steps = self.profile_steps
+        if steps is None or jax.process_index() != 0:
+            return
+        if starting and step == steps[0]:
+            jax.profiler.start_trace(os.path.join(self.log.workdir, "profile"))
+        elif not starting and step == steps[1]:
+            jax.profiler.stop_trace()
+            print(
+                f"profile of steps {steps[0]}-{steps[1]}: {os.path.join(self.log.workdir, 'profile')}",
+                flush=True,
+            )
 
     def _count_nonfinite(self, step: int, metrics: dict):
         if not metrics["nonfinite"]:
@@ -196,6 +215,7 @@ def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
     check_workdir(workdir)
+    compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
     tokenizer = load_tokenizer(config.data)
@@ -221,6 +241,8 @@ def train(config, workdir) -> dict:
         ckpt.close()
         log.close()
         data.close()
+    if main:
+        print(compile_cache.summary(), flush=True)
     if main and not preempted.requested:
         rounded = {k: round(float(v), 5) for k, v in last.items()}
         print(

@@ -7,8 +7,10 @@ same values as an uninterrupted run; 1 device and 8 devices log the same losses;
 skipped and stop the run; a half-written checkpoint is skipped and kept; bad command lines end in one line.
 """
 
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -387,3 +389,33 @@ def test_resuming_with_another_model_ends_with_one_line(tmp_path, reference, dat
         last.startswith("grit-train: error: checkpoint step 30 ") and "does not match this config" in last
     ), last
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_second_start_hits_the_compilation_cache_and_a_profile_is_written(tmp_path, data_dir, compile_cache):
+    """The same config started twice on one compilation cache compiles nothing the second time; a
+    log.profile_steps trace is written under the work directory and the run goes on to the end."""
+    cache = str(tmp_path / "cache")
+    first = _ok(
+        _train(
+            str(tmp_path / "a"),
+            data_dir,
+            compile_cache,
+            f"--config.compile_cache_dir={cache}",
+            "--config.num_steps=4",
+            "--config.log.profile_steps=2:3",
+        )
+    )
+    traces = glob.glob(str(tmp_path / "a" / "profile" / "**" / "*.xplane.pb"), recursive=True)
+    assert traces and "profile of steps 2-3" in first.stdout
+    assert json.loads(open(tmp_path / "a" / "metrics.jsonl").readlines()[-1])["step"] == 4
+    second = _ok(
+        _train(
+            str(tmp_path / "b"),
+            data_dir,
+            compile_cache,
+            f"--config.compile_cache_dir={cache}",
+            "--config.num_steps=4",
+        )
+    )
+    hits, misses = re.search(r"compilation cache .*: (\d+) hits, (\d+) misses", second.stdout).groups()
+    assert int(misses) == 0 and int(hits) > 0, second.stdout[-2000:]
