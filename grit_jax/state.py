@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grit_jax import hf, sharding
-from grit_jax.checkpoint import load_params_from_checkpoint, model_config
+from grit_jax import sharding
+from grit_jax.checkpoint import model_config
 from grit_jax.choices import BATCH_AXES
 from grit_jax.config import batch_shapes, validate_config
 from grit_jax.errors import CheckpointError
@@ -133,33 +133,21 @@ class TrainSetup:
             template = jax.tree.map(lambda a: a, self.abstract.params)
             nnx.replace_by_pure_dict(template, params)
             params = template
+
+        def described(value):
+            if isinstance(value, jax.ShapeDtypeStruct):  # left from the template: not given
+                return "missing"
+            return f"{np.shape(value)} {np.dtype(value.dtype)}"
+
+        pairs = zip(nnx.to_flat_state(params), nnx.to_flat_state(self.abstract.params))
         wrong = [
-            f"{'.'.join(map(str, k))}: {np.shape(v.get_value())} (want {a.shape})"
-            for (k, v), (_, a) in zip(nnx.to_flat_state(params), nnx.to_flat_state(self.abstract.params))
-            if isinstance(v.get_value(), jax.ShapeDtypeStruct) or np.shape(v.get_value()) != a.shape
+            f"{'.'.join(map(str, k))}: {described(v.get_value())} (want {a.shape} {np.dtype(a.dtype)})"
+            for (k, v), (_, a) in pairs
+            if described(v.get_value()) != f"{a.shape} {np.dtype(a.dtype)}"
         ]
         if wrong:
             raise CheckpointError(
-                "given params do not fit the configured model (missing or mis-shaped):\n  "
+                "given params do not fit the configured model (missing, mis-shaped or of another dtype):\n  "
                 + "\n  ".join(wrong)
             )
         return params
-
-
-def initial_params(config, cfg: ModelConfig) -> dict | None:
-    """None (initialise from config.seed), or the weights of model.hf_dir (a Hugging Face directory) or of
-    model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), nested."""
-    if config.model.init_checkpoint:
-        flat = load_params_from_checkpoint(config.model.init_checkpoint, cfg)
-    elif config.model.hf_dir:
-        flat = hf.read_hf_params(config.model.hf_dir, cfg)
-    else:
-        return None
-    nested = {}
-    for path, value in flat.items():
-        node = nested
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested

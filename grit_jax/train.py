@@ -32,8 +32,9 @@ from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import RunStopped, UsageError
 from grit_jax.evaluate import Evaluator
 from grit_jax.metrics_log import MetricsLog
-from grit_jax.state import TrainSetup, initial_params
+from grit_jax.state import TrainSetup
 from grit_jax.step import global_batch, make_train_step
+from grit_jax.weights import initial_params
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics.jsonl, TensorBoard")
@@ -98,7 +99,8 @@ def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
     """(state, step): restored from the latest checkpoint with the data position, or created at step 0."""
     start = ckpt.latest_step()
     if start is None:
-        return setup.create_state(initial_params(setup.config, setup.model_config)), 0
+        params = initial_params(setup.config, setup.model_config, setup.shardings.params)
+        return setup.create_state(params), 0
     try:
         state, data_state = ckpt.restore(start, setup.abstract_state())
     except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer

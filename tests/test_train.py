@@ -271,16 +271,21 @@ def test_demo_learns(tmp_path, data_dir, compile_cache):
 
 
 def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir, compile_cache):
-    """Training from an HF directory and from its `grit-convert hf-to-orbax` checkpoint starts from the same
-    weights: the two runs log identical values, and neither equals a run from random initialisation."""
+    """Training from a bf16 HF directory and from its `grit-convert hf-to-orbax` checkpoint starts from the
+    same weights, loaded into their shards (data=2 x fsdp=4) as float32 master weights: the runs log
+    identical values, two hosts through launch/local.sh log the same within gloo's summation order, the
+    first checkpoint holds float32 parameters and optimizer state, and no run equals one from scratch."""
+    import orbax.checkpoint as ocp
+    import torch
+
     from grit_jax.convert import hf_to_orbax
     from tests.hf_reference import make_torch_model, save
 
-    hf_dir = save(
-        make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128), tmp_path / "hf"
-    )
+    model = make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128)
+    hf_dir = save(model.to(torch.bfloat16), tmp_path / "hf")  # as real checkpoints are stored
     shutil.copyfile(os.path.join(data_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.model"))
     converted = hf_to_orbax(hf_dir, str(tmp_path / "converted"))
+    mesh = ("--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.num_steps=2")
     runs = {}
     for name, override in (
         ("hf", f"--config.model.hf_dir={hf_dir}"),
@@ -288,14 +293,41 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
         ("scratch", None),
     ):
         workdir = str(tmp_path / f"run_{name}")
-        _ok(
-            _train(
-                workdir, data_dir, compile_cache, "--config.num_steps=2", *([override] if override else [])
-            )
-        )
+        _ok(_train(workdir, data_dir, compile_cache, *mesh, *([override] if override else [])))
         runs[name] = _metrics(workdir)
     assert runs["hf"] == runs["orbax"]
     assert runs["hf"][1]["loss"] != runs["scratch"][1]["loss"]
+
+    workdir = str(tmp_path / "two_hosts")
+    env = dict(_env(4, compile_cache), PYTHON=sys.executable, DEVICES_PER_HOST="4", KILL_AFTER="5")
+    command = [
+        "bash",
+        "launch/local.sh",
+        "2",
+        *_command(workdir, data_dir, *mesh)[3:],
+        f"--config.model.hf_dir={hf_dir}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    two_hosts = _metrics(workdir)
+    _assert_close_runs(two_hosts, runs["hf"], runs["hf"], rtol=1e-5)
+    metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(workdir, "checkpoints", "2", "state"))
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    weights = {k: leaf for k, leaf in _leaves(tree) if k.split(".")[0] in ("params", "opt_state")}
+    weights = {k: leaf for k, leaf in weights.items() if getattr(leaf, "shape", ())}  # not Adam's count
+    assert any(k.startswith("opt_state") for k in weights) and any(k.startswith("params") for k in weights)
+    assert {str(leaf.dtype) for leaf in weights.values()} == {"float32"}
+
+
+def _leaves(tree, prefix=""):
+    """(dotted key, leaf) of a nested metadata tree of dicts, lists and tuples."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return [(prefix, tree)]
+    return [pair for k, v in items for pair in _leaves(v, f"{prefix}{'.' if prefix else ''}{k}")]
 
 
 def _assert_close_runs(got, want, steps, rtol):

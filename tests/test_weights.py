@@ -1,0 +1,92 @@
+"""Starting weights load straight into their shards (grit_jax.weights): from a bf16 Hugging Face directory
+and from an orbax checkpoint, onto a data x fsdp mesh of 8 devices, cast to the fp32 master dtype, equal
+to a whole read, and no buffer a host places is ever a whole sharded parameter."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from grit_jax import convert, hf, sharding, weights
+from grit_jax.checkpoint import model_config, resolve_checkpoint
+from grit_jax.config import base_config
+from grit_jax.errors import CheckpointError
+from grit_jax.model import ModelConfig
+from grit_jax.state import TrainSetup
+from tests.grit_fixtures import make_hf_dir, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup_and_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    tokenizer = str(root / "tokenizer.model")
+    make_tokenizer(tokenizer)
+    model, hf_dir = make_hf_dir(root / "hf", tokenizer, "mixtral")
+    model.to(torch.bfloat16).save_pretrained(hf_dir, max_shard_size="100KB")  # bf16, as real checkpoints
+    orbax_dir = convert.hf_to_orbax(hf_dir, str(root / "orbax"))
+    config = base_config()
+    config.model.update(preset="", hf_dir=hf_dir, param_dtype="float32")
+    config.mesh.update(data=2, fsdp=4)
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh))
+    return setup, hf_dir, orbax_dir
+
+
+def _record_placed(monkeypatch):
+    placed = []
+    original = jax.device_put
+
+    def device_put(value, device=None, *args, **kwargs):
+        placed.append(np.shape(value))
+        return original(value, device, *args, **kwargs)
+
+    monkeypatch.setattr(weights.jax, "device_put", device_put)
+    return placed
+
+
+def _check(params, setup, whole, placed):
+    flat = _flat(params)
+    cfg = setup.model_config
+    assert set(flat) == {e.path for e in hf.name_map(cfg)}
+    for path, array in flat.items():
+        assert array.dtype == np.float32, path
+        np.testing.assert_array_equal(np.asarray(array), whole[path].astype(np.float32), err_msg=path)
+        if array.sharding.shard_shape(array.shape) != array.shape:  # split: never placed whole
+            assert array.shape not in placed, path
+    assert any(a.sharding.shard_shape(a.shape) != a.shape for a in flat.values())
+
+
+def _flat(params, prefix=""):
+    out = {}
+    for k, v in params.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkeypatch):
+    setup, hf_dir, _ = setup_and_dirs
+    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    assert str(whole["norm.scale"].dtype) == "bfloat16"  # what is stored
+    placed = _record_placed(monkeypatch)
+    params = weights.initial_params(setup.config, setup.model_config, setup.shardings.params)
+    _check(params, setup, whole, placed)
+    state = setup.create_state(params)
+    dtypes = {str(x.dtype) for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim}
+    assert dtypes == {"float32"}, dtypes
+
+
+def test_orbax_weights_load_into_shards(setup_and_dirs, monkeypatch):
+    setup, hf_dir, orbax_dir = setup_and_dirs
+    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    placed = _record_placed(monkeypatch)
+    source = resolve_checkpoint(orbax_dir)
+    source.config = setup.model_config
+    _check(weights.load_checkpoint(source, setup.shardings.params), setup, whole, placed)
+
+
+def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
+    setup, hf_dir, _ = setup_and_dirs
+    cfg = ModelConfig.from_hf_json(hf_dir, param_dtype="bfloat16")
+    bf16 = jax.tree.map(np.asarray, weights.load_hf(hf_dir, cfg, setup.shardings.params))
+    with pytest.raises(CheckpointError, match=r"norm.scale: \(64,\) bfloat16 \(want \(64,\) float32\)"):
+        setup.create_state(bf16)
+    assert model_config(setup.config).param_dtype == "float32"
