@@ -31,6 +31,7 @@ from grit_jax.checkpoint import (
 )
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
+from grit_jax.config import require_local_path
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
 from grit_jax.model_files import GRIT_CONFIG, copy_tokenizer, find_tokenizer, grit_settings
@@ -164,6 +165,8 @@ def run(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def main():
+        for flag in ("hf_dir", "ckpt", "out", "tokenizer"):
+            require_local_path(getattr(args, flag, None) or "", f"--{flag}")
         if args.command == "hf-to-orbax":
             out = hf_to_orbax(args.hf_dir, args.out, args.dtype)
         else:

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from grit_jax import cli, distributed, flops, hardware, sharding
 from grit_jax.checkpoint import Checkpoints
 from grit_jax.compile_cache import CompileCache
-from grit_jax.config import profile_steps
+from grit_jax.config import profile_steps, require_local_path
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import RunStopped, UsageError
@@ -61,6 +61,7 @@ class Preempted:
 def check_workdir(workdir: str):
     if not workdir:
         raise UsageError("--workdir is required (where checkpoints and logs go)")
+    require_local_path(workdir, "--workdir")
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:

@@ -9,6 +9,7 @@ import sys
 from grit_jax import hardware
 from grit_jax.choices import PAPER_LENGTHS
 from grit_jax.cli import ArgumentParser, run_command
+from grit_jax.config import require_local_path
 from grit_jax.data import sources
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.tokenizer import Tokenizer
@@ -82,6 +83,7 @@ def run(argv=None) -> int:
 
 
 def _run(args):
+    require_local_path(args.out, "--out")
     if args.command == "demo":
         out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
         print(report(sources.read_manifest(out["data_dir"])))
