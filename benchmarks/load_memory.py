@@ -1,0 +1,191 @@
+"""Peak memory per host while loading starting weights: N processes (launch/local.sh, N = 1, 2, 4) each load
+the same ~2.4 GB fp32 Hugging Face Mistral into an fsdp mesh over all their devices.
+
+    python benchmarks/load_memory.py [--out /tmp/load_memory] [--processes 1 2 4] [--write]
+
+`sharded` is grit_jax.weights (each host reads what its devices hold); `whole` reads every parameter whole
+on every host first (what grit_jax did before), then places the same shards. Per process: resident memory
+after building the mesh and abstract state (baseline) and the peak while loading; the growth should stay
+near (model / N) + one tensor for `sharded`. Results go to benchmarks/RESULTS.md with --write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=32, vocab_size=32000)
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def make_model(path: str) -> float:
+    """A random fp32 Mistral written as safetensors shards (numpy only); returns its size in GiB."""
+    from safetensors.numpy import save_file
+
+    from grit_jax import hf
+    from grit_jax.model import ModelConfig
+
+    cfg = ModelConfig(num_attention_heads=8, num_key_value_heads=8, **SHAPE)
+    if os.path.exists(os.path.join(path, "config.json")):
+        return cfg.num_params() * 4 / 2**30
+    os.makedirs(path)
+    rng, shapes, shard, weight_map, n = np.random.default_rng(0), hf.param_shapes(cfg), {}, {}, 0
+    for entry in hf.name_map(cfg):
+        for _, name in hf.hf_names(entry, cfg):
+            shard[name] = rng.standard_normal(hf.hf_shape(entry, shapes[entry.path]), np.float32) * 0.02
+            if sum(t.nbytes for t in shard.values()) > 2**28:
+                n += 1
+                save_file(shard, os.path.join(path, f"model-{n:05d}.safetensors"), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(shard, f"model-{n:05d}.safetensors"))
+                shard = {}
+    n += 1
+    save_file(shard, os.path.join(path, f"model-{n:05d}.safetensors"), metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(shard, f"model-{n:05d}.safetensors"))
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg.to_hf_dict(), f)
+    return cfg.num_params() * 4 / 2**30
+
+
+def worker(model: str, mode: str):
+    """One host: build the setup, load the weights, print one JSON line."""
+    from grit_jax import distributed
+
+    distributed.initialize_from_env()
+    import jax
+    from flax import nnx
+
+    from grit_jax import hf, sharding, weights
+    from grit_jax.config import base_config
+    from grit_jax.state import TrainSetup
+
+    config = base_config()
+    config.model.update(preset="", hf_dir=model)
+    config.mesh.update(data=1, fsdp=-1)
+    config.data.update(embedding_batch_size=64, generative_batch_size=64)  # divisible by every mesh here
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh))
+    baseline, start = current_mib(), time.perf_counter()
+    if mode == "sharded":
+        params = weights.load_hf(model, setup.model_config, setup.shardings.params)
+    else:
+        whole = hf.read_hf_params(model, setup.model_config, np.float32)
+        shards = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(setup.shardings.params)}
+        params = {
+            p: jax.make_array_from_callback(a.shape, shards[p], lambda i, a=a: a[i]) for p, a in whole.items()
+        }
+    jax.block_until_ready(params)
+    row = dict(
+        process=jax.process_index(),
+        processes=jax.process_count(),
+        mode=mode,
+        baseline_mib=baseline,
+        peak_mib=peak_mib(),
+        seconds=time.perf_counter() - start,
+    )
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def run(args) -> list[dict]:
+    size = make_model(os.path.join(args.out, "model"))
+    print(f"model: {size:.2f} GiB fp32 ({SHAPE})", flush=True)
+    rows = []
+    for mode in ("sharded", "whole"):
+        for n in args.processes:
+            env = dict(
+                os.environ,
+                PYTHON=sys.executable,
+                DEVICES_PER_HOST="4",
+                JAX_PLATFORMS="cpu",
+                GRIT_LOCAL_MODULE="benchmarks.load_memory",
+                LOG_DIR=os.path.join(args.out, "logs"),
+            )
+            out = subprocess.run(
+                ["bash", "launch/local.sh", str(n), "--worker", os.path.join(args.out, "model"), mode],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            found = [
+                json.loads(line.split("RESULT ", 1)[1])
+                for line in out.stdout.splitlines()
+                if "RESULT " in line
+            ]
+            if out.returncode or len(found) != n:
+                raise SystemExit(f"{mode} x{n} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            for r in found:
+                r["growth_gib"] = (r["peak_mib"] - r["baseline_mib"]) / 1024
+                r["model_gib"] = size
+            rows.extend(found)
+            worst = max(found, key=lambda r: r["growth_gib"])
+            print(
+                f"{mode:8} N={n}: growth {worst['growth_gib']:.2f} GiB per process "
+                f"(model / N = {size / n:.2f} GiB), {worst['seconds']:.1f} s",
+                flush=True,
+            )
+    return rows
+
+
+def table(rows) -> str:
+    lines = [
+        "| loader | processes | model / N | peak growth per process (worst) | load time |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in ("sharded", "whole"):
+        for n in sorted({r["processes"] for r in rows}):
+            group = [r for r in rows if r["mode"] == mode and r["processes"] == n]
+            worst = max(group, key=lambda r: r["growth_gib"])
+            lines.append(
+                f"| {mode} | {n} | {worst['model_gib'] / n:.2f} GiB | {worst['growth_gib']:.2f} GiB "
+                f"| {worst['seconds']:.1f} s |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2], sys.argv[3])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="/tmp/load_memory")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    rows = run(args)
+    text = table(rows)
+    print(text)
+    if args.write:
+        when = datetime.date.today().isoformat()
+        machine = f"{os.cpu_count()}-core CPU ({platform.machine()}), 4 faked devices per process"
+        with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
+            f.write(
+                f"\n\n## Loading weights on N hosts\n\n`python benchmarks/load_memory.py --write` "
+                f"({machine}, {when}): N processes of launch/local.sh each load the same fp32 Hugging Face "
+                f"Mistral ({rows[0]['model_gib']:.2f} GiB) into one fsdp mesh over all devices. Growth = "
+                f"peak resident memory while loading minus resident memory after building the mesh and "
+                f"abstract state.\n\n"
+                f"{text}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
