@@ -37,6 +37,7 @@ setup(
             "grit-data=grit_jax.data.__main__:run",
             "grit-convert=grit_jax.convert:run",
             "grit-aot=grit_jax.aot:run",
+            "grit-embed=grit_jax.embed:run",
         ]
     },
 )

@@ -131,26 +131,39 @@ class GritLM:
         sentences = [sentences] if single else list(sentences)
         if get_cache and len(sentences) > batch_size:
             raise UsageError("get_cache=True encodes one batch only: pass at most batch_size sentences")
-        skip = 0
-        if instruction and not embed_instruction and "mean" in self.pooling_method:
-            skip = len(self.tokenize(instruction, add_special_tokens, max_length))
+        skip = self.instruction_length(instruction, embed_instruction, max_length, add_special_tokens)
         embeddings, cache = [], None
         for start in range(0, len(sentences), batch_size):
             rows = [
                 self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
                 for s in sentences[start : start + batch_size]
             ]
-            hidden, valid, kv = self._hidden(rows, with_cache=get_cache)
-            if self.projection is not None:
-                hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
-            lengths = jnp.full((valid.shape[0],), skip, jnp.int32)
-            emb = pool(hidden, jnp.asarray(valid), lengths, self.pooling_method, self.normalized)
-            embeddings.append(np.asarray(emb[: len(rows)]))
-            if get_cache:
-                cache = Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)])
+            emb, cache = self.embed_rows(rows, skip, get_cache)
+            embeddings.append(emb)
         out = np.concatenate(embeddings, 0)
         out = out[0] if single else out
         return (out, cache) if get_cache else out
+
+    def embed_rows(self, rows: list[list[int]], skip: int = 0, with_cache=False):
+        """Embeddings [len(rows),D] of token rows (BOS included) pooled after their first `skip` tokens,
+        and with_cache their Cache (else None): one batch of encode, for callers that tokenized already."""
+        hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
+        if self.projection is not None:
+            hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
+        lengths = jnp.full((valid.shape[0],), skip, jnp.int32)
+        emb = pool(hidden, jnp.asarray(valid), lengths, self.pooling_method, self.normalized)
+        cache = (
+            Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)]) if with_cache else None
+        )
+        return np.asarray(emb[: len(rows)]), cache
+
+    def instruction_length(
+        self, instruction: str, embed_instruction=False, max_length=None, add_special_tokens=True
+    ) -> int:
+        """How many leading tokens (BOS included) mean pooling leaves out for this instruction."""
+        if instruction and not embed_instruction and "mean" in self.pooling_method:
+            return len(self.tokenize(instruction, add_special_tokens, max_length))
+        return 0
 
     def _hidden(self, rows: list[list[int]], with_cache=False):
         """Hidden states of right-padded rows under the embedding attention; batch and length bucketed."""

@@ -23,6 +23,7 @@ PROGRAMS = {
     "grit-data": "grit_jax.data",
     "grit-convert": "grit_jax.convert",
     "grit-aot": "grit_jax.aot",
+    "grit-embed": "grit_jax.embed",
 }
 
 
@@ -218,3 +219,33 @@ def test_grit_aot(inputs):
         "not a checkpoint",
     )
     assert_one_line(run(*aot, "--bogus_flag=1"), "grit-aot", 2, "bogus_flag")
+
+
+def test_grit_embed(inputs):
+    corpus = inputs["root"] / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(4)))
+    out = inputs["root"] / "embedded"
+    assert_one_line(
+        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", inputs["missing"], "--out", out),
+        "grit-embed",
+        1,
+        inputs["missing"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out),
+        "grit-embed",
+        1,
+        inputs["empty"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", corpus, "--out", out),
+        "grit-embed",
+        1,
+        inputs["shard"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out, "--bogus_flag"),
+        "grit-embed",
+        2,
+        "--bogus_flag",
+    )

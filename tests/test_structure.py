@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "grit_jax")
-COMMANDS = {"grit_jax.train", "grit_jax.convert", "grit_jax.aot", "grit_jax.data.__main__"}
+COMMANDS = {"grit_jax.train", "grit_jax.convert", "grit_jax.aot", "grit_jax.data.__main__", "grit_jax.embed"}
 
 
 def _modules() -> dict[str, str]:
