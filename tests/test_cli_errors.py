@@ -24,6 +24,7 @@ PROGRAMS = {
     "grit-convert": "grit_jax.convert",
     "grit-aot": "grit_jax.aot",
     "grit-embed": "grit_jax.embed",
+    "grit-eval": "grit_jax.eval",
 }
 
 
@@ -248,4 +249,21 @@ def test_grit_embed(inputs):
         "grit-embed",
         2,
         "--bogus_flag",
+    )
+
+
+def test_grit_eval(inputs):
+    from tests.test_retrieval import write_beir
+
+    beir = inputs["root"] / "beir"
+    if not beir.exists():
+        write_beir(beir, n_docs=8, n_queries=2)
+    retrieval = ("grit-eval", "retrieval", "--model")
+    assert_one_line(
+        run(*retrieval, inputs["corrupt_hf"], "--data", inputs["missing"]), "grit-eval", 1, inputs["missing"]
+    )
+    assert_one_line(run(*retrieval, inputs["empty"], "--data", beir), "grit-eval", 1, inputs["empty"])
+    assert_one_line(run(*retrieval, inputs["corrupt_hf"], "--data", beir), "grit-eval", 1, inputs["shard"])
+    assert_one_line(
+        run(*retrieval, inputs["empty"], "--data", beir, "--bogus_flag"), "grit-eval", 2, "--bogus_flag"
     )
