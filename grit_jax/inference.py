@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import masks, rag
+from grit_jax import masks, placement, rag
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
 from grit_jax.decoding import _decode_pass, _encode_pass, _place, bucket, sample
@@ -29,6 +29,7 @@ from grit_jax.model import KVCache, ModelConfig, Transformer
 from grit_jax.model_files import load_pretrained
 from grit_jax.objective import pool
 from grit_jax.rag import Cache
+from grit_jax.sharding import use_mesh
 
 # The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
 # causal, None included: a model used for one task only); generation is always causal.
@@ -52,6 +53,7 @@ class GritLM:
         normalized=True,
         embed_eos="",
         projection=None,
+        mesh=None,
     ):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
@@ -67,6 +69,9 @@ class GritLM:
         self.projection = projection
         self.config: ModelConfig = model.config
         self.graphdef, self.state = nnx.split(model)
+        self.mesh = placement.resolve_mesh(mesh)  # weights sharded as training shards them (placement.py)
+        if self.mesh is not None:
+            self.state = placement.shard_state(self.state, self.mesh)
         self.sep = " "
 
     # ---- loading
@@ -86,7 +91,9 @@ class GritLM:
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
-        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc")."""
+        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh` (in
+        kwargs): a jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights
+        over and split encode batches across (grit_jax.placement)."""
         model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer)
 
         def pick(given, key):
@@ -167,7 +174,7 @@ class GritLM:
 
     def _hidden(self, rows: list[list[int]], with_cache=False):
         """Hidden states of right-padded rows under the embedding attention; batch and length bucketed."""
-        length, batch = bucket(max(map(len, rows))), bucket(len(rows), 1)
+        length, batch = bucket(max(map(len, rows))), placement.round_batch(len(rows), self.mesh, bucket)
         tokens = np.full((batch, length), self.tokenizer.pad_id, np.int32)
         valid = np.zeros((batch, length), bool)
         for i, r in enumerate(rows):
@@ -177,7 +184,9 @@ class GritLM:
         mask = masks.mask_from_positions(
             positions, positions, valid, kind, sliding_window=self.config.sliding_window
         )
-        hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
+        tokens, mask = placement.place_batch(self.mesh, tokens, mask)
+        with use_mesh(self.mesh):
+            hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
         return hidden, valid, kv
 
     def encode_queries(self, queries, **kwargs):
