@@ -122,16 +122,21 @@ def embed_corpus(model, args, store: EmbeddingStore, skipped: Skipped, total: in
         store.write_part(w, [rid for rid, _ in window], vectors, skipped.count)
         embedded += len(window)
         seen += len(window)
-        now = time.time()
-        if now - last >= 10 or seen >= mine:
-            last = now
-            rate = embedded / max(now - start, 1e-9)
-            eta = max(mine - seen, 0) / rate if rate else float("inf")
-            print(
-                f"grit-embed: [{index}] {seen}/~{mine} documents, {rate:.1f} docs/s, ETA {eta:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        if time.time() - last >= 10:
+            last = _progress(index, seen, mine, embedded, start)
+    _progress(index, seen, mine, embedded, start)
+
+
+def _progress(index, seen, mine, embedded, start) -> float:
+    now = time.time()
+    rate = embedded / max(now - start, 1e-9)
+    eta = max(mine - seen, 0) / rate if rate else float("inf")
+    print(
+        f"grit-embed: [{index}] {seen}/~{mine} documents, {rate:.1f} docs/s, ETA {eta:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return now
 
 
 if __name__ == "__main__":

@@ -119,3 +119,31 @@ def test_kill_and_resume(setup):
     assert ids == [d["id"] for d in docs]  # every id exactly once, in input order
     want = model.encode([d["text"] for d in docs], instruction=DOC_INSTRUCTION, batch_size=64)
     np.testing.assert_allclose(vectors, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_hosts_each_embed_their_share(setup, tmp_path):
+    root, path, model = setup
+    docs = _docs(50)
+    corpus = _write(tmp_path / "hosts.jsonl", docs)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
+    env.update(PYTHON=sys.executable, DEVICES_PER_HOST="2", GRIT_LOCAL_MODULE="grit_jax.embed")
+    args = ["--model", path, "--input", corpus, "--out", str(out), "--window", "8", "--batch_size", "4"]
+    result = subprocess.run(
+        ["bash", "launch/local.sh", "2", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "[0] grit-embed: [0]" in result.stdout and "[1] grit-embed: [1]" in result.stdout
+    hosts = [json.loads((out / f"manifest.host{p}.json").read_text()) for p in (0, 1)]
+    assert [[p["name"] for p in h["parts"]] for h in hosts] == [
+        [f"part-{i:05d}" for i in range(p, 7, 2)] for p in (0, 1)
+    ]
+    ids, vectors = load_embeddings(str(out))
+    assert ids == [d["_id"] for d in docs]
+    np.testing.assert_allclose(vectors, model.encode([d["text"] for d in docs], DOC_INSTRUCTION), atol=1e-5)
