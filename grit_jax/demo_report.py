@@ -64,8 +64,10 @@ def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
         lines.append(f"  {rank}. {' '.join(passages[i].split())[:100]!r}{mark}")
     name = query.split("(")[0]
     question = [{"role": "user", "content": f"What does `{name}` do?"}]
-    answer = model.tokenizer.decode(model.generate(question, max_new_tokens=max_new_tokens))
-    lines.append(f"generated: What does `{name}` do? -> {' '.join(answer.split())[:200]!r}")
+    ids = model.generate(question, max_new_tokens=max_new_tokens)
+    answer = " ".join(model.tokenizer.decode(ids).split())[:200]
+    shown = repr(answer) if answer else f"(nothing but {len(ids)} token(s) that decode to no text)"
+    lines.append(f"generated: What does `{name}` do? -> {shown}")
     return lines
 
 
