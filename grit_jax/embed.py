@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=16384, help="records per part, sorted by length within")
     p.add_argument("--skip_bad", action="store_true", help="skip and count bad records")
     p.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXIS=N,...",
+        help="shard the model over this host's devices: data=-1, fsdp=4,tensor=2 (default: one device)",
+    )
     return p
 
 
@@ -58,10 +64,12 @@ def _run(args):
     import jax
 
     from grit_jax.inference import GritLM
+    from grit_jax.placement import local_mesh
 
     index, count = jax.process_index(), jax.process_count()
     total = count_lines(args.input)  # also checks that every input exists before the model loads
-    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype)
+    mesh = local_mesh(args.mesh)
+    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
     settings = dict(
         model=os.path.abspath(args.model),
         inputs=[[os.path.abspath(p), os.path.getsize(p)] for p in args.input],

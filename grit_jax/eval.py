@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch_size", type=int, default=64)
     r.add_argument("--max_length", type=int, default=512)
     r.add_argument("--dtype", default="float32")
+    r.add_argument(
+        "--mesh", default=None, metavar="AXIS=N,...", help="shard the model: data=-1, fsdp=4,tensor=2"
+    )
     r.add_argument("--out", default=None, metavar="FILE", help="JSON results (default: printed only)")
     r.add_argument("--run_out", default=None, metavar="FILE", help="the top 100 per query as JSON")
     return parser
@@ -63,10 +66,12 @@ def _run(args):
     query_instruction = query_default if args.query_instruction is None else args.query_instruction
     doc_instruction = doc_default if args.doc_instruction is None else args.doc_instruction
     from grit_jax.inference import GritLM
+    from grit_jax.placement import local_mesh
     from grit_jax.retrieval import evaluate_retrieval, load_beir
 
+    mesh = local_mesh(args.mesh)
     beir = load_beir(args.data, args.split)  # bad data fails before the model loads
-    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype)
+    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
     result, ranking = evaluate_retrieval(
         model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
     )

@@ -33,6 +33,22 @@ def resolve_mesh(mesh) -> Mesh | None:
     return sharding.make_mesh({a: mesh.get(a, 1) for a in MESH_AXES})
 
 
+def parse_mesh(text: str) -> dict[str, int]:
+    """`fsdp=4,tensor=2` (a command line's --mesh) as {"fsdp": 4, "tensor": 2}; -1 takes the rest."""
+    sizes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        axis, _, size = item.partition("=")
+        if axis not in MESH_AXES or not size.lstrip("-").isdigit():
+            raise UsageError(f"--mesh {text!r}: expected AXIS=SIZE[,AXIS=SIZE...] with AXIS in {MESH_AXES}")
+        sizes[axis] = int(size)
+    return sizes
+
+
+def local_mesh(text: str | None) -> Mesh | None:
+    """A mesh over this host's devices only (each host of grit-embed works alone), or None."""
+    return sharding.make_mesh(parse_mesh(text), jax.local_devices()) if text else None
+
+
 def shard_state(state, mesh: Mesh):
     """The model's nnx.State placed on the mesh, each weight split as training splits it."""
     return jax.device_put(state, sharding.named_shardings(sharding.param_specs(state, mesh), mesh))

@@ -59,6 +59,14 @@ def test_shards_equal_encode(setup, capsys):
     assert load_embeddings(out)[0] == ids
     assert run(args) == 2  # --field text differs
     assert "field" in capsys.readouterr().err
+    # The model sharded over this host's 8 (faked) devices: the same embeddings.
+    sharded = str(root / "small_out_mesh")
+    args[args.index(out)] = sharded
+    assert run(args + ["--field", "title+text", "--mesh", "data=2,fsdp=2,tensor=2"]) == 0
+    assert load_embeddings(sharded)[0] == ids
+    np.testing.assert_allclose(load_embeddings(sharded)[1], want, atol=1e-5)
+    assert run(args + ["--mesh", "pipeline=2"]) == 2
+    assert "--mesh 'pipeline=2'" in capsys.readouterr().err
 
 
 def test_bad_records(setup, capsys):
