@@ -26,7 +26,17 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.56", "ruff==0.17.6"],
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "transformers>=4.56",
+            "ruff==0.17.6",
+            "pytrec-eval-terrier>=0.5.6",
+            "mteb>=2.0",
+            "rank-bm25>=0.2.2",
+        ],
+        # grit-eval's reference metrics, MTEB, and the demo's BM25 baseline
+        "eval": ["pytrec-eval-terrier>=0.5.6", "mteb>=2.0", "rank-bm25>=0.2.2"],
         "tpu": ["jax[tpu]"],
         # libtpu lets a CPU machine compile for TPU topologies (grit-aot); not needed to train.
         "aot": ["libtpu"],
@@ -37,6 +47,8 @@ setup(
             "grit-data=grit_jax.data.__main__:run",
             "grit-convert=grit_jax.convert:run",
             "grit-aot=grit_jax.aot:run",
+            "grit-embed=grit_jax.embed:run",
+            "grit-eval=grit_jax.eval:run",
         ]
     },
 )

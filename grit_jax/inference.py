@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import masks, rag
+from grit_jax import masks, placement, rag
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
 from grit_jax.decoding import _decode_pass, _encode_pass, _place, bucket, sample
@@ -29,6 +29,7 @@ from grit_jax.model import KVCache, ModelConfig, Transformer
 from grit_jax.model_files import load_pretrained
 from grit_jax.objective import pool
 from grit_jax.rag import Cache
+from grit_jax.sharding import use_mesh
 
 # The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
 # causal, None included: a model used for one task only); generation is always causal.
@@ -52,6 +53,7 @@ class GritLM:
         normalized=True,
         embed_eos="",
         projection=None,
+        mesh=None,
     ):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {mode!r}")
@@ -67,6 +69,9 @@ class GritLM:
         self.projection = projection
         self.config: ModelConfig = model.config
         self.graphdef, self.state = nnx.split(model)
+        self.mesh = placement.resolve_mesh(mesh)  # weights sharded as training shards them (placement.py)
+        if self.mesh is not None:
+            self.state = placement.shard_state(self.state, self.mesh)
         self.sep = " "
 
     # ---- loading
@@ -86,7 +91,9 @@ class GritLM:
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
-        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc")."""
+        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh` (in
+        kwargs): a jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights
+        over and split encode batches across (grit_jax.placement)."""
         model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer)
 
         def pick(given, key):
@@ -131,30 +138,43 @@ class GritLM:
         sentences = [sentences] if single else list(sentences)
         if get_cache and len(sentences) > batch_size:
             raise UsageError("get_cache=True encodes one batch only: pass at most batch_size sentences")
-        skip = 0
-        if instruction and not embed_instruction and "mean" in self.pooling_method:
-            skip = len(self.tokenize(instruction, add_special_tokens, max_length))
+        skip = self.instruction_length(instruction, embed_instruction, max_length, add_special_tokens)
         embeddings, cache = [], None
         for start in range(0, len(sentences), batch_size):
             rows = [
                 self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
                 for s in sentences[start : start + batch_size]
             ]
-            hidden, valid, kv = self._hidden(rows, with_cache=get_cache)
-            if self.projection is not None:
-                hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
-            lengths = jnp.full((valid.shape[0],), skip, jnp.int32)
-            emb = pool(hidden, jnp.asarray(valid), lengths, self.pooling_method, self.normalized)
-            embeddings.append(np.asarray(emb[: len(rows)]))
-            if get_cache:
-                cache = Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)])
+            emb, cache = self.embed_rows(rows, skip, get_cache)
+            embeddings.append(emb)
         out = np.concatenate(embeddings, 0)
         out = out[0] if single else out
         return (out, cache) if get_cache else out
 
+    def embed_rows(self, rows: list[list[int]], skip: int = 0, with_cache=False):
+        """Embeddings [len(rows),D] of token rows (BOS included) pooled after their first `skip` tokens,
+        and with_cache their Cache (else None): one batch of encode, for callers that tokenized already."""
+        hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
+        if self.projection is not None:
+            hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
+        lengths = jnp.full((valid.shape[0],), skip, jnp.int32)
+        emb = pool(hidden, jnp.asarray(valid), lengths, self.pooling_method, self.normalized)
+        cache = (
+            Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)]) if with_cache else None
+        )
+        return np.asarray(emb[: len(rows)]), cache
+
+    def instruction_length(
+        self, instruction: str, embed_instruction=False, max_length=None, add_special_tokens=True
+    ) -> int:
+        """How many leading tokens (BOS included) mean pooling leaves out for this instruction."""
+        if instruction and not embed_instruction and "mean" in self.pooling_method:
+            return len(self.tokenize(instruction, add_special_tokens, max_length))
+        return 0
+
     def _hidden(self, rows: list[list[int]], with_cache=False):
         """Hidden states of right-padded rows under the embedding attention; batch and length bucketed."""
-        length, batch = bucket(max(map(len, rows))), bucket(len(rows), 1)
+        length, batch = bucket(max(map(len, rows))), placement.round_batch(len(rows), self.mesh, bucket)
         tokens = np.full((batch, length), self.tokenizer.pad_id, np.int32)
         valid = np.zeros((batch, length), bool)
         for i, r in enumerate(rows):
@@ -164,7 +184,9 @@ class GritLM:
         mask = masks.mask_from_positions(
             positions, positions, valid, kind, sliding_window=self.config.sliding_window
         )
-        hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
+        tokens, mask = placement.place_batch(self.mesh, tokens, mask)
+        with use_mesh(self.mesh):
+            hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
         return hidden, valid, kv
 
     def encode_queries(self, queries, **kwargs):

@@ -29,6 +29,7 @@ from grit_jax.compile_cache import CompileCache
 from grit_jax.config import profile_steps, require_local_path
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
+from grit_jax.demo_report import EXAMPLE_FILE, demo_report
 from grit_jax.errors import RunStopped, UsageError
 from grit_jax.evaluate import Evaluator
 from grit_jax.metrics_log import MetricsLog
@@ -253,6 +254,8 @@ def train(config, workdir) -> dict:
             f"{os.path.join(workdir, 'tb')}\nfinal metrics: {json.dumps(rounded)}",
             flush=True,
         )
+        if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):
+            print(demo_report(workdir, config.data.data_dir, evaluator.retrieval), flush=True)
     return last
 
 

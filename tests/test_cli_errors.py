@@ -23,6 +23,8 @@ PROGRAMS = {
     "grit-data": "grit_jax.data",
     "grit-convert": "grit_jax.convert",
     "grit-aot": "grit_jax.aot",
+    "grit-embed": "grit_jax.embed",
+    "grit-eval": "grit_jax.eval",
 }
 
 
@@ -221,3 +223,50 @@ def test_grit_aot(inputs):
         "not a checkpoint",
     )
     assert_one_line(run(*aot, "--bogus_flag=1"), "grit-aot", 2, "bogus_flag")
+
+
+def test_grit_embed(inputs):
+    corpus = inputs["root"] / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(4)))
+    out = inputs["root"] / "embedded"
+    assert_one_line(
+        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", inputs["missing"], "--out", out),
+        "grit-embed",
+        1,
+        inputs["missing"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out),
+        "grit-embed",
+        1,
+        inputs["empty"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", corpus, "--out", out),
+        "grit-embed",
+        1,
+        inputs["shard"],
+    )
+    assert_one_line(
+        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out, "--bogus_flag"),
+        "grit-embed",
+        2,
+        "--bogus_flag",
+    )
+
+
+def test_grit_eval(inputs):
+    from tests.test_retrieval import write_beir
+
+    beir = inputs["root"] / "beir"
+    if not beir.exists():
+        write_beir(beir, n_docs=8, n_queries=2)
+    retrieval = ("grit-eval", "retrieval", "--model")
+    assert_one_line(
+        run(*retrieval, inputs["corrupt_hf"], "--data", inputs["missing"]), "grit-eval", 1, inputs["missing"]
+    )
+    assert_one_line(run(*retrieval, inputs["empty"], "--data", beir), "grit-eval", 1, inputs["empty"])
+    assert_one_line(run(*retrieval, inputs["corrupt_hf"], "--data", beir), "grit-eval", 1, inputs["shard"])
+    assert_one_line(
+        run(*retrieval, inputs["empty"], "--data", beir, "--bogus_flag"), "grit-eval", 2, "--bogus_flag"
+    )

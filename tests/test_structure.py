@@ -10,7 +10,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "grit_jax")
-COMMANDS = {"grit_jax.train", "grit_jax.convert", "grit_jax.aot", "grit_jax.data.__main__"}
+COMMANDS = {
+    "grit_jax.train",
+    "grit_jax.convert",
+    "grit_jax.aot",
+    "grit_jax.data.__main__",
+    "grit_jax.embed",
+    "grit_jax.eval",
+}
 
 
 def _modules() -> dict[str, str]:

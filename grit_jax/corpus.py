@@ -1,0 +1,98 @@
+"""Reading document collections: JSONL records (`{"id", "text"}` or BEIR `{"_id", "title", "text"}`),
+BEIR queries and qrels. Every bad record is a DataError naming `file:line`, or, when skipping, counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from grit_jax.errors import DataError
+
+FIELDS = ("text", "title+text")
+
+
+@dataclass
+class Skipped:
+    """Bad records left out (with --skip_bad): how many, and the first few `file:line: why`."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, message: str):
+        self.count += 1
+        if len(self.examples) < 20:
+            self.examples.append(message)
+
+
+def record_text(record: dict, text_field: str) -> str:
+    """The text to embed: `text`, or with title+text the title, a space and the text (as the reference joins
+    BEIR documents; a missing or empty title gives the text alone)."""
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("missing or empty 'text'")
+    title = record.get("title") if text_field == "title+text" else None
+    return f"{title} {text}" if isinstance(title, str) and title else text
+
+
+def read_records(
+    paths: list[str], text_field: str = "text", skip_bad: bool = False, skipped: Skipped | None = None
+) -> Iterator[tuple[str, str]]:
+    """(id, text) of every record of the JSONL files in order; blank lines are ignored."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError("not a JSON object")
+                    rid = record.get("id", record.get("_id"))
+                    if rid is None or str(rid) == "" or "\n" in str(rid):
+                        raise ValueError("missing 'id' (or BEIR '_id')")
+                    text = record_text(record, text_field)
+                except ValueError as e:  # json.JSONDecodeError is a ValueError
+                    message = f"{path}:{number}: {e}"
+                    if not skip_bad:
+                        raise DataError(
+                            message + " (pass --skip_bad to skip and count bad records)"
+                        ) from None
+                    if skipped is not None:
+                        skipped.add(message)
+                    continue
+                yield str(rid), text
+
+
+def count_lines(paths: list[str]) -> int:
+    """Non-blank lines of the files: the number of records, for progress and ETA."""
+    total = 0
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            total += sum(1 for line in f if line.strip())
+    return total
+
+
+def read_qrels(path: str) -> dict[str, dict[str, int]]:
+    """BEIR qrels (TSV `query-id  corpus-id  score`, an optional header): {query id: {doc id: score}}."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (the BEIR layout has qrels/test.tsv)")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            cols = line.rstrip("\n").split("\t")
+            if not line.strip() or (number == 1 and cols[0] in ("query-id", "query_id", "qid")):
+                continue
+            try:
+                if len(cols) != 3:
+                    raise ValueError(f"expected 3 tab-separated columns, got {len(cols)}")
+                qrels.setdefault(cols[0], {})[cols[1]] = int(float(cols[2]))
+            except ValueError as e:
+                raise DataError(f"{path}:{number}: {e}") from None
+    return qrels

@@ -1,0 +1,166 @@
+"""Embedding many texts: length-sorted batches, and the on-disk store that grit-embed writes.
+
+The store is plain numpy: `DIR/part-NNNNN.npy` (float32 [n, D]) beside `DIR/part-NNNNN.ids` (one id per
+line, the same order) and `DIR/manifest.json`, which lists the complete parts and the settings that made
+them. Part k holds window k of the input (k-th run of `window` good records, in input order); every file
+is written to a temporary name and renamed, and a part enters the manifest only once both files are in
+place, so a killed run resumes at the first part the manifest lacks, losing and repeating nothing.
+
+    import json, numpy as np
+    m = json.load(open("DIR/manifest.json"))
+    vectors = np.concatenate([np.load(f"DIR/{p['name']}.npy") for p in m["parts"]])
+    ids = [i for p in m["parts"] for i in open(f"DIR/{p['name']}.ids").read().splitlines()]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from grit_jax.errors import DataError, UsageError
+
+MANIFEST = "manifest.json"
+FORMAT = "grit-embed/1"
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """Indices in batches of similar length (longest first, so a first batch that does not fit fails
+    early); within a batch the original order."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def padding_fraction(lengths: list[int], batches: list[np.ndarray]) -> float:
+    """Share of the token slots of right-padded batches that are padding (before bucketing)."""
+    lengths = np.asarray(lengths)
+    slots = sum(len(b) * lengths[b].max() for b in batches)
+    return 1.0 - lengths.sum() / slots if slots else 0.0
+
+
+def embed_texts(model, texts: list[str], instruction: str = "", batch_size: int = 64, max_length=512):
+    """model.encode(texts, instruction) (float32 [len(texts), D], the same rows in the same order), with
+    texts of similar token length batched together so little of each batch is padding."""
+    rows = [model.tokenize(instruction + t + model.embed_eos, True, max_length) for t in texts]
+    return embed_token_rows(model, rows, model.instruction_length(instruction, False, max_length), batch_size)
+
+
+def embed_token_rows(model, rows: list[list[int]], skip: int, batch_size: int) -> np.ndarray:
+    out = None
+    for batch in sorted_batches([len(r) for r in rows], batch_size):
+        emb, _ = model.embed_rows([rows[i] for i in batch], skip)
+        if out is None:
+            out = np.empty((len(rows), emb.shape[1]), np.float32)
+        out[batch] = emb
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def _atomic(path: str, write: Callable):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class EmbeddingStore:
+    """The parts and manifest of one output directory, as one host sees them.
+
+    With several hosts each writes its own `manifest.hostP.json`; `merge_hosts` (process 0, after all
+    finished) writes `manifest.json` listing every part.
+    """
+
+    def __init__(self, out: str, settings: dict, process_index: int = 0, process_count: int = 1):
+        self.out, self.settings = out, settings
+        name = MANIFEST if process_count == 1 else f"manifest.host{process_index}.json"
+        self.path = os.path.join(out, name)
+        os.makedirs(out, exist_ok=True)
+        self.manifest = {"format": FORMAT, "settings": settings, "complete": False, "parts": []}
+        if os.path.isfile(self.path):
+            self.manifest = read_manifest(self.path)
+            if self.manifest.get("settings") != settings:
+                changed = sorted(
+                    k
+                    for k in set(settings) | set(self.manifest.get("settings", {}))
+                    if settings.get(k) != self.manifest.get("settings", {}).get(k)
+                )
+                raise UsageError(
+                    f"{out} holds embeddings made with other settings ({', '.join(changed)} differ); "
+                    "use a new --out directory, or the same arguments to resume"
+                )
+        self.done = {p["name"] for p in self.manifest["parts"]}
+
+    def has(self, index: int) -> bool:
+        return part_name(index) in self.done
+
+    def write_part(self, index: int, ids: list[str], vectors: np.ndarray, skipped_total: int):
+        name = part_name(index)
+        base = os.path.join(self.out, name)
+        _atomic(base + ".ids", lambda f: f.write("".join(i + "\n" for i in ids).encode("utf-8")))
+        _atomic(base + ".npy", lambda f: np.save(f, vectors.astype(np.float32)))
+        self.manifest["parts"].append({"name": name, "count": len(ids)})
+        self.manifest["parts"].sort(key=lambda p: p["name"])
+        self.manifest["dim"] = int(vectors.shape[1])
+        self.manifest["skipped"] = skipped_total
+        self.save()
+        self.done.add(name)
+
+    def finish(self, skipped: int, skipped_examples: list[str]):
+        self.manifest.update(complete=True, skipped=skipped, skipped_examples=skipped_examples)
+        self.manifest["count"] = sum(p["count"] for p in self.manifest["parts"])
+        self.save()
+
+    def save(self):
+        _atomic(self.path, lambda f: f.write(json.dumps(self.manifest, indent=1).encode("utf-8")))
+
+
+def read_manifest(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a grit-embed manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a grit-embed manifest (format {FORMAT!r} expected)")
+    return manifest
+
+
+def merge_hosts(out: str, process_count: int) -> dict:
+    """manifest.json from every host's manifest (run on one process once all hosts finished)."""
+    hosts = [read_manifest(os.path.join(out, f"manifest.host{p}.json")) for p in range(process_count)]
+    incomplete = [p for p, m in enumerate(hosts) if not m.get("complete")]
+    if incomplete:
+        raise DataError(f"{out}: hosts {incomplete} have not finished; run grit-embed again to resume")
+    merged = {
+        "format": FORMAT,
+        "settings": hosts[0]["settings"],
+        "complete": True,
+        "parts": sorted((p for m in hosts for p in m["parts"]), key=lambda p: p["name"]),
+        "dim": next((m["dim"] for m in hosts if "dim" in m), None),
+        # every host reads every record, so each counted every bad one
+        "skipped": hosts[0].get("skipped", 0),
+        "skipped_examples": hosts[0].get("skipped_examples", []),
+    }
+    merged["count"] = sum(p["count"] for p in merged["parts"])
+    _atomic(os.path.join(out, MANIFEST), lambda f: f.write(json.dumps(merged, indent=1).encode("utf-8")))
+    return merged
+
+
+def load_embeddings(out: str) -> tuple[list[str], np.ndarray]:
+    """(ids, float32 [n, D]) of every complete part of a grit-embed directory, in part order."""
+    manifest = read_manifest(os.path.join(out, MANIFEST))
+    ids, vectors = [], []
+    for part in manifest["parts"]:
+        base = os.path.join(out, part["name"])
+        with open(base + ".ids", encoding="utf-8") as f:
+            ids.extend(f.read().splitlines())
+        vectors.append(np.load(base + ".npy"))
+    dim = manifest.get("dim") or 0
+    return ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)

@@ -1,0 +1,93 @@
+"""`grit-eval` (or `python -m grit_jax.eval`): measure a GritLM.
+
+    grit-eval retrieval --model MODEL_DIR --data beir/scifact --out scifact.json
+
+`retrieval` embeds a BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv), ranks the corpus for
+every judged query and prints nDCG@10, MRR@10 and recall@100 (grit_jax.retrieval) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from grit_jax import hardware
+from grit_jax.cli import ArgumentParser, run_command
+from grit_jax.errors import UsageError
+from grit_jax.instructions import RETRIEVAL, task_instructions
+from grit_jax.retrieval import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="grit-eval", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    r = commands.add_parser("retrieval", help="nDCG@10, MRR@10, recall@100 on a BEIR directory")
+    r.add_argument("--model", required=True, metavar="PATH", help="Hugging Face dir or orbax checkpoint")
+    r.add_argument("--data", required=True, metavar="DIR", help="corpus.jsonl, queries.jsonl, qrels/")
+    r.add_argument("--split", default="test", help="the qrels file: qrels/SPLIT.tsv")
+    r.add_argument(
+        "--task",
+        default=None,
+        help=f"take the instructions of this MTEB task from the reference's table ({', '.join(RETRIEVAL)})",
+    )
+    r.add_argument(
+        "--query_instruction",
+        default=None,
+        help=f"text before each query (default {DEFAULT_QUERY_INSTRUCTION!r})",
+    )
+    r.add_argument(
+        "--doc_instruction",
+        default=None,
+        help=f"text before each document (default {DEFAULT_DOC_INSTRUCTION!r}: no instruction)",
+    )
+    r.add_argument("--batch_size", type=int, default=64)
+    r.add_argument("--max_length", type=int, default=512)
+    r.add_argument("--dtype", default="float32")
+    r.add_argument(
+        "--mesh", default=None, metavar="AXIS=N,...", help="shard the model: data=-1, fsdp=4,tensor=2"
+    )
+    r.add_argument("--out", default=None, metavar="FILE", help="JSON results (default: printed only)")
+    r.add_argument("--run_out", default=None, metavar="FILE", help="the top 100 per query as JSON")
+    return parser
+
+
+def run(argv=None) -> int:
+    hardware.quiet_platform()
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("grit-eval", lambda: _run(args))
+
+
+def _run(args):
+    if args.task is not None and args.task not in RETRIEVAL and not args.task.startswith("CQADupstack"):
+        raise UsageError(f"--task {args.task!r}: not in the table; known: {', '.join(RETRIEVAL)}")
+    query_default, doc_default = task_instructions(args.task)
+    query_instruction = query_default if args.query_instruction is None else args.query_instruction
+    doc_instruction = doc_default if args.doc_instruction is None else args.doc_instruction
+    from grit_jax.inference import GritLM
+    from grit_jax.placement import local_mesh
+    from grit_jax.retrieval import evaluate_retrieval, load_beir
+
+    mesh = local_mesh(args.mesh)
+    beir = load_beir(args.data, args.split)  # bad data fails before the model loads
+    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
+    result, ranking = evaluate_retrieval(
+        model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
+    )
+    result.update(
+        model=os.path.abspath(args.model),
+        data=os.path.abspath(args.data),
+        query_instruction=query_instruction,
+        doc_instruction=doc_instruction,
+    )
+    text = json.dumps(result, indent=1)
+    print(text, flush=True)
+    for path, content in ((args.out, text), (args.run_out, json.dumps(ranking))):
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,96 @@
+"""Retrieval evaluation on a BEIR directory: embed queries and corpus, rank by dot product (cosine for
+normalised embeddings), and score nDCG@10, MRR@10 and recall@100 the way trec_eval does.
+
+Ranking ties break as trec_eval's: score descending, then document id descending. A query judged only
+non-relevant scores 0 on every metric; queries absent from the qrels are not ranked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from grit_jax.corpus import read_qrels, read_records
+from grit_jax.embedding import embed_texts
+from grit_jax.errors import DataError
+from grit_jax.instructions import GENERIC_RETRIEVAL, gritlm_format
+
+DEFAULT_QUERY_INSTRUCTION = gritlm_format(GENERIC_RETRIEVAL)
+DEFAULT_DOC_INSTRUCTION = gritlm_format("")
+METRICS = ("ndcg@10", "mrr@10", "recall@100")
+
+
+def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 100, chunk: int = 1024):
+    """The top k documents of each query by dot product: a list of {doc id: score}, one per query row."""
+    out = []
+    k = min(k, len(doc_ids))
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk].astype(np.float32) @ docs.astype(np.float32).T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(doc_ids) else None
+        for i, row in enumerate(scores):
+            picked = range(len(doc_ids)) if top is None else top[i]
+            out.append({doc_ids[j]: float(row[j]) for j in picked})
+    return out
+
+
+def ranked(scores: dict[str, float]) -> list[str]:
+    """Document ids best first, ties broken as trec_eval (higher id first)."""
+    return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
+
+
+def query_metrics(scores: dict[str, float], judged: dict[str, int]) -> dict[str, float]:
+    ranking = ranked(scores)
+    relevant = {d: r for d, r in judged.items() if r > 0}
+    if not relevant:
+        return dict.fromkeys(METRICS, 0.0)
+    dcg = sum(relevant.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranking[:10]))
+    ideal = sum(r / math.log2(i + 2) for i, r in enumerate(sorted(relevant.values(), reverse=True)[:10]))
+    first = next((i for i, d in enumerate(ranking[:10]) if d in relevant), None)
+    return {
+        "ndcg@10": dcg / ideal,
+        "mrr@10": 0.0 if first is None else 1.0 / (first + 1),
+        "recall@100": len(set(ranking[:100]) & set(relevant)) / len(relevant),
+    }
+
+
+def score_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean of each metric over the queries of the qrels (a query missing from the run scores 0)."""
+    per_query = [query_metrics(run.get(q, {}), judged) for q, judged in qrels.items()]
+    return {m: float(np.mean([p[m] for p in per_query])) if per_query else 0.0 for m in METRICS}
+
+
+def load_beir(data: str, split: str = "test"):
+    """(corpus [(id, text)], queries [(id, text)] with qrels, qrels) of a BEIR directory; documents are
+    title + " " + text, as the reference joins them."""
+    paths = {n: os.path.join(data, n) for n in ("corpus.jsonl", "queries.jsonl")}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file (the BEIR layout: corpus.jsonl, queries.jsonl, qrels/)")
+    qrels = read_qrels(os.path.join(data, "qrels", f"{split}.tsv"))
+    corpus = list(read_records([paths["corpus.jsonl"]], "title+text"))
+    queries = [(q, t) for q, t in read_records([paths["queries.jsonl"]], "text") if q in qrels]
+    missing = sorted(set(qrels) - {q for q, _ in queries})
+    if missing:
+        raise DataError(f"{paths['queries.jsonl']}: qrels name queries it lacks: {missing[:5]}")
+    return corpus, queries, qrels
+
+
+def evaluate_retrieval(
+    model,
+    beir: tuple,
+    query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
+    doc_instruction: str = DEFAULT_DOC_INSTRUCTION,
+    batch_size: int = 64,
+    max_length: int = 512,
+):
+    """({metric: value, counts}, run) of a GritLM on `load_beir`'s (corpus, queries, qrels)."""
+    corpus, queries, qrels = beir
+    docs = embed_texts(model, [t for _, t in corpus], doc_instruction, batch_size, max_length)
+    q = embed_texts(model, [t for _, t in queries], query_instruction, batch_size, max_length)
+    hits = search(q, docs, [d for d, _ in corpus], k=100)
+    run = {qid: h for (qid, _), h in zip(queries, hits)}
+    result = score_run(run, qrels)
+    result.update(queries=len(queries), documents=len(corpus))
+    return result, run
