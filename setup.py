@@ -24,6 +24,7 @@ setup(
         "numpy>=1.26",
         "absl-py>=2.0",
         "tensorboardX>=2.6",
+        "rank-bm25>=0.2.2",  # the quick start's baseline
     ],
     extras_require={
         "test": [
