@@ -1,6 +1,7 @@
 """Llama 3, Qwen2.5 and Qwen3 run through the one decoder: logits against transformers (biases, tied
 embeddings, q/k norm, head_dim != hidden/heads, llama3 RoPE scaling past the original context, Qwen's
-sliding-window fields), bidirectional encoding with a 4-D mask, and config.json keys refused by name."""
+sliding-window fields), bidirectional encoding with a 4-D mask, config.json keys refused by name, the
+HF -> orbax -> HF round trip and greedy generation."""
 
 import json
 
@@ -8,10 +9,14 @@ import numpy as np
 import pytest
 
 import grit_jax
+from grit_jax import GritLM, convert
 from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
 from grit_jax.model import ModelConfig
+from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask, make_torch_model, save
+from tests.test_convert import assert_same_tensors
+from tests.test_inference import hf_generate
 from tests.test_model import assert_close_on_real_tokens, jax_logits, torch_logits
 
 B, T = 3, 40
@@ -128,3 +133,39 @@ def test_refused_config_keys(tmp_path, kind, changes, message):
     with pytest.raises(CheckpointError, match=message) as err:
         grit_jax.from_hf(path)
     assert "config.json" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+    make_tokenizer(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["llama_biases", "llama3_rope_tied", "qwen2_tied", "qwen3_head_dim"])
+def test_round_trip_exact_and_export_runs_in_transformers(tmp_path, tokenizer_model, case):
+    from transformers import AutoModelForCausalLM
+
+    kind, changes = CASES[case]
+    reference, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model, kind, **changes)
+    convert.run(["hf-to-orbax", "--hf_dir", hf_dir, "--out", str(tmp_path / "ckpt")])
+    convert.run(["orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back")])
+    assert_same_tensors(hf_dir, str(tmp_path / "back"))
+    exported = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "back"), attn_implementation="eager"
+    ).eval()
+    assert type(exported) is type(reference)
+    tokens, padding = batch(vocab=VOCAB)
+    np.testing.assert_array_equal(
+        torch_logits(exported, tokens, padding)[padding], torch_logits(reference, tokens, padding)[padding]
+    )
+
+
+@pytest.mark.parametrize("case", ["llama3_rope_tied", "qwen2_tied", "qwen3_bias_tied"])
+def test_greedy_generate_matches_transformers(tmp_path, tokenizer_model, case):
+    kind, changes = CASES[case]
+    reference, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model, kind, **changes)
+    model = GritLM.from_pretrained(hf_dir)
+    prompts = [list(range(5, 5 + n)) for n in (3, 7, 11)]
+    wants = [hf_generate(reference, p, eos=None, n=24) for p in prompts]
+    assert model.generate(prompts, max_new_tokens=24, eos_token_id=-1) == wants
