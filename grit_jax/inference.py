@@ -335,17 +335,16 @@ class GritLM:
         return generated
 
     def _gen_mask(self, q_slots, valid):
-        """Causal over buffer slots, valid slots only: [B,T,S]."""
-        size = valid.shape[1]
-        kv_slots = np.broadcast_to(np.arange(size), valid.shape)
-        mask = masks.mask_from_positions(
-            jnp.asarray(q_slots),
-            jnp.asarray(kv_slots),
+        """Causal over the valid buffer slots: [B,T,S]. Slots are ordered by their token's index in the row
+        (valid slots counted), so a sliding window counts tokens, not the padding slots between them."""
+        index = np.cumsum(valid, axis=1) - 1
+        return masks.mask_from_positions(
+            jnp.asarray(np.take_along_axis(index, np.asarray(q_slots), axis=1)),
+            jnp.asarray(index),
             jnp.asarray(valid),
             "causal",
             sliding_window=self.config.sliding_window,
         )
-        return mask
 
 
 def _rows(texts) -> list:

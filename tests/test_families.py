@@ -161,7 +161,7 @@ def test_round_trip_exact_and_export_runs_in_transformers(tmp_path, tokenizer_mo
     )
 
 
-@pytest.mark.parametrize("case", ["llama3_rope_tied", "qwen2_tied", "qwen3_bias_tied"])
+@pytest.mark.parametrize("case", ["llama3_rope_tied", "qwen2_tied", "qwen2_sliding", "qwen3_bias_tied"])
 def test_greedy_generate_matches_transformers(tmp_path, tokenizer_model, case):
     kind, changes = CASES[case]
     reference, hf_dir = make_hf_dir(tmp_path / "hf", tokenizer_model, kind, **changes)
