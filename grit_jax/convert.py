@@ -151,7 +151,9 @@ def parse_args(argv):
     b.add_argument("--dtype", choices=DTYPES, default=None)
     b.add_argument("--max_shard_size", default="2GB")
     b.add_argument(
-        "--tokenizer", default=None, help="tokenizer.model to ship (default: found next to the checkpoint)"
+        "--tokenizer",
+        default=None,
+        help="tokenizer.model or tokenizer.json to ship (default: found next to the checkpoint)",
     )
     b.add_argument("--pooling_method", default=None, choices=POOLINGS)
     b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))

@@ -105,7 +105,7 @@ class GritLM:
     # ---- embeddings
 
     def tokenize(self, text: str, add_special_tokens=True, max_length=None) -> list[int]:
-        ids = ([self.tokenizer.bos_id] if add_special_tokens else []) + list(self.tokenizer.encode(text))
+        ids = (self.tokenizer.bos if add_special_tokens else []) + list(self.tokenizer.encode(text))
         return ids[:max_length] if max_length else ids
 
     def encode(
@@ -183,7 +183,7 @@ class GritLM:
         """Token for token the training format: `<s>` + turns joined by `\\n`, each `<|user|>\\n{user}
         \\n<|assistant|>\\n{assistant}</s>` (each turn tokenized as training does), ending ready for the
         assistant's turn (or with the last assistant turn's `</s>`)."""
-        ids = [self.tokenizer.bos_id]
+        ids = list(self.tokenizer.bos)
         for i, m in enumerate(messages):
             role = ("user", "assistant")[i % 2]
             if m["role"] != role:
