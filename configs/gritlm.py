@@ -1,9 +1,12 @@
-"""GritLM as in the paper: GritLM-7B (Mistral-7B) and GritLM-8x7B (Mixtral-8x7B), 1253 steps.
+"""GritLM as in the paper: GritLM-7B (Mistral-7B) and GritLM-8x7B (Mixtral-8x7B), 1253 steps; the 7B
+recipe also on Llama-3.1-8B and Qwen3-8B, and a small one on Qwen2.5-0.5B.
 
     grit-train --config configs/gritlm.py:VARIANT[,MODE] --workdir gs://.../run \
         --config.model.hf_dir=/path/to/Mistral-7B-v0.1 --config.data.data_dir=/path/to/prepared
 
-VARIANT is 7b or 8x7b; MODE is unified (default), embedding or generative. Instead of model.hf_dir,
+VARIANT is 7b, 8x7b, llama3.1-8b, qwen3-8b or qwen2.5-0.5b (model.hf_dir: the matching Hugging Face
+directory, which grit-data prepare also takes as --tokenizer); MODE is unified (default), embedding or
+generative. Instead of model.hf_dir,
 --config.model.init_checkpoint=DIR takes a `grit-convert hf-to-orbax` output or another run's checkpoint.
 
 The embedding chunk (sequences per GradCache chunk, over the whole batch) must be a multiple of the
@@ -37,6 +40,17 @@ VARIANTS = {
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=8),
     ),
 }
+# GRIT on today's bases: the 7B recipe on Llama-3.1-8B and Qwen3-8B; a small one on Qwen2.5-0.5B.
+VARIANTS["llama3.1-8b"] = dict(VARIANTS["7b"], preset="llama3.1_8b")
+VARIANTS["qwen3-8b"] = dict(VARIANTS["7b"], preset="qwen3_8b")
+VARIANTS["qwen2.5-0.5b"] = dict(
+    VARIANTS["7b"],
+    preset="qwen2.5_0.5b",
+    embedding_batch_size=256,
+    generative_batch_size=32,
+    embedding_chunk_size=64,
+    generative_accumulation_steps=1,
+)
 
 
 def get_config(arg="7b"):

@@ -216,3 +216,57 @@ PRESETS: dict[str, dict[str, Any]] = {
         router_aux_loss_coef=0.02,
     ),
 }
+# Llama-3.1-8B: GQA 32/8, RoPE theta 500k with Llama 3.1's scaling of the 8k original context.
+PRESETS["llama3.1_8b"] = dict(
+    model_type="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    rope_type="llama3",
+    rope_factor=8.0,
+    rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0,
+    rope_original_max_position_embeddings=8192,
+    bos_token_id=128000,
+    eos_token_id=128001,
+)
+# Qwen3-8B(-Base): q/k RMSNorm, head_dim 128 (= hidden / heads here), no biases.
+PRESETS["qwen3_8b"] = dict(
+    model_type="qwen3",
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=32768,
+    qk_norm=True,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+# Qwen2.5-0.5B: q/k/v biases, tied embeddings; small enough for one GPU or a v5e-8.
+PRESETS["qwen2.5_0.5b"] = dict(
+    model_type="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    attention_bias=True,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
