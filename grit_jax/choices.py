@@ -28,6 +28,8 @@ MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
+MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
 # "llama3": Llama 3.1's frequency-dependent scaling of the rotary frequencies.
 ROPE_TYPES = ("default", "llama3")

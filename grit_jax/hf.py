@@ -72,6 +72,12 @@ _MLP_BIASES = [
     Entry(f"layers.mlp.{p}_proj.bias", f"model.layers.{{i}}.mlp.{p}_proj.bias", 0)
     for p in ("gate", "up", "down")
 ]
+_QWEN3_MOE = [
+    Entry("layers.block_sparse_moe.gate.kernel", "model.layers.{i}.mlp.gate.weight", 1),
+    Entry("layers.block_sparse_moe.w1.kernel", "model.layers.{i}.mlp.experts.{j}.gate_proj.weight", 1),
+    Entry("layers.block_sparse_moe.w2.kernel", "model.layers.{i}.mlp.experts.{j}.down_proj.weight", 1),
+    Entry("layers.block_sparse_moe.w3.kernel", "model.layers.{i}.mlp.experts.{j}.up_proj.weight", 1),
+]
 _LM_HEAD = Entry("lm_head.kernel", "lm_head.weight", 1)
 # Buffers some older checkpoints carry; recomputed by the model.
 _IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -81,9 +87,8 @@ def name_map(cfg: ModelConfig) -> list[Entry]:
     entries = (
         _ATTENTION_AND_NORMS + _ATTENTION_BIASES * cfg.attention_bias + _OUT_BIAS * cfg.attention_out_bias
     )
-    entries += _QK_NORMS * cfg.qk_norm + (
-        _SPARSE_MOE if cfg.is_moe else _DENSE_MLP + _MLP_BIASES * cfg.mlp_bias
-    )
+    mlp = {"mixtral": _SPARSE_MOE, "qwen3_moe": _QWEN3_MOE}.get(cfg.model_type, _DENSE_MLP)
+    entries += _QK_NORMS * cfg.qk_norm + mlp + _MLP_BIASES * cfg.mlp_bias
     return entries + ([] if cfg.tie_word_embeddings else [_LM_HEAD])
 
 
@@ -91,6 +96,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter shapes, without the stacked layer and expert axes."""
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     n, k, h, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_local_experts
+    fe = cfg.expert_intermediate_size
     return {
         "embed_tokens.embedding": (v, d),
         "norm.scale": (d,),
@@ -114,9 +120,9 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "layers.mlp.up_proj.kernel": (d, f),
         "layers.mlp.down_proj.kernel": (f, d),
         "layers.block_sparse_moe.gate.kernel": (d, e),
-        "layers.block_sparse_moe.w1.kernel": (d, f),
-        "layers.block_sparse_moe.w3.kernel": (d, f),
-        "layers.block_sparse_moe.w2.kernel": (f, d),
+        "layers.block_sparse_moe.w1.kernel": (d, fe),
+        "layers.block_sparse_moe.w3.kernel": (d, fe),
+        "layers.block_sparse_moe.w2.kernel": (fe, d),
     }
 
 

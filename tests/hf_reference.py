@@ -15,16 +15,26 @@ TINY = dict(
     rope_theta=5000.0,
 )
 
+# model_type -> the prefix of its transformers Config and ForCausalLM classes
+CLASS_PREFIXES = [
+    ("mistral", "Mistral"),
+    ("mixtral", "Mixtral"),
+    ("llama", "Llama"),
+    ("qwen2", "Qwen2"),
+    ("qwen3", "Qwen3"),
+    ("qwen3_moe", "Qwen3Moe"),
+]
+
 
 def make_torch_model(kind="mistral", seed=0, **changes):
     """A random fp32 *ForCausalLM of the family `kind` (a model_type; eager attention), in eval mode."""
     import transformers
 
     torch.manual_seed(seed)
-    name = {"mistral": "Mistral", "mixtral": "Mixtral", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[
-        kind
-    ]
+    name = dict(CLASS_PREFIXES)[kind]
     extra = {"num_local_experts": 4, "num_experts_per_tok": 2} if kind == "mixtral" else {}
+    if kind == "qwen3_moe":  # experts narrower than the (unused) dense MLP, as in the real models
+        extra = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16}
     config = getattr(transformers, f"{name}Config")(**{**TINY, **extra, **changes})
     model = getattr(transformers, f"{name}ForCausalLM")(config)
     model.config._attn_implementation = "eager"

@@ -5,14 +5,16 @@ HF -> orbax -> HF round trip and greedy generation."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 import grit_jax
 from grit_jax import GritLM, convert
 from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
-from grit_jax.model import ModelConfig
+from grit_jax.model import ModelConfig, load_balancing_loss
 from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask, make_torch_model, save
 from tests.test_convert import assert_same_tensors
@@ -38,6 +40,7 @@ CASES = {
     "qwen2_tied": ("qwen2", dict(tie_word_embeddings=True)),
     "qwen2_sliding": ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=0)),
     "qwen3_head_dim": ("qwen3", dict(head_dim=24)),
+    "qwen3_moe": ("qwen3_moe", {}),
     "qwen3_bias_tied": ("qwen3", dict(attention_bias=True, tie_word_embeddings=True, head_dim=16)),
 }
 
@@ -57,7 +60,9 @@ def test_family_matches_transformers(tmp_path, case):
     assert cfg.architecture == type(reference).__name__ and cfg.model_type == kind
     assert cfg.tie_word_embeddings == reference.config.tie_word_embeddings
     assert cfg.head_dim == changes.get("head_dim", 16)
-    assert cfg.qk_norm == (kind == "qwen3") and cfg.attention_bias == (kind == "qwen2" or "bias" in case)
+    assert cfg.qk_norm == kind.startswith("qwen3") and cfg.attention_bias == (
+        kind == "qwen2" or "bias" in case
+    )
     assert cfg.rope_type == ("llama3" if "rope" in case else "default")
     assert cfg.sliding_window == (6 if "sliding" in case else None)
     tokens, padding = batch()
@@ -78,7 +83,29 @@ def test_llama3_scaling_changes_long_positions(tmp_path):
     assert float(np.abs(np.asarray(a) - np.asarray(b))[padding].max()) > 1e-3
 
 
-@pytest.mark.parametrize("case", ["llama_biases", "qwen2", "qwen3_head_dim"])
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_qwen3_moe_matches_transformers_and_router_loss(tmp_path, norm_topk_prob):
+    reference = make_torch_model(
+        "qwen3_moe", norm_topk_prob=norm_topk_prob, tie_word_embeddings=norm_topk_prob
+    )
+    model = grit_jax.from_hf(save(reference, tmp_path))
+    cfg = model.config
+    assert cfg.architecture == "Qwen3MoeForCausalLM" and cfg.norm_topk_prob == norm_topk_prob
+    assert cfg.expert_intermediate_size == 32 and cfg.intermediate_size == 96 and cfg.qk_norm
+    tokens, padding = batch()
+    logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
+    with torch.no_grad():
+        out = reference(
+            torch.as_tensor(tokens).long(),
+            attention_mask=torch.as_tensor(padding).long(),
+            output_router_logits=True,
+        )
+    assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
+    aux = load_balancing_loss(router_logits, cfg.num_experts_per_tok, jnp.asarray(padding))
+    np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["llama_biases", "qwen2", "qwen3_head_dim", "qwen3_moe"])
 def test_bidirectional_matches_transformers_with_4d_mask(tmp_path, case):
     kind, changes = CASES[case]
     reference = make_torch_model(kind, **changes)
@@ -126,6 +153,8 @@ def _edited(tmp_path, kind, **changes):
         ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 2.0}}, "needs"),
         ("mistral", {"attention_bias": True}, "attention_bias: a mistral supports only False"),
         ("qwen3", {"model_type": "llama"}, "model_type: 'llama' does not match Qwen3ForCausalLM"),
+        ("qwen3_moe", {"mlp_only_layers": [1]}, "mlp_only_layers: only"),
+        ("qwen3_moe", {"decoder_sparse_step": 2}, "decoder_sparse_step: only"),
     ],
 )
 def test_refused_config_keys(tmp_path, kind, changes, message):
@@ -142,7 +171,9 @@ def tokenizer_model(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["llama_biases", "llama3_rope_tied", "qwen2_tied", "qwen3_head_dim"])
+@pytest.mark.parametrize(
+    "case", ["llama_biases", "llama3_rope_tied", "qwen2_tied", "qwen3_head_dim", "qwen3_moe"]
+)
 def test_round_trip_exact_and_export_runs_in_transformers(tmp_path, tokenizer_model, case):
     from transformers import AutoModelForCausalLM
 

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from grit_jax.choices import DTYPES, MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
+from grit_jax.choices import DTYPES, MODEL_TYPES, MOE_MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import hf_config
 
@@ -28,9 +28,11 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     sliding_window: int | None = None
     tie_word_embeddings: bool = False
-    num_local_experts: int = 0  # 0: dense Mistral MLP; > 0: Mixtral sparse MoE
+    num_local_experts: int = 0  # 0: dense MLP; > 0: sparse MoE (Mixtral, Qwen3-MoE)
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.02
+    moe_intermediate_size: int | None = None  # an expert's MLP dim; None: intermediate_size (Mixtral)
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities (Mixtral always does)
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
     pad_token_id: int | None = None
@@ -60,7 +62,7 @@ class ModelConfig:
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.model_type not in MODEL_TYPES:
             raise UsageError(f"model_type must be one of {tuple(MODEL_TYPES)}, got {self.model_type!r}")
-        if self.is_moe != (self.model_type == "mixtral"):
+        if self.is_moe != (self.model_type in MOE_MODEL_TYPES):
             raise UsageError(
                 f"a {self.model_type} model cannot have num_local_experts={self.num_local_experts}"
             )
@@ -90,6 +92,10 @@ class ModelConfig:
         return self.num_local_experts > 0
 
     @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
     def architecture(self) -> str:
         return MODEL_TYPES[self.model_type]
 
@@ -107,11 +113,10 @@ class ModelConfig:
         n, k, h = self.num_attention_heads, self.num_key_value_heads, self.head_dim
         attn = d * h * (2 * n + 2 * k) + self.attention_bias * h * (n + 2 * k) + self.attention_out_bias * d
         attn += self.qk_norm * 2 * h
-        mlp = (
-            3 * d * f * max(1, self.num_local_experts)
-            + d * self.num_local_experts
-            + self.mlp_bias * (2 * f + d)
-        )
+        if self.is_moe:
+            mlp = 3 * d * self.expert_intermediate_size * self.num_local_experts + d * self.num_local_experts
+        else:
+            mlp = 3 * d * f + self.mlp_bias * (2 * f + d)
         return (
             v * d * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * (attn + mlp + 2 * d) + d
         )

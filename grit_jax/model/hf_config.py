@@ -28,6 +28,7 @@ class Family:
     keys: tuple[str, ...] = ()
     sliding: bool = False
     moe: bool = False
+    checked: dict[str, tuple] = dataclasses.field(default_factory=dict)  # HF key -> the values we run
 
 
 # Llama's attention_bias puts a bias on q, k, v and o; mlp_bias on gate, up and down.
@@ -35,7 +36,12 @@ _LLAMA_BIASES = {"attention_bias": ("attention_bias", "attention_out_bias"), "ml
 _NO_EXTRAS = {"attention_bias": False, "attention_out_bias": False, "mlp_bias": False, "qk_norm": False}
 FAMILIES = {
     "mistral": Family(_LLAMA_BIASES, {**_NO_EXTRAS, "rope_type": "default"}, ("sliding_window",)),
-    "mixtral": Family(_LLAMA_BIASES, {**_NO_EXTRAS, "rope_type": "default"}, ("sliding_window",), moe=True),
+    "mixtral": Family(
+        _LLAMA_BIASES,
+        {**_NO_EXTRAS, "rope_type": "default", "norm_topk_prob": True, "moe_intermediate_size": None},
+        ("sliding_window",),
+        moe=True,
+    ),
     "llama": Family(_LLAMA_BIASES, fixed={"qk_norm": False}),
     # Qwen2 always has biases on q, k, v (never o) and takes no attention_bias key.
     "qwen2": Family(fixed={**_NO_EXTRAS, "attention_bias": True, "rope_type": "default"}, sliding=True),
@@ -45,6 +51,13 @@ FAMILIES = {
         sliding=True,
     ),
 }
+# Qwen3-MoE: every layer sparse (one scanned stack), experts of their own size.
+FAMILIES["qwen3_moe"] = dataclasses.replace(
+    FAMILIES["qwen3"],
+    keys=("moe_intermediate_size", "norm_topk_prob"),
+    moe=True,
+    checked={"decoder_sparse_step": (1,), "mlp_only_layers": ([],)},
+)
 _SHARED_KEYS = (
     "vocab_size",
     "hidden_size",
@@ -131,6 +144,11 @@ def fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
     _read_rope(r)
     if r.hf.get("head_dim", 0) is None:
         r.hf.pop("head_dim")
+    for key, allowed in family.checked.items():
+        if key in r.hf and r.hf.pop(key) not in allowed:
+            r.fail(key, f"only {allowed} is supported (every layer one kind)")
+    if "num_experts" in r.hf and family.moe:  # Qwen's name on the Hub; transformers 5 writes the other
+        r.hf.setdefault("num_local_experts", r.hf.pop("num_experts"))
     for key, fields in family.bias_keys.items():
         if key in r.hf:
             value = r.hf.pop(key)
@@ -219,4 +237,5 @@ def hf_from_fields(fields: dict[str, Any], param_dtype: str) -> dict[str, Any]:
     if family.sliding:
         window = fields["sliding_window"]
         out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0)
+    out.update({key: allowed[0] for key, allowed in family.checked.items()})
     return out
