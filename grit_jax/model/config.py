@@ -275,3 +275,18 @@ PRESETS["qwen2.5_0.5b"] = dict(
     bos_token_id=151643,
     eos_token_id=151643,
 )
+# Qwen3-30B-A3B(-Base): 128 experts of 768, 8 per token, renormalised; q/k RMSNorm.
+PRESETS["qwen3_30b_a3b"] = dict(
+    PRESETS["qwen3_8b"],
+    model_type="qwen3_moe",
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=48,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    num_local_experts=128,
+    num_experts_per_tok=8,
+    moe_intermediate_size=768,
+    norm_topk_prob=True,
+    router_aux_loss_coef=0.001,
+)
