@@ -200,3 +200,19 @@ def test_greedy_generate_matches_transformers(tmp_path, tokenizer_model, case):
     prompts = [list(range(5, 5 + n)) for n in (3, 7, 11)]
     wants = [hf_generate(reference, p, eos=None, n=24) for p in prompts]
     assert model.generate(prompts, max_new_tokens=24, eos_token_id=-1) == wants
+
+
+@pytest.mark.parametrize("kind, changes", [("llama", CASES["llama3_rope_tied"][1]), ("qwen3_moe", {})])
+def test_transformers_4_style_config_json(tmp_path, kind, changes):
+    """The Hub's files were written by transformers 4: rope_theta at the top and rope_scaling (llama3), and
+    Qwen3-MoE's num_experts. They read as the transformers 5 file of the same model does."""
+    save(make_torch_model(kind, **changes), tmp_path)
+    new = json.loads((tmp_path / "config.json").read_text())
+    old = dict(new)
+    rope = dict(old.pop("rope_parameters"))
+    old["rope_theta"] = rope.pop("rope_theta")
+    old["rope_scaling"] = rope if rope.get("rope_type") != "default" else None
+    if kind == "qwen3_moe":
+        old["num_experts"] = old.pop("num_local_experts")
+    assert ModelConfig.from_hf_dict(old) == ModelConfig.from_hf_dict(new)
+    assert ModelConfig.from_hf_dict(new).rope_type == ("llama3" if kind == "llama" else "default")
