@@ -31,9 +31,16 @@ from grit_jax.checkpoint import (
 )
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
+from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
-from grit_jax.model_files import GRIT_CONFIG, copy_tokenizer, find_tokenizer, grit_settings
+from grit_jax.model_files import (
+    GRIT_CONFIG,
+    copy_tokenizer,
+    find_tokenizer,
+    grit_settings,
+    with_tokenizer_bos,
+)
 from grit_jax.safetensors_io import ShardWriter, numpy_dtype
 from grit_jax.tensorstore_io import PyTreeWriter, leaf_opener, release_memory
 
@@ -127,8 +134,10 @@ def orbax_to_hf(
             indent=2,
         )
     copy_tokenizer(tokenizer_model, out)
+    settings = grit_settings(source, **grit_overrides)
+    settings["chat_format"] = with_tokenizer_bos(settings["chat_format"], Tokenizer(tokenizer_model))
     with open(os.path.join(out, GRIT_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(grit_settings(source, **grit_overrides), f, indent=2)
+        json.dump(settings, f, indent=2)
     return out
 
 

@@ -84,6 +84,14 @@ def copy_tokenizer(tokenizer: str, out: str):
             )
 
 
+def with_tokenizer_bos(chat_format: str, tokenizer: Tokenizer) -> str:
+    """The chat format with the tokenizer's own BOS in place of `<s>` (none for a tokenizer without BOS)."""
+    if not chat_format.startswith("<s>"):
+        return chat_format
+    bos = "" if tokenizer.bos_id is None else tokenizer.id_to_piece(tokenizer.bos_id)
+    return bos + chat_format[len("<s>") :]
+
+
 def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
     """GRIT settings for grit_config.json: defaults, then the training config's objective, then overrides."""
     out = dict(DEFAULT_GRIT_CONFIG)

@@ -96,6 +96,8 @@ def test_export_ships_tokenizer_json_that_autotokenizer_reads(tmp_path, tokenize
     convert.run(["orbax-to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back")])
     back = str(tmp_path / "back")
     assert not os.path.exists(os.path.join(back, "tokenizer.model"))
+    grit_config = json.load(open(os.path.join(back, "grit_config.json")))
+    assert grit_config["chat_format"] == "<|user|>\n{user}\n<|assistant|>\n"  # no "<s>": there is no BOS
     theirs = AutoTokenizer.from_pretrained(back)
     ours = Tokenizer(back)
     text = "<|user|>\nRetrieve docs\n<|embed|>\nhello world, the docs"
