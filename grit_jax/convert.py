@@ -144,7 +144,10 @@ def orbax_to_hf(
 def parse_args(argv):
     parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf-to-orbax", help="Hugging Face Mistral/Mixtral dir -> orbax checkpoint")
+    a = sub.add_parser(
+        "hf-to-orbax",
+        help="Hugging Face model dir (Mistral, Mixtral, Llama, Qwen2, Qwen3, Qwen3-MoE) -> orbax checkpoint",
+    )
     a.add_argument("--hf_dir", required=True)
     a.add_argument("--out", required=True)
     a.add_argument(
