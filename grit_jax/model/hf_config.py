@@ -220,6 +220,8 @@ def hf_from_fields(fields: dict[str, Any], param_dtype: str) -> dict[str, Any]:
     for field, value in family.fixed.items():
         if fields[field] != value:
             raise CheckpointError(f"a {model_type} cannot express {field}={fields[field]!r} in config.json")
+    if fields["sliding_window"] is not None and not (family.sliding or "sliding_window" in family.keys):
+        raise CheckpointError(f"a {model_type} cannot express a sliding window in config.json")
     out = {
         "architectures": [MODEL_TYPES[model_type]],
         "model_type": model_type,
