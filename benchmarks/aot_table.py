@@ -42,6 +42,10 @@ ROWS = [
         "v5p-512",
         {"objective.embedding_chunk_size": 256, "objective.generative_accumulation_steps": 1},
     ),
+    # Today's bases (issue 14): the 7B recipe on Llama-3.1-8B and Qwen3-8B, the small one on one v5e-8.
+    ("GRIT Llama-3.1-8B", "configs/gritlm.py:llama3.1-8b", "v5p-128", {}),
+    ("GRIT Qwen3-8B", "configs/gritlm.py:qwen3-8b", "v5p-128", {}),
+    ("GRIT Qwen2.5-0.5B", "configs/gritlm.py:qwen2.5-0.5b", "v5e-8", {}),
 ]
 
 

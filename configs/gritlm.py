@@ -1,9 +1,12 @@
-"""GritLM as in the paper: GritLM-7B (Mistral-7B) and GritLM-8x7B (Mixtral-8x7B), 1253 steps.
+"""GritLM as in the paper: GritLM-7B (Mistral-7B) and GritLM-8x7B (Mixtral-8x7B), 1253 steps; the 7B
+recipe also on Llama-3.1-8B and Qwen3-8B, the 8x7B one on Qwen3-30B-A3B, and a small one on Qwen2.5-0.5B.
 
     grit-train --config configs/gritlm.py:VARIANT[,MODE] --workdir gs://.../run \
         --config.model.hf_dir=/path/to/Mistral-7B-v0.1 --config.data.data_dir=/path/to/prepared
 
-VARIANT is 7b or 8x7b; MODE is unified (default), embedding or generative. Instead of model.hf_dir,
+VARIANT is 7b, 8x7b, llama3.1-8b, qwen3-8b, qwen3-30b-a3b or qwen2.5-0.5b (model.hf_dir: the matching
+Hugging Face directory, which grit-data prepare also takes as --tokenizer); MODE is unified (default),
+embedding or generative. Instead of model.hf_dir,
 --config.model.init_checkpoint=DIR takes a `grit-convert hf-to-orbax` output or another run's checkpoint.
 
 The embedding chunk (sequences per GradCache chunk, over the whole batch) must be a multiple of the
@@ -41,6 +44,23 @@ VARIANTS = {
         reference_world_size=256,
     ),
 }
+# GRIT on today's bases: the 7B recipe on Llama-3.1-8B and Qwen3-8B; a small one on Qwen2.5-0.5B. New
+# recipes train the exact gradient of the global loss (reference_world_size=0), not a past run's balance.
+VARIANTS["llama3.1-8b"] = dict(VARIANTS["7b"], preset="llama3.1_8b", reference_world_size=0)
+VARIANTS["qwen3-8b"] = dict(VARIANTS["7b"], preset="qwen3_8b", reference_world_size=0)
+# Qwen3-MoE: the 8x7b recipe with Qwen's own router-loss weight.
+VARIANTS["qwen3-30b-a3b"] = dict(
+    VARIANTS["8x7b"], preset="qwen3_30b_a3b", router_aux_loss_coef=0.001, reference_world_size=0
+)
+VARIANTS["qwen2.5-0.5b"] = dict(
+    VARIANTS["7b"],
+    preset="qwen2.5_0.5b",
+    reference_world_size=0,
+    embedding_batch_size=256,
+    generative_batch_size=32,
+    embedding_chunk_size=64,
+    generative_accumulation_steps=1,
+)
 
 
 def get_config(arg="7b"):
@@ -68,7 +88,7 @@ def get_config(arg="7b"):
         temperature=0.02,
         loss_gen_type=v["loss_gen_type"],
         loss_gen_factor=v["loss_gen_factor"],
-        router_aux_loss_coef=0.02,
+        router_aux_loss_coef=v.get("router_aux_loss_coef", 0.02),
         embedding_chunk_size=v["embedding_chunk_size"],
         generative_accumulation_steps=v["generative_accumulation_steps"],
         # The balance of the two losses in the runs that produced GritLM: their embedding gradient was

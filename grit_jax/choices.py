@@ -21,3 +21,15 @@ MESH_AXES = ("data", "fsdp", "tensor", "expert")
 BATCH_AXES = ("data", "fsdp", "expert")
 # The paper's sequence limits (query, passage, generative), in tokens.
 PAPER_LENGTHS = {"query_max_len": 256, "passage_max_len": 2048, "generative_max_len": 2048}
+# Hugging Face model_type -> architecture: the families one decoder runs (grit_jax.model.hf_config).
+MODEL_TYPES = {
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
+# "llama3": Llama 3.1's frequency-dependent scaling of the rotary frequencies.
+ROPE_TYPES = ("default", "llama3")

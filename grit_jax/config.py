@@ -34,8 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "remat_policy": "none",  # grit_jax.choices.REMAT_POLICIES
     },
     "data": {
-        "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and tokenizer.model)
-        "tokenizer": "",  # "" = <data_dir>/tokenizer.model
+        "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)
+        "tokenizer": "",  # "" = the copy in data_dir; a tokenizer.model, a tokenizer.json or a directory
         "embedding_batch_size": 8,  # global batch sizes
         "generative_batch_size": 8,
         "query_max_len": 16,  # padded lengths; at most the limits the data was prepared with

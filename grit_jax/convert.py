@@ -32,9 +32,16 @@ from grit_jax.checkpoint import (
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.config import require_local_path
+from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
-from grit_jax.model_files import GRIT_CONFIG, copy_tokenizer, find_tokenizer, grit_settings
+from grit_jax.model_files import (
+    GRIT_CONFIG,
+    copy_tokenizer,
+    find_tokenizer,
+    grit_settings,
+    with_tokenizer_bos,
+)
 from grit_jax.safetensors_io import ShardWriter, numpy_dtype
 from grit_jax.tensorstore_io import PyTreeWriter, leaf_opener, release_memory
 
@@ -128,15 +135,20 @@ def orbax_to_hf(
             indent=2,
         )
     copy_tokenizer(tokenizer_model, out)
+    settings = grit_settings(source, **grit_overrides)
+    settings["chat_format"] = with_tokenizer_bos(settings["chat_format"], Tokenizer(tokenizer_model))
     with open(os.path.join(out, GRIT_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(grit_settings(source, **grit_overrides), f, indent=2)
+        json.dump(settings, f, indent=2)
     return out
 
 
 def parse_args(argv):
     parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf-to-orbax", help="Hugging Face Mistral/Mixtral dir -> orbax checkpoint")
+    a = sub.add_parser(
+        "hf-to-orbax",
+        help="Hugging Face model dir (Mistral, Mixtral, Llama, Qwen2, Qwen3, Qwen3-MoE) -> orbax checkpoint",
+    )
     a.add_argument("--hf_dir", required=True)
     a.add_argument("--out", required=True)
     a.add_argument(
@@ -152,7 +164,9 @@ def parse_args(argv):
     b.add_argument("--dtype", choices=DTYPES, default=None)
     b.add_argument("--max_shard_size", default="2GB")
     b.add_argument(
-        "--tokenizer", default=None, help="tokenizer.model to ship (default: found next to the checkpoint)"
+        "--tokenizer",
+        default=None,
+        help="tokenizer.model or tokenizer.json to ship (default: found next to the checkpoint)",
     )
     b.add_argument("--pooling_method", default=None, choices=POOLINGS)
     b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))

@@ -13,6 +13,7 @@ def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_
     d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     n, k = cfg.num_attention_heads, cfg.num_key_value_heads
     experts = cfg.num_experts_per_tok if cfg.is_moe else 1
+    f = cfg.expert_intermediate_size if cfg.is_moe else f
     per_token = 2 * d * h * (2 * n + 2 * k) + 2 * 3 * d * f * experts + 2 * d * cfg.num_local_experts
     keys = length / 2 if causal else length
     attention = 2 * 2 * keys * n * h  # scores and weighted values, per query token

@@ -24,7 +24,8 @@ from grit_jax.safetensors_io import SafetensorsDir
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """Our parameter `path`; its Hugging Face tensor name (with {i} for the layer, {j} for the expert);
-    `in_ndim`: how many leading axes of our kernel form the torch Linear's input (None: copied as is)."""
+    `in_ndim`: how many leading axes of our kernel form the torch Linear's input (None: copied as is,
+    0: a bias, flat in torch, shaped by heads here)."""
 
     path: str
     hf: str
@@ -60,13 +61,34 @@ _SPARSE_MOE = [
     Entry("layers.block_sparse_moe.w2.kernel", "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight", 1),
     Entry("layers.block_sparse_moe.w3.kernel", "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight", 1),
 ]
+_ATTENTION_BIASES = [
+    Entry(f"layers.self_attn.{p}_proj.bias", f"model.layers.{{i}}.self_attn.{p}_proj.bias", 0) for p in "qkv"
+]
+_OUT_BIAS = [Entry("layers.self_attn.o_proj.bias", "model.layers.{i}.self_attn.o_proj.bias", 0)]
+_QK_NORMS = [
+    Entry(f"layers.self_attn.{p}_norm.scale", f"model.layers.{{i}}.self_attn.{p}_norm.weight") for p in "qk"
+]
+_MLP_BIASES = [
+    Entry(f"layers.mlp.{p}_proj.bias", f"model.layers.{{i}}.mlp.{p}_proj.bias", 0)
+    for p in ("gate", "up", "down")
+]
+_QWEN3_MOE = [
+    Entry("layers.block_sparse_moe.gate.kernel", "model.layers.{i}.mlp.gate.weight", 1),
+    Entry("layers.block_sparse_moe.w1.kernel", "model.layers.{i}.mlp.experts.{j}.gate_proj.weight", 1),
+    Entry("layers.block_sparse_moe.w2.kernel", "model.layers.{i}.mlp.experts.{j}.down_proj.weight", 1),
+    Entry("layers.block_sparse_moe.w3.kernel", "model.layers.{i}.mlp.experts.{j}.up_proj.weight", 1),
+]
 _LM_HEAD = Entry("lm_head.kernel", "lm_head.weight", 1)
 # Buffers some older checkpoints carry; recomputed by the model.
 _IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def name_map(cfg: ModelConfig) -> list[Entry]:
-    entries = _ATTENTION_AND_NORMS + (_SPARSE_MOE if cfg.is_moe else _DENSE_MLP)
+    entries = (
+        _ATTENTION_AND_NORMS + _ATTENTION_BIASES * cfg.attention_bias + _OUT_BIAS * cfg.attention_out_bias
+    )
+    mlp = {"mixtral": _SPARSE_MOE, "qwen3_moe": _QWEN3_MOE}.get(cfg.model_type, _DENSE_MLP)
+    entries += _QK_NORMS * cfg.qk_norm + mlp + _MLP_BIASES * cfg.mlp_bias
     return entries + ([] if cfg.tie_word_embeddings else [_LM_HEAD])
 
 
@@ -74,6 +96,7 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter shapes, without the stacked layer and expert axes."""
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     n, k, h, e = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_local_experts
+    fe = cfg.expert_intermediate_size
     return {
         "embed_tokens.embedding": (v, d),
         "norm.scale": (d,),
@@ -84,31 +107,46 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "layers.self_attn.k_proj.kernel": (d, k, h),
         "layers.self_attn.v_proj.kernel": (d, k, h),
         "layers.self_attn.o_proj.kernel": (n, h, d),
+        "layers.self_attn.q_proj.bias": (n, h),
+        "layers.self_attn.k_proj.bias": (k, h),
+        "layers.self_attn.v_proj.bias": (k, h),
+        "layers.self_attn.o_proj.bias": (d,),
+        "layers.self_attn.q_norm.scale": (h,),
+        "layers.self_attn.k_norm.scale": (h,),
+        "layers.mlp.gate_proj.bias": (f,),
+        "layers.mlp.up_proj.bias": (f,),
+        "layers.mlp.down_proj.bias": (d,),
         "layers.mlp.gate_proj.kernel": (d, f),
         "layers.mlp.up_proj.kernel": (d, f),
         "layers.mlp.down_proj.kernel": (f, d),
         "layers.block_sparse_moe.gate.kernel": (d, e),
-        "layers.block_sparse_moe.w1.kernel": (d, f),
-        "layers.block_sparse_moe.w3.kernel": (d, f),
-        "layers.block_sparse_moe.w2.kernel": (f, d),
+        "layers.block_sparse_moe.w1.kernel": (d, fe),
+        "layers.block_sparse_moe.w3.kernel": (d, fe),
+        "layers.block_sparse_moe.w2.kernel": (fe, d),
     }
 
 
 def hf_shape(entry: Entry, shape) -> tuple[int, ...]:
     if entry.in_ndim is None:
         return tuple(shape)
+    if entry.in_ndim == 0:
+        return (math.prod(shape),)
     return (math.prod(shape[entry.in_ndim :]), math.prod(shape[: entry.in_ndim]))
 
 
 def to_ours(entry: Entry, tensor: np.ndarray, shape) -> np.ndarray:
     """A torch tensor ([out, in] for a Linear) to our layout."""
-    return tensor if entry.in_ndim is None else tensor.T.reshape(shape)
+    if entry.in_ndim is None:
+        return tensor
+    return tensor.reshape(shape) if entry.in_ndim == 0 else tensor.T.reshape(shape)
 
 
 def to_hf(entry: Entry, array: np.ndarray) -> np.ndarray:
     """Our array (one layer, one expert) to the torch layout; the inverse of to_ours."""
     if entry.in_ndim is None:
         return array
+    if entry.in_ndim == 0:
+        return np.ascontiguousarray(array.reshape(-1))
     return np.ascontiguousarray(array.reshape(math.prod(array.shape[: entry.in_ndim]), -1).T)
 
 
@@ -144,7 +182,7 @@ def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
 
 
 def from_hf(path: str, dtype: str | None = None, **config_changes):
-    """A grit_jax Transformer holding the weights of a Hugging Face Mistral/Mixtral directory.
+    """A grit_jax Transformer holding the weights of a Hugging Face directory (grit_jax.choices.MODEL_TYPES).
 
     `dtype` is the parameter dtype (float32 default); config_changes override ModelConfig fields
     (e.g. compute dtype, remat_policy).

@@ -112,7 +112,7 @@ class GritLM:
     # ---- embeddings
 
     def tokenize(self, text: str, add_special_tokens=True, max_length=None) -> list[int]:
-        ids = ([self.tokenizer.bos_id] if add_special_tokens else []) + list(self.tokenizer.encode(text))
+        ids = (self.tokenizer.bos if add_special_tokens else []) + list(self.tokenizer.encode(text))
         return ids[:max_length] if max_length else ids
 
     def encode(
@@ -205,7 +205,7 @@ class GritLM:
         """Token for token the training format: `<s>` + turns joined by `\\n`, each `<|user|>\\n{user}
         \\n<|assistant|>\\n{assistant}</s>` (each turn tokenized as training does), ending ready for the
         assistant's turn (or with the last assistant turn's `</s>`)."""
-        ids = [self.tokenizer.bos_id]
+        ids = list(self.tokenizer.bos)
         for i, m in enumerate(messages):
             role = ("user", "assistant")[i % 2]
             if m["role"] != role:
@@ -357,17 +357,16 @@ class GritLM:
         return generated
 
     def _gen_mask(self, q_slots, valid):
-        """Causal over buffer slots, valid slots only: [B,T,S]."""
-        size = valid.shape[1]
-        kv_slots = np.broadcast_to(np.arange(size), valid.shape)
-        mask = masks.mask_from_positions(
-            jnp.asarray(q_slots),
-            jnp.asarray(kv_slots),
+        """Causal over the valid buffer slots: [B,T,S]. Slots are ordered by their token's index in the row
+        (valid slots counted), so a sliding window counts tokens, not the padding slots between them."""
+        index = np.cumsum(valid, axis=1) - 1
+        return masks.mask_from_positions(
+            jnp.asarray(np.take_along_axis(index, np.asarray(q_slots), axis=1)),
+            jnp.asarray(index),
             jnp.asarray(valid),
             "causal",
             sliding_window=self.config.sliding_window,
         )
-        return mask
 
 
 def _rows(texts) -> list:

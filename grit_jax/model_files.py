@@ -14,7 +14,8 @@ from flax import nnx
 from grit_jax import hf
 from grit_jax.checkpoint import CheckpointSource, iter_checkpoint_params, resolve_checkpoint
 from grit_jax.choices import DTYPES
-from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
+from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
 
@@ -40,26 +41,31 @@ DEFAULT_GRIT_CONFIG = {
 
 
 def find_tokenizer(dirs: list[str], explicit: str | None = None, hint: str | None = None) -> str:
-    """The tokenizer.model to use: `explicit`, else `hint` or the first found in `dirs`; an error names every
-    path tried."""
+    """The tokenizer file to use (tokenizer.model or tokenizer.json): `explicit`, else `hint` or the first
+    found in `dirs` (a tokenizer.model before a tokenizer.json); an error names every path tried."""
+    names = (SENTENCEPIECE, TOKENIZER_JSON)
     candidates = (
         [explicit]
         if explicit
-        else [hint] * bool(hint) + [os.path.join(d, "tokenizer.model") for d in dirs if d]
+        else [hint] * bool(hint) + [os.path.join(d, n) for d in dirs if d for n in names]
     )
     for c in candidates:
-        if os.path.isfile(c):
-            return c
+        if os.path.exists(c):
+            return tokenizer_file(c)
     raise CheckpointError(
-        f"no tokenizer: {' nor '.join(candidates)} exists (pass --tokenizer PATH/tokenizer.model)"
+        f"no tokenizer: {' nor '.join(candidates)} exists (pass --tokenizer PATH: a tokenizer.model, a "
+        "tokenizer.json or a directory)"
     )
 
 
-def copy_tokenizer(tokenizer_model: str, out: str):
-    src = os.path.dirname(os.path.abspath(tokenizer_model))
-    shutil.copyfile(tokenizer_model, os.path.join(out, "tokenizer.model"))
-    for name in TOKENIZER_FILES[1:]:
-        if os.path.isfile(os.path.join(src, name)):
+def copy_tokenizer(tokenizer: str, out: str):
+    """Copies a tokenizer.model or tokenizer.json with the Hugging Face files beside it into `out`; a lone
+    tokenizer.model gets the tokenizer_config.json of a Llama/Mistral sentencepiece tokenizer."""
+    src = os.path.dirname(os.path.abspath(tokenizer))
+    main = TOKENIZER_JSON if tokenizer.endswith(".json") else SENTENCEPIECE
+    shutil.copyfile(tokenizer, os.path.join(out, main))
+    for name in TOKENIZER_FILES:
+        if name != main and os.path.isfile(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(out, name))
     if not os.path.isfile(os.path.join(out, "tokenizer_config.json")):
         with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
@@ -76,6 +82,14 @@ def copy_tokenizer(tokenizer_model: str, out: str):
                 f,
                 indent=2,
             )
+
+
+def with_tokenizer_bos(chat_format: str, tokenizer: Tokenizer) -> str:
+    """The chat format with the tokenizer's own BOS in place of `<s>` (none for a tokenizer without BOS)."""
+    if not chat_format.startswith("<s>"):
+        return chat_format
+    bos = "" if tokenizer.bos_id is None else tokenizer.id_to_piece(tokenizer.bos_id)
+    return bos + chat_format[len("<s>") :]
 
 
 def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
@@ -101,7 +115,7 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
 def load_pretrained(path: str, dtype: str = "float32", step: int | None = None, tokenizer=None):
     """(Transformer with the weights, Tokenizer, GRIT settings) of a Hugging Face directory (config.json +
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
-    compute dtype, `tokenizer` a Tokenizer or a tokenizer.model path (default: found beside the model)."""
+    compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model)."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(

@@ -25,10 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
 # configs/gritlm.py:VARIANT[,MODE]; the others take no argument.
 RECIPES = [(v, m) for v in ("7b", "8x7b") for m in (None, "unified", "embedding", "generative")]
+RECIPES += [(v, None) for v in ("llama3.1-8b", "qwen3-8b", "qwen3-30b-a3b", "qwen2.5-0.5b")]
 CASES = [(c, None) for c in CONFIGS if c != "configs/gritlm.py"] + [
     ("configs/gritlm.py", v + (f",{m}" if m else "")) for v, m in RECIPES
 ]
-PARAMS = {"7b": 7.24e9, "8x7b": 46.7e9}  # Mistral-7B, Mixtral-8x7B
+# Mistral-7B, Mixtral-8x7B, and the published sizes of Llama-3.1-8B, Qwen3-8B and Qwen2.5-0.5B.
+PARAMS = {"7b": 7.24e9, "8x7b": 46.7e9, "llama3.1-8b": 8.03e9, "qwen3-8b": 8.19e9, "qwen2.5-0.5b": 0.494e9}
+PARAMS["qwen3-30b-a3b"] = 30.5e9
 
 
 def parse(path, arg=None):
@@ -61,7 +64,7 @@ def test_config_builds_abstract_sharded_state(path, arg):
     if variant in PARAMS:
         assert abs(count / PARAMS[variant] - 1) < 0.01, count
         # the balance of the two losses in the runs that produced GritLM (their GPU counts)
-        assert config.objective.reference_world_size == {"7b": 8, "8x7b": 256}[variant]
+        assert config.objective.reference_world_size == {"7b": 8, "8x7b": 256}.get(variant, 0)
         # the weights are split over the 8 devices (7B: FSDP; 8x7B: experts), not replicated
         per_device = sum(int(np.prod(x.sharding.shard_shape(x.shape))) for x in params)
         assert per_device < count / 4, (per_device, count)

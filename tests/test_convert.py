@@ -163,12 +163,12 @@ def test_errors_name_the_path(tmp_path, tokenizer_model, capsys):
     llama = tmp_path / "llama"
     shutil.copytree(hf_dir, llama)
     cfg = json.load(open(llama / "config.json"))
-    cfg.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    cfg.update(architectures=["GemmaForCausalLM"], model_type="gemma")
     json.dump(cfg, open(llama / "config.json", "w"))
     _fails(
         capsys,
         ["hf-to-orbax", "--hf_dir", str(llama), "--out", str(tmp_path / "z")],
-        f"{llama / 'config.json'}: architectures: .*LlamaForCausalLM",
+        f"{llama / 'config.json'}: architectures: .*GemmaForCausalLM",
     )
     os.remove(os.path.join(hf_dir, "tokenizer.model"))
     _fails(

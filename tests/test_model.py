@@ -166,7 +166,7 @@ def _config_dir(tmp_path, **changes):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"architectures": ["LlamaForCausalLM"]}, "architectures"),
+        ({"architectures": ["GPT2LMHeadModel"]}, "architectures"),
         ({"hidden_size": None}, "hidden_size: missing"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "rope_parameters"),
         ({"hidden_act": "gelu"}, "hidden_act"),

@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--eval_embedding", nargs="*", default=[], metavar="PATH")
     prepare.add_argument("--eval_generative", nargs="*", default=[], metavar="PATH")
-    prepare.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece tokenizer.model")
+    prepare.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="PATH",
+        help="a sentencepiece tokenizer.model, a tokenizer.json or a Hugging Face model directory",
+    )
     prepare.add_argument("--out", required=True, metavar="DIR")
     prepare.add_argument("--skip_bad", action="store_true", help="skip and count bad records")
     prepare.add_argument("--query_max_len", type=int, default=PAPER_LENGTHS["query_max_len"])

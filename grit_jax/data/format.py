@@ -3,7 +3,8 @@
 Embedding: `<s><|user|>\\n{instruction}\\n<|embed|>\\n{text}`, or `<s><|embed|>\\n{text}` without an
 instruction; the instruction length (tokens excluded from pooling) counts BOS and the prefix up to and
 including `<|embed|>\\n`. Chat: `<s>` + turns joined by `\\n`, each `<|user|>\\n{user}\\n<|assistant|>\\n
-{assistant}</s>`; labels only on the assistant text and its `</s>`. `<s>`/`</s>` are the BOS/EOS ids,
+{assistant}</s>`; labels only on the assistant text and its `</s>`. `<s>`/`</s>` are the BOS/EOS ids
+(no `<s>` for a tokenizer without BOS, e.g. Qwen's),
 never text. Plain strings (neither pairs nor turns) are raw text as in the reference: no BOS, no marker,
 no EOS, nothing left out of pooling, a generative one trained on whole; plain_strings="formatted" gives
 them `<s><|embed|>\\n{text}` or `<s>{text}</s>` instead. Texts are cut to a number of characters before
@@ -76,8 +77,8 @@ def finish_embedding(
     """Adds BOS (not to raw text), truncates and checks that something is left to embed."""
     if raw:
         return np.asarray(list(full_ids)[:max_len], np.int32), 0
-    ids = np.asarray([tokenizer.bos_id, *full_ids][:max_len], np.int32)
-    instruction_len = 1 + len(prefix_ids)
+    ids = np.asarray([*tokenizer.bos, *full_ids][:max_len], np.int32)
+    instruction_len = len(tokenizer.bos) + len(prefix_ids)
     if len(ids) <= instruction_len:
         raise DataError(
             f"nothing left to embed after the instruction ({instruction_len} instruction "
@@ -133,12 +134,14 @@ def finish_chat(
     if plain and check_plain_strings(plain_strings) == "raw":  # the reference: labels = input ids
         ids = np.asarray(list(full_ids[0])[:max_len], np.int32)
         return ids, np.arange(len(ids)) > 0, 0
-    ids, target = [tokenizer.bos_id], [False]
-    last_start = 1
+    ids = list(tokenizer.bos)
+    target = [False] * len(ids)
+    last_start = len(ids)
     for prefix, full in zip(prefix_ids, full_ids):
         n_prefix = 0 if plain else len(prefix)
         last_start = len(ids) + n_prefix
         ids.extend(full)
         ids.append(tokenizer.eos_id)
         target.extend([False] * n_prefix + [True] * (len(full) - n_prefix + 1))
+    target[0] = False  # without BOS a plain string's first token has nothing to be predicted from
     return (np.asarray(ids[:max_len], np.int32), np.asarray(target[:max_len], bool), min(last_start, max_len))

@@ -300,7 +300,7 @@ class TrainIterator:
 def load_tokenizer(config) -> Tokenizer:
     """The tokenizer of `config.tokenizer` ("" = the copy in data_dir), with the prepared data's pad id."""
     pad_id = sources.read_manifest(config.data_dir)["pad_id"]
-    return Tokenizer(config.tokenizer or os.path.join(config.data_dir, "tokenizer.model"), pad_id=pad_id)
+    return Tokenizer(config.tokenizer or config.data_dir, pad_id=pad_id)
 
 
 def make_train_iterator(

@@ -3,7 +3,7 @@ TFDS array_record datasets (one per source file, no TensorFlow needed).
 
 Layout of a prepared directory `OUT`:
   OUT/manifest.json                     sources, counts, limits, tokenizer fingerprint, length stats
-  OUT/tokenizer.model                   copy of the tokenizer used
+  OUT/tokenizer.model or tokenizer.json  copy of the tokenizer used (a tokenizer.json with its config)
   OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
                                         kind: embedding | generative; grit_jax.data.tfds_io)
 Stored per embedding record: query [Lq] int32, query_instruction_len, passages (flat int32),
@@ -340,9 +340,7 @@ def prepare(
         old = read_manifest(out_dir)
     except DataError:
         old = {}
-    tokenizer_copy = os.path.join(out_dir, "tokenizer.model")
-    if os.path.abspath(tokenizer.model_path) != os.path.abspath(tokenizer_copy):
-        shutil.copyfile(tokenizer.model_path, tokenizer_copy)
+    tokenizer.copy_to(out_dir)
     manifest = {
         "version": tfds_io.TFDS_VERSION,
         "limits": limits,

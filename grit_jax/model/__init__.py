@@ -1,4 +1,4 @@
-"""A Flax NNX Mistral / Mixtral decoder whose attention mask is an input."""
+"""A Flax NNX decoder (Mistral, Mixtral, Llama, Qwen2, Qwen3) whose attention mask is an input."""
 
 from grit_jax.model.config import ModelConfig
 from grit_jax.model.moe import load_balancing_loss

@@ -1,8 +1,5 @@
-"""ModelConfig: one frozen dataclass for Mistral and Mixtral, its presets, and Hugging Face config.json I/O.
-
-Every field of a config.json is either honoured, checked to hold the only value we support, or known to be
-metadata. Anything else is an error naming the file and the key: an ignored
-`rope_theta` or `sliding_window` would be a silently wrong model.
+"""ModelConfig: one frozen dataclass for every family the decoder runs (Mistral, Mixtral, Llama, Qwen2,
+Qwen3), its presets, and Hugging Face config.json I/O (whose key rules are grit_jax.model.hf_config's).
 """
 
 from __future__ import annotations
@@ -12,10 +9,9 @@ import json
 import os
 from typing import Any
 
-from grit_jax.choices import DTYPES, REMAT_POLICIES
+from grit_jax.choices import DTYPES, MODEL_TYPES, MOE_MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
 from grit_jax.errors import CheckpointError, UsageError
-
-ARCHITECTURES = {"MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral"}
+from grit_jax.model import hf_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +28,25 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     sliding_window: int | None = None
     tie_word_embeddings: bool = False
-    num_local_experts: int = 0  # 0: dense Mistral MLP; > 0: Mixtral sparse MoE
+    num_local_experts: int = 0  # 0: dense MLP; > 0: sparse MoE (Mixtral, Qwen3-MoE)
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.02
-    bos_token_id: int = 1
-    eos_token_id: int = 2
+    moe_intermediate_size: int | None = None  # an expert's MLP dim; None: intermediate_size (Mixtral)
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities (Mixtral always does)
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
     pad_token_id: int | None = None
+    # The family (choices.MODEL_TYPES); None: mistral, or mixtral with experts. It fixes the HF names.
+    model_type: str | None = None
+    attention_bias: bool = False  # biases on q, k and v
+    attention_out_bias: bool = False  # a bias on o
+    mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's query and key, before RoPE
+    rope_type: str = "default"  # choices.ROPE_TYPES; the rope_* fields below are llama3's
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
     # Not in config.json: how we run it.
     dtype: str = "float32"  # compute dtype; bfloat16 for mixed precision
     param_dtype: str = "float32"  # master weights
@@ -47,6 +56,18 @@ class ModelConfig:
     def __post_init__(self):
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.model_type is None:
+            object.__setattr__(self, "model_type", "mixtral" if self.is_moe else "mistral")
+        if isinstance(self.eos_token_id, list):  # Llama 3 instruct models list several
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.model_type not in MODEL_TYPES:
+            raise UsageError(f"model_type must be one of {tuple(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.is_moe != (self.model_type in MOE_MODEL_TYPES):
+            raise UsageError(
+                f"a {self.model_type} model cannot have num_local_experts={self.num_local_experts}"
+            )
+        if self.rope_type not in ROPE_TYPES:
+            raise UsageError(f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise UsageError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -71,8 +92,12 @@ class ModelConfig:
         return self.num_local_experts > 0
 
     @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
     def architecture(self) -> str:
-        return "MixtralForCausalLM" if self.is_moe else "MistralForCausalLM"
+        return MODEL_TYPES[self.model_type]
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -85,67 +110,24 @@ class ModelConfig:
 
     def num_params(self) -> int:
         d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        attn = d * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
-        mlp = 3 * d * f * max(1, self.num_local_experts) + d * self.num_local_experts
+        n, k, h = self.num_attention_heads, self.num_key_value_heads, self.head_dim
+        attn = d * h * (2 * n + 2 * k) + self.attention_bias * h * (n + 2 * k) + self.attention_out_bias * d
+        attn += self.qk_norm * 2 * h
+        if self.is_moe:
+            mlp = 3 * d * self.expert_intermediate_size * self.num_local_experts + d * self.num_local_experts
+        else:
+            mlp = 3 * d * f + self.mlp_bias * (2 * f + d)
         return (
             v * d * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * (attn + mlp + 2 * d) + d
         )
 
-    # ---- Hugging Face config.json ----
+    # ---- Hugging Face config.json (grit_jax.model.hf_config) ----
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **changes) -> ModelConfig:
-        """A config from a Hugging Face Mistral/Mixtral config.json dict; `source` names it in errors."""
-        hf = dict(hf)
-
-        def fail(key, why):
-            raise CheckpointError(f"{source}: {key}: {why}")
-
-        archs = hf.pop("architectures", None) or []
-        model_type = hf.pop("model_type", None)
-        if archs and (len(archs) != 1 or archs[0] not in ARCHITECTURES):
-            fail("architectures", f"{archs} is not supported; grit_jax runs {sorted(ARCHITECTURES)}")
-        if model_type not in (None, *ARCHITECTURES.values()):
-            fail("model_type", f"{model_type!r} is not supported; expected 'mistral' or 'mixtral'")
-        if not archs and model_type is None:
-            fail("architectures", "missing (and no model_type): cannot tell which model this is")
-        kind = ARCHITECTURES[archs[0]] if archs else model_type
-
-        for key in _IGNORED_HF_KEYS:
-            hf.pop(key, None)
-        for key, allowed in _FIXED_HF_VALUES.items():
-            if key in hf and hf.pop(key) not in allowed:
-                fail(key, f"only {allowed} is supported")
-        rope = hf.pop("rope_parameters", None) or hf.pop("rope_scaling", None)
-        if rope:
-            rope = dict(rope)
-            if rope.pop("rope_type", rope.pop("type", "default")) != "default":
-                fail("rope_parameters", "only rope_type 'default' is supported")
-            if "rope_theta" in rope:
-                hf.setdefault("rope_theta", rope.pop("rope_theta"))
-            if rope:
-                fail("rope_parameters", f"unsupported entries {sorted(rope)}")
-        if hf.get("head_dim", 0) is None:
-            hf.pop("head_dim")
-        if kind == "mistral":
-            for key in ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef"):
-                if key in hf:
-                    fail(key, "is a Mixtral field but the architecture is Mistral")
-        elif "num_local_experts" not in hf:
-            fail("num_local_experts", "missing (required for Mixtral)")
-
-        fields = {f.name for f in dataclasses.fields(cls)} - _OUR_FIELDS
-        unknown = sorted(set(hf) - fields)
-        if unknown:
-            fail(
-                unknown[0],
-                "is not a field grit_jax can honour" + (f" (also {unknown[1:]})" if unknown[1:] else ""),
-            )
-        for key in _REQUIRED_HF_KEYS:
-            if key not in hf:
-                fail(key, "missing (required)")
+        """A config from a Hugging Face config.json dict; `source` names it in errors."""
         try:
-            return cls(**{**hf, **changes})
+            return cls(**{**hf_config.fields_from_hf(hf, source), **changes})
         except UsageError as e:  # a value the model cannot honour: name the file it came from
             raise CheckpointError(f"{source}: {e}") from None
 
@@ -166,53 +148,8 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json that transformers reads back into the same model."""
-        out = {
-            "architectures": [self.architecture],
-            "model_type": ARCHITECTURES[self.architecture],
-            "hidden_act": "silu",
-            "attention_dropout": 0.0,
-            "torch_dtype": self.param_dtype,
-        }
-        for f in dataclasses.fields(self):
-            if f.name not in _OUR_FIELDS:
-                out[f.name] = getattr(self, f.name)
-        if not self.is_moe:
-            for key in ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef"):
-                out.pop(key)
-        return out
+        return hf_config.hf_from_fields(dataclasses.asdict(self), self.param_dtype)
 
-
-_OUR_FIELDS = {"dtype", "param_dtype", "scan_layers", "remat_policy"}
-_REQUIRED_HF_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
-# Metadata with no effect on the forward pass.
-_IGNORED_HF_KEYS = (
-    "transformers_version",
-    "torch_dtype",
-    "dtype",
-    "initializer_range",
-    "use_cache",
-    "output_router_logits",
-    "_name_or_path",
-    "output_attentions",
-    "output_hidden_states",
-    "return_dict",
-    "use_return_dict",
-)
-# Options that change the model; we support exactly these values.
-_FIXED_HF_VALUES = {
-    "hidden_act": ("silu",),
-    "attention_dropout": (0.0, 0),
-    "router_jitter_noise": (0.0, 0),
-    "attention_bias": (False,),
-    "mlp_bias": (False,),
-}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -284,3 +221,72 @@ PRESETS: dict[str, dict[str, Any]] = {
         router_aux_loss_coef=0.02,
     ),
 }
+# Llama-3.1-8B: GQA 32/8, RoPE theta 500k with Llama 3.1's scaling of the 8k original context.
+PRESETS["llama3.1_8b"] = dict(
+    model_type="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    rope_type="llama3",
+    rope_factor=8.0,
+    rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0,
+    rope_original_max_position_embeddings=8192,
+    bos_token_id=128000,
+    eos_token_id=128001,
+)
+# Qwen3-8B(-Base): q/k RMSNorm, head_dim 128 (= hidden / heads here), no biases.
+PRESETS["qwen3_8b"] = dict(
+    model_type="qwen3",
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=32768,
+    qk_norm=True,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+# Qwen2.5-0.5B: q/k/v biases, tied embeddings; small enough for one GPU or a v5e-8.
+PRESETS["qwen2.5_0.5b"] = dict(
+    model_type="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    attention_bias=True,
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+# Qwen3-30B-A3B(-Base): 128 experts of 768, 8 per token, renormalised; q/k RMSNorm.
+PRESETS["qwen3_30b_a3b"] = dict(
+    PRESETS["qwen3_8b"],
+    model_type="qwen3_moe",
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=48,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    num_local_experts=128,
+    num_experts_per_tok=8,
+    moe_intermediate_size=768,
+    norm_topk_prob=True,
+    router_aux_loss_coef=0.001,
+)

@@ -1,4 +1,4 @@
-"""The building blocks of a Mistral decoder layer, as Hugging Face computes them.
+"""The building blocks of a decoder layer (Mistral, Llama, Qwen2, Qwen3), as Hugging Face computes them.
 
 Legend: B batch, T query length, S key length, N heads, K kv heads, G = N/K, H head dim, D model dim,
 F MLP dim, V vocab. Every parameter carries logical axis names (`out_sharding`), placed on the mesh by
@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grit_jax.model.rope import apply_rotary
+
 NEG_INF = jnp.finfo(jnp.float32).min
 
 
@@ -18,8 +20,8 @@ def make_param(rngs: nnx.Rngs | None, shape, names, dtype, stack: int | None = N
     """A parameter of `shape` (with a leading layer axis of size `stack`) named by logical axes."""
     if stack is not None:
         shape, names = (stack, *shape), ("layers", *names)
-    if init == "ones":
-        value = jnp.ones(shape, dtype)
+    if init in ("ones", "zeros"):
+        value = (jnp.ones if init == "ones" else jnp.zeros)(shape, dtype)
     else:
         value = 0.02 * jax.random.normal(rngs.params(), shape, dtype)
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
@@ -37,23 +39,9 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(input_dtype) * x.astype(input_dtype)
 
 
-def rotary_tables(positions, head_dim, theta, dtype):
-    """cos, sin [B,T,H] for rotate-half RoPE (Hugging Face layout, so weights convert without permutation)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-
-
-def apply_rotary(x, cos, sin):
-    """x [B,T,N,H]; cos, sin [B,T,H]."""
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-
-
 class Attention(nnx.Module):
-    """Grouped-query attention over an explicit mask; optionally reads and writes a key/value cache."""
+    """Grouped-query attention over an explicit mask; optionally reads and writes a key/value cache.
+    Optional: biases on q/k/v and on o (Llama, Qwen2), RMSNorm of each head's q and k (Qwen3)."""
 
     def __init__(self, cfg, rngs, stack=None):
         d, n, k, h, pdt = (
@@ -63,17 +51,23 @@ class Attention(nnx.Module):
             cfg.head_dim,
             cfg.param_dtype,
         )
-        self.q_proj = Linear(rngs, (d, n, h), ("embed", "heads", "head_dim"), pdt, stack)
-        self.k_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack)
-        self.v_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack)
-        self.o_proj = Linear(rngs, (n, h, d), ("heads", "head_dim", "embed"), pdt, stack)
+        qkv_bias, o_bias = cfg.attention_bias, cfg.attention_out_bias
+        self.q_proj = Linear(rngs, (d, n, h), ("embed", "heads", "head_dim"), pdt, stack, 1, qkv_bias)
+        self.k_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack, 1, qkv_bias)
+        self.v_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack, 1, qkv_bias)
+        self.o_proj = Linear(rngs, (n, h, d), ("heads", "head_dim", "embed"), pdt, stack, 2, o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pdt, stack)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pdt, stack)
         self.num_kv_heads, self.head_dim = k, h
 
     def __call__(self, x, mask, cos, sin, cache=None):
         """x [B,T,D], mask [B,T,S]; cache (k, v [B,S,K,H], index) or None. Returns y [B,T,D], (k, v)."""
         dtype = x.dtype
-        q = apply_rotary(self.q_proj("btd,dnh->btnh", x), cos, sin)
-        k = apply_rotary(self.k_proj("btd,dkh->btkh", x), cos, sin)
+        q, k = self.q_proj("btd,dnh->btnh", x), self.k_proj("btd,dkh->btkh", x)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = self.v_proj("btd,dkh->btkh", x)
         if cache is not None:
             cache_k, cache_v, index = cache
@@ -90,27 +84,33 @@ class Attention(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """A bias-free projection whose kernel keeps its head structure (e.g. [D,N,H]) for sharding.
+    """A projection whose kernel keeps its head structure (e.g. [D,N,H]) for sharding; with `bias`, a bias
+    over the kernel's output axes (those after the first `in_ndim`).
 
     Called with an einsum equation between the input and the kernel: the kernel is cast to the input's
     (compute) dtype, so bf16 compute runs over fp32 master weights.
     """
 
-    def __init__(self, rngs, shape, names, dtype, stack=None):
+    def __init__(self, rngs, shape, names, dtype, stack=None, in_ndim=1, bias=False):
         self.kernel = make_param(rngs, shape, names, dtype, stack)
+        if bias:
+            self.bias = make_param(None, shape[in_ndim:], names[in_ndim:], dtype, stack, init="zeros")
 
     def __call__(self, equation: str, x):
-        return jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
+        y = jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
+        if hasattr(self, "bias"):
+            y = y + self.bias[...].astype(x.dtype)
+        return y
 
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg, rngs, stack=None):
-        d, f, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype
-        self.gate_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack)
-        self.up_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack)
-        self.down_proj = Linear(rngs, (f, d), ("mlp", "embed"), pdt, stack)
+        d, f, pdt, bias = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype, cfg.mlp_bias
+        self.gate_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack, bias=bias)
+        self.up_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack, bias=bias)
+        self.down_proj = Linear(rngs, (f, d), ("mlp", "embed"), pdt, stack, bias=bias)
 
     def __call__(self, x):
         gate = self.gate_proj("btd,df->btf", x)

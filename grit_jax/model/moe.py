@@ -1,4 +1,5 @@
-"""Mixtral's sparse mixture of experts: a top-k softmax router, SwiGLU experts, the load-balancing loss.
+"""The sparse mixture of experts of Mixtral and Qwen3-MoE: a top-k softmax router (its top-k probabilities
+renormalised for Mixtral, and for Qwen3-MoE with norm_topk_prob), SwiGLU experts, the load-balancing loss.
 
 Legend as in layers.py, plus E experts, k experts per token.
 Experts are evaluated densely (every expert on every token, weighted by a combine matrix that is zero
@@ -18,13 +19,13 @@ from grit_jax.model.layers import Linear
 
 class SparseMoE(nnx.Module):
     def __init__(self, cfg, rngs, stack=None):
-        d, f, e, pdt = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.param_dtype
+        d, f, e, pdt = cfg.hidden_size, cfg.expert_intermediate_size, cfg.num_local_experts, cfg.param_dtype
         self.gate = Linear(rngs, (d, e), ("embed", "experts_router"), pdt, stack)
-        # Hugging Face's experts.{i}.w1 / w3 / w2, stacked over experts.
+        # Hugging Face's experts.{i}.w1 / w3 / w2 (Qwen3-MoE: gate_proj / up_proj / down_proj), stacked.
         self.w1 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
         self.w3 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
         self.w2 = Linear(rngs, (e, f, d), ("experts", "mlp", "embed"), pdt, stack)
-        self.top_k = cfg.num_experts_per_tok
+        self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
 
     def __call__(self, x):
         """x [B,T,D] -> y [B,T,D], router_logits [B,T,E] (float32)."""
@@ -32,7 +33,8 @@ class SparseMoE(nnx.Module):
         router_logits = self.gate("btd,de->bte", x).astype(jnp.float32)
         probs = jax.nn.softmax(router_logits, axis=-1)
         top_probs, top_index = jax.lax.top_k(probs, self.top_k)
-        top_probs = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
+        if self.norm_topk_prob:
+            top_probs = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
         combine = jnp.sum(jax.nn.one_hot(top_index, probs.shape[-1]) * top_probs[..., None], axis=-2)  # B,T,E
         gate = self.w1("btd,edf->btef", x)
         up = self.w3("btd,edf->btef", x)
@@ -42,7 +44,7 @@ class SparseMoE(nnx.Module):
 
 
 def load_balancing_loss(router_logits, top_k, token_mask=None):
-    """The Switch-Transformer auxiliary loss exactly as transformers' Mixtral computes `aux_loss`.
+    """The Switch-Transformer auxiliary loss as transformers' Mixtral and Qwen3-MoE compute `aux_loss`.
 
     router_logits [L,B,T,E] from every layer; token_mask [B,T] (True on real tokens) or None.
     Returns E * sum_e (fraction of top-k assignments to e) * (mean router probability of e).

@@ -15,8 +15,9 @@ from flax import nnx
 from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
 from grit_jax.model.config import ModelConfig
-from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, rotary_tables
+from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm
 from grit_jax.model.moe import SparseMoE
+from grit_jax.model.rope import inverse_frequencies, rotary_tables
 
 
 class KVCache(NamedTuple):
@@ -64,7 +65,7 @@ class DecoderLayer(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Mistral (dense) or Mixtral (sparse MoE) decoder with Hugging Face parameter names."""
+    """The decoder of every family (Mistral, Mixtral, Llama, Qwen2, Qwen3), with Hugging Face names."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.config = cfg
@@ -90,7 +91,7 @@ class Transformer(nnx.Module):
         if positions is None:
             start = 0 if cache is None else cache.index
             positions = jnp.broadcast_to(start + jnp.arange(tokens.shape[1]), tokens.shape)
-        cos, sin = rotary_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
+        cos, sin = rotary_tables(positions, inverse_frequencies(cfg), dtype)
         x = self.embed_tokens.embedding[...].astype(dtype)[tokens]
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
 
