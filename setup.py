@@ -19,6 +19,7 @@ setup(
         "array-record>=0.8",
         "grain>=0.2.12",
         "sentencepiece>=0.2",
+        "tokenizers>=0.20",  # tokenizer.json (Llama 3, Qwen)
         "ml-collections>=1.0",
         "safetensors>=0.4",
         "numpy>=1.26",
