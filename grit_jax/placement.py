@@ -7,7 +7,6 @@ encode batches split over the batch axes (data, fsdp, expert) of every device.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import jax
@@ -16,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.choices import BATCH_AXES, MESH_AXES
+from grit_jax.config import data_parallel_size
 from grit_jax.errors import UsageError
 
 
@@ -60,7 +60,7 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
 
 def batch_multiple(mesh: Mesh | None) -> int:
     """How many ways a batch is split: its size is rounded up to a multiple of this."""
-    return 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes(mesh))
+    return 1 if mesh is None else data_parallel_size(mesh.shape)
 
 
 def round_batch(n: int, mesh: Mesh | None, bucket) -> int:
