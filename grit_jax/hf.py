@@ -211,6 +211,19 @@ def load_flat_params(model, params: dict[str, np.ndarray]):
     nnx.update(model, state)
 
 
+def read_ours(source: SafetensorsDir, entry: Entry, name: str, shape) -> np.ndarray:
+    """One Hugging Face tensor of `entry` in our layout, after checking its shape against the config; the
+    file is unmapped after the read (its pages read so far would otherwise stay resident)."""
+    tensor = source.get(name)
+    source.close()
+    if tensor.shape != hf_shape(entry, shape):
+        raise CheckpointError(
+            f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
+            f"expected {hf_shape(entry, shape)} from the config"
+        )
+    return to_ours(entry, tensor, shape)
+
+
 def iter_hf_slices(
     path: str, cfg: ModelConfig, dtype=None
 ) -> Iterator[tuple[Entry, tuple[int, ...], tuple[int, ...], np.ndarray]]:
@@ -226,14 +239,7 @@ def iter_hf_slices(
         shape = shapes[entry.path]
         stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
         for index, name in hf_names(entry, cfg):
-            tensor = source.get(name)
-            source.close()  # unmap the file: its pages read so far would otherwise stay resident
-            if tensor.shape != hf_shape(entry, shape):
-                raise CheckpointError(
-                    f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
-                    f"expected {hf_shape(entry, shape)} from the config"
-                )
-            value = np.ascontiguousarray(to_ours(entry, tensor, shape), dtype=dtype)  # the writer may keep it
-            del tensor  # else a transposed copy and the original would be held together
+            # a contiguous copy (the writer may keep it); the transposed view and its original go with it
+            value = np.ascontiguousarray(read_ours(source, entry, name, shape), dtype=dtype)
             yield entry, stack + shape, index, value
             del value

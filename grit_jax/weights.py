@@ -17,7 +17,6 @@ from flax import nnx
 
 from grit_jax import hf
 from grit_jax.checkpoint import CheckpointSource, check_leaves, checkpoint_leaves, resolve_checkpoint
-from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
 from grit_jax.safetensors_io import SafetensorsDir, numpy_dtype
 from grit_jax.tensorstore_io import leaf_opener, release_memory
@@ -56,18 +55,11 @@ def _fill_from_hf(source: SafetensorsDir, entry: hf.Entry, cfg: ModelConfig, sha
         ]
         if not wanted:
             continue
-        tensor = source.get(name)
-        if tensor.shape != hf.hf_shape(entry, shape):
-            raise CheckpointError(
-                f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
-                f"expected {hf.hf_shape(entry, shape)} from the config"
-            )
-        value = hf.to_ours(entry, tensor, shape)
+        value = hf.read_ours(source, entry, name, shape)
         for index, buffer in wanted:
             local = tuple(p - s.start for s, p in zip(index, position))
             buffer[local] = value[index[len(position) :]]
-        del tensor, value
-        source.close()  # unmap the file: its pages read so far would otherwise stay resident
+        del value
 
 
 def _nested(flat: dict[str, jax.Array]) -> dict:
