@@ -29,6 +29,7 @@ import jax
 from absl import app, flags
 
 from grit_jax import cli, flops, hardware, sharding
+from grit_jax.config import num_batch_shapes
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
 from grit_jax.state import TrainSetup
@@ -238,6 +239,8 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         generative_accumulation_steps=obj.generative_accumulation_steps,
         mode=obj.mode,
     )
+    if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
+        settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
     return Report(
         accelerator=accelerator.name,
         topology=accelerator.topology,

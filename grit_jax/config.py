@@ -42,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
         "passage_max_len": 32,
         "generative_max_len": 32,
         "train_group_size": 2,  # passages per query: 1 positive + G-1 hard negatives
+        # Shorter padded lengths per field (query, passage, generative; the field's *_max_len is always the
+        # last): each global batch is padded to the smallest that holds its longest row. () = always max_len.
+        # On TPU use multiples of 128 (the attention tiles). Each combination used compiles once.
+        "length_buckets": {"query": (), "passage": (), "generative": ()},
         "seed": 0,
         "shuffle": True,  # False keeps file order (tests)
         "use_unique_indices": True,  # generative stream drawn without replacement, refilled when exhausted
@@ -94,6 +98,32 @@ def base_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(DEFAULTS)
 
 
+# Which *_max_len bounds each length_buckets field, and the batch arrays padded to that field's length.
+LENGTH_FIELDS = {"query": "query_max_len", "passage": "passage_max_len", "generative": "generative_max_len"}
+FIELD_ARRAYS = {
+    "query": ("query_tokens", "query_mask"),
+    "passage": ("passage_tokens", "passage_mask"),
+    "generative": ("gen_tokens", "gen_mask", "gen_loss_mask"),
+}
+
+
+def length_buckets(data, field: str) -> tuple[int, ...]:
+    """The padded lengths a ``field`` batch may have, ascending; the last is the field's *_max_len."""
+    top = int(data[LENGTH_FIELDS[field]])
+    return tuple(sorted({int(n) for n in data.length_buckets[field] if int(n) < top} | {top}))
+
+
+def bucket_length(buckets: tuple[int, ...], longest: int) -> int:
+    """The smallest bucket that holds a row of ``longest`` tokens (rows are cut at the last bucket)."""
+    return next((n for n in buckets if n >= longest), buckets[-1])
+
+
+def num_batch_shapes(config) -> int:
+    """How many batch shapes (so compiled train steps) data.length_buckets allows at most."""
+    fields = [f for f in LENGTH_FIELDS if uses(config, "generative" if f == "generative" else "embedding")]
+    return math.prod(len(length_buckets(config.data, f)) for f in fields)
+
+
 def uses(config, part: str) -> bool:
     """Whether the objective's mode trains ``part`` ("embedding" or "generative")."""
     return config.objective.mode in ("unified", part)
@@ -138,6 +168,7 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
             "reference run's GPU count"
         )
     profile_steps(config)  # a malformed log.profile_steps fails here, before anything compiles
+    _validate_buckets(config.data)
     if config.optimizer.schedule not in SCHEDULES:
         raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
     w = data_parallel_size(mesh_shape)
@@ -151,6 +182,20 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
             raise UsageError(
                 f"data.generative_batch_size={bg} must be divisible by {where} times "
                 f"objective.generative_accumulation_steps={steps}; use a multiple of {w * steps}"
+            )
+
+
+def _validate_buckets(data) -> None:
+    unknown = sorted(set(data.length_buckets) - set(LENGTH_FIELDS))
+    if unknown:
+        raise UsageError(f"data.length_buckets.{unknown[0]}: unknown field; expected {tuple(LENGTH_FIELDS)}")
+    for field, limit in LENGTH_FIELDS.items():
+        given = data.length_buckets[field]
+        bad = [n for n in given if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= data[limit]]
+        if bad:
+            raise UsageError(
+                f"data.length_buckets.{field}={tuple(given)}: {bad[0]!r} is not a length in "
+                f"1..data.{limit}={data[limit]} (the largest bucket is always data.{limit})"
             )
 
 
@@ -185,28 +230,48 @@ def _validate_embedding(config, w: int, where: str) -> None:
         )
 
 
-def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Global shape and dtype of every array of a batch for ``config`` (the jitted step's input)."""
+def batch_shapes(config, lengths: Mapping[str, int] | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Global shape and dtype of every array of a batch for ``config`` (the jitted step's input).
+
+    lengths: {field: padded length} of a bucketed batch (LENGTH_FIELDS); a field not given has its max_len.
+    """
     d = config.data
+    q, p, g = ((lengths or {}).get(f, d[limit]) for f, limit in LENGTH_FIELDS.items())
     shapes = {}
     if uses(config, "embedding"):
         b, n = d.embedding_batch_size, d.embedding_batch_size * d.train_group_size
         shapes.update(
-            query_tokens=((b, d.query_max_len), np.int32),
-            query_mask=((b, d.query_max_len), np.bool_),
+            query_tokens=((b, q), np.int32),
+            query_mask=((b, q), np.bool_),
             query_instruction_len=((b,), np.int32),
-            passage_tokens=((n, d.passage_max_len), np.int32),
-            passage_mask=((n, d.passage_max_len), np.bool_),
+            passage_tokens=((n, p), np.int32),
+            passage_mask=((n, p), np.bool_),
             passage_instruction_len=((n,), np.int32),
         )
     if uses(config, "generative"):
-        bg, lg = d.generative_batch_size, d.generative_max_len
+        bg = d.generative_batch_size
         shapes.update(
-            gen_tokens=((bg, lg), np.int32),
-            gen_mask=((bg, lg), np.bool_),
-            gen_loss_mask=((bg, lg), np.bool_),
+            gen_tokens=((bg, g), np.int32),
+            gen_mask=((bg, g), np.bool_),
+            gen_loss_mask=((bg, g), np.bool_),
         )
     return shapes
+
+
+def batch_lengths(config, batch: Mapping[str, Any]) -> dict[str, int]:
+    """{field: padded length} of a batch, each checked against data.length_buckets."""
+    lengths = {}
+    for field, names in FIELD_ARRAYS.items():
+        if names[0] in batch and len(batch[names[0]].shape) == 2:
+            n = int(batch[names[0]].shape[1])
+            buckets = length_buckets(config.data, field)
+            if n not in buckets:
+                raise UsageError(
+                    f"batch[{names[0]!r}] has length {n}, not one of {buckets} "
+                    f"(data.{LENGTH_FIELDS[field]} and data.length_buckets.{field})"
+                )
+            lengths[field] = n
+    return lengths
 
 
 def validate_batch(config, batch: Mapping[str, Any], num_hosts: int = 1) -> None:
@@ -229,10 +294,10 @@ def validate_batch(config, batch: Mapping[str, Any], num_hosts: int = 1) -> None
                 f"{nq * g} (a positive and {g - 1} hard negatives each); lower data.train_group_size to "
                 f"{max(n_passages // max(nq, 1), 1)} or give every query {g - 1} negatives"
             )
-    for name, (shape, _) in expected.items():
+    for name, (shape, _) in batch_shapes(config, batch_lengths(config, batch)).items():
         got = tuple(batch[name].shape)
         if (got[0] * num_hosts, *got[1:]) != shape:
             raise UsageError(
                 f"batch[{name!r}] has shape {got}, the config says {shape} globally "
-                f"(data.*_batch_size, *_max_len, train_group_size)"
+                f"(data.*_batch_size, *_max_len, length_buckets, train_group_size)"
             )

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import masks, sharding
 from grit_jax import objective as objective_lib
+from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
 
 ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
@@ -65,16 +66,24 @@ class Evaluator:
         return jax.make_array_from_process_local_data(self.replicated, np.asarray(array))
 
     def _embed(self, state, prefix):
+        """Embeddings of every query or passage, encoded ENCODE_ROWS at a time. With length buckets the
+        rows go shortest first and each call is cut to the bucket of its longest row (padding only)."""
         arrays = [self.retrieval[f"{prefix}_{k}"] for k in ("tokens", "mask", "instruction_len")]
-        n = len(arrays[0])
+        n, buckets = len(arrays[0]), length_buckets(self.config.data, prefix)
+        lengths = arrays[1].sum(1)
+        order = np.argsort(lengths, kind="stable") if len(buckets) > 1 else np.arange(n)
         out = []
         for start in range(0, n, ENCODE_ROWS):
-            rows = [a[start : start + ENCODE_ROWS] for a in arrays]
+            chosen = order[start : start + ENCODE_ROWS]
+            width = bucket_length(buckets, int(lengths[chosen].max()))
+            rows = [a[chosen][:, :width] if a.ndim == 2 else a[chosen] for a in arrays]
             pad = ENCODE_ROWS - len(rows[0])
             rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
             emb = self._encode(state.params, state.projection, *map(self._put, rows))
             out.append(np.asarray(jax.device_get(emb))[: ENCODE_ROWS - pad])
-        return np.concatenate(out)
+        embeddings = np.empty_like(np.concatenate(out))
+        embeddings[order] = np.concatenate(out)
+        return embeddings
 
     def __call__(self, state) -> dict[str, float]:
         metrics = {}

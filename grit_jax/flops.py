@@ -21,15 +21,18 @@ def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_
     return float(batch * length * total)
 
 
-def train_step_flops(config, cfg: ModelConfig) -> float:
-    """Model FLOPs of one step of `config` (the training config) for the model `cfg`."""
+def train_step_flops(config, cfg: ModelConfig, lengths=None) -> float:
+    """Model FLOPs of one step of `config` (the training config) for the model `cfg`; lengths
+    {field: padded length} of a length-bucketed batch (default: every field's max_len)."""
     data, objective = config.data, config.objective
+    lengths = lengths or {}
+    query, passage, gen = (lengths.get(f, data[f"{f}_max_len"]) for f in ("query", "passage", "generative"))
     causal_embedding = objective.attn == "cccc"
     flops = 0.0
     if objective.mode in ("unified", "embedding"):
         b = data.embedding_batch_size
-        flops += forward_flops(cfg, b, data.query_max_len, causal_embedding, False)
-        flops += forward_flops(cfg, b * data.train_group_size, data.passage_max_len, causal_embedding, False)
+        flops += forward_flops(cfg, b, query, causal_embedding, False)
+        flops += forward_flops(cfg, b * data.train_group_size, passage, causal_embedding, False)
     if objective.mode in ("unified", "generative"):
-        flops += forward_flops(cfg, data.generative_batch_size, data.generative_max_len, True, True)
+        flops += forward_flops(cfg, data.generative_batch_size, gen, True, True)
     return 3.0 * flops

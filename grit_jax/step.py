@@ -15,26 +15,30 @@ import optax
 
 from grit_jax import objective as objective_lib
 from grit_jax import sharding
-from grit_jax.config import validate_batch
+from grit_jax.config import batch_lengths, batch_shapes, validate_batch
 from grit_jax.state import TrainSetup, TrainState
 
 
 def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
-    """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh."""
+    """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh.
+
+    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan)."""
     validate_batch(setup.config, host_batch, num_hosts=jax.process_count())
+    shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
     return {
         k: jax.make_array_from_process_local_data(
             setup.batch_sharding, np.asarray(host_batch[k], dtype), shape
         )
-        for k, (shape, dtype) in setup.batch_shapes.items()
+        for k, (shape, dtype) in shapes.items()
     }
 
 
-def abstract_batch(setup: TrainSetup) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs of a global batch (for ahead-of-time compilation)."""
+def abstract_batch(setup: TrainSetup, lengths=None) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of a global batch (for ahead-of-time compilation); lengths {field: bucket}
+    as in config.batch_shapes, by default every field's max_len (the largest shapes)."""
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
-        for k, (shape, dtype) in setup.batch_shapes.items()
+        for k, (shape, dtype) in batch_shapes(setup.config, lengths).items()
     }
 
 
@@ -115,8 +119,8 @@ def make_train_step(setup: TrainSetup):
     )
 
     def train_step(state, batch):
-        if set(batch) != set(shapes) or any(tuple(batch[k].shape) != s for k, (s, _) in shapes.items()):
-            validate_batch(setup.config, batch)  # says what is wrong before anything compiles
+        # Says what is wrong before anything compiles; each length bucket compiles (and is cached) once.
+        validate_batch(setup.config, batch)
         return jitted(state, batch)
 
     train_step.lower = jitted.lower

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from grit_jax import cli, distributed, flops, hardware, sharding
 from grit_jax.checkpoint import Checkpoints
 from grit_jax.compile_cache import CompileCache
-from grit_jax.config import profile_steps, require_local_path
+from grit_jax.config import batch_lengths, profile_steps, require_local_path
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.demo_report import EXAMPLE_FILE, demo_report
@@ -126,11 +126,10 @@ class Loop:
         self.config, self.setup, self.data, self.ckpt = setup.config, setup, data, ckpt
         self.evaluator, self.log, self.preempted = evaluator, log, preempted
         self.train_step = make_train_step(setup)
-        self.step_flops = flops.train_step_flops(self.config, setup.model_config)
         device_peak = self.config.log.peak_flops_per_device or hardware.device_peak_flops(jax.devices()[0])
         self.peak = device_peak * jax.device_count()
         self.last, self.nonfinite_in_a_row, self.save_due = {}, 0, False
-        self.t0, self.tokens = time.perf_counter(), 0.0
+        self.t0, self.tokens, self.flops = time.perf_counter(), 0.0, 0.0  # since the last log
         self.profile_steps = profile_steps(self.config)
 
     def run(self, state, start: int) -> dict:
@@ -140,7 +139,11 @@ class Loop:
             self.log.write(0, self.evaluator(state))
         for step in range(start + 1, config.num_steps + 1):
             self._profile(step, starting=True)
-            state, metrics = self.train_step(state, global_batch(self.setup, next(self.data)))
+            batch = global_batch(self.setup, next(self.data))
+            # Model FLOPs of this batch's shapes: with data.length_buckets they change from step to step.
+            lengths = batch_lengths(config, batch)
+            self.flops += flops.train_step_flops(config, self.setup.model_config, lengths)
+            state, metrics = self.train_step(state, batch)
             metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
             self._profile(step, starting=False)
             self.tokens += float(metrics["tokens"])
@@ -187,13 +190,13 @@ class Loop:
         seconds = elapsed / every if step % every == 0 else elapsed
         metrics.update(step_time=seconds, tokens_per_second=self.tokens / max(elapsed, 1e-9))
         if self.peak:  # unknown on a CPU: benchmarks/train_step.py measures a peak instead
-            metrics["mfu"] = self.step_flops / seconds / self.peak
+            metrics["mfu"] = self.flops / max(elapsed, 1e-9) / self.peak
         eval_every = config.log.eval_every_steps
         if eval_every and self.evaluator.enabled and (step % eval_every == 0 or step == config.num_steps):
             metrics.update(self.evaluator(state))
         self.log.write(step, metrics)
         self.log.progress(step, metrics, seconds)
-        self.last, self.t0, self.tokens = {"step": step, **metrics}, time.perf_counter(), 0.0
+        self.last, self.t0, self.tokens, self.flops = {"step": step, **metrics}, time.perf_counter(), 0.0, 0.0
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""

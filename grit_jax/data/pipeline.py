@@ -1,13 +1,13 @@
-"""The grain pipeline: deterministic, resumable, host-sharded fixed-shape batches from prepared data.
+"""The grain pipeline: deterministic, resumable, host-sharded batches from prepared data.
 
-Step s of the embedding stream is global batch j = s mod E of epoch s // E (E batches per epoch).
-An epoch's plan follows the reference: each source's shuffled indices are cut into global batches,
-the incomplete tails are shuffled as whole blocks (their order, not their items), joined and cut into
-mixed batches (a last incomplete one is dropped), all batches are shuffled. The generative stream
-takes rows s*Bg .. s*Bg+Bg-1 of an endless sequence of permutations (`use_unique_indices`: without
-replacement, refilled when exhausted) or of independent draws. Every random choice is a function of
-(seed, step, global row), so a host reads only its rows [p*B/P, (p+1)*B/P) and a restored run sees
-exactly the batches it would have seen.
+Step s of the embedding stream is global batch j = s mod E of epoch s // E (E batches per epoch) of
+the epoch plan (grit_jax.data.sampling). The generative stream takes rows s*Bg .. s*Bg+Bg-1 of an
+endless sequence of permutations (`use_unique_indices`: without replacement, refilled when exhausted)
+or of independent draws. Every random choice is a function of (seed, step, global row), so a host
+reads only its rows [p*B/P, (p+1)*B/P) and a restored run sees exactly the batches it would have seen.
+Each field is padded to its max_len, or with data.length_buckets to the smallest bucket that holds the
+longest row of the whole global batch: every host finds that row from the length index
+(grit_jax.data.lengths) and the global plan, so all hosts pad alike and compile the same shapes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import threading
 from typing import Any
@@ -23,43 +22,19 @@ from typing import Any
 import grain
 import numpy as np
 
-from grit_jax.data import sources, tfds_io
+from grit_jax.config import bucket_length, length_buckets
+from grit_jax.data import sampling, sources, tfds_io
+from grit_jax.data.lengths import load_lengths
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 
 _ENDLESS = 1 << 40
-_EMBED_STREAM, _GEN_STREAM, _GEN_DRAW, _PASSAGE = 1, 2, 3, 4
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
-
-
-def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """[num_batches, batch_size, 2] (source, index) of one epoch's global embedding batches."""
-    rng = _rng(seed, _EMBED_STREAM, epoch)
-    full, tails = [], []
-    for source, size in enumerate(sizes):
-        order = rng.permutation(size) if shuffle else np.arange(size)
-        pairs = np.stack([np.full(size, source), order], axis=1)
-        cut = size // batch_size * batch_size
-        full.extend(np.split(pairs[:cut], cut // batch_size) if cut else [])
-        if cut < size:
-            tails.append(pairs[cut:])
-    if shuffle:  # the reference permutes the tails as whole blocks, each keeping its shuffled order
-        tails = [tails[i] for i in rng.permutation(len(tails))]
-    pooled = np.concatenate(tails) if tails else np.zeros((0, 2), np.int64)
-    cut = len(pooled) // batch_size * batch_size
-    batches = full + (np.split(pooled[:cut], cut // batch_size) if cut else [])
-    if not batches:
-        raise DataError(f"{sum(sizes)} embedding examples cannot fill one batch of {batch_size}")
-    plan = np.stack(batches)
-    return plan[rng.permutation(len(plan))] if shuffle else plan
-
-
-def steps_per_epoch(sizes: list[int], batch_size: int) -> int:
-    tails = sum(s % batch_size for s in sizes)
-    return sum(s // batch_size for s in sizes) + tails // batch_size
+# The sampling rules live in grit_jax.data.sampling; re-exported here, where callers have found them.
+epoch_plan, steps_per_epoch, sample_negatives = (
+    sampling.epoch_plan,
+    sampling.steps_per_epoch,
+    sampling.sample_negatives,
+)
 
 
 def _pad(rows: list[np.ndarray], length: int, pad_id: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
@@ -70,16 +45,6 @@ def _pad(rows: list[np.ndarray], length: int, pad_id: int, dtype=np.int32) -> tu
         tokens[i, :n] = row[:n]
         mask[i, :n] = True
     return tokens, mask
-
-
-def sample_negatives(num_neg: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """count of range(num_neg) without replacement; the list repeated ceil(count/num_neg) times if short."""
-    if count == 0:
-        return np.zeros(0, np.int64)
-    pool = np.arange(num_neg)
-    if num_neg < count:
-        pool = np.tile(pool, math.ceil(count / num_neg))
-    return rng.choice(pool, count, replace=False)
 
 
 class HostBatches:
@@ -125,6 +90,7 @@ class HostBatches:
             opened = [tfds_io.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
             setattr(self, f"{name}_sources", opened)
             setattr(self, f"{name}_sizes", [len(s) for s in opened])
+            setattr(self, f"{name}_lengths", self._length_index(name, data_dir, entries, opened))
             if name == "embedding":
                 self._check_instruction_lengths(entries)
             if name == "embedding" and config.train_group_size > 1:
@@ -138,10 +104,20 @@ class HostBatches:
             self.epoch_steps = steps_per_epoch(self.embedding_sizes, config.embedding_batch_size)
         if self.gen:
             self.gen_offsets = np.cumsum([0] + self.generative_sizes)
+            if self.generative_lengths:  # indexed like gen_offsets: every source's lengths, concatenated
+                self.gen_token_lens = np.concatenate([n["tokens"] for n in self.generative_lengths])
         self._plan_lock = threading.Lock()
 
+    def _length_index(self, kind: str, data_dir: str, entries: list[dict], opened: list) -> list | None:
+        """Every source's length index when one of the kind's fields is bucketed, else None (not needed)."""
+        fields = ("query", "passage") if kind == "embedding" else ("generative",)
+        if all(len(length_buckets(self.config, f)) == 1 for f in fields):
+            return None
+        return [load_lengths(kind, data_dir, e, s) for e, s in zip(entries, opened)]
+
     def _check_instruction_lengths(self, entries: list[dict]):
-        """Every text must keep a token after its instruction once truncated to the configured length."""
+        """Every text must keep a token after its instruction once truncated to the configured length.
+        Rows are cut at max_len only: a length bucket always holds its batch's longest row whole."""
         for entry in entries:
             for field in ("query", "passage"):
                 longest = entry.get(f"max_{field}_instruction_len", 0)
@@ -164,7 +140,8 @@ class HostBatches:
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 (one HostBatches per run: nothing leaks)
     def _generative_order(self, epoch: int) -> np.ndarray:
-        return _rng(self.config.seed, _GEN_STREAM, epoch).permutation(int(self.gen_offsets[-1]))
+        rng = sampling.rng(self.config.seed, sampling.GEN_STREAM, epoch)
+        return rng.permutation(int(self.gen_offsets[-1]))
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         batch = {}
@@ -184,18 +161,17 @@ class HostBatches:
         for row in range(start, stop):
             source, index = plan[row]
             record = self.embedding_sources[source][int(index)]
-            rng = _rng(config.seed, _PASSAGE, step, row)
-            num_pos = int(record["num_pos"])
-            chosen = [rng.integers(num_pos)]
-            chosen += list(num_pos + sample_negatives(len(record["passage_lens"]) - num_pos, group - 1, rng))
+            num_pos, num_passages = int(record["num_pos"]), len(record["passage_lens"])
+            chosen = sampling.chosen_passages(config.seed, group, step, row, num_pos, num_passages)
             ends = np.cumsum(record["passage_lens"])
             queries.append(record["query"])
             q_lens.append(record["query_instruction_len"])
             for k in chosen:
                 passages.append(record["passages"][ends[k] - record["passage_lens"][k] : ends[k]])
                 p_lens.append(record["passage_instruction_lens"][k])
-        query_tokens, query_mask = _pad(queries, config.query_max_len, self.pad_id)
-        passage_tokens, passage_mask = _pad(passages, config.passage_max_len, self.pad_id)
+        query_len, passage_len = self._embedding_lengths(step, plan)
+        query_tokens, query_mask = _pad(queries, query_len, self.pad_id)
+        passage_tokens, passage_mask = _pad(passages, passage_len, self.pad_id)
         return {
             "query_tokens": query_tokens,
             "query_mask": query_mask,
@@ -205,12 +181,40 @@ class HostBatches:
             "passage_instruction_len": np.asarray(p_lens, np.int32),
         }
 
+    def _embedding_lengths(self, step: int, plan: np.ndarray) -> tuple[int, int]:
+        """Padded (query, passage) lengths of global batch ``plan``: the buckets of its longest query and
+        longest chosen passage over ALL its rows (every host computes the same from the length index)."""
+        config = self.config
+        query_buckets, passage_buckets = length_buckets(config, "query"), length_buckets(config, "passage")
+        longest_query = longest_passage = 0
+        for row, (source, index) in enumerate(plan if self.embedding_lengths else ()):
+            lengths, index = self.embedding_lengths[source], int(index)
+            longest_query = max(longest_query, int(lengths["query"][index]))
+            if len(passage_buckets) > 1:
+                first, end = lengths["passage_offsets"][index : index + 2]
+                num_pos = int(lengths["num_pos"][index])
+                chosen = sampling.chosen_passages(
+                    config.seed, config.train_group_size, step, row, num_pos, int(end - first)
+                )
+                longest = int(lengths["passage_lens"][first + np.asarray(chosen)].max())
+                longest_passage = max(longest_passage, longest)
+        return bucket_length(query_buckets, longest_query), bucket_length(passage_buckets, longest_passage)
+
     def generative_index(self, step: int, row: int) -> int:
         config, total = self.config, int(self.gen_offsets[-1])
         if config.use_unique_indices:
             epoch, position = divmod(step * config.generative_batch_size + row, total)
             return int(self._generative_order(epoch)[position]) if config.shuffle else position
-        return int(_rng(config.seed, _GEN_DRAW, step, row).integers(total))
+        return int(sampling.rng(config.seed, sampling.GEN_DRAW, step, row).integers(total))
+
+    def _generative_length(self, step: int) -> int:
+        """Padded length of the global generative batch of ``step``: the bucket of its longest row."""
+        buckets = length_buckets(self.config, "generative")
+        if len(buckets) == 1:
+            return buckets[0]
+        rows = range(self.config.generative_batch_size)
+        longest = max(int(self.gen_token_lens[self.generative_index(step, r)]) for r in rows)
+        return bucket_length(buckets, longest)
 
     def generative_batch(self, step: int) -> dict[str, np.ndarray]:
         config = self.config
@@ -225,8 +229,9 @@ class HostBatches:
                 target[: int(record["last_start"])] = False
             rows.append(record["tokens"])
             targets.append(target)
-        tokens, mask = _pad(rows, config.generative_max_len, self.pad_id)
-        loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
+        length = self._generative_length(step)
+        tokens, mask = _pad(rows, length, self.pad_id)
+        loss_mask, _ = _pad(targets, length, False, bool)
         return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
 
 
@@ -368,7 +373,8 @@ def eval_retrieval_arrays(config, max_queries: int = 0, pad_id: int | None = Non
 
 def eval_generative_batches(config, batch_size: int = 0, pad_id: int | None = None) -> list[dict]:
     """Held-out generative examples as gen_* batches of `batch_size` rows (default
-    data.generative_batch_size); the last batch is padded with rows whose masks are all False."""
+    data.generative_batch_size); the last batch is padded with rows whose masks are all False.
+    Each batch is padded to the smallest of data.length_buckets.generative that holds its longest row."""
     records = _eval_records(config, "generative")
     pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
     size = batch_size or config.generative_batch_size
@@ -380,7 +386,8 @@ def eval_generative_batches(config, batch_size: int = 0, pad_id: int | None = No
         if config.prefixlm:
             for target, record in zip(targets, chunk):
                 target[: int(record["last_start"])] = False
-        tokens, mask = _pad(rows, config.generative_max_len, pad_id)
-        loss_mask, _ = _pad(targets, config.generative_max_len, False, bool)
+        length = bucket_length(length_buckets(config, "generative"), max(len(r) for r in rows))
+        tokens, mask = _pad(rows, length, pad_id)
+        loss_mask, _ = _pad(targets, length, False, bool)
         batches.append({"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask})
     return batches

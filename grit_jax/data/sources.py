@@ -6,6 +6,7 @@ Layout of a prepared directory `OUT`:
   OUT/tokenizer.model or tokenizer.json  copy of the tokenizer used (a tokenizer.json with its config)
   OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
                                         kind: embedding | generative; grit_jax.data.tfds_io)
+  OUT/<split>/<kind>/<name>/lengths.npz  every example's token lengths (grit_jax.data.lengths)
 Stored per embedding record: query [Lq] int32, query_instruction_len, passages (flat int32),
 passage_lens, passage_instruction_lens, num_pos (positives first). Per generative record:
 tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of the last trained turn).
@@ -27,6 +28,7 @@ import numpy as np
 
 from grit_jax.data import format as fmt
 from grit_jax.data import tfds_io
+from grit_jax.data.lengths import write_lengths
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError
 
@@ -282,7 +284,12 @@ def build_sources(
         if examples:
             target = os.path.join(out_dir, subdir, name)
             shutil.rmtree(target, ignore_errors=True)
-            entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
+            written = tfds_io.write_tfds(examples, kind, name, target)
+            entry["dir"] = os.path.relpath(written, out_dir)
+            # read back: TFDS stores the examples in an order of its own (shuffled by key)
+            stored = tfds_io.open_source(written)
+            records = (stored[i] for i in range(len(stored)))
+            entry["lengths"] = os.path.relpath(write_lengths(kind, records, target), out_dir)
             entry.update(_example_stats(kind, examples))
         entries.append(entry)
     return entries

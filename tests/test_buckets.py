@@ -1,0 +1,211 @@
+"""Length buckets (data.length_buckets): each global batch is padded to the smallest bucket that holds its
+longest row, every host picks the same one, and the losses and updates equal those of max_len padding."""
+
+import collections
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from grit_jax import sharding, step
+from grit_jax.config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
+from grit_jax.data import lengths, pipeline, sources
+from grit_jax.errors import UsageError
+from grit_jax.evaluate import Evaluator
+from grit_jax.state import TrainSetup
+from tests.grit_fixtures import make_tokenizer, tokenizer_texts
+
+LIMITS = dict(query_max_len=32, passage_max_len=64, generative_max_len=64)
+BUCKETS = dict(query=(16,), passage=(32,), generative=(32,))
+
+
+def _words(rng, low, high, vocabulary):
+    return " ".join(rng.choice(vocabulary, rng.integers(low, high + 1)))
+
+
+def write_mixed_lengths(directory, seed=0):
+    """Two embedding sources, one of short texts and one of long ones (batches come from one source),
+    and chats of every length: JSONL files in ``directory``."""
+    rng = np.random.default_rng(seed)
+    counts = collections.Counter(w for t in tokenizer_texts() for w in t.split() if w.isalpha())
+    vocabulary = [w for w, _ in counts.most_common(100)]  # mostly one token each
+    files = {}
+    for name, (query, passage) in {"short": ((1, 2), (1, 4)), "long": ((10, 30), (20, 60))}.items():
+        records = [
+            {
+                "query": _words(rng, *query, vocabulary),
+                "pos": [_words(rng, *passage, vocabulary)],
+                "neg": [_words(rng, *passage, vocabulary) for _ in range(3)],
+            }
+            for _ in range(24)
+        ]
+        files[name] = records
+    files["chat"] = [
+        {"text": [_words(rng, 1, 2, vocabulary), _words(rng, 1, int(rng.choice([2, 40])), vocabulary)]}
+        for _ in range(64)
+    ]
+    for name, records in files.items():
+        with open(os.path.join(directory, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    return {name: os.path.join(directory, f"{name}.jsonl") for name in files}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    files = write_mixed_lengths(str(root))
+    out = str(root / "data")
+    sources.prepare(
+        out,
+        make_tokenizer(root / "tok"),
+        embedding=[files["short"], files["long"]],
+        generative=[files["chat"]],
+        eval_embedding=[files["short"]],
+        eval_generative=[files["chat"]],
+        **LIMITS,
+    )
+    return out
+
+
+def data_config(data_dir, buckets=None, **changes):
+    config = base_config()
+    config.data.update(data_dir=data_dir, embedding_batch_size=8, generative_batch_size=8, num_threads=1)
+    config.data.update(LIMITS, **changes)
+    config.data.length_buckets.update(buckets or {})
+    return config
+
+
+def test_bucket_choice_and_config_checks():
+    config = data_config("", BUCKETS)
+    assert length_buckets(config.data, "passage") == (32, 64)
+    config.data.length_buckets.passage = (64, 16, 32, 16)  # any order; max_len is always the last
+    assert length_buckets(config.data, "passage") == (16, 32, 64)
+    assert length_buckets(config.data, "query") == (16, 32)
+    assert [bucket_length((16, 32, 64), n) for n in (0, 16, 17, 64, 300)] == [16, 16, 32, 64, 64]
+    assert num_batch_shapes(config) == 2 * 3 * 2 and num_batch_shapes(data_config("")) == 1
+    config.objective.mode = "embedding"
+    assert num_batch_shapes(config) == 2 * 3
+    mesh = {"data": 1}
+    for field, value, message in (
+        ("passage", (16, 128), r"data.length_buckets.passage=\(16, 128\): 128 is not a length in 1..data"),
+        ("query", (0,), r"data.length_buckets.query=\(0,\): 0 is not"),
+        ("generative", ("16",), r"'16' is not a length"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            bad = data_config("")
+            bad.data.length_buckets[field] = value
+            TrainSetup(bad, sharding.make_mesh(mesh))
+    with pytest.raises(
+        UsageError, match=r"batch\['passage_tokens'\] has length 40, not one of \(16, 32, 64\)"
+    ):
+        batch_lengths(config, {"passage_tokens": np.zeros((4, 40))})
+
+
+def _steps(config, count, **kwargs):
+    iterator = pipeline.make_train_iterator(config.data, **kwargs)
+    return [next(iterator) for _ in range(count)]
+
+
+def test_each_batch_takes_the_smallest_bucket_of_its_longest_row(data_dir):
+    plain = _steps(data_config(data_dir), 12)
+    bucketed = _steps(data_config(data_dir, BUCKETS), 12)
+    seen = set()
+    for full, cut in zip(plain, bucketed):
+        for field, names in (
+            ("query", ("query_tokens", "query_mask")),
+            ("passage", ("passage_tokens", "passage_mask")),
+            ("generative", ("gen_tokens", "gen_mask", "gen_loss_mask")),
+        ):
+            width = cut[names[0]].shape[1]
+            longest = int(full[names[1]].sum(1).max())
+            assert width == bucket_length(length_buckets(data_config(data_dir, BUCKETS).data, field), longest)
+            for name in names:  # the same rows, only less padding
+                assert np.array_equal(cut[name], full[name][:, :width]), name
+            seen.add((field, width))
+        for name in ("query_instruction_len", "passage_instruction_len"):
+            assert np.array_equal(cut[name], full[name])
+    # the short source's batches use short buckets, the long source's the full length (the test can fail)
+    assert seen == {
+        ("query", 16),
+        ("query", 32),
+        ("passage", 32),
+        ("passage", 64),
+        ("generative", 32),
+        ("generative", 64),
+    }
+
+
+def test_hosts_agree_on_the_bucket_and_a_restored_iterator_continues(data_dir):
+    config = data_config(data_dir, BUCKETS)
+    whole = _steps(config, 8)
+    halves = [_steps(config, 8, process_index=p, process_count=2) for p in (0, 1)]
+    for batch, first, second in zip(whole, *halves):
+        for name in batch:  # same lengths on both hosts, and together they are the global batch
+            assert np.array_equal(np.concatenate([first[name], second[name]]), batch[name]), name
+    iterator = pipeline.make_train_iterator(config.data)
+    [next(iterator) for _ in range(3)]
+    state = iterator.get_state()
+    restored = pipeline.make_train_iterator(config.data)
+    restored.set_state(state)
+    for batch in whole[3:]:
+        again = next(restored)
+        assert all(np.array_equal(v, again[k]) for k, v in batch.items())
+
+
+def test_length_index_is_written_at_prepare_and_rebuilt_for_older_data(data_dir):
+    manifest = sources.read_manifest(data_dir)
+    for kind in ("embedding", "generative"):
+        for entry in manifest["train"][kind]:
+            source = pipeline.tfds_io.open_source(os.path.join(data_dir, entry["dir"]))
+            stored = lengths.load_lengths(kind, data_dir, entry, source)
+            rebuilt = lengths.load_lengths(kind, data_dir, {**entry, "lengths": ""}, source)
+            assert stored.keys() == rebuilt.keys()
+            assert all(np.array_equal(stored[k], rebuilt[k]) for k in stored)
+            assert os.path.isfile(os.path.join(data_dir, entry["lengths"]))
+    record = source[5]  # the chat source's
+    assert int(stored["tokens"][5]) == len(record["tokens"])
+
+
+def test_eval_batches_are_bucketed_and_score_alike(data_dir):
+    plain = pipeline.eval_generative_batches(data_config(data_dir).data, batch_size=2)
+    cut = pipeline.eval_generative_batches(data_config(data_dir, BUCKETS).data, batch_size=2)
+    assert {b["gen_tokens"].shape[1] for b in plain} == {64}
+    assert {b["gen_tokens"].shape[1] for b in cut} == {32, 64}
+    for full, short in zip(plain, cut):
+        width = short["gen_tokens"].shape[1]
+        assert all(np.array_equal(short[k], full[k][:, :width]) for k in full)
+    configs = [data_config(data_dir), data_config(data_dir, BUCKETS)]
+    setup = TrainSetup(configs[0], sharding.make_mesh({"data": 8}))
+    state, pad_id = setup.create_state(), pipeline.load_tokenizer(configs[0].data).pad_id
+    scores = [Evaluator(c, setup.mesh, setup.graphdef, pad_id)(state) for c in configs]
+    assert scores[0].keys() == {"eval_mrr@10", "eval_recall@1", "eval_loss_gen"}
+    for name, value in scores[0].items():
+        np.testing.assert_allclose(scores[1][name], value, rtol=1e-5, err_msg=name)
+
+
+def _train(config, batches):
+    setup = TrainSetup(config, sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "expert": 1}))
+    state, train_step, out = setup.create_state(), step.make_train_step(setup), []
+    for batch in batches:
+        state, metrics = train_step(state, step.global_batch(setup, batch))
+        out.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return out, jax.device_get(state.params)
+
+
+@pytest.mark.slow  # three compiles of the train step (one per shape): minutes on a shared 2-core CPU
+def test_a_bucketed_run_has_the_losses_and_weights_of_an_unbucketed_one(data_dir):
+    """Two steps of the tiny model on 2 devices: padding changes no loss, metric or update."""
+    configs = [data_config(data_dir), data_config(data_dir, BUCKETS)]
+    for c in configs:
+        c.optimizer.update(learning_rate=1e-3, warmup_ratio=0.0)
+    runs = [(_steps(c, 3)[1:], c) for c in configs]  # steps 2 and 3: short batches of the seed-0 data
+    widths = [b[k].shape[1] for b in runs[1][0] for k in ("query_tokens", "passage_tokens", "gen_tokens")]
+    assert widths == [16, 32, 64, 16, 32, 32], f"{widths}: not the short buckets this test is about"
+    (plain, plain_params), (cut, cut_params) = (_train(c, batches) for batches, c in runs)
+    for a, b in zip(plain, cut):
+        for name in ("loss", "loss_emb", "loss_gen", "accuracy", "grad_norm", "tokens"):
+            np.testing.assert_allclose(b[name], a[name], rtol=2e-5, err_msg=name)
+    for x, y in zip(jax.tree.leaves(plain_params), jax.tree.leaves(cut_params)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
