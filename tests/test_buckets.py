@@ -4,6 +4,8 @@ longest row, every host picks the same one, and the losses and updates equal tho
 import collections
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -209,3 +211,32 @@ def test_a_bucketed_run_has_the_losses_and_weights_of_an_unbucketed_one(data_dir
             np.testing.assert_allclose(b[name], a[name], rtol=2e-5, err_msg=name)
     for x, y in zip(jax.tree.leaves(plain_params), jax.tree.leaves(cut_params)):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # grit-train in subprocesses
+def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data_dir):
+    """Through the command line: the same 4 steps (one held-out evaluation, one checkpoint) with and
+    without --config.data.length_buckets.* log the same losses and held-out metrics."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    logged = []
+    for name, buckets in (("plain", {}), ("buckets", BUCKETS)):
+        workdir = tmp_path / name
+        flags = [f"--config.data.length_buckets.{f}={','.join(map(str, b))}," for f, b in buckets.items()]
+        command = [
+            *(sys.executable, "-m", "grit_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}"),
+            f"--config.data.data_dir={data_dir}",
+            *(f"--config.data.{k}={v}" for k, v in LIMITS.items()),
+            *("--config.num_steps=4", "--config.checkpoint.every_steps=4", "--config.log.eval_every_steps=4"),
+            *flags,
+        ]
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(workdir / "metrics.jsonl") as f:
+            logged.append([json.loads(line) for line in f])
+    plain, bucketed = logged
+    assert [r["step"] for r in plain] == [r["step"] for r in bucketed] == [0, 1, 2, 3, 4]
+    for a, b in zip(plain, bucketed):
+        for name in ("loss", "loss_emb", "loss_gen", "tokens", "eval_mrr@10", "eval_loss_gen"):
+            if name in a:
+                np.testing.assert_allclose(b[name], a[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
