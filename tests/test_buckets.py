@@ -139,6 +139,24 @@ def test_each_batch_takes_the_smallest_bucket_of_its_longest_row(data_dir):
     }
 
 
+def test_the_bucket_of_sampled_negatives_is_exact(data_dir):
+    """Rows whose longest passage could pass the positives' bucket are sampled: the bucket is the one of
+    the longest passage actually in the batch, for small batches whose negatives decide it."""
+    buckets = {"passage": (8, 12, 16, 20, 24, 28)}
+    config = data_config(data_dir, buckets, embedding_batch_size=2, train_group_size=3)
+    plain = _steps(data_config(data_dir, embedding_batch_size=2, train_group_size=3), 24)
+    host = pipeline.make_train_iterator(config.data, mode="embedding").batches
+    decided_by_negatives = 0
+    for step_number, full in enumerate(plain):
+        plan = host._plan(step_number // host.epoch_steps)[step_number % host.epoch_steps]
+        longest = int(full["passage_mask"].sum(1).max())
+        expected = bucket_length((*buckets["passage"], 64), longest)
+        assert host._embedding_lengths(step_number, plan)[1] == expected
+        positives = int(full["passage_mask"][::3].sum(1).max())
+        decided_by_negatives += bucket_length(buckets["passage"], positives) < longest
+    assert decided_by_negatives >= 3, "no batch whose negatives set the bucket: the test shows nothing"
+
+
 def test_hosts_agree_on_the_bucket_and_a_restored_iterator_continues(data_dir):
     config = data_config(data_dir, BUCKETS)
     whole = _steps(config, 8)

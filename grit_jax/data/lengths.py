@@ -45,8 +45,26 @@ def write_lengths(kind: str, examples, directory: str) -> str:
     return path
 
 
+def with_passage_bounds(lengths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds per record the shortest positive and the longest passage: the bounds of what the sampled
+    positive and negatives can be, so that most batches need no sampling to find their bucket."""
+    starts, lens = lengths["passage_offsets"][:-1], lengths["passage_lens"]
+    padded = np.append(lens, 0)  # reduceat's indices must stay inside the array
+    bounds = np.stack([starts, starts + lengths["num_pos"]], axis=1).reshape(-1)
+    return {
+        **lengths,
+        "shortest_positive": np.minimum.reduceat(padded, bounds)[::2],
+        "longest_passage": np.maximum.reduceat(padded, starts),
+    }
+
+
 def load_lengths(kind: str, data_dir: str, entry: dict, source) -> dict[str, np.ndarray]:
     """The length index of one manifest entry: its file, or read from the records of ``source``."""
+    lengths = _read_lengths(kind, data_dir, entry, source)
+    return lengths if kind == "generative" else with_passage_bounds(lengths)
+
+
+def _read_lengths(kind: str, data_dir: str, entry: dict, source) -> dict[str, np.ndarray]:
     key = "tokens" if kind == "generative" else "query"
     if entry.get("lengths"):
         path = os.path.join(data_dir, entry["lengths"])
@@ -60,3 +78,12 @@ def load_lengths(kind: str, data_dir: str, entry: dict, source) -> dict[str, np.
         return lengths
     logging.warning("%s: no length index (prepared before it had one); reading every record", entry["name"])
     return example_lengths(kind, (source[i] for i in range(len(source))))
+
+
+def per_row(indexes: list[dict[str, np.ndarray]], key: str, plan: np.ndarray) -> np.ndarray:
+    """``key`` of the length index of each (source, index) row of ``plan`` (a batch may mix sources)."""
+    out = np.zeros(len(plan), np.int64)
+    for source in np.unique(plan[:, 0]):
+        rows = plan[:, 0] == source
+        out[rows] = indexes[source][key][plan[rows, 1]]
+    return out

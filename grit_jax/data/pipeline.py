@@ -24,7 +24,7 @@ import numpy as np
 
 from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data import sampling, sources, tfds_io
-from grit_jax.data.lengths import load_lengths
+from grit_jax.data.lengths import load_lengths, per_row
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 
@@ -183,22 +183,27 @@ class HostBatches:
 
     def _embedding_lengths(self, step: int, plan: np.ndarray) -> tuple[int, int]:
         """Padded (query, passage) lengths of global batch ``plan``: the buckets of its longest query and
-        longest chosen passage over ALL its rows (every host computes the same from the length index)."""
+        longest sampled passage over ALL its rows (every host computes the same from the length index).
+        Only rows whose longest passage could exceed the bucket of the positives are sampled."""
         config = self.config
         query_buckets, passage_buckets = length_buckets(config, "query"), length_buckets(config, "passage")
-        longest_query = longest_passage = 0
-        for row, (source, index) in enumerate(plan if self.embedding_lengths else ()):
-            lengths, index = self.embedding_lengths[source], int(index)
-            longest_query = max(longest_query, int(lengths["query"][index]))
-            if len(passage_buckets) > 1:
-                first, end = lengths["passage_offsets"][index : index + 2]
-                num_pos = int(lengths["num_pos"][index])
-                chosen = sampling.chosen_passages(
-                    config.seed, config.train_group_size, step, row, num_pos, int(end - first)
-                )
-                longest = int(lengths["passage_lens"][first + np.asarray(chosen)].max())
-                longest_passage = max(longest_passage, longest)
-        return bucket_length(query_buckets, longest_query), bucket_length(passage_buckets, longest_passage)
+        if not self.embedding_lengths:
+            return query_buckets[-1], passage_buckets[-1]
+        indexes = self.embedding_lengths
+        query = bucket_length(query_buckets, int(per_row(indexes, "query", plan).max()))
+        if len(passage_buckets) == 1:
+            return query, passage_buckets[0]
+        longest = int(per_row(indexes, "shortest_positive", plan).max())  # a positive is always sampled
+        over = per_row(indexes, "longest_passage", plan) > bucket_length(passage_buckets, longest)
+        for row in np.flatnonzero(over):
+            lengths, index = self.embedding_lengths[plan[row, 0]], int(plan[row, 1])
+            first, end = lengths["passage_offsets"][index : index + 2]
+            num_pos = int(lengths["num_pos"][index])
+            chosen = sampling.chosen_passages(
+                config.seed, config.train_group_size, step, int(row), num_pos, int(end - first)
+            )
+            longest = max(longest, int(lengths["passage_lens"][first + np.asarray(chosen)].max()))
+        return query, bucket_length(passage_buckets, longest)
 
     def generative_index(self, step: int, row: int) -> int:
         config, total = self.config, int(self.gen_offsets[-1])
