@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from grit_jax import sharding, step
+from grit_jax import flops, sharding, step
 from grit_jax.config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
 from grit_jax.data import lengths, pipeline, sources
 from grit_jax.errors import UsageError
@@ -20,6 +20,7 @@ from grit_jax.state import TrainSetup
 from tests.grit_fixtures import make_tokenizer, tokenizer_texts
 
 LIMITS = dict(query_max_len=32, passage_max_len=64, generative_max_len=64)
+LIMITS_BY_FIELD = {"query": 32, "passage": 64, "generative": 64}
 BUCKETS = dict(query=(16,), passage=(32,), generative=(32,))
 
 
@@ -103,6 +104,18 @@ def test_bucket_choice_and_config_checks():
         UsageError, match=r"batch\['passage_tokens'\] has length 40, not one of \(16, 32, 64\)"
     ):
         batch_lengths(config, {"passage_tokens": np.zeros((4, 40))})
+
+
+def test_aot_takes_the_largest_shapes_and_flops_follow_the_bucket():
+    config = data_config("", BUCKETS)
+    setup = TrainSetup(config, sharding.make_mesh({"data": 1}))
+    largest = {k: v.shape for k, v in step.abstract_batch(setup).items()}
+    assert largest["query_tokens"] == (8, 32) and largest["passage_tokens"] == (16, 64)
+    assert largest["gen_tokens"] == (8, 64)
+    assert step.abstract_batch(setup, {"passage": 32})["passage_mask"].shape == (16, 32)
+    full = flops.train_step_flops(config, setup.model_config)
+    assert flops.train_step_flops(config, setup.model_config, LIMITS_BY_FIELD) == full
+    assert flops.train_step_flops(config, setup.model_config, {"passage": 32, "generative": 32}) < full
 
 
 def _steps(config, count, **kwargs):
