@@ -25,16 +25,11 @@ import numpy as np
 from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data import sampling, sources, tfds_io
 from grit_jax.data.lengths import load_lengths, per_row
+from grit_jax.data.sampling import epoch_plan, sample_negatives, steps_per_epoch  # noqa: F401 (re-exported)
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 
 _ENDLESS = 1 << 40
-# The sampling rules live in grit_jax.data.sampling; re-exported here, where callers have found them.
-epoch_plan, steps_per_epoch, sample_negatives = (
-    sampling.epoch_plan,
-    sampling.steps_per_epoch,
-    sampling.sample_negatives,
-)
 
 
 def _pad(rows: list[np.ndarray], length: int, pad_id: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
