@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from grit_jax import cli, distributed, flops, hardware, sharding
 from grit_jax.checkpoint import Checkpoints
 from grit_jax.compile_cache import CompileCache
-from grit_jax.config import batch_lengths, profile_steps, require_local_path
+from grit_jax.config import batch_lengths, num_batch_shapes, profile_steps, require_local_path
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.demo_report import EXAMPLE_FILE, demo_report
@@ -235,6 +235,8 @@ def train(config, workdir) -> dict:
     if main:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json(indent=2))
+        if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
+            print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
     data = make_train_iterator(
         config.data, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
     )
