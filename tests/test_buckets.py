@@ -263,6 +263,7 @@ def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data
         ]
         result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert ("data.length_buckets: up to 8 batch shapes" in result.stdout) == bool(buckets)
         with open(workdir / "metrics.jsonl") as f:
             logged.append([json.loads(line) for line in f])
     plain, bucketed = logged
