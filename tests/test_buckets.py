@@ -4,6 +4,7 @@ longest row, every host picks the same one, and the losses and updates equal tho
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 from grit_jax import flops, sharding, step
 from grit_jax.config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
 from grit_jax.data import lengths, pipeline, sources
+from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
 from grit_jax.evaluate import Evaluator
 from grit_jax.state import TrainSetup
@@ -272,3 +274,30 @@ def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data
         for name in ("loss", "loss_emb", "loss_gen", "tokens", "eval_mrr@10", "eval_loss_gen"):
             if name in a:
                 np.testing.assert_allclose(b[name], a[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
+
+
+def test_preparing_older_data_again_adds_its_length_index(data_dir, tmp_path):
+    """Data prepared before the length index existed gets one from `grit-data prepare` (sources reused)."""
+    copy = str(tmp_path / "data")
+    shutil.copytree(data_dir, copy)
+    manifest = sources.read_manifest(copy)
+    for entry in manifest["train"]["embedding"] + manifest["train"]["generative"]:
+        os.remove(os.path.join(copy, entry.pop("lengths")))
+    with open(os.path.join(copy, sources.MANIFEST), "w") as f:
+        json.dump(manifest, f)
+    root = os.path.dirname(data_dir)
+    again = sources.prepare(
+        copy,
+        Tokenizer(os.path.join(copy, "tokenizer.model")),
+        embedding=[os.path.join(root, "short.jsonl"), os.path.join(root, "long.jsonl")],
+        generative=[os.path.join(root, "chat.jsonl")],
+        **LIMITS,
+    )
+    for kind in ("embedding", "generative"):
+        for old, new in zip(sources.read_manifest(data_dir)["train"][kind], again["train"][kind]):
+            assert new["hash"] == old["hash"] and new["lengths"] == old["lengths"]
+            with (
+                np.load(os.path.join(copy, new["lengths"])) as built,
+                np.load(os.path.join(data_dir, old["lengths"])) as first,
+            ):
+                assert all(np.array_equal(built[k], first[k]) for k in first.files)

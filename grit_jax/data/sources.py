@@ -254,6 +254,8 @@ def build_sources(
         key = _file_hash(path, json.dumps(settings, sort_keys=True))
         old = previous.get(name)
         if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
+            if not old.get("lengths"):  # prepared before the length index existed
+                old["lengths"] = _length_index(kind, out_dir, old["dir"], os.path.join(out_dir, subdir, name))
             entries.append(old)
             continue
         bad, records, dropped = [], [], []
@@ -284,15 +286,19 @@ def build_sources(
         if examples:
             target = os.path.join(out_dir, subdir, name)
             shutil.rmtree(target, ignore_errors=True)
-            written = tfds_io.write_tfds(examples, kind, name, target)
-            entry["dir"] = os.path.relpath(written, out_dir)
-            # read back: TFDS stores the examples in an order of its own (shuffled by key)
-            stored = tfds_io.open_source(written)
-            records = (stored[i] for i in range(len(stored)))
-            entry["lengths"] = os.path.relpath(write_lengths(kind, records, target), out_dir)
+            entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
+            entry["lengths"] = _length_index(kind, out_dir, entry["dir"], target)
             entry.update(_example_stats(kind, examples))
         entries.append(entry)
     return entries
+
+
+def _length_index(kind: str, out_dir: str, written: str, target: str) -> str:
+    """Writes the token lengths of a written source into ``target``; returns the file relative to out_dir.
+    They are read back, as TFDS stores the examples in an order of its own (shuffled by key)."""
+    stored = tfds_io.open_source(os.path.join(out_dir, written))
+    records = (stored[i] for i in range(len(stored)))
+    return os.path.relpath(write_lengths(kind, records, target), out_dir)
 
 
 def _example_stats(kind: str, examples: list) -> dict:
