@@ -74,7 +74,7 @@ def worker(model: str, mode: str):
     import jax
     from flax import nnx
 
-    from grit_jax import hf, sharding, weights
+    from grit_jax import param_source, sharding, weights
     from grit_jax.config import base_config
     from grit_jax.state import TrainSetup
 
@@ -87,7 +87,7 @@ def worker(model: str, mode: str):
     if mode == "sharded":
         params = weights.load_hf(model, setup.model_config, setup.shardings.params)
     else:
-        whole = hf.read_hf_params(model, setup.model_config, np.float32)
+        whole = param_source.read_hf_params(model, setup.model_config, np.float32)
         shards = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(setup.shardings.params)}
         params = {
             p: jax.make_array_from_callback(a.shape, shards[p], lambda i, a=a: a[i]) for p, a in whole.items()

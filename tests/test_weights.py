@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from grit_jax import convert, hf, sharding, weights
-from grit_jax.checkpoint import model_config, resolve_checkpoint
+from grit_jax import convert, hf, param_source, sharding, weights
+from grit_jax.checkpoint import model_config
 from grit_jax.config import base_config
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
@@ -64,7 +64,7 @@ def _flat(params, prefix=""):
 
 def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkeypatch):
     setup, hf_dir, _ = setup_and_dirs
-    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    whole = param_source.read_hf_params(hf_dir, setup.model_config)
     assert str(whole["norm.scale"].dtype) == "bfloat16"  # what is stored
     placed = _record_placed(monkeypatch)
     params = weights.initial_params(setup.config, setup.model_config, setup.shardings.params)
@@ -76,11 +76,10 @@ def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkey
 
 def test_orbax_weights_load_into_shards(setup_and_dirs, monkeypatch):
     setup, hf_dir, orbax_dir = setup_and_dirs
-    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    whole = param_source.read_hf_params(hf_dir, setup.model_config)
     placed = _record_placed(monkeypatch)
-    source = resolve_checkpoint(orbax_dir)
-    source.config = setup.model_config
-    _check(weights.load_checkpoint(source, setup.shardings.params), setup, whole, placed)
+    source = param_source.open_checkpoint(orbax_dir, cfg=setup.model_config)
+    _check(weights.load(source, setup.shardings.params), setup, whole, placed)
 
 
 def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
