@@ -130,3 +130,26 @@ def test_pretrained_model_on_a_mesh_is_read_straight_into_its_shards(setup_and_d
     assert split_within and bool(reads) == (kind == "hf")
     for name, size, read in reads:
         assert tensors_of[name] not in split_within or read < size, (name, read, size)
+
+
+def test_any_box_of_a_hugging_face_tensor_reads_as_the_whole_one_sliced(setup_and_dirs, tmp_path):
+    """hf.read_block on random boxes (cut in any dimension, not only the first) of every kind of tensor:
+    copied as is, biases (Qwen2's q/k/v, [N*H] in torch), kernels with one or two input axes."""
+    _, mixtral, _ = setup_and_dirs
+    make_tokenizer(str(tmp_path / "tokenizer.model"))
+    _, qwen2 = make_hf_dir(tmp_path / "qwen2", str(tmp_path / "tokenizer.model"), "qwen2")
+    rng, kinds = np.random.default_rng(0), set()
+    for hf_dir in (mixtral, qwen2):
+        cfg, files = ModelConfig.from_hf_json(hf_dir), safetensors_io.SafetensorsDir(hf_dir)
+        whole = param_source.read_hf_params(hf_dir, cfg)
+        for entry in hf.name_map(cfg):
+            shape = hf.param_shapes(cfg)[entry.path]
+            position, name = next(hf.hf_names(entry, cfg))
+            for _ in range(3):
+                starts = [int(rng.integers(0, n)) for n in shape]
+                index = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(starts, shape))
+                got = hf.read_block(files.lazy(name), entry, shape, index)
+                want = whole[entry.path][position][index]
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} {index}")
+            kinds.add(entry.in_ndim)
+    assert kinds == {None, 0, 1, 2}
