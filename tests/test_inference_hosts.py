@@ -4,6 +4,7 @@ every host gets the embeddings (within 1e-5) and greedy tokens of a one-process,
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_two_hosts_load_encode_and_generate_like_one(tmp_path):
-    import subprocess
-
     make_tokenizer(tmp_path / "tokenizer.model")
     _, path = make_hf_dir(tmp_path / "hf", tmp_path / "tokenizer.model")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
