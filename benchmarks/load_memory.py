@@ -1,12 +1,15 @@
 """Peak memory per host while loading starting weights: N processes (launch/local.sh, N = 1, 2, 4) each load
 the same ~2.4 GB fp32 Hugging Face Mistral into an fsdp mesh over all their devices.
 
-    python benchmarks/load_memory.py [--out /tmp/load_memory] [--processes 1 2 4] [--write]
+    python benchmarks/load_memory.py [--out /tmp/load_memory] [--processes 1 2 4] [--modes sharded whole]
+        [--write]
 
-`sharded` is grit_jax.weights (each host reads what its devices hold); `whole` reads every parameter whole
-on every host first (what grit_jax did before), then places the same shards. Per process: resident memory
-after building the mesh and abstract state (baseline) and the peak while loading; the growth should stay
-near (model / N) + one tensor for `sharded`. Results go to benchmarks/RESULTS.md with --write.
+`sharded` is grit_jax.weights (each host reads what its devices hold); `pretrained` the same loader as
+`GritLM.from_pretrained(path, mesh=...)` calls it (weights.load_model, with `--modes sharded pretrained`);
+`whole` reads every parameter whole on every host first (what grit_jax did before), then places the same
+shards. Per process: resident memory after building the mesh and abstract state (baseline) and the peak
+while loading; the growth should stay near (model / N) + one tensor for `sharded`. Results go to
+benchmarks/RESULTS.md with --write.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("sharded", "pretrained", "whole")
 SHAPE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=32, vocab_size=32000)
 
 
@@ -74,7 +78,7 @@ def worker(model: str, mode: str):
     import jax
     from flax import nnx
 
-    from grit_jax import hf, sharding, weights
+    from grit_jax import param_source, sharding, weights
     from grit_jax.config import base_config
     from grit_jax.state import TrainSetup
 
@@ -86,8 +90,10 @@ def worker(model: str, mode: str):
     baseline, start = current_mib(), time.perf_counter()
     if mode == "sharded":
         params = weights.load_hf(model, setup.model_config, setup.shardings.params)
+    elif mode == "pretrained":  # what GritLM.from_pretrained(path, mesh=...) runs
+        params = nnx.state(weights.load_model(param_source.HFParams(model, setup.model_config), setup.mesh))
     else:
-        whole = hf.read_hf_params(model, setup.model_config, np.float32)
+        whole = param_source.read_hf_params(model, setup.model_config, np.float32)
         shards = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(setup.shardings.params)}
         params = {
             p: jax.make_array_from_callback(a.shape, shards[p], lambda i, a=a: a[i]) for p, a in whole.items()
@@ -108,7 +114,7 @@ def run(args) -> list[dict]:
     size = make_model(os.path.join(args.out, "model"))
     print(f"model: {size:.2f} GiB fp32 ({SHAPE})", flush=True)
     rows = []
-    for mode in ("sharded", "whole"):
+    for mode in args.modes:
         for n in args.processes:
             env = dict(
                 os.environ,
@@ -151,7 +157,7 @@ def table(rows) -> str:
         "| loader | processes | model / N | peak growth per process (worst) | load time |",
         "|---|---|---|---|---|",
     ]
-    for mode in ("sharded", "whole"):
+    for mode in dict.fromkeys(r["mode"] for r in rows):
         for n in sorted({r["processes"] for r in rows}):
             group = [r for r in rows if r["mode"] == mode and r["processes"] == n]
             worst = max(group, key=lambda r: r["growth_gib"])
@@ -168,6 +174,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="/tmp/load_memory")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--modes", nargs="+", default=["sharded", "whole"], choices=MODES)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     rows = run(args)

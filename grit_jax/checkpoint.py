@@ -1,5 +1,5 @@
 """Orbax checkpoints: the training run's (resume exactly), finding any checkpoint's parameters and
-model config, and reading those parameters one at a time.
+model config, and checking a checkpoint's parameter names and shapes (grit_jax.param_source reads them).
 
 A training checkpoint `WORKDIR/checkpoints/<step>/` holds two items: `state` (the TrainState: parameters,
 optimizer state, step, RNG) and `data` (the data iterator's state, JSON); the training config is
@@ -19,18 +19,14 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Iterator
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from grit_jax import hf
 from grit_jax.errors import CheckpointError
 from grit_jax.model.config import ModelConfig
-from grit_jax.safetensors_io import numpy_dtype
-from grit_jax.tensorstore_io import leaf_opener, release_memory
 
 STATE, DATA = "state", "data"
 MODEL_CONFIG = "model_config.json"
@@ -236,30 +232,3 @@ def check_leaves(source: CheckpointSource, leaves) -> None:
             f"{source.pytree_dir}: parameter {extra[0]!r} is not part of a {cfg.architecture} "
             f"with this config"
         )
-
-
-def iter_checkpoint_params(source: CheckpointSource, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-    """(our dotted path, array) for every parameter, one at a time, after checking names and shapes."""
-    leaves = checkpoint_leaves(source)
-    check_leaves(source, leaves)
-    open_leaf = leaf_opener(source.pytree_dir)
-    for entry in hf.name_map(source.config):
-        array = open_leaf(leaves[entry.path][0]).read().result()
-        yield entry.path, (array if dtype is None else array.astype(dtype, copy=False))
-        del array
-        release_memory()
-
-
-def load_params_from_checkpoint(
-    path: str, cfg: ModelConfig | None = None, step: int | None = None, dtype=None
-) -> dict[str, np.ndarray]:
-    """{dotted path: array} from an hf-to-orbax dir or a training checkpoint (step dir or work dir).
-
-    `cfg` (optional) must agree with the checkpoint's own config on every shape; `dtype` defaults to
-    cfg.param_dtype when cfg is given, else the stored dtype.
-    """
-    source = resolve_checkpoint(path, step)
-    if cfg is not None:
-        source.config = cfg
-        dtype = dtype or numpy_dtype(cfg.param_dtype)
-    return dict(iter_checkpoint_params(source, dtype))

@@ -9,7 +9,10 @@ one expert) at a time: orbax arrays are read and written in slices with tensorst
 safetensors output goes straight to disk with a pre-planned header, and freed memory is handed back to
 the OS after each tensor. The peak stays near a few copies of the largest single tensor, whatever the
 size of a stacked parameter (a Mixtral's [L,E,D,F] experts included) (benchmarks/RESULTS.md,
-"Conversion memory"). The name map and per-tensor transforms are grit_jax.hf's; there is no second map.
+"Conversion memory"). Tensors are read through grit_jax.param_source, the reader the sharded loader uses;
+the name map and per-tensor transforms are grit_jax.hf's; there is no second map. Conversion streams
+rather than loading onto devices: it is a file-to-file transform that needs no accelerator, and one tensor
+at a time keeps any model convertible on a small host.
 """
 
 from __future__ import annotations
@@ -22,13 +25,7 @@ import shutil
 import sys
 
 from grit_jax import hardware, hf
-from grit_jax.checkpoint import (
-    MODEL_CONFIG,
-    PARAMS_ITEM,
-    check_leaves,
-    checkpoint_leaves,
-    resolve_checkpoint,
-)
+from grit_jax.checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.config import require_local_path
@@ -42,8 +39,9 @@ from grit_jax.model_files import (
     grit_settings,
     with_tokenizer_bos,
 )
+from grit_jax.param_source import CheckpointParams, HFParams, iter_tensors
 from grit_jax.safetensors_io import ShardWriter, numpy_dtype
-from grit_jax.tensorstore_io import PyTreeWriter, leaf_opener, release_memory
+from grit_jax.tensorstore_io import PyTreeWriter
 
 
 def parse_size(text: str | int) -> int:
@@ -70,11 +68,10 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     writer, first = PyTreeWriter(staging), None
     try:
-        for entry, shape, index, value in hf.iter_hf_slices(hf_dir, cfg, dtype=target):
+        for entry, shape, position, _, value in iter_tensors(HFParams(hf_dir, cfg), target):
             first = first or str(value.dtype)
-            writer.write(entry.path, shape, index, value)
+            writer.write(entry.path, shape, position, value)
             del value
-            release_memory()
         writer.close()
     except BaseException:  # a half-written checkpoint is never left where one is expected
         shutil.rmtree(staging, ignore_errors=True)
@@ -107,23 +104,19 @@ def orbax_to_hf(
     tokenizer_model = find_tokenizer(source.search_dirs, tokenizer, source.tokenizer_file)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
-    leaves = checkpoint_leaves(source)
-    check_leaves(source, leaves)
+    params = CheckpointParams(source)
     target, cfg = numpy_dtype(dtype), source.config
-    stored = str(target or leaves[hf.name_map(cfg)[0].path][2])
+    stored = str(target or params.stored_dtype(hf.name_map(cfg)[0]))
+    shapes = hf.param_shapes(cfg)
     plan = [
-        (name, hf.hf_shape(entry, hf.param_shapes(cfg)[entry.path]), str(target or leaves[entry.path][2]))
+        (name, hf.hf_shape(entry, shapes[entry.path]), str(target or params.stored_dtype(entry)))
         for entry in hf.name_map(cfg)
         for _, name in hf.hf_names(entry, cfg)
     ]
-    writer, open_leaf = ShardWriter(out, parse_size(max_shard_size), plan), leaf_opener(source.pytree_dir)
-    for entry in hf.name_map(cfg):
-        array = open_leaf(leaves[entry.path][0])
-        for index, name in hf.hf_names(entry, cfg):
-            value = array[index].read().result()  # one layer (and expert) at a time
-            writer.add(name, hf.to_hf(entry, value if target is None else value.astype(target, copy=False)))
-            del value
-        release_memory()
+    writer = ShardWriter(out, parse_size(max_shard_size), plan)
+    for entry, _, _, name, value in iter_tensors(params, target):  # one layer (and expert) at a time
+        writer.add(name, hf.to_hf(entry, value))
+        del value
     writer.close()
     hf_config = source.config.replace(param_dtype=_dtype_name(stored)).to_hf_dict()
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:

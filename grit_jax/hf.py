@@ -1,24 +1,21 @@
 """Hugging Face checkpoints <-> grit_jax parameters: one declarative name map and its transforms.
 
 Inside the model, parameters keep Hugging Face names and rotate-half RoPE, so every tensor converts by a
-transpose and a reshape (no permutation of the query/key rows). Tensors are read one at a time
-(grit_jax.safetensors_io), so memory stays near one tensor whatever the model's size.
+transpose and a reshape (no permutation of the query/key rows). `read_block` reads any box of our layout
+from one lazy safetensors tensor (grit_jax.safetensors_io), touching only the rows and columns it spans.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterator
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer
-from grit_jax.safetensors_io import SafetensorsDir
+from grit_jax.model import ModelConfig
+from grit_jax.safetensors_io import LazyTensor, SafetensorsDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,15 +131,8 @@ def hf_shape(entry: Entry, shape) -> tuple[int, ...]:
     return (math.prod(shape[entry.in_ndim :]), math.prod(shape[: entry.in_ndim]))
 
 
-def to_ours(entry: Entry, tensor: np.ndarray, shape) -> np.ndarray:
-    """A torch tensor ([out, in] for a Linear) to our layout."""
-    if entry.in_ndim is None:
-        return tensor
-    return tensor.reshape(shape) if entry.in_ndim == 0 else tensor.T.reshape(shape)
-
-
 def to_hf(entry: Entry, array: np.ndarray) -> np.ndarray:
-    """Our array (one layer, one expert) to the torch layout; the inverse of to_ours."""
+    """Our array (one layer, one expert) to the torch layout; the inverse of read_block."""
     if entry.in_ndim is None:
         return array
     if entry.in_ndim == 0:
@@ -160,16 +150,6 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
             yield index, entry.hf.format(i=i, j=j)
 
 
-def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
-    """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
-    params = {}
-    for entry, stacked_shape, index, value in iter_hf_slices(path, cfg, dtype):
-        if entry.path not in params:
-            params[entry.path] = np.empty(stacked_shape, value.dtype)
-        params[entry.path][index] = value
-    return params
-
-
 def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
     """Raise CheckpointError for a tensor of `source` that is not part of the model `cfg` describes."""
     expected = {name for entry in name_map(cfg) for _, name in hf_names(entry, cfg)}
@@ -181,65 +161,31 @@ def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:
         )
 
 
-def from_hf(path: str, dtype: str | None = None, **config_changes):
-    """A grit_jax Transformer holding the weights of a Hugging Face directory (grit_jax.choices.MODEL_TYPES).
-
-    `dtype` is the parameter dtype (float32 default); config_changes override ModelConfig fields
-    (e.g. compute dtype, remat_policy).
-    """
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    if dtype is not None:
-        config_changes["param_dtype"] = dtype
-    cfg = ModelConfig.from_hf_json(path, **config_changes)
-    params = read_hf_params(path, cfg, dtype=jnp.dtype(cfg.param_dtype))
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    load_flat_params(model, params)
-    return model
+def _span(index: tuple[slice, ...], dims: tuple[int, ...]) -> slice:
+    """The range of the flattened `dims` that the box `index` lies in: its first dimension's range, the
+    others whole (exact when only the first is cut, as every sharding rule here cuts)."""
+    inner = math.prod(dims[1:])
+    return slice(index[0].start * inner, index[0].stop * inner)
 
 
-def load_flat_params(model, params: dict[str, np.ndarray]):
-    """Fills a (possibly abstract) model's parameters from {dotted path: array}."""
-    state = nnx.state(model, nnx.Param)
-    for path, variable in nnx.to_flat_state(state):
-        key = ".".join(map(str, path))
-        target = variable.get_value()
-        if key not in params or params[key].shape != target.shape:
-            got = params[key].shape if key in params else "nothing"
-            raise CheckpointError(f"parameter {key}: expected shape {target.shape}, got {got}")
-        variable.set_value(jnp.asarray(params[key], target.dtype))
-    nnx.update(model, state)
+def _spanned(index: tuple[slice, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
+    return (index[0].stop - index[0].start,) + tuple(dims[1:])
 
 
-def read_ours(source: SafetensorsDir, entry: Entry, name: str, shape) -> np.ndarray:
-    """One Hugging Face tensor of `entry` in our layout, after checking its shape against the config; the
-    file is unmapped after the read (its pages read so far would otherwise stay resident)."""
-    tensor = source.get(name)
-    source.close()
+def read_block(tensor: LazyTensor, entry: Entry, shape, index: tuple[slice, ...]) -> np.ndarray:
+    """The box `index` of our layout (shape `shape`) of one Hugging Face tensor, checked against the config,
+    reading only the torch rows and columns the box spans (never the whole tensor unless the box is)."""
     if tensor.shape != hf_shape(entry, shape):
         raise CheckpointError(
-            f"{source.files[name]}: tensor {name!r} has shape {tensor.shape}, "
+            f"{tensor.file}: tensor {tensor.name!r} has shape {tensor.shape}, "
             f"expected {hf_shape(entry, shape)} from the config"
         )
-    return to_ours(entry, tensor, shape)
-
-
-def iter_hf_slices(
-    path: str, cfg: ModelConfig, dtype=None
-) -> Iterator[tuple[Entry, tuple[int, ...], tuple[int, ...], np.ndarray]]:
-    """(entry, stacked shape, index into the stacked array, one tensor in our layout) for every Hugging Face
-    tensor, in name_map order: memory stays near one tensor, whatever the size of the stacked parameter.
-
-    Unexpected tensor names are reported before anything is read; missing or mis-shaped ones when reached.
-    """
-    source = SafetensorsDir(path)
-    check_hf_names(source, cfg)
-    shapes = param_shapes(cfg)
-    for entry in name_map(cfg):
-        shape = shapes[entry.path]
-        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
-        for index, name in hf_names(entry, cfg):
-            # a contiguous copy (the writer may keep it); the transposed view and its original go with it
-            value = np.ascontiguousarray(read_ours(source, entry, name, shape), dtype=dtype)
-            yield entry, stack + shape, index, value
-            del value
+    if entry.in_ndim is None:
+        return tensor[index]
+    if entry.in_ndim == 0:  # a bias: flat in torch
+        block = tensor[_span(index, shape)].reshape(_spanned(index, shape))
+        return block[(slice(None),) + index[1:]]
+    k = entry.in_ndim  # torch [out, in] -> ours [in..., out...]
+    block = tensor[_span(index[k:], shape[k:]), _span(index[:k], shape[:k])].T
+    block = block.reshape(_spanned(index[:k], shape[:k]) + _spanned(index[k:], shape[k:]))
+    return block[(slice(None),) + index[1:k] + (slice(None),) + index[k + 1 :]]

@@ -72,6 +72,7 @@ class GritLM:
         self.mesh = placement.resolve_mesh(mesh)  # weights sharded as training shards them (placement.py)
         if self.mesh is not None:
             self.state = placement.shard_state(self.state, self.mesh)
+            (self.projection,) = placement.replicate(self.mesh, projection)
         self.sep = " "
 
     # ---- loading
@@ -93,8 +94,11 @@ class GritLM:
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
         grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh` (in
         kwargs): a jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights
-        over and split encode batches across (grit_jax.placement)."""
-        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer)
+        over and split encode batches across (grit_jax.placement); each weight is read straight into its
+        shards (grit_jax.weights). A mesh may span every host of a multi-host run: each host then makes
+        the same calls and gets the same results."""
+        kwargs["mesh"] = placement.resolve_mesh(kwargs.get("mesh"))
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, kwargs["mesh"])
 
         def pick(given, key):
             return settings[key] if given is None else given
@@ -157,12 +161,14 @@ class GritLM:
         hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
         if self.projection is not None:
             hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
-        lengths = jnp.full((valid.shape[0],), skip, jnp.int32)
-        emb = pool(hidden, jnp.asarray(valid), lengths, self.pooling_method, self.normalized)
+        lengths = np.full((valid.shape[0],), skip, np.int32)
+        emb = pool(
+            hidden, *placement.replicate(self.mesh, valid, lengths), self.pooling_method, self.normalized
+        )
         cache = (
             Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)]) if with_cache else None
         )
-        return np.asarray(emb[: len(rows)]), cache
+        return placement.to_host(emb)[: len(rows)], cache
 
     def instruction_length(
         self, instruction: str, embed_instruction=False, max_length=None, add_special_tokens=True
@@ -301,11 +307,14 @@ class GritLM:
             start = np.broadcast_to(cache.lengths, (batch,))
         prompt_len = bucket(lengths.max())
         buffer = KVCache.empty(cfg, batch, bucket(prefix + prompt_len + max_new_tokens, 64))
+        (buffer,) = placement.replicate(self.mesh, buffer)
         valid = np.zeros((batch, buffer.k.shape[2]), bool)
         if cache is not None:
             k = jnp.broadcast_to(cache.k, cache.k.shape[:1] + (batch,) + cache.k.shape[2:])
             v = jnp.broadcast_to(cache.v, k.shape)
-            buffer = KVCache(*_place(buffer.k, buffer.v, k, v), jnp.asarray(prefix, jnp.int32))
+            buffer = KVCache(
+                *_place(buffer.k, buffer.v, k, v), *placement.replicate(self.mesh, jnp.int32(prefix))
+            )
             valid[:, :prefix] = cache.valid
         tokens = np.full((batch, prompt_len), self.tokenizer.pad_id, np.int32)
         for i, r in enumerate(rows):
@@ -313,15 +322,7 @@ class GritLM:
             valid[i, prefix : prefix + len(r)] = True
         positions = start[:, None] + np.arange(prompt_len)[None]
         slots = prefix + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
-        logits, buffer = _decode_pass(
-            self.graphdef,
-            self.state,
-            jnp.asarray(tokens),
-            self._gen_mask(slots, valid),
-            jnp.asarray(positions),
-            buffer,
-            jnp.asarray(lengths - 1),
-        )
+        logits, buffer = self._pass(tokens, self._gen_mask(slots, valid), positions, buffer, lengths - 1)
         return self._decode_loop(
             logits, buffer, valid, prefix + prompt_len, start + lengths, max_new_tokens, eos, rng, sampling
         )
@@ -336,7 +337,7 @@ class GritLM:
         batch = valid.shape[0]
         generated, done = [[] for _ in range(batch)], np.zeros(batch, bool)
         for step in range(max_new_tokens):
-            new = sample(np.asarray(logits), rng, **sampling)
+            new = sample(placement.to_host(logits), rng, **sampling)
             for i in np.flatnonzero(~done):
                 generated[i].append(int(new[i]))
             done |= new == eos
@@ -345,16 +346,15 @@ class GritLM:
             slot = first_slot + step
             valid[:, slot] = True
             mask = self._gen_mask(np.full((batch, 1), slot), valid)
-            logits, buffer = _decode_pass(
-                self.graphdef,
-                self.state,
-                jnp.asarray(new[:, None], jnp.int32),
-                mask,
-                jnp.asarray(next_position[:, None] + step),
-                buffer,
-                jnp.zeros(batch, jnp.int32),
-            )
+            logits, buffer = self._pass(new[:, None], mask, next_position[:, None] + step, buffer, 0 * new)
         return generated
+
+    def _pass(self, tokens, mask, positions, buffer, last):
+        """One decoding pass; on a mesh its inputs are replicated (every host passes the same ones)."""
+        ints = [np.asarray(x, np.int32) for x in (tokens, positions, last)]
+        tokens, positions, last, mask, buffer = placement.replicate(self.mesh, *ints, mask, buffer)
+        args = (jnp.asarray(tokens), mask, jnp.asarray(positions), buffer, jnp.asarray(last))
+        return _decode_pass(self.graphdef, self.state, *args)
 
     def _gen_mask(self, q_slots, valid):
         """Causal over the valid buffer slots: [B,T,S]. Slots are ordered by their token's index in the row

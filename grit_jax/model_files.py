@@ -9,15 +9,15 @@ import json
 import os
 import shutil
 
-from flax import nnx
+from jax.sharding import Mesh
 
-from grit_jax import hf
-from grit_jax.checkpoint import CheckpointSource, iter_checkpoint_params, resolve_checkpoint
-from grit_jax.choices import DTYPES
+from grit_jax.checkpoint import CheckpointSource, resolve_checkpoint
 from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
 from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer
+from grit_jax.model import ModelConfig
+from grit_jax.param_source import CheckpointParams, HFParams
+from grit_jax.weights import load_model, stored_param_dtype
 
 GRIT_CONFIG = "grit_config.json"
 TOKENIZER_FILES = (
@@ -112,10 +112,14 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
     return out
 
 
-def load_pretrained(path: str, dtype: str = "float32", step: int | None = None, tokenizer=None):
+def load_pretrained(
+    path: str, dtype: str = "float32", step: int | None = None, tokenizer=None, mesh: Mesh | None = None
+):
     """(Transformer with the weights, Tokenizer, GRIT settings) of a Hugging Face directory (config.json +
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
-    compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model)."""
+    compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
+    Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
+    straight into its shards on that mesh (grit_jax.weights), else onto this host's first device."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise CheckpointError(
@@ -125,22 +129,18 @@ def load_pretrained(path: str, dtype: str = "float32", step: int | None = None, 
     if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
         os.path.join(path, "checkpoints")
     ):
-        cfg = ModelConfig.from_hf_json(path, dtype=dtype)
-        params, search = hf.read_hf_params(path, cfg), [path]
+        source, search = HFParams(path, ModelConfig.from_hf_json(path, dtype=dtype)), [path]
         settings = grit_settings(None)
         if os.path.isfile(os.path.join(path, GRIT_CONFIG)):
             with open(os.path.join(path, GRIT_CONFIG), encoding="utf-8") as f:
                 settings.update(json.load(f))
     else:
-        source = resolve_checkpoint(path, step)
-        source.config = cfg = source.config.replace(dtype=dtype)
-        params, search = dict(iter_checkpoint_params(source)), source.search_dirs
-        settings, hint = grit_settings(source), source.tokenizer_file
+        checkpoint = resolve_checkpoint(path, step)
+        checkpoint.config = checkpoint.config.replace(dtype=dtype)
+        source, search = CheckpointParams(checkpoint), checkpoint.search_dirs
+        settings, hint = grit_settings(checkpoint), checkpoint.tokenizer_file
     tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
     if isinstance(tokenizer, str):
         tokenizer = Tokenizer(find_tokenizer([], tokenizer))
-    stored = str(next(iter(params.values())).dtype)
-    param_dtype = stored if stored in DTYPES else "float32"
-    model = nnx.eval_shape(lambda: Transformer(cfg.replace(param_dtype=param_dtype), rngs=nnx.Rngs(0)))
-    hf.load_flat_params(model, params)
-    return model, tokenizer, settings
+    source.config = source.config.replace(param_dtype=stored_param_dtype(source))
+    return load_model(source, mesh), tokenizer, settings

@@ -3,6 +3,8 @@ encode batches split over the batch axes (data, fsdp, expert) of every device.
 
 `mesh` is a jax.sharding.Mesh or a dict of axis sizes like a training config's `mesh` group
 (`{"data": -1}`, `{"fsdp": 4, "tensor": 2}`; missing axes are 1). None keeps everything on one device.
+A mesh may span several hosts: every host then makes the same calls with the same inputs, places the
+shards its devices hold, and gets the whole result back (`to_host`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grit_jax import sharding
@@ -50,8 +53,10 @@ def local_mesh(text: str | None) -> Mesh | None:
 
 
 def shard_state(state, mesh: Mesh):
-    """The model's nnx.State placed on the mesh, each weight split as training splits it."""
-    return jax.device_put(state, sharding.named_shardings(sharding.param_specs(state, mesh), mesh))
+    """The model's nnx.State placed on the mesh, each weight split as training splits it (weights loaded
+    into those shards already, grit_jax.weights, stay where they are)."""
+    target = sharding.named_shardings(sharding.param_specs(state, mesh), mesh)
+    return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s), state, target)
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -69,9 +74,36 @@ def round_batch(n: int, mesh: Mesh | None, bucket) -> int:
     return -(-size // multiple) * multiple
 
 
-def place_batch(mesh: Mesh | None, *arrays: np.ndarray):
+def _on_mesh(x, mesh: Mesh, where: NamedSharding):
+    """x (the same value on every host) as a global array placed by `where`; an array already on the
+    mesh's devices stays as it is (a cache from the last step, the weights)."""
+    if isinstance(x, jax.Array) and x.sharding.device_set == set(mesh.devices.flat):
+        return x
+    if jax.process_count() == 1:
+        return jax.device_put(x, where)
+    host = np.asarray(x)  # each host places the shards its own devices hold
+    return jax.make_array_from_callback(host.shape, where, lambda index: host[index])
+
+
+def place_batch(mesh: Mesh | None, *arrays):
     """Each array split along its first dimension over the mesh's batch axes (as is without a mesh)."""
     if mesh is None:
         return arrays
     where = NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
-    return tuple(jax.device_put(a, where) for a in arrays)
+    return tuple(_on_mesh(a, mesh, where) for a in arrays)
+
+
+def replicate(mesh: Mesh | None, *trees):
+    """Every array of each tree whole on every device of the mesh (as is without a mesh): the small
+    inputs of a pass (prompt tokens, masks, positions) that every host passes alike."""
+    if mesh is None:
+        return trees
+    where = NamedSharding(mesh, PartitionSpec())
+    return tuple(jax.tree.map(lambda x: _on_mesh(x, mesh, where), t) for t in trees)
+
+
+def to_host(x) -> np.ndarray:
+    """The whole value of x on this host, gathered from every host when it spans several."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)

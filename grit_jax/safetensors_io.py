@@ -16,6 +16,9 @@ from safetensors import safe_open
 
 from grit_jax.errors import CheckpointError, UsageError
 
+# safetensors' dtype names of the floating types a model may be stored in
+SAFETENSORS_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64}
+
 
 def numpy_dtype(name: str | None):
     """The numpy dtype of a dtype name (bfloat16 from ml_dtypes); None stays None."""
@@ -68,16 +71,40 @@ class SafetensorsDir:
         """Closes (unmaps) the open files; later reads reopen them."""
         self._open.clear()
 
-    def get(self, name: str) -> np.ndarray:
+    def _file(self, name: str):
         file = self.files.get(name)
         if file is None:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         if file not in self._open:
             self._open[file] = _open(file)
+        return file, self._open[file]
+
+    def get(self, name: str) -> np.ndarray:
+        file, handle = self._file(name)
         try:
-            return self._open[file].get_tensor(name)
+            return handle.get_tensor(name)
         except Exception as e:  # header fine, data cut short
             raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e})") from None
+
+    def lazy(self, name: str) -> LazyTensor:
+        """Tensor `name` unread: its shape and dtype, and reads of any box of it (only those bytes)."""
+        file, handle = self._file(name)
+        return LazyTensor(file, name, handle.get_slice(name))
+
+
+class LazyTensor:
+    """One tensor of a safetensors file, read box by box: `tensor[a:b, c:d]` reads only that box."""
+
+    def __init__(self, file: str, name: str, handle):
+        self.file, self.name, self._handle = file, name, handle
+        self.shape = tuple(handle.get_shape())
+        self.dtype = np.dtype(SAFETENSORS_DTYPES.get(handle.get_dtype(), np.float32))
+
+    def __getitem__(self, index) -> np.ndarray:
+        try:
+            return self._handle[index]
+        except Exception as e:  # header fine, data cut short
+            raise CheckpointError(f"{self.file}: tensor {self.name!r} cannot be read ({e})") from None
 
 
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

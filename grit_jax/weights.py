@@ -1,31 +1,35 @@
-"""Starting weights loaded straight into their shards: each host reads what its own devices hold.
+"""Weights loaded straight into their shards: each host reads what its own devices hold.
 
 For every parameter, the shards this host's devices hold are computed from the parameter's sharding
-first; the source is then read once, one Hugging Face tensor (one layer, one expert) or one orbax
-slice at a time, into those shard buffers, cast to the parameter dtype, and each buffer is placed on
-its device. No parameter is ever whole on a host or a device, and no host talks to another, so a pod
-loads 7B or 8x7B weights with each host holding its share plus one tensor.
+first; the source (grit_jax.param_source: a Hugging Face directory or an orbax checkpoint) then reads
+only those boxes, lazy safetensors slices or tensorstore slices, straight into the shard buffers, cast
+to the parameter dtype, and each buffer is placed on its device. No parameter is ever whole on a host or
+a device (unless one device holds it whole), and no host talks to another, so a pod loads 7B or 8x7B
+weights with each host holding its share. One loader serves grit-train's starting weights,
+`GritLM.from_pretrained` (on a mesh, or one device) and `from_hf`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
 
-from grit_jax import hf
-from grit_jax.checkpoint import CheckpointSource, check_leaves, checkpoint_leaves, resolve_checkpoint
-from grit_jax.model import ModelConfig
-from grit_jax.safetensors_io import SafetensorsDir, numpy_dtype
-from grit_jax.tensorstore_io import leaf_opener, release_memory
+from grit_jax import hf, sharding
+from grit_jax.choices import DTYPES
+from grit_jax.errors import CheckpointError
+from grit_jax.model import ModelConfig, Transformer
+from grit_jax.param_source import Box, CheckpointParams, HFParams, open_checkpoint, stacked_shape
+from grit_jax.safetensors_io import numpy_dtype
+from grit_jax.tensorstore_io import release_memory
 
-Shard = tuple[tuple[slice, ...], np.ndarray]  # (index into the stacked parameter, this host's buffer)
 
-
-def _host_shards(shape: tuple[int, ...], sharding, dtype) -> tuple[dict, list[Shard]]:
-    """{device: key} for this host's devices, and one buffer per distinct shard (replicas share one)."""
+def _host_shards(shape: tuple[int, ...], sharding, dtype) -> tuple[dict, dict]:
+    """{device: key} for this host's devices, and one box per distinct shard (replicas share one)."""
     by_key, device_keys = {}, {}
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
@@ -36,30 +40,12 @@ def _host_shards(shape: tuple[int, ...], sharding, dtype) -> tuple[dict, list[Sh
     return device_keys, by_key
 
 
-def place(shape: tuple[int, ...], sharding, dtype, fill: Callable[[list[Shard]], None]) -> jax.Array:
+def place(shape: tuple[int, ...], sharding, dtype, fill: Callable[[list[Box]], None]) -> jax.Array:
     """A global array of ``shape`` with ``sharding`` whose host shards ``fill`` writes."""
     device_keys, by_key = _host_shards(shape, sharding, dtype)
     fill(list(by_key.values()))
     arrays = [jax.device_put(by_key[key][1], device) for device, key in device_keys.items()]
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
-
-
-def _fill_from_hf(source: SafetensorsDir, entry: hf.Entry, cfg: ModelConfig, shards: list[Shard]):
-    """Reads each Hugging Face tensor of ``entry`` once, into every shard that holds part of it."""
-    shape = hf.param_shapes(cfg)[entry.path]
-    for position, name in hf.hf_names(entry, cfg):  # position: (layer, expert) in the stacked array
-        wanted = [
-            (index, buffer)
-            for index, buffer in shards
-            if all(s.start <= p < s.stop for s, p in zip(index, position))
-        ]
-        if not wanted:
-            continue
-        value = hf.read_ours(source, entry, name, shape)
-        for index, buffer in wanted:
-            local = tuple(p - s.start for s, p in zip(index, position))
-            buffer[local] = value[index[len(position) :]]
-        del value
 
 
 def _nested(flat: dict[str, jax.Array]) -> dict:
@@ -77,46 +63,25 @@ def _shardings_by_path(param_shardings: nnx.State) -> dict[str, object]:
     return {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(param_shardings)}
 
 
+def load(source: HFParams | CheckpointParams, param_shardings: nnx.State) -> dict:
+    """The parameters of `source`, nested, as global arrays with `param_shardings` in the source config's
+    param_dtype, each host reading only its shards."""
+    cfg, shardings = source.config, _shardings_by_path(param_shardings)
+    dtype, flat = numpy_dtype(cfg.param_dtype), {}
+    for entry in hf.name_map(cfg):
+        shape = stacked_shape(entry, cfg)
+        flat[entry.path] = place(shape, shardings[entry.path], dtype, _filler(source, entry))
+        release_memory()
+    return _nested(flat)
+
+
+def _filler(source, entry):
+    return lambda boxes: source.fill(entry, boxes)
+
+
 def load_hf(path: str, cfg: ModelConfig, param_shardings: nnx.State) -> dict:
     """The parameters of a Hugging Face directory, nested, as sharded global arrays in cfg.param_dtype."""
-    source = SafetensorsDir(path)
-    hf.check_hf_names(source, cfg)
-    shardings, dtype, shapes = (
-        _shardings_by_path(param_shardings),
-        numpy_dtype(cfg.param_dtype),
-        hf.param_shapes(cfg),
-    )
-    flat = {}
-    for entry in hf.name_map(cfg):
-        stack = (cfg.num_hidden_layers,) * entry.per_layer + (cfg.num_local_experts,) * entry.per_expert
-        flat[entry.path] = place(
-            stack + shapes[entry.path],
-            shardings[entry.path],
-            dtype,
-            lambda shards, entry=entry: _fill_from_hf(source, entry, cfg, shards),
-        )
-        release_memory()
-    return _nested(flat)
-
-
-def load_checkpoint(source: CheckpointSource, param_shardings: nnx.State) -> dict:
-    """The parameters of an orbax checkpoint, nested, each host reading only its shards' slices."""
-    cfg, leaves = source.config, checkpoint_leaves(source)
-    check_leaves(source, leaves)
-    open_leaf, shardings = leaf_opener(source.pytree_dir), _shardings_by_path(param_shardings)
-    dtype, flat = numpy_dtype(cfg.param_dtype), {}
-
-    for entry in hf.name_map(cfg):
-        keys, shape = leaves[entry.path][:2]
-        array = open_leaf(keys)
-
-        def fill(shards, array=array):
-            for index, buffer in shards:
-                buffer[...] = array[index].read().result()  # tensorstore reads only this slice
-
-        flat[entry.path] = place(shape, shardings[entry.path], dtype, fill)
-        release_memory()
-    return _nested(flat)
+    return load(HFParams(path, cfg), param_shardings)
 
 
 def initial_params(config, cfg: ModelConfig, param_shardings: nnx.State) -> dict | None:
@@ -124,9 +89,38 @@ def initial_params(config, cfg: ModelConfig, param_shardings: nnx.State) -> dict
     model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), as sharded
     arrays in cfg.param_dtype, whatever dtype they were stored in."""
     if config.model.init_checkpoint:
-        source = resolve_checkpoint(config.model.init_checkpoint)
-        source.config = cfg
-        return load_checkpoint(source, param_shardings)
+        return load(open_checkpoint(config.model.init_checkpoint, cfg=cfg), param_shardings)
     if config.model.hf_dir:
         return load_hf(config.model.hf_dir, cfg, param_shardings)
     return None
+
+
+def stored_param_dtype(source: HFParams | CheckpointParams) -> str:
+    """The dtype the first parameter is stored in, if a model may hold it (else float32)."""
+    stored = str(source.stored_dtype(hf.name_map(source.config)[0]))
+    return stored if stored in DTYPES else "float32"
+
+
+def load_model(source: HFParams | CheckpointParams, mesh: Mesh | None = None) -> Transformer:
+    """A Transformer holding the weights of `source` in its config's param_dtype: sharded over `mesh` by
+    the training rules (grit_jax.sharding), or on this host's first device without one."""
+    cfg = source.config
+    with nnx.use_eager_sharding(False):
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    if mesh is None:
+        shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.local_devices()[0]), abstract)
+    else:
+        shardings = sharding.named_shardings(sharding.param_specs(abstract, mesh), mesh)
+    nnx.replace_by_pure_dict(abstract, load(source, shardings))
+    return nnx.merge(graphdef, abstract)
+
+
+def from_hf(path: str, dtype: str | None = None, **config_changes) -> Transformer:
+    """A grit_jax Transformer holding the weights of a Hugging Face directory (grit_jax.choices.MODEL_TYPES)
+    on this host's first device. `dtype` is the parameter dtype (float32 default); config_changes override
+    ModelConfig fields (e.g. compute dtype, remat_policy)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    if dtype is not None:
+        config_changes["param_dtype"] = dtype
+    return load_model(HFParams(path, ModelConfig.from_hf_json(path, **config_changes)))

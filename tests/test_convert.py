@@ -14,11 +14,12 @@ import torch
 from flax import nnx
 
 from grit_jax import GritLM, convert, sharding
-from grit_jax.checkpoint import Checkpoints, load_params_from_checkpoint, model_config
+from grit_jax.checkpoint import Checkpoints, model_config
 from grit_jax.config import base_config
 from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
 from grit_jax.model_files import GRIT_CONFIG
+from grit_jax.param_source import load_params_from_checkpoint
 from grit_jax.safetensors_io import SafetensorsDir
 from grit_jax.state import TrainSetup, abstract_model
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
@@ -77,8 +78,8 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
     import orbax.checkpoint as ocp
 
-    from grit_jax.hf import read_hf_params
     from grit_jax.model import ModelConfig
+    from grit_jax.param_source import read_hf_params
 
     restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "params"))
     by_orbax = {

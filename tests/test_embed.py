@@ -139,6 +139,7 @@ def test_two_hosts_each_embed_their_share(setup, tmp_path):
     env.update(PYTHON=sys.executable, DEVICES_PER_HOST="2", GRIT_LOCAL_MODULE="grit_jax.embed")
     env["LOG_DIR"] = str(tmp_path / "logs")  # not ./logs in the repository
     args = ["--model", path, "--input", corpus, "--out", str(out), "--window", "8", "--batch_size", "4"]
+    args += ["--mesh", "data=2"]  # each host's model sharded over its own two devices, read into them
     result = subprocess.run(
         ["bash", "launch/local.sh", "2", *args],
         cwd=ROOT,

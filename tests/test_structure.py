@@ -79,7 +79,7 @@ def _cycle() -> list[str] | None:
 
 
 def test_the_checker_sees_imports_inside_functions_and_relative_ones():
-    assert "grit_jax.hf" in GRAPH["grit_jax"]  # `from grit_jax.hf import ...` inside from_hf()
+    assert "grit_jax.weights" in GRAPH["grit_jax"]  # `from grit_jax.weights import ...` inside from_hf()
     assert "grit_jax.model.config" in GRAPH["grit_jax.model"]  # relative to the package
     assert "grit_jax.state" in GRAPH["grit_jax.step"]
 

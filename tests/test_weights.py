@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-from grit_jax import convert, hf, sharding, weights
-from grit_jax.checkpoint import model_config, resolve_checkpoint
+from grit_jax import convert, hf, model_files, param_source, safetensors_io, sharding, weights
+from grit_jax.checkpoint import model_config
 from grit_jax.config import base_config
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
@@ -64,7 +65,7 @@ def _flat(params, prefix=""):
 
 def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkeypatch):
     setup, hf_dir, _ = setup_and_dirs
-    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    whole = param_source.read_hf_params(hf_dir, setup.model_config)
     assert str(whole["norm.scale"].dtype) == "bfloat16"  # what is stored
     placed = _record_placed(monkeypatch)
     params = weights.initial_params(setup.config, setup.model_config, setup.shardings.params)
@@ -76,11 +77,10 @@ def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkey
 
 def test_orbax_weights_load_into_shards(setup_and_dirs, monkeypatch):
     setup, hf_dir, orbax_dir = setup_and_dirs
-    whole = hf.read_hf_params(hf_dir, setup.model_config)
+    whole = param_source.read_hf_params(hf_dir, setup.model_config)
     placed = _record_placed(monkeypatch)
-    source = resolve_checkpoint(orbax_dir)
-    source.config = setup.model_config
-    _check(weights.load_checkpoint(source, setup.shardings.params), setup, whole, placed)
+    source = param_source.open_checkpoint(orbax_dir, cfg=setup.model_config)
+    _check(weights.load(source, setup.shardings.params), setup, whole, placed)
 
 
 def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
@@ -90,3 +90,66 @@ def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
     with pytest.raises(CheckpointError, match=r"norm.scale: \(64,\) bfloat16 \(want \(64,\) float32\)"):
         setup.create_state(bf16)
     assert model_config(setup.config).param_dtype == "float32"
+
+
+def _record_reads(monkeypatch):
+    """(tensor name, tensor size, size read) of every lazy safetensors read."""
+    reads, original = [], safetensors_io.LazyTensor.__getitem__
+
+    def getitem(self, index):
+        value = original(self, index)
+        reads.append((self.name, int(np.prod(self.shape)), value.size))
+        return value
+
+    monkeypatch.setattr(safetensors_io.LazyTensor, "__getitem__", getitem)
+    return reads
+
+
+@pytest.mark.parametrize("kind", ["hf", "orbax"])
+def test_pretrained_model_on_a_mesh_is_read_straight_into_its_shards(setup_and_dirs, monkeypatch, kind):
+    """load_pretrained (GritLM.from_pretrained) on a mesh: the stored dtype kept, values equal a whole read,
+    no split weight placed whole, and no Hugging Face tensor of a weight split within it read whole."""
+    setup, hf_dir, orbax_dir = setup_and_dirs
+    whole = param_source.read_hf_params(hf_dir, setup.model_config)
+    placed, reads = _record_placed(monkeypatch), _record_reads(monkeypatch)
+    model, _, _ = model_files.load_pretrained(hf_dir if kind == "hf" else orbax_dir, mesh=setup.mesh)
+    flat = _flat(nnx.state(model, nnx.Param).to_pure_dict())
+    assert set(flat) == set(whole)
+    cfg, specs = model.config, weights._shardings_by_path(setup.shardings.params)
+    tensors_of = {name: e.path for e in hf.name_map(cfg) for _, name in hf.hf_names(e, cfg)}
+    split_within = set()  # weights split within one Hugging Face tensor, not only across layers
+    for path, array in flat.items():
+        assert array.dtype == whole[path].dtype == np.dtype("bfloat16"), path
+        np.testing.assert_array_equal(np.asarray(array), whole[path], err_msg=path)
+        assert array.sharding.spec == specs[path].spec, path  # the training rules
+        shard, k = array.sharding.shard_shape(array.shape), len(hf.param_shapes(cfg)[path])
+        if shard != array.shape:
+            assert array.shape not in placed, path
+        if shard[-k:] != array.shape[-k:]:
+            split_within.add(path)
+    assert split_within and bool(reads) == (kind == "hf")
+    for name, size, read in reads:
+        assert tensors_of[name] not in split_within or read < size, (name, read, size)
+
+
+def test_any_box_of_a_hugging_face_tensor_reads_as_the_whole_one_sliced(setup_and_dirs, tmp_path):
+    """hf.read_block on random boxes (cut in any dimension, not only the first) of every kind of tensor:
+    copied as is, biases (Qwen2's q/k/v, [N*H] in torch), kernels with one or two input axes."""
+    _, mixtral, _ = setup_and_dirs
+    make_tokenizer(str(tmp_path / "tokenizer.model"))
+    _, qwen2 = make_hf_dir(tmp_path / "qwen2", str(tmp_path / "tokenizer.model"), "qwen2")
+    rng, kinds = np.random.default_rng(0), set()
+    for hf_dir in (mixtral, qwen2):
+        cfg, files = ModelConfig.from_hf_json(hf_dir), safetensors_io.SafetensorsDir(hf_dir)
+        whole = param_source.read_hf_params(hf_dir, cfg)
+        for entry in hf.name_map(cfg):
+            shape = hf.param_shapes(cfg)[entry.path]
+            position, name = next(hf.hf_names(entry, cfg))
+            for _ in range(3):
+                starts = [int(rng.integers(0, n)) for n in shape]
+                index = tuple(slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(starts, shape))
+                got = hf.read_block(files.lazy(name), entry, shape, index)
+                want = whole[entry.path][position][index]
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} {index}")
+            kinds.add(entry.in_ndim)
+    assert kinds == {None, 0, 1, 2}
