@@ -2,6 +2,7 @@
 mask, values and gradients, alone and inside the train step on a 2x4 mesh; what `auto` picks; the cuDNN
 call (cuDNN itself needs a GPU: its arguments are checked through XLA's implementation of the same API)."""
 
+import importlib.util
 import logging
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grit_jax import sharding, step
+from grit_jax import aot, hardware, sharding, step
 from grit_jax.config import base_config
 from grit_jax.data.synthetic import synthetic_batch
 from grit_jax.errors import UsageError
@@ -177,3 +178,15 @@ def test_splash_equals_dense_in_the_train_step(mesh, window, monkeypatch):
         np.testing.assert_allclose(metrics[name], want_metrics[name], rtol=1e-5, err_msg=name)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("libtpu"), reason="the aot extra (libtpu)")
+def test_auto_lowers_to_splash_for_a_tpu_slice():
+    """grit-aot's path: on a CPU host, the platform of the mesh's devices (a TPU topology) picks splash.
+    Lowered only (no compile): each pass's forward and backward are Mosaic kernels, no dense scores."""
+    devices = aot.topology_devices(hardware.parse_accelerator("v5e-8"))
+    c = step_config("auto")
+    setup = TrainSetup(c, sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, expert=1), devices=devices))
+    text = step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).as_text()
+    assert text.count("tpu_custom_call") >= 6  # forward + gradients of the embedding and generative passes
+    assert "x2x2x128x128xf32" not in text  # no fp32 [B,K,G,T,S] scores (the dense path has them)
