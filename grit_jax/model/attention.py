@@ -112,6 +112,8 @@ def attend(spec: AttentionSpec, q, k, v):
     platform = mesh_platform()
     kernel = choose_kernel(spec, q.shape, q.dtype, platform)
     if kernel == "splash":
+        if platform != "tpu":
+            log_once(f"attention: splash runs in Pallas's interpreter on {platform} (slow: for tests)")
         return splash_attention(spec, q, k, v, interpret=platform != "tpu")
     if kernel == "cudnn":
         return cudnn_attention(spec, q, k, v)
@@ -123,7 +125,8 @@ def attend(spec: AttentionSpec, q, k, v):
 
 def cudnn_attention(spec: AttentionSpec, q, k, v, implementation="cudnn"):
     """cuDNN flash attention with per-row lengths (right padding); windows only causal."""
-    lengths = jnp.sum(spec.valid, axis=1, dtype=jnp.int32)
+    # at least 1: a row of padding only (evaluation fills its last batch with them) stays finite
+    lengths = jnp.maximum(jnp.sum(spec.valid, axis=1, dtype=jnp.int32), 1)
     causal = spec.kind == "causal"
     return jax.nn.dot_product_attention(
         q,
