@@ -44,7 +44,9 @@ def loss_on_real_tokens(fn, spec):
     return lambda *qkv: jnp.sum(jnp.where(spec.valid[:, :, None, None], fn(spec, *qkv) * weights, 0.0))
 
 
-@pytest.mark.parametrize("kind, window", [("bidirectional", None), ("causal", None), ("causal", 48)])
+@pytest.mark.parametrize(
+    "kind, window", [("bidirectional", None), ("causal", None), ("causal", 48), ("bidirectional", 48)]
+)
 def test_splash_equals_dense_values_and_gradients(kind, window):
     qkv, spec = qkv_and_spec(kind, window)
     splash = lambda spec, q, k, v: attn.splash_attention(spec, q, k, v, interpret=True)  # noqa: E731
