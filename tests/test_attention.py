@@ -192,3 +192,11 @@ def test_auto_lowers_to_splash_for_a_tpu_slice():
     text = step.make_train_step(setup).lower(setup.abstract_state(), step.abstract_batch(setup)).as_text()
     assert text.count("tpu_custom_call") >= 6  # forward + gradients of the embedding and generative passes
     assert "x2x2x128x128xf32" not in text  # no fp32 [B,K,G,T,S] scores (the dense path has them)
+
+
+def test_a_cached_kernel_serves_later_traces():
+    """splash kernels are cached per shape: their mask tables must be constants, not one trace's tracers."""
+    (q, k, v), spec = qkv_and_spec("causal", None)
+    total = lambda q, k, v: attn.splash_attention(spec, q, k, v, interpret=True).sum()  # noqa: E731
+    first = jax.jit(total)(q, k, v)
+    np.testing.assert_allclose(jax.jit(lambda *qkv: 2 * total(*qkv))(q, k, v), 2 * first, rtol=1e-6)

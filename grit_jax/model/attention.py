@@ -165,7 +165,11 @@ def splash_kernel(kind: str, length: int, window: int | None, heads: int, interp
         block_kv_dq=block,
     )
     mask = sa.MultiHeadMask([base] * heads)
-    kernel = sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # concrete mask tables, never one trace's tracers: the kernel is cached across traces
+    with jax.ensure_compile_time_eval():
+        kernel = sa.make_splash_mha(
+            mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
     return kernel, sa.SegmentIds
 
 
