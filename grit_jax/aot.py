@@ -235,6 +235,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     obj = config.objective
     settings = dict(
         remat_policy=config.model.remat_policy,
+        attention_impl=config.model.attention_impl,
         embedding_chunk_size=obj.embedding_chunk_size,
         generative_accumulation_steps=obj.generative_accumulation_steps,
         mode=obj.mode,

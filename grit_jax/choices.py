@@ -16,6 +16,8 @@ REMAT_POLICIES = {
     "dots": "checkpoint_dots",
     "dots_no_batch": "dots_with_no_batch_dims_saveable",
 }
+# model.attention_impl: "auto" picks by platform (splash on TPU, cudnn on GPU, dense elsewhere).
+ATTENTION_IMPLS = ("auto", "dense", "splash", "cudnn")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 # Mesh axes that split the batch; their product is the data-parallel size W.
 BATCH_AXES = ("data", "fsdp", "expert")

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
         "param_dtype": "float32",
         "scan_layers": True,
         "remat_policy": "none",  # grit_jax.choices.REMAT_POLICIES
+        # training's attention kernel (ATTENTION_IMPLS): auto = splash on TPU, cudnn on GPU, dense on CPU
+        "attention_impl": "auto",
     },
     "data": {
         "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)

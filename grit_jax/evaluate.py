@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from grit_jax import masks, sharding
 from grit_jax import objective as objective_lib
+from grit_jax import sharding
 from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
 
@@ -50,9 +50,7 @@ class Evaluator:
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                out = model(
-                    tokens, masks.make_attn_mask(mask, "causal", sliding_window=model.config.sliding_window)
-                )
+                out = model(tokens, objective_lib.training_attention(model, mask, "causal"))
                 total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
                 return total, count
 

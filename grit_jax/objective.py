@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from grit_jax import masks, sharding
+from grit_jax import sharding
 from grit_jax.choices import ATTENTIONS
 from grit_jax.model import load_balancing_loss
+from grit_jax.model.attention import attention_spec
 
 # ----------------------------------------------------------------------------- pooling
 
@@ -144,10 +145,16 @@ def map_chunks(fn, inputs, chunk_size):
     return jax.tree.map(_unchunked, out)
 
 
+def training_attention(model, mask, kind):
+    """The attention of a right-padded training batch (mask [B,T]) as a spec: a kernel runs it where
+    model.config.attention_impl and the platform allow (grit_jax.model.attention), else the dense mask."""
+    cfg = model.config
+    return attention_spec(mask, kind, cfg.sliding_window, cfg.attention_impl)
+
+
 def encode(model, projection, tokens, mask, instruction_len, objective):
     """Embeddings [N,D or P] of one set of sequences with the embedding pass's attention."""
-    attn = masks.make_attn_mask(mask, ATTENTIONS[objective.attn], sliding_window=model.config.sliding_window)
-    hidden = model(tokens, attn).hidden
+    hidden = model(tokens, training_attention(model, mask, ATTENTIONS[objective.attn])).hidden
     return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
 
 
@@ -185,7 +192,7 @@ def generative_loss(graphdef, params, batch, objective):
     def micro(rows):
         tok, m, lm = rows
         model = nnx.merge(graphdef, params)
-        out = model(tok, masks.make_attn_mask(m, "causal", sliding_window=model.config.sliding_window))
+        out = model(tok, training_attention(model, m, "causal"))
         total, _ = token_cross_entropy(model.logits(out.hidden), tok, lm)
         aux = jnp.zeros((), jnp.float32)
         if out.router_logits is not None:

@@ -23,6 +23,7 @@ from grit_jax.choices import BATCH_AXES
 from grit_jax.config import batch_shapes, validate_config
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
+from grit_jax.model.attention import check_platform
 from grit_jax.optimizer import make_optimizer
 
 
@@ -80,6 +81,7 @@ class TrainSetup:
         validate_config(config, mesh.shape)
         self.config, self.mesh = config, mesh
         self.model_config = model_cfg or model_config(config)
+        check_platform(self.model_config.attention_impl, mesh.devices.flat[0].platform)
         self.graphdef, abstract_params = abstract_model(self.model_config)
         self.tx, self.schedule = make_optimizer(config)
         replicated = NamedSharding(mesh, PartitionSpec())

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grit_jax.model.attention import AttentionSpec, attend
 from grit_jax.model.rope import apply_rotary
 
 NEG_INF = jnp.finfo(jnp.float32).min
@@ -62,7 +63,8 @@ class Attention(nnx.Module):
         self.num_kv_heads, self.head_dim = k, h
 
     def __call__(self, x, mask, cos, sin, cache=None):
-        """x [B,T,D], mask [B,T,S]; cache (k, v [B,S,K,H], index) or None. Returns y [B,T,D], (k, v)."""
+        """x [B,T,D], mask [B,T,S] or an AttentionSpec (no cache); cache (k, v [B,S,K,H], index) or None.
+        Returns y [B,T,D], (k, v)."""
         dtype = x.dtype
         q, k = self.q_proj("btd,dnh->btnh", x), self.k_proj("btd,dkh->btkh", x)
         if hasattr(self, "q_norm"):
@@ -74,6 +76,11 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
         b, t, n, h = q.shape
+        if isinstance(mask, AttentionSpec):  # training: a kernel where one can run it, else dense
+            out = attend(mask, q, k.astype(dtype), v.astype(dtype))
+            if out is not None:
+                return self.o_proj("btnh,nhd->btd", out), (k, v)
+            mask = mask.dense_mask()
         q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)  # B,T,K,G,H
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(dtype)).astype(jnp.float32) / jnp.sqrt(h)
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)

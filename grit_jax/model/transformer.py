@@ -1,7 +1,8 @@
 """The decoder: embed -> stacked layers (scanned or looped, rematerialised) -> final norm -> hidden states.
 
 Legend: B batch, T length, S key length, L layers, D model dim, V vocab, E experts, K kv heads, H head dim.
-The attention mask is an input (grit_jax.masks); the model has no notion of causal or bidirectional.
+The attention is an input (a grit_jax.masks mask or a model.attention spec); the model has no notion of
+causal or bidirectional.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
+from grit_jax.model.attention import AttentionSpec
 from grit_jax.model.config import ModelConfig
 from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm
 from grit_jax.model.moe import SparseMoE
@@ -85,7 +87,10 @@ class Transformer(nnx.Module):
             self.lm_head = Linear(rngs, (d, v), ("embed", "vocab"), cfg.param_dtype)
 
     def __call__(self, tokens, mask, positions=None, cache: KVCache | None = None) -> ModelOutput:
-        """tokens [B,T] int; mask [B,T,S] bool; positions [B,T] (default: arange(T) after the cache)."""
+        """tokens [B,T] int; mask [B,T,S] bool, or an AttentionSpec (training, no cache); positions [B,T]
+        (default: arange(T) after the cache)."""
+        if cache is not None and isinstance(mask, AttentionSpec):
+            raise ValueError("an AttentionSpec describes attention without a cache; pass a [B,T,S] mask")
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         if positions is None:
