@@ -180,13 +180,16 @@ def measure(mode: str, reps: int, steps: int, overrides: list[str]) -> dict:
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "positions": positions,
+        "cores": len(os.sched_getaffinity(0)),
+        "load": os.getloadavg()[0],  # the 1-minute load average at the end: how shared the machine was
     }
 
 
 def write(result: dict, machine: str):
     row = (
         f"| {result['mode']} | {result['overrides']} | {machine} | {result['jax_s']:.3f} | "
-        f"{result['torch_s']:.3f} | {result['ratio']:.2f} ({min(result['ratios']):.2f}-"
+        f"{result['torch_s']:.3f} | {result['cores']} | {result['load']:.0f} | "
+        f"{result['ratio']:.2f} ({min(result['ratios']):.2f}-"
         f"{max(result['ratios']):.2f}) | {result['positions'] / result['jax_s']:,.0f} | "
         f"{datetime.date.today().isoformat()} |\n"
     )
@@ -197,9 +200,11 @@ def write(result: dict, machine: str):
             "--write`: issue 13's random Mistral (hidden 256, 4 layers, 4 heads / 1 kv head, MLP 1024, vocab "
             "8000) on 8 queries x 32 + 16 passages x 128 + 8 generative x 128 tokens, fp32, AdamW; grit_jax "
             "and the PyTorch reference step alternate in one run. speed = torch s/step / grit_jax s/step "
-            "(median over repetitions, range in brackets); >= 1 means grit_jax is at least as fast.\n\n"
-            "| mode | grit_jax settings | machine | grit_jax s/step | torch s/step | speed vs torch | "
-            "grit_jax positions/s | date |\n|---|---|---|---|---|---|---|---|\n"
+            "(median over repetitions, range in brackets); >= 1 means grit_jax is at least as fast. "
+            "cores: the cores the process may use (`taskset -c 1` for one); load: the machine's "
+            "1-minute load average at the end (other users' work).\n\n"
+            "| mode | grit_jax settings | machine | grit_jax s/step | torch s/step | cores | load | "
+            "speed vs torch | grit_jax positions/s | date |\n|---|---|---|---|---|---|---|---|---|---|\n"
         )
     start = text.index(HEADING)
     following = text.find("\n## ", start + len(HEADING))
@@ -219,7 +224,7 @@ def main():
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--machine", default="2-core CPU")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)
     result = measure(args.mode, args.reps, args.steps, args.set)
     for key, value in result.items():
         print(f"{key}: {value}")
