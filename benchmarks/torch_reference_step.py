@@ -173,7 +173,6 @@ def measure(mode: str, reps: int, steps: int, overrides: list[str]) -> dict:
     positions = sum(int(np.prod(v.shape)) for k, v in host_batch.items() if k.endswith("_tokens"))
     return {
         "mode": mode,
-        "overrides": " ".join(overrides) or "-",
         "loss": (jax_loss, ref_loss),
         "jax_s": statistics.median(jax_s),
         "torch_s": statistics.median(torch_s),
@@ -223,9 +222,11 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="grit_jax config: group.field=value")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--machine", default="2-core CPU")
+    parser.add_argument("--label", default="", help="the grit_jax code measured (RESULTS.md)")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)
     result = measure(args.mode, args.reps, args.steps, args.set)
+    result["overrides"] = " ".join(x for x in (args.label, *args.set) if x) or "-"
     for key, value in result.items():
         print(f"{key}: {value}")
     if args.write:
