@@ -87,7 +87,7 @@ class Attention(nnx.Module):
 
 def contract(equation: str, x, kernel):
     """``jnp.einsum(equation, x, kernel)``, as one 2-D matmul when the equation contracts x's trailing axes
-    with the kernel's leading ones and keeps the others in order (every projection but the experts').
+    with the kernel's leading ones and keeps the others in order (all but the experts' w1 and w3).
 
     Flattening [B,T,...] into one axis makes the weight gradient of the backward a one-axis contraction;
     contracting B and T as two axes, XLA's CPU backend materialises transposed copies of the [B,T,F]
