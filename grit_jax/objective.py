@@ -86,8 +86,11 @@ def token_cross_entropy(logits, tokens, loss_mask):
 
     Returns (sum of the per-token losses over labelled targets, number of labelled targets).
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets, weight = tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+    # Targets shifted left instead of logits[:, :-1]: slicing [B,T,V] logits copies them (and its gradient
+    # pads them back); the last position gets weight 0 and any valid target.
+    logits = logits.astype(jnp.float32)
+    targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
+    weight = jnp.pad(loss_mask[:, 1:].astype(jnp.float32), ((0, 0), (0, 1)))
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     return jnp.sum(nll * weight), jnp.sum(weight)

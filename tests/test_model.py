@@ -13,6 +13,7 @@ import grit_jax
 from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
 from grit_jax.model import ModelConfig, Transformer, load_balancing_loss
+from grit_jax.model.layers import contract
 from tests.hf_reference import additive_mask, make_torch_model, save
 
 B, T = 3, 12
@@ -134,6 +135,30 @@ def test_scan_equals_loop(preset, remat_policy):
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "equation, x_shape, k_shape",
+    [
+        ("btd,dnh->btnh", (2, 5, 8), (8, 4, 3)),  # q/k/v: flattened to one matmul
+        ("btnh,nhd->btd", (2, 5, 4, 3), (4, 3, 8)),  # o_proj: two contracted axes
+        ("btd,df->btf", (2, 5, 8), (8, 6)),  # MLP, lm_head
+        ("btd,edf->btef", (2, 5, 8), (3, 8, 6)),  # experts: not a matmul form, einsum as is
+        ("btef,efd->btd", (2, 5, 3, 6), (3, 6, 8)),
+    ],
+)
+def test_contract_equals_einsum_values_and_gradients(equation, x_shape, k_shape):
+    rng = np.random.default_rng(0)
+    x, kernel = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=k_shape).astype(np.float32)
+    cot = rng.normal(size=jnp.einsum(equation, x, kernel).shape).astype(np.float32)
+
+    def grads(fn):
+        return jax.grad(lambda a, b: jnp.sum(fn(equation, a, b) * cot), argnums=(0, 1))(x, kernel)
+
+    want = jnp.einsum(equation, x, kernel)
+    np.testing.assert_allclose(contract(equation, x, kernel), want, rtol=1e-5, atol=1e-5)
+    for ours, want in zip(grads(contract), grads(jnp.einsum)):
+        np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
 
 
 def test_mask_kinds():

@@ -7,6 +7,8 @@ grit_jax.sharding; a stacked parameter gets a leading "layers" axis.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -90,6 +92,25 @@ class Attention(nnx.Module):
         return y, (k, v)
 
 
+def contract(equation: str, x, kernel):
+    """``jnp.einsum(equation, x, kernel)``, as one 2-D matmul when the equation contracts x's trailing axes
+    with the kernel's leading ones and keeps the others in order (all but the experts' w1 and w3).
+
+    Flattening [B,T,...] into one axis makes the weight gradient of the backward a one-axis contraction;
+    contracting B and T as two axes, XLA's CPU backend materialises transposed copies of the [B,T,F]
+    activation gradients, each layer, each step (issue 13). The flattening is a free reshape.
+    """
+    inputs, out = equation.split("->")
+    x_axes, k_axes = inputs.split(",")
+    shared = "".join(a for a in x_axes if a in k_axes)
+    m = len(shared)
+    if not m or x_axes[-m:] != shared or k_axes[:m] != shared or out != x_axes[:-m] + k_axes[m:]:
+        return jnp.einsum(equation, x, kernel)
+    inner = math.prod(kernel.shape[:m])
+    y = x.reshape(-1, inner) @ kernel.reshape(inner, -1)
+    return y.reshape(*x.shape[:-m], *kernel.shape[m:])
+
+
 class Linear(nnx.Module):
     """A projection whose kernel keeps its head structure (e.g. [D,N,H]) for sharding; with `bias`, a bias
     over the kernel's output axes (those after the first `in_ndim`).
@@ -104,10 +125,18 @@ class Linear(nnx.Module):
             self.bias = make_param(None, shape[in_ndim:], names[in_ndim:], dtype, stack, init="zeros")
 
     def __call__(self, equation: str, x):
-        y = jnp.einsum(equation, x, self.kernel[...].astype(x.dtype))
+        y = contract(equation, x, self.kernel[...].astype(x.dtype))
         if hasattr(self, "bias"):
             y = y + self.bias[...].astype(x.dtype)
         return y
+
+
+@jax.checkpoint
+def swiglu(gate, up):
+    """silu(gate) * up, rematerialised: the backward keeps only gate and up (not the sigmoid and silu
+    too), so two fewer [B,T,F] arrays per layer are stored and read back; the recomputation fuses into
+    the gradient's elementwise pass. Same values and gradients."""
+    return jax.nn.silu(gate) * up
 
 
 class MLP(nnx.Module):
@@ -122,4 +151,4 @@ class MLP(nnx.Module):
     def __call__(self, x):
         gate = self.gate_proj("btd,df->btf", x)
         up = self.up_proj("btd,df->btf", x)
-        return self.down_proj("btf,fd->btd", jax.nn.silu(gate) * up)
+        return self.down_proj("btf,fd->btd", swiglu(gate, up))

@@ -17,7 +17,7 @@ from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
 from grit_jax.model.attention import AttentionSpec
 from grit_jax.model.config import ModelConfig
-from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm
+from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, contract
 from grit_jax.model.moe import SparseMoE
 from grit_jax.model.rope import inverse_frequencies, rotary_tables
 
@@ -131,4 +131,4 @@ class Transformer(nnx.Module):
             kernel = self.embed_tokens.embedding[...].T
         else:
             kernel = self.lm_head.kernel[...]
-        return jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
+        return contract("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
