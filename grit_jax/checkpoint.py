@@ -78,9 +78,9 @@ class Checkpoints:
 
 def model_config(config) -> ModelConfig:
     """The ModelConfig of a training config's `model` group: a preset, a Hugging Face directory or a
-    checkpoint (its own model config), with our overrides (dtype, param_dtype, scan_layers, remat_policy)."""
+    checkpoint (its own model config), with our overrides (dtype, param_dtype, scan_layers, remat_policy, moe_impl)."""
     m = config.model
-    overrides = {k: m[k] for k in ("dtype", "param_dtype", "scan_layers", "remat_policy") if k in m}
+    overrides = {k: m[k] for k in ("dtype", "param_dtype", "scan_layers", "remat_policy", "moe_impl") if k in m}
     if m.get("init_checkpoint"):
         return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "param_dtype": "float32",
         "scan_layers": True,
         "remat_policy": "none",  # grit_jax.choices.REMAT_POLICIES
+        "moe_impl": "auto",  # grit_jax.choices.MOE_IMPLS: how a Mixtral / Qwen3-MoE runs its experts
     },
     "data": {
         "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from grit_jax.choices import DTYPES, MODEL_TYPES, MOE_MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
+from grit_jax.choices import DTYPES, MODEL_TYPES, MOE_IMPLS, MOE_MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import hf_config
 
@@ -52,6 +52,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # master weights
     scan_layers: bool = True
     remat_policy: str = "none"
+    moe_impl: str = "auto"  # choices.MOE_IMPLS
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -78,6 +79,8 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             allowed = tuple(REMAT_POLICIES)
             raise UsageError(f"remat_policy must be one of {allowed}, got {self.remat_policy!r}")
+        if self.moe_impl not in MOE_IMPLS:
+            raise UsageError(f"moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise UsageError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
