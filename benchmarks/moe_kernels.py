@@ -71,19 +71,18 @@ def tpu_flops(impl: str, topology: str, layers: int) -> dict:
     from grit_jax.state import TrainSetup
     from grit_jax.step import make_train_step
 
-    model_config.PRESETS["mixtral_8x7b_short"] = dict(model_config.PRESETS["mixtral_8x7b"], num_hidden_layers=layers)
+    model_config.PRESETS["mixtral_8x7b_short"] = dict(
+        model_config.PRESETS["mixtral_8x7b"], num_hidden_layers=layers
+    )
     sys.path.insert(0, ROOT)
     from configs import gritlm
 
     config = gritlm.get_config("8x7b")
-    if True:
-        config.model.update(preset="mixtral_8x7b_short", scan_layers=False, remat_policy="none", moe_impl=impl)
-        config.data.update(
-            embedding_batch_size=16, generative_batch_size=16, query_max_len=256, passage_max_len=512,
-            generative_max_len=512,
-        )  # fmt: skip
-        config.objective.update(embedding_chunk_size=0, generative_accumulation_steps=1)
-        config.mesh.update(data=1, fsdp=-1, tensor=1, expert=8)
+    config.model.update(preset="mixtral_8x7b_short", scan_layers=False, remat_policy="none", moe_impl=impl)
+    config.data.update(embedding_batch_size=16, generative_batch_size=16)
+    config.data.update(query_max_len=256, passage_max_len=512, generative_max_len=512)
+    config.objective.update(embedding_chunk_size=0, generative_accumulation_steps=1)
+    config.mesh.update(data=1, fsdp=-1, tensor=1, expert=8)
     devices = aot.topology_devices(aot.parse_accelerator(topology))
     setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
     compiled = make_train_step(setup).lower(setup.abstract_state(), aot.abstract_batch(setup)).compile()
@@ -99,13 +98,13 @@ def tpu_flops(impl: str, topology: str, layers: int) -> dict:
 
 
 def tpu_main(topology: str, layers: int):
-    print(f"| moe_impl | slice | layers | compiled FLOPs (cost analysis x chips) | analytic | ratio |")
+    print("| moe_impl | slice | layers | compiled FLOPs (cost analysis x chips) | analytic | ratio |")
     print("|---|---|---|---|---|---|")
     for impl in ("dense", "ragged"):
         r = tpu_flops(impl, topology, layers)
         print(
-            f"| {impl} | {topology} ({r['chips']} chips) | {layers} | {r['compiled']:.3e} | {r['analytic']:.3e} "
-            f"| {r['compiled'] / r['analytic']:.2f} |",
+            f"| {impl} | {topology} ({r['chips']} chips) | {layers} | {r['compiled']:.3e} "
+            f"| {r['analytic']:.3e} | {r['compiled'] / r['analytic']:.2f} |",
             flush=True,
         )
 

@@ -96,7 +96,9 @@ def sharded_routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str):
     def local(x, top_index, top_weights, w1, w3, w2, mlp_axes=None):
         lb, lt, _ = x.shape
         flat = (lb * lt, -1)
-        y = routed_experts(x.reshape(flat), top_index.reshape(flat), top_weights.reshape(flat), w1, w3, w2, kernel)
+        y = routed_experts(
+            x.reshape(flat), top_index.reshape(flat), top_weights.reshape(flat), w1, w3, w2, kernel
+        )
         if mlp_axes:  # each shard holds a slice of F: its w2 product is a partial sum
             y = jax.lax.psum(y, mlp_axes)
         return y.reshape(lb, lt, d)
@@ -114,5 +116,6 @@ def sharded_routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str):
         mesh=mesh,
         in_specs=(tokens, tokens, tokens, P(None, None, mlp), P(None, None, mlp), P(None, mlp, None)),
         out_specs=tokens,
+        check_vma=False,  # Pallas calls (gmm) carry no varying-axes types; the tests check the gradients
     )
     return run(x, top_index, top_weights, w1, w3, w2)
