@@ -90,7 +90,8 @@ def test_megablox_gmm_equals_ragged_dot_with_an_empty_expert():
 
 def test_auto_picks_the_kernel_per_platform():
     assert moe_dispatch.kernel_for("auto", "tpu") == moe_dispatch.GMM
-    assert moe_dispatch.kernel_for("auto", "cpu") == moe_dispatch.RAGGED_DOT
+    assert moe_dispatch.kernel_for("auto", "cpu") is None
+    assert moe_dispatch.kernel_for("ragged", "cpu") == moe_dispatch.RAGGED_DOT
     assert moe_dispatch.kernel_for("auto", "gpu") is None
     assert moe_dispatch.kernel_for("ragged", "gpu") == moe_dispatch.RAGGED_DOT
     assert all(moe_dispatch.kernel_for("dense", p) is None for p in ("cpu", "gpu", "tpu"))

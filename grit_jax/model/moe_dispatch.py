@@ -39,10 +39,10 @@ def mesh_platform(mesh) -> str:
 def kernel_for(moe_impl: str, platform: str) -> str | None:
     """None for the dense path; else the grouped-matmul kernel that `moe_impl` runs on `platform`.
 
-    auto: megablox gmm on TPU; ragged_dot on CPU (benchmarks/moe_kernels.py: faster than dense there);
-    dense on GPU, where no grouped matmul has been measured yet.
+    auto: megablox gmm on TPU; dense elsewhere: on CPU ragged_dot's forward + backward is as slow as
+    dense at 8 experts and slower with more (benchmarks/RESULTS.md), and GPUs are not measured yet.
     """
-    if moe_impl == "dense" or (moe_impl == "auto" and platform == "gpu"):
+    if moe_impl == "dense" or (moe_impl == "auto" and platform != "tpu"):
         return None
     return GMM if platform == "tpu" else RAGGED_DOT
 
