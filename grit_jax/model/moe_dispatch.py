@@ -57,7 +57,7 @@ def gmm(lhs, rhs, group_sizes, interpret: bool = False):
 
     m, k = lhs.shape
     n = rhs.shape[-1]
-    tm = min(_GMM_TILING[0], _round_up(m, 8))
+    tm = min(_GMM_TILING[0], _round_up(m, 128))  # whole (8, 128) / (16, 128) TPU tiles in any dtype
     padded = _round_up(m, tm)
     lhs = jnp.pad(lhs, ((0, padded - m), (0, 0)))
     group_sizes = group_sizes.at[-1].add(padded - m)
