@@ -42,6 +42,27 @@ ROWS = [
         "v5p-256",
         {"objective.embedding_chunk_size": 128, "objective.generative_accumulation_steps": 2},
     ),
+    # the same recipe with each MoE implementation (issue 13): every expert on every token, or dropless
+    (
+        "GritLM-8x7B (moe_impl=dense)",
+        "configs/gritlm.py:8x7b",
+        "v5p-256",
+        {
+            "objective.embedding_chunk_size": 128,
+            "objective.generative_accumulation_steps": 2,
+            "model.moe_impl": "dense",
+        },
+    ),
+    (
+        "GritLM-8x7B (moe_impl=ragged)",
+        "configs/gritlm.py:8x7b",
+        "v5p-256",
+        {
+            "objective.embedding_chunk_size": 128,
+            "objective.generative_accumulation_steps": 2,
+            "model.moe_impl": "ragged",
+        },
+    ),
     (
         "GritLM-8x7B",
         "configs/gritlm.py:8x7b",

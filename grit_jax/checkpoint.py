@@ -76,13 +76,15 @@ class Checkpoints:
         self.manager.close()
 
 
+# the model group's fields that say how a model runs, not what it is
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "moe_impl")
+
+
 def model_config(config) -> ModelConfig:
     """The ModelConfig of a training config's `model` group: a preset, a Hugging Face directory or a
-    checkpoint (its own model config), with our overrides (dtype, param_dtype, scan_layers, remat_policy,
-    attention_impl)."""
+    checkpoint (its own model config), with our overrides of how it runs (RUN_FIELDS)."""
     m = config.model
-    run_fields = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
-    overrides = {k: m[k] for k in run_fields if k in m}
+    overrides = {k: m[k] for k in RUN_FIELDS if k in m}
     if m.get("init_checkpoint"):
         return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):

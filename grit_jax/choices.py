@@ -33,5 +33,8 @@ MODEL_TYPES = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
 }
 MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
+# How a sparse MoE runs its experts: "dense" every expert on every token, "ragged" only the routed
+# tokens (grouped matmuls), "auto" the faster one on the platform (grit_jax.model.moe_dispatch).
+MOE_IMPLS = ("auto", "dense", "ragged")
 # "llama3": Llama 3.1's frequency-dependent scaling of the rotary frequencies.
 ROPE_TYPES = ("default", "llama3")

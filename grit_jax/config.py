@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "remat_policy": "none",  # grit_jax.choices.REMAT_POLICIES
         # training's attention kernel (ATTENTION_IMPLS): auto = splash on TPU, cudnn on GPU, dense on CPU
         "attention_impl": "auto",
+        "moe_impl": "auto",  # grit_jax.choices.MOE_IMPLS: how a Mixtral / Qwen3-MoE runs its experts
     },
     "data": {
         "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)

@@ -5,21 +5,24 @@ HF -> orbax -> HF round trip and greedy generation."""
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import grit_jax
 from grit_jax import GritLM, convert
 from grit_jax.errors import CheckpointError
 from grit_jax.masks import make_attn_mask
-from grit_jax.model import ModelConfig, load_balancing_loss
+from grit_jax.model import ModelConfig
 from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask, make_torch_model, save
 from tests.test_convert import assert_same_tensors
 from tests.test_inference import hf_generate
-from tests.test_model import assert_close_on_real_tokens, jax_logits, torch_logits
+from tests.test_model import (
+    assert_close_on_real_tokens,
+    assert_moe_matches_transformers,
+    jax_logits,
+    torch_logits,
+)
 
 B, T = 3, 40
 LENGTHS = np.array([40, 31, 9])
@@ -83,26 +86,15 @@ def test_llama3_scaling_changes_long_positions(tmp_path):
     assert float(np.abs(np.asarray(a) - np.asarray(b))[padding].max()) > 1e-3
 
 
-@pytest.mark.parametrize("norm_topk_prob", [False, True])
-def test_qwen3_moe_matches_transformers_and_router_loss(tmp_path, norm_topk_prob):
+@pytest.mark.parametrize("norm_topk_prob, moe_impl", [(False, "dense"), (True, "dense"), (False, "ragged")])
+def test_qwen3_moe_matches_transformers_and_router_loss(tmp_path, norm_topk_prob, moe_impl):
     reference = make_torch_model(
         "qwen3_moe", norm_topk_prob=norm_topk_prob, tie_word_embeddings=norm_topk_prob
     )
-    model = grit_jax.from_hf(save(reference, tmp_path))
+    model = assert_moe_matches_transformers(tmp_path, reference, *batch(), moe_impl)
     cfg = model.config
     assert cfg.architecture == "Qwen3MoeForCausalLM" and cfg.norm_topk_prob == norm_topk_prob
     assert cfg.expert_intermediate_size == 32 and cfg.intermediate_size == 96 and cfg.qk_norm
-    tokens, padding = batch()
-    logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
-    with torch.no_grad():
-        out = reference(
-            torch.as_tensor(tokens).long(),
-            attention_mask=torch.as_tensor(padding).long(),
-            output_router_logits=True,
-        )
-    assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
-    aux = load_balancing_loss(router_logits, cfg.num_experts_per_tok, jnp.asarray(padding))
-    np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["llama_biases", "qwen2", "qwen3_head_dim", "qwen3_moe"])

@@ -66,11 +66,10 @@ def test_mistral_matches_transformers(tmp_path, kv_heads, sliding_window):
     assert_close_on_real_tokens(logits, torch_logits(reference, tokens, padding), padding)
 
 
-@pytest.mark.parametrize("kv_heads", [1, 4])
-def test_mixtral_matches_transformers_and_aux_loss(tmp_path, kv_heads):
-    reference = make_torch_model("mixtral", num_key_value_heads=kv_heads)
-    model = grit_jax.from_hf(save(reference, tmp_path))
-    tokens, padding = batch()
+def assert_moe_matches_transformers(tmp_path, reference, tokens, padding, moe_impl):
+    """Logits and router loss of a Mixtral / Qwen3-MoE run with `moe_impl` against transformers'."""
+    model = grit_jax.from_hf(save(reference, tmp_path), moe_impl=moe_impl)
+    assert model.config.moe_impl == moe_impl
     logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
     with torch.no_grad():
         out = reference(
@@ -81,6 +80,13 @@ def test_mixtral_matches_transformers_and_aux_loss(tmp_path, kv_heads):
     assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
     aux = load_balancing_loss(router_logits, model.config.num_experts_per_tok, jnp.asarray(padding))
     np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
+    return model
+
+
+@pytest.mark.parametrize("kv_heads, moe_impl", [(1, "dense"), (4, "dense"), (4, "ragged")])
+def test_mixtral_matches_transformers_and_aux_loss(tmp_path, kv_heads, moe_impl):
+    reference = make_torch_model("mixtral", num_key_value_heads=kv_heads)
+    assert_moe_matches_transformers(tmp_path, reference, *batch(), moe_impl)
 
 
 def test_sharded_checkpoint_and_tied_embeddings(tmp_path):

@@ -9,7 +9,15 @@ import json
 import os
 from typing import Any
 
-from grit_jax.choices import ATTENTION_IMPLS, DTYPES, MODEL_TYPES, MOE_MODEL_TYPES, REMAT_POLICIES, ROPE_TYPES
+from grit_jax.choices import (
+    ATTENTION_IMPLS,
+    DTYPES,
+    MODEL_TYPES,
+    MOE_IMPLS,
+    MOE_MODEL_TYPES,
+    REMAT_POLICIES,
+    ROPE_TYPES,
+)
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import hf_config
 
@@ -53,6 +61,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "auto"  # choices.ATTENTION_IMPLS: the kernel of training's attention
+    moe_impl: str = "auto"  # choices.MOE_IMPLS
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -81,6 +90,8 @@ class ModelConfig:
             raise UsageError(f"remat_policy must be one of {allowed}, got {self.remat_policy!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise UsageError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.moe_impl not in MOE_IMPLS:
+            raise UsageError(f"moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise UsageError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")

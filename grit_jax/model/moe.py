@@ -2,10 +2,10 @@
 renormalised for Mixtral, and for Qwen3-MoE with norm_topk_prob), SwiGLU experts, the load-balancing loss.
 
 Legend as in layers.py, plus E experts, k experts per token.
-Experts are evaluated densely (every expert on every token, weighted by a combine matrix that is zero
-outside each token's top k). This is exact, shards over the "experts" mesh axis with no hand-written
-all-to-all, and costs E/k times the FLOPs of a dispatching implementation; a ragged (grouped) matmul
-dispatch is the known next step when expert FLOPs dominate.
+`moe_impl` (choices.MOE_IMPLS) picks how the experts run: "dense" evaluates every expert on every token,
+weighted by a combine matrix that is zero outside each token's top k (E/k times the routed FLOPs);
+"ragged" computes only the routed work (grit_jax.model.moe_dispatch); "auto" picks per platform
+(moe_dispatch.kernel_for). Both give the same outputs, router logits and gradients.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grit_jax import sharding
+from grit_jax.model import moe_dispatch
 from grit_jax.model.layers import Linear
 
 
@@ -26,6 +28,7 @@ class SparseMoE(nnx.Module):
         self.w3 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
         self.w2 = Linear(rngs, (e, f, d), ("experts", "mlp", "embed"), pdt, stack)
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.moe_impl = cfg.moe_impl
 
     def __call__(self, x):
         """x [B,T,D] -> y [B,T,D], router_logits [B,T,E] (float32)."""
@@ -35,6 +38,11 @@ class SparseMoE(nnx.Module):
         top_probs, top_index = jax.lax.top_k(probs, self.top_k)
         if self.norm_topk_prob:
             top_probs = top_probs / jnp.sum(top_probs, axis=-1, keepdims=True)
+        kernel = moe_dispatch.kernel_for(self.moe_impl, moe_dispatch.mesh_platform(sharding.current_mesh()))
+        if kernel is not None:
+            w1, w3, w2 = (w.kernel[...].astype(dtype) for w in (self.w1, self.w3, self.w2))
+            y = moe_dispatch.sharded_routed_experts(x, top_index, top_probs, w1, w3, w2, kernel)
+            return y, router_logits
         combine = jnp.sum(jax.nn.one_hot(top_index, probs.shape[-1]) * top_probs[..., None], axis=-2)  # B,T,E
         gate = self.w1("btd,edf->btef", x)
         up = self.w3("btd,edf->btef", x)
