@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+DOCS_FILE = "documents.json"  # the main run's documents, for the device-count subprocesses
 INSTRUCTION = "<|embed|>\n"  # gritlm_instruction(""): how the reference embeds documents
 MODEL = dict(
     hidden_size=256,
@@ -143,7 +144,8 @@ def devices_subprocess(path: str, args, devices: int) -> dict:
 def grit_only(args):
     import jax
 
-    docs = documents(args.docs)
+    with open(os.path.join(args.grit_only, DOCS_FILE), encoding="utf-8") as f:
+        docs = json.load(f)
     encode, _ = grit_encoder(args.grit_only, docs, args, args.devices)
     emb, wall, cpu = timed({"grit": encode}, args.repeats)["grit"]
     print(json.dumps({"devices": jax.device_count(), "wall": wall, "cpu": cpu, "emb": emb[:4].tolist()}))
@@ -170,6 +172,8 @@ def main():
     docs = documents(args.docs)
     with tempfile.TemporaryDirectory() as path:
         write_model_dir(path, docs)
+        with open(os.path.join(path, DOCS_FILE), "w", encoding="utf-8") as f:
+            json.dump(docs, f)
         encode, lengths = grit_encoder(path, docs, args)
         runs = timed({"reference": reference_encoder(path, docs, args), "grit": encode}, args.repeats)
         (ref_emb, ref_wall, ref_cpu), (emb, wall, cpu) = runs["reference"], runs["grit"]
@@ -199,7 +203,8 @@ def main():
         if args.skip_devices:
             return
         one, eight = (devices_subprocess(path, args, d) for d in (1, 8))
-        np.testing.assert_allclose(np.asarray(eight["emb"]), emb[:4], atol=1e-5)
+        for r in (one, eight):
+            np.testing.assert_allclose(np.asarray(r["emb"]), emb[:4], atol=1e-5)
         for r in (one, eight):
             print(
                 row(
