@@ -155,9 +155,50 @@ def row(name, n, tokens, wall, cpu, pad):
     return f"| {name} | {n / wall:.1f} | {tokens / wall:,.0f} | {wall:.2f} | {cpu:.2f} | {pad:.0%} |"
 
 
-def main():
+def against_reference(path, docs, encode, lengths, args):
+    """Times both sides in one run, checks that they agree, prints the table; returns grit's embeddings."""
     from grit_jax.embedding import sorted_batches
 
+    runs = timed({"reference": reference_encoder(path, docs, args), "grit": encode}, args.repeats)
+    (ref_emb, ref_wall, ref_cpu), (emb, wall, cpu) = runs["reference"], runs["grit"]
+    diff = float(np.abs(emb - ref_emb).max())
+    assert diff < 1e-4, f"embeddings differ from the reference's by {diff}"
+    tokens = sum(lengths)
+    size = args.batch_size
+    in_order = [np.arange(i, min(i + size, len(docs))) for i in range(0, len(docs), size)]
+    print(
+        f"{len(docs)} documents, {tokens} tokens (median {int(np.median(lengths))}, max {max(lengths)}), "
+        f"batch {size}, max_length {args.max_length}, {os.cpu_count()} CPU threads; "
+        f"embeddings agree: max |diff| {diff:.1e}, min cosine {float((emb * ref_emb).sum(1).min()):.6f}"
+    )
+    print(
+        "| way | docs/s | tokens/s | wall s | CPU s | padding (share of slots run) |\n"
+        "|---|---|---|---|---|---|"
+    )
+    ref_pad = padding(lengths, in_order, False)
+    print(row("reference gritlm.GritLM.encode (torch)", len(docs), tokens, ref_wall, ref_cpu, ref_pad))
+    sorted_pad = padding(lengths, sorted_batches(lengths, size), True)
+    print(row("grit-embed (grit_jax, 1 device)", len(docs), tokens, wall, cpu, sorted_pad))
+    print(
+        f"grit-embed / reference: {ref_wall / wall:.2f}x documents/s (wall), {ref_cpu / cpu:.2f}x by CPU time"
+    )
+    return emb
+
+
+def devices_8_vs_1(path, docs, emb, lengths, args):
+    """grit-embed in two subprocesses, 1 and 8 faked CPU devices (a data=8 mesh), on the same documents."""
+    from grit_jax.embedding import sorted_batches
+
+    one, eight = (devices_subprocess(path, args, d) for d in (1, 8))
+    pad = padding(lengths, sorted_batches(lengths, args.batch_size), True)
+    for r in (one, eight):
+        np.testing.assert_allclose(np.asarray(r["emb"]), emb[:4], atol=1e-5)
+        name = f"grit-embed, subprocess, {r['devices']} CPU device(s)"
+        print(row(name, len(docs), sum(lengths), r["wall"], r["cpu"], pad))
+    print(f"8 devices / 1 device: {one['wall'] / eight['wall']:.2f}x documents/s")
+
+
+def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -166,6 +207,7 @@ def main():
     parser.add_argument("--grit_only", default="", help=argparse.SUPPRESS)  # the device-count subprocess
     parser.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--skip_devices", action="store_true", help="skip the 8-vs-1 device subprocesses")
+    parser.add_argument("--skip_reference", action="store_true", help="only the 8-vs-1 device subprocesses")
     args = parser.parse_args()
     if args.grit_only:
         return grit_only(args)
@@ -175,48 +217,9 @@ def main():
         with open(os.path.join(path, DOCS_FILE), "w", encoding="utf-8") as f:
             json.dump(docs, f)
         encode, lengths = grit_encoder(path, docs, args)
-        runs = timed({"reference": reference_encoder(path, docs, args), "grit": encode}, args.repeats)
-        (ref_emb, ref_wall, ref_cpu), (emb, wall, cpu) = runs["reference"], runs["grit"]
-        diff = float(np.abs(emb - ref_emb).max())
-        assert diff < 1e-4, f"embeddings differ from the reference's by {diff}"
-        tokens = sum(lengths)
-        in_order = [
-            np.arange(i, min(i + args.batch_size, len(docs))) for i in range(0, len(docs), args.batch_size)
-        ]
-        print(
-            f"{len(docs)} documents, {tokens} tokens (median {int(np.median(lengths))}, max {max(lengths)}), "
-            f"batch {args.batch_size}, max_length {args.max_length}, {os.cpu_count()} CPU threads; "
-            f"embeddings agree: max |diff| {diff:.1e}, min cosine {float((emb * ref_emb).sum(1).min()):.6f}"
-        )
-        print(
-            "| way | docs/s | tokens/s | wall s | CPU s | padding (share of slots run) |\n"
-            "|---|---|---|---|---|---|"
-        )
-        ref_pad = padding(lengths, in_order, False)
-        print(row("reference gritlm.GritLM.encode (torch)", len(docs), tokens, ref_wall, ref_cpu, ref_pad))
-        sorted_pad = padding(lengths, sorted_batches(lengths, args.batch_size), True)
-        print(row("grit-embed (grit_jax, 1 device)", len(docs), tokens, wall, cpu, sorted_pad))
-        print(
-            f"grit-embed / reference: {ref_wall / wall:.2f}x documents/s (wall), "
-            f"{ref_cpu / cpu:.2f}x by CPU time"
-        )
-        if args.skip_devices:
-            return
-        one, eight = (devices_subprocess(path, args, d) for d in (1, 8))
-        for r in (one, eight):
-            np.testing.assert_allclose(np.asarray(r["emb"]), emb[:4], atol=1e-5)
-        for r in (one, eight):
-            print(
-                row(
-                    f"grit-embed, subprocess, {r['devices']} CPU device(s)",
-                    len(docs),
-                    tokens,
-                    r["wall"],
-                    r["cpu"],
-                    sorted_pad,
-                )
-            )
-        print(f"8 devices / 1 device: {one['wall'] / eight['wall']:.2f}x documents/s")
+        emb = encode() if args.skip_reference else against_reference(path, docs, encode, lengths, args)
+        if not args.skip_devices:
+            devices_8_vs_1(path, docs, emb, lengths, args)
 
 
 if __name__ == "__main__":
