@@ -9,8 +9,8 @@ from grit_jax.config import base_config
 
 def get_config():
     config = base_config()
-    # The held-out curve peaks near step 300 and then flattens or falls (benchmarks/RESULTS.md "Demo
-    # recipe"): more steps over ~1,600 training queries overfit them.
+    # The held-out curve peaks between steps 200 and 300 and then flattens or falls (benchmarks/RESULTS.md
+    # "Demo recipe"): more steps over ~1,600 training queries overfit them.
     config.num_steps = 400
     config.model.preset = "demo"
     # Queries of 64 tokens keep the summary line after the instruction, name and signature (at 32 most of
