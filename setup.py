@@ -39,6 +39,10 @@ setup(
         ],
         # grit-eval's reference metrics, MTEB, and the demo's BM25 baseline
         "eval": ["pytrec-eval-terrier>=0.5.6", "mteb>=2.0", "rank-bm25>=0.2.2"],
+        # benchmarks/embed_vs_reference.py: the reference implementation's GritLM (PyTorch), with the
+        # `test` extra's torch. Its GritLM class imports only torch, transformers and tqdm, so
+        # `pip install --no-deps gritlm==1.0.2` also works (skipping wandb, datasets, accelerate).
+        "bench": ["gritlm==1.0.2"],
         "tpu": ["jax[tpu]"],
         # libtpu lets a CPU machine compile for TPU topologies (grit-aot); not needed to train.
         "aot": ["libtpu"],

@@ -231,3 +231,26 @@ def test_demo_corpus_depends_on_the_python_version_alone():
     )
     assert json.loads(elsewhere.stdout.strip().splitlines()[-1]) == here
     assert " at 0x" not in json.dumps(here) and len(here["functions"]) > 300 and len(here["modules"]) > 50
+
+
+def test_demo_training_records_hold_no_held_out_text(tmp_path):
+    """No held-out passage or name reaches a training record: not as a positive, not as another record's
+    hard negative, not inside a chat; the training-only modules add training records only."""
+    from grit_jax.data.demo import build_jsonl
+    from grit_jax.data.stdlib_docs import TRAIN_ONLY_MODULES
+
+    files = build_jsonl(str(tmp_path))
+
+    def records(role):
+        return [json.loads(line) for path in files[role] for line in open(path, encoding="utf-8")]
+
+    held_out = records("eval_embedding")
+    training = records("embedding")
+    train_text = json.dumps(training + records("generative"))
+    assert held_out and len(training) > 10 * len(held_out)
+    for record in held_out:
+        name = record["query"][1].split("(")[0]
+        assert json.dumps(record["pos"][0])[1:-1] not in train_text, name
+        assert f"`{name}`" not in train_text and name.rsplit(".", 1)[0] not in TRAIN_ONLY_MODULES
+    # Held-out queries still rank among their neighbours, training passages among them.
+    assert any(json.dumps(n)[1:-1] in train_text for r in held_out for n in r["neg"])

@@ -2,6 +2,7 @@
 reference's instructions reach the model (the task's for queries, none for documents) and mteb's nDCG@10
 equals grit_jax.retrieval's on the same embeddings."""
 
+import mteb
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -9,9 +10,10 @@ from mteb import evaluate
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
+from mteb.types import PromptType
 
 from grit_jax import GritLM, mteb_model
-from grit_jax.instructions import RETRIEVAL, gritlm_format
+from grit_jax.instructions import RETRIEVAL, SAME_BOTH_SIDES, STS, gritlm_format, task_instructions
 from grit_jax.mteb_model import GritMTEB
 from grit_jax.retrieval import score_run, search
 from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
@@ -86,3 +88,42 @@ def test_mteb_retrieval_task_with_the_reference_instructions(model, monkeypatch)
     assert scores["recall_at_100"] == pytest.approx(ours["recall@100"], abs=1e-4)
     assert 0 < scores["ndcg_at_10"] < 1
     assert np.isfinite(scores["main_score"])
+
+
+# The reference's e5 table (evaluation/eval_mteb.py): tasks per MTEB type.
+REFERENCE_COUNTS = {
+    "Classification": 12,
+    "Clustering": 11,
+    "PairClassification": 3,
+    "Reranking": 4,
+    "STS": 10,
+    "Summarization": 1,
+}
+
+
+def test_every_task_type_of_the_reference_table_gets_its_instruction(model):
+    """Each name of the table is a task mteb knows, of the type the reference files it under; retrieval
+    embeds documents without instruction, every other type embeds both sides with the task's."""
+    assert {t: len(table) for t, table in SAME_BOTH_SIDES.items()} == REFERENCE_COUNTS
+    assert len(RETRIEVAL) == 15
+    encoder = GritMTEB(model)
+    tables = [("Retrieval", RETRIEVAL)] + list(SAME_BOTH_SIDES.items())
+    for task_type, table in tables:
+        for name, text in table.items():
+            metadata = mteb.get_task(name).metadata
+            assert metadata.type == task_type, name
+            query = encoder.instruction(metadata, PromptType.query)
+            document = encoder.instruction(metadata, PromptType.document)
+            assert query == f"<|user|>\n{text}\n<|embed|>\n"
+            assert document == ("<|embed|>\n" if task_type == "Retrieval" else query), name
+    banking = encoder.instruction(mteb.get_task("Banking77Classification").metadata, None)
+    assert banking == "<|user|>\nGiven a online banking query, find the corresponding intents\n<|embed|>\n"
+    # mteb's later versions of a table's task, and CQADupstack's subsets, get that task's instruction.
+    for name, same_as in [
+        ("TwentyNewsgroupsClustering.v2", "TwentyNewsgroupsClustering"),
+        ("CQADupstackAndroidRetrieval", "CQADupstackRetrieval"),
+    ]:
+        assert task_instructions(name) == task_instructions(same_as) != task_instructions(None)
+    # Outside the table (the reference skips those): STS's instruction for STS, else the generic one.
+    assert task_instructions("NotATask", "STS") == (f"<|user|>\n{STS}\n<|embed|>\n",) * 2
+    assert task_instructions("NotATask", "Classification")[1] == "<|embed|>\n"

@@ -3,7 +3,9 @@
 Retrieval: query = [instruction, "name(signature)\\nsummary line"], positive = the rest of the docstring,
 hard negatives = the rest of neighbouring docstrings of the same module. Chat: "What does `name` do?"
 -> the docstring (some two-turn chats, some module docstrings as plain text). Deterministic for a given
-Python version; about 5% of names (by CRC32) are held out for evaluation. Nothing is downloaded.
+Python version; about 5% of the names of stdlib_docs.MODULES (by CRC32) are held out for evaluation, and
+no training record holds a held-out text (not as a hard negative, not in a chat); the modules of
+stdlib_docs.TRAIN_ONLY_MODULES add training records only. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import zlib
 
 from grit_jax.data import sources
+from grit_jax.data.stdlib_docs import TRAIN_ONLY_MODULES
 from grit_jax.data.tokenizer import train_tokenizer
 
 FUNCTION_INSTRUCTION = "Retrieve the documentation of this function"
@@ -35,6 +38,31 @@ def _held_out(name: str) -> bool:
     return zlib.crc32(name.encode()) % 20 == 0
 
 
+def _rows(items: list, held_out: list[bool], split: str, instruction: str) -> tuple[list, list]:
+    """(retrieval rows, chats) of the items in `split`. A held-out row's hard negatives are its
+    neighbours; a training row's are the next training items, so that no held-out text is trained on."""
+    members = [j for j, h in enumerate(held_out) if h == (split == "eval")]
+    rows, chats = [], []
+    for n, i in enumerate(members):
+        _, name, signature, summary, rest = items[i]
+        if split == "eval":
+            neighbours = [(i + k) % len(items) for k in range(1, NUM_NEGATIVES + 1)]
+        else:
+            neighbours = [members[(n + k) % len(members)] for k in range(1, NUM_NEGATIVES + 1)]
+        rows.append(
+            {
+                "query": [instruction, f"{name}{signature}\n{summary}"],
+                "pos": [rest],
+                "neg": [items[j][4] for j in neighbours],
+            }
+        )
+        chat = [f"What does `{name}` do?", f"{summary}\n\n{rest}"]
+        if i % 4 == 3 and (split == "eval" or not held_out[i - 1]):  # a two-turn chat with the one before
+            chat = [f"What does `{items[i - 1][1]}` do?", f"{items[i - 1][3]}\n\n{items[i - 1][4]}"] + chat
+        chats.append({"text": chat})
+    return rows, chats
+
+
 def build_jsonl(out_dir: str) -> dict[str, list[str]]:
     """Writes the demo JSONL files; returns the paths by role."""
     os.makedirs(out_dir, exist_ok=True)
@@ -42,21 +70,15 @@ def build_jsonl(out_dir: str) -> dict[str, list[str]]:
     files = {"embedding": [], "generative": [], "eval_embedding": [], "eval_generative": []}
     chats = {"train": [], "eval": []}
     for kind, instruction in (("functions", FUNCTION_INSTRUCTION), ("classes", CLASS_INSTRUCTION)):
-        rows = {"train": [], "eval": []}
-        items = entries[kind]
-        for i, (_, name, signature, summary, rest) in enumerate(items):
-            negatives = [items[(i + k) % len(items)][4] for k in range(1, NUM_NEGATIVES + 1)]
-            split = "eval" if _held_out(name) else "train"
-            rows[split].append(
-                {"query": [instruction, f"{name}{signature}\n{summary}"], "pos": [rest], "neg": negatives}
-            )
-            chat = [f"What does `{name}` do?", f"{summary}\n\n{rest}"]
-            if i % 4 == 3:  # a two-turn chat about this and the previous name
-                chat = [
-                    f"What does `{items[i - 1][1]}` do?",
-                    f"{items[i - 1][3]}\n\n{items[i - 1][4]}",
-                ] + chat
-            chats[split].append({"text": chat})
+        core = [e for e in entries[kind] if e[0] not in TRAIN_ONLY_MODULES]
+        extra = [e for e in entries[kind] if e[0] in TRAIN_ONLY_MODULES]
+        rows = {}
+        for split in ("train", "eval"):
+            rows[split], split_chats = _rows(core, [_held_out(e[1]) for e in core], split, instruction)
+            chats[split] += split_chats
+        extra_rows, extra_chats = _rows(extra, [False] * len(extra), "train", instruction)
+        rows["train"] += extra_rows
+        chats["train"] += extra_chats
         for split, prefix in (("train", ""), ("eval", "eval_")):
             path = os.path.join(out_dir, f"{prefix}stdlib_{kind}.jsonl")
             _write(path, rows[split])
