@@ -8,6 +8,7 @@ transpose and a reshape (no permutation of the query/key rows). Tensors are read
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grit_jax import storage
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
 from grit_jax.safetensors_io import SafetensorsDir
@@ -160,6 +162,20 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
             yield index, entry.hf.format(i=i, j=j)
 
 
+def read_hf_config(path: str, **changes) -> ModelConfig:
+    """ModelConfig.from_hf_json for a local directory or a gs:// one (read through grit_jax.storage)."""
+    file = storage.join(path, "config.json") if storage.isdir(path) else os.fspath(path)
+    if not storage.isfile(file):
+        raise CheckpointError(f"{file}: no such file (a Hugging Face model directory has a config.json)")
+    try:
+        data = json.loads(storage.read_text(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return ModelConfig.from_hf_dict(data, source=file, **changes)
+
+
 def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
     """Our flat {path: stacked array} from a Hugging Face directory, checking every name and shape."""
     params = {}
@@ -187,11 +203,11 @@ def from_hf(path: str, dtype: str | None = None, **config_changes):
     `dtype` is the parameter dtype (float32 default); config_changes override ModelConfig fields
     (e.g. compute dtype, remat_policy).
     """
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
     if dtype is not None:
         config_changes["param_dtype"] = dtype
-    cfg = ModelConfig.from_hf_json(path, **config_changes)
+    cfg = read_hf_config(path, **config_changes)
     params = read_hf_params(path, cfg, dtype=jnp.dtype(cfg.param_dtype))
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     load_flat_params(model, params)
