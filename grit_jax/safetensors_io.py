@@ -33,13 +33,13 @@ _NUMPY_OF.update({"I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"})
 
 class RemoteSafetensors:
     """A safetensors file behind a URL, which `safetensors` cannot memory-map: the 8-byte little-endian
-    header length and the JSON header are read once, then each tensor is one byte-range read."""
+    header length and the JSON header are read once, then each tensor is one byte-range request."""
 
     def __init__(self, file: str):
-        self.file, self.handle = file, storage.as_path(file).open("rb")
-        size = int.from_bytes(self.handle.read(8), "little")
+        self.file = file
         try:
-            self.header = json.loads(self.handle.read(size))
+            size = int.from_bytes(storage.read_range(file, 0, 8), "little")
+            self.header = json.loads(storage.read_range(file, 8, 8 + size))
         except ValueError as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
         self.header.pop("__metadata__", None)
@@ -50,9 +50,8 @@ class RemoteSafetensors:
 
     def get_tensor(self, name: str) -> np.ndarray:
         info = self.header[name]
-        start, end = info["data_offsets"]
-        self.handle.seek(self.data_start + start)
-        data = self.handle.read(end - start)
+        start, end = (self.data_start + offset for offset in info["data_offsets"])
+        data = storage.read_range(self.file, start, end)
         if len(data) != end - start:
             raise ValueError(f"{end - start} bytes expected, {len(data)} read")
         return np.frombuffer(data, np.dtype(_NUMPY_OF[info["dtype"]])).reshape(info["shape"])
@@ -61,7 +60,7 @@ class RemoteSafetensors:
         return self
 
     def __exit__(self, *exc):
-        self.handle.close()
+        pass  # nothing held open between requests
 
 
 def _open(file: str):

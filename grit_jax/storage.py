@@ -85,6 +85,12 @@ def _filesystem(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def read_range(path, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a gs:// object: one ranged request, no open handle or read-ahead left."""
+    fs, remote = _filesystem(os.fspath(path))
+    return fs.cat_file(remote, start=start, end=end)
+
+
 def local_copy(path, what: str) -> str:
     """A local directory with the contents of `path`: itself when local, else a copy on this host's disk
     (a new temporary directory per process, removed at exit) for readers that only open local files."""
