@@ -86,6 +86,7 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     from grit_jax import hf
     from grit_jax.checkpoint import load_params_from_checkpoint
     from grit_jax.convert import run as convert
+    from grit_jax.model_files import load_pretrained
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
     make_tokenizer(tmp_path / "tokenizer.model")
@@ -104,3 +105,6 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     restored = load_params_from_checkpoint(out)
     for name in want:
         np.testing.assert_array_equal(restored[name], want[name])
+    model, tokenizer, _ = load_pretrained(out)  # what GritLM.from_pretrained reads, tokenizer included
+    np.testing.assert_array_equal(model.embed_tokens.embedding.get_value(), want["embed_tokens.embedding"])
+    assert tokenizer.vocab_size == 400
