@@ -108,3 +108,25 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     model, tokenizer, _ = load_pretrained(out)  # what GritLM.from_pretrained reads, tokenizer included
     np.testing.assert_array_equal(model.embed_tokens.embedding.get_value(), want["embed_tokens.embedding"])
     assert tokenizer.vocab_size == 400
+
+
+def test_grit_data_prepares_into_the_bucket(bucket, tmp_path):
+    """`grit-data prepare --out gs://...` prepares locally and uploads: a host's local copy of the bucket's
+    directory reads back the examples (array_record opens local files only)."""
+    import json
+
+    from grit_jax.data import sources, tfds_io
+    from grit_jax.data.__main__ import run
+    from grit_jax.data.tokenizer import train_tokenizer
+
+    texts = ["Serialize obj to a JSON formatted string.", "Retrieve docs", "What does it do?"] * 20
+    tok = train_tokenizer(texts, str(tmp_path / "t.model"), vocab_size=300)
+    record = {"query": ["Retrieve docs", "json.dumps"], "pos": ["Serialize obj."], "neg": ["Parse a file."]}
+    (tmp_path / "e.jsonl").write_text((json.dumps(record) + "\n") * 3)
+    out = storage.join(bucket, "prepared")
+    args = ["prepare", "--embedding", str(tmp_path / "e.jsonl"), "--tokenizer", tok.model_path, "--out", out]
+    assert run(args + ["--query_max_len", "32"]) == 0
+    assert not os.path.exists("gs:")
+    local = storage.local_copy(out, "data.data_dir")
+    entry = sources.read_manifest(local)["train"]["embedding"][0]
+    assert entry["num_examples"] == 3 and len(tfds_io.open_source(os.path.join(local, entry["dir"]))) == 3
