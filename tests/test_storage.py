@@ -13,6 +13,7 @@ from tests import gcs_emulator
 from tests.gcs_emulator import BUCKET
 
 ROOT = f"gs://{BUCKET}/test_storage"
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,32 @@ def test_grit_data_prepares_into_the_bucket(bucket, tmp_path):
     local = storage.local_copy(out, "data.data_dir")
     entry = sources.read_manifest(local)["train"]["embedding"][0]
     assert entry["num_examples"] == 3 and len(tfds_io.open_source(os.path.join(local, entry["dir"]))) == 3
+
+
+def test_compilation_cache_in_the_bucket(bucket, tmp_path):
+    """A gs:// compile_cache_dir (JAX's own cache, through epath): a second process finds the first one's
+    compiled program there."""
+    import subprocess
+    import sys
+
+    cache = storage.join(bucket, "compile_cache")
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from grit_jax.compile_cache import CompileCache\n"
+        f"cache = CompileCache({cache!r}, '.')\n"
+        "jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()\n"
+        "print(cache.summary())\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT_DIR, env=env, capture_output=True, text=True, timeout=120
+        )
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    first, second = (r.stdout.strip().splitlines()[-1] for r in runs)
+    assert first.startswith(f"compilation cache {cache}: 0 hits") and "0 misses" not in first
+    assert second.startswith(f"compilation cache {cache}: ") and " 0 hits" not in second
+    assert any(p.name.startswith("jit_") for p in storage.as_path(cache).iterdir())
