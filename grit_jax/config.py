@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from grit_jax import storage
 from grit_jax.choices import ATTENTIONS, BATCH_AXES, LOSS_GEN_TYPES, MODES, POOLINGS, SCHEDULES
 from grit_jax.errors import UsageError
 
@@ -137,25 +138,16 @@ def data_parallel_size(mesh_shape: Mapping[str, int]) -> int:
     return math.prod(mesh_shape.get(a, 1) for a in BATCH_AXES)
 
 
-def require_local_path(path: str, what: str) -> None:
-    """Remote storage (gs://...) is not read or written yet: say so instead of writing to a local
-    directory named `gs:`, where no other host would find it."""
-    if "://" in str(path):
-        raise UsageError(
-            f"{what}={path}: URLs are not supported yet; on a pod, mount the bucket at the same path on "
-            "every host (e.g. with gcsfuse) and pass that path"
-        )
-
-
 def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
     """Raise UsageError, naming the field to change, for anything that would fail inside jit."""
-    for group, field in (
-        ("model", "hf_dir"),
-        ("model", "init_checkpoint"),
-        ("data", "data_dir"),
-        ("data", "tokenizer"),
-    ):
-        require_local_path(config[group][field], f"{group}.{field}")
+    for group, field in (("model", "hf_dir"), ("model", "init_checkpoint"), ("data", "data_dir")):
+        if config[group][field]:
+            storage.as_path(config[group][field], f"{group}.{field}")  # local or gs://, nothing else
+    if storage.is_url(config.data.tokenizer):
+        raise UsageError(
+            f"data.tokenizer={config.data.tokenizer}: a URL; leave it empty to use the copy that "
+            "grit-data prepare keeps in data.data_dir (which may be gs://)"
+        )
     obj = config.objective
     for field, allowed in (
         ("mode", MODES),

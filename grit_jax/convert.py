@@ -23,15 +23,14 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 
-from grit_jax import hardware, hf
+from grit_jax import hardware, hf, storage
 from grit_jax.checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
-from grit_jax.config import require_local_path
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
-from grit_jax.model import ModelConfig
 from grit_jax.model_files import (
     GRIT_CONFIG,
     copy_tokenizer,
@@ -55,11 +54,11 @@ def parse_size(text: str | int) -> int:
 
 def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     """A Hugging Face directory -> an orbax checkpoint dir (params/, model_config.json, tokenizer)."""
-    hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
-    if not os.path.isdir(hf_dir):
+    hf_dir, out = os.fspath(storage.as_path(hf_dir)), os.path.abspath(out)
+    if not storage.isdir(hf_dir):
         raise CheckpointError(f"{hf_dir}: no such directory (expected a Hugging Face model directory)")
     tokenizer = find_tokenizer([hf_dir])
-    cfg = ModelConfig.from_hf_json(hf_dir)
+    cfg = hf.read_hf_config(hf_dir)
     target = numpy_dtype(dtype)
     if os.path.exists(os.path.join(out, PARAMS_ITEM)):
         raise UsageError(f"{os.path.join(out, PARAMS_ITEM)} exists; choose a new --out")
@@ -81,8 +80,10 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     with open(os.path.join(out, MODEL_CONFIG), "w", encoding="utf-8") as f:
         json.dump(fields, f, indent=2)
     copy_tokenizer(tokenizer, out)
-    if os.path.isfile(os.path.join(hf_dir, GRIT_CONFIG)):
-        shutil.copyfile(os.path.join(hf_dir, GRIT_CONFIG), os.path.join(out, GRIT_CONFIG))
+    if storage.isfile(storage.join(hf_dir, GRIT_CONFIG)):
+        storage.write_text(
+            os.path.join(out, GRIT_CONFIG), storage.read_text(storage.join(hf_dir, GRIT_CONFIG))
+        )
     return out
 
 
@@ -135,6 +136,19 @@ def orbax_to_hf(
     return out
 
 
+def converted_to(out: str, convert) -> str:
+    """convert(directory) into `out`; a gs:// `out` is written locally first and uploaded when complete
+    (orbax's _METADATA last, so an interrupted upload is not taken for a checkpoint)."""
+    if not storage.is_url(out):
+        return convert(out)
+    if storage.isdir(storage.join(out, PARAMS_ITEM)):
+        raise UsageError(f"{storage.join(out, PARAMS_ITEM)} exists; choose a new --out")
+    with tempfile.TemporaryDirectory(prefix="grit_jax_convert_") as local:
+        convert(local)
+        storage.upload_dir(local, out)
+    return os.fspath(storage.as_path(out))
+
+
 def parse_args(argv):
     parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,13 +187,17 @@ def run(argv=None) -> int:
 
     def main():
         for flag in ("hf_dir", "ckpt", "out", "tokenizer"):
-            require_local_path(getattr(args, flag, None) or "", f"--{flag}")
+            if getattr(args, flag, None):
+                storage.as_path(getattr(args, flag), f"--{flag}")  # local or gs://, nothing else
         if args.command == "hf-to-orbax":
-            out = hf_to_orbax(args.hf_dir, args.out, args.dtype)
+            out = converted_to(args.out, lambda out: hf_to_orbax(args.hf_dir, out, args.dtype))
         else:
             grit = dict(pooling_method=args.pooling_method, attn=args.attn)
-            out = orbax_to_hf(
-                args.ckpt, args.out, args.step, args.dtype, args.max_shard_size, args.tokenizer, **grit
+            out = converted_to(
+                args.out,
+                lambda out: orbax_to_hf(
+                    args.ckpt, out, args.step, args.dtype, args.max_shard_size, args.tokenizer, **grit
+                ),
             )
         print(f"wrote {out}")
 

@@ -15,6 +15,7 @@ import os
 import numpy as np
 from rank_bm25 import BM25Okapi
 
+from grit_jax import storage
 from grit_jax.evaluate import retrieval_metrics
 from grit_jax.instructions import gritlm_format
 
@@ -37,8 +38,8 @@ def bm25_mrr(retrieval: dict) -> float:
 
 
 def _first_and_last_eval(workdir: str) -> tuple[float | None, float | None]:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        evals = [r["eval_mrr@10"] for r in map(json.loads, f) if "eval_mrr@10" in r]
+    lines = storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
+    evals = [r["eval_mrr@10"] for r in map(json.loads, lines) if "eval_mrr@10" in r]
     return (evals[0], evals[-1]) if evals else (None, None)
 
 

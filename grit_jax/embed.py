@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from grit_jax import hardware
+from grit_jax import hardware, storage
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.corpus import FIELDS, Skipped, count_lines, read_records
 from grit_jax.embedding import EmbeddingStore, embed_token_rows, merge_hosts
@@ -71,7 +71,7 @@ def _run(args):
     mesh = local_mesh(args.mesh)
     model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
     settings = dict(
-        model=os.path.abspath(args.model),
+        model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
         inputs=[[os.path.abspath(p), os.path.getsize(p)] for p in args.input],
         instruction=args.instruction,
         field=args.field,

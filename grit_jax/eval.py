@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from grit_jax import hardware
+from grit_jax import hardware, storage
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.errors import UsageError
 from grit_jax.instructions import RETRIEVAL, task_instructions
@@ -76,7 +76,7 @@ def _run(args):
         model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
     )
     result.update(
-        model=os.path.abspath(args.model),
+        model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
         data=os.path.abspath(args.data),
         query_instruction=query_instruction,
         doc_instruction=doc_instruction,

@@ -8,11 +8,14 @@ from one lazy safetensors tensor (grit_jax.safetensors_io), touching only the ro
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
+from grit_jax import storage
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
 from grit_jax.safetensors_io import LazyTensor, SafetensorsDir
@@ -148,6 +151,20 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
         for j in experts:
             index = tuple(x for x in (i, j) if x is not None)
             yield index, entry.hf.format(i=i, j=j)
+
+
+def read_hf_config(path: str, **changes) -> ModelConfig:
+    """ModelConfig.from_hf_json for a local directory or a gs:// one (read through grit_jax.storage)."""
+    file = storage.join(path, "config.json") if storage.isdir(path) else os.fspath(path)
+    if not storage.isfile(file):
+        raise CheckpointError(f"{file}: no such file (a Hugging Face model directory has a config.json)")
+    try:
+        data = json.loads(storage.read_text(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return ModelConfig.from_hf_dict(data, source=file, **changes)
 
 
 def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:

@@ -2,15 +2,24 @@
 
 On resume, the lines a killed run wrote after the checkpoint it resumes from are dropped first: they are
 logged again, so the file reads as one uninterrupted run.
+
+A gs:// work directory gets the same files: a GCS object cannot be appended to, so they are written to
+a local directory and uploaded whole (at most every SYNC_SECONDS, at every checkpoint, and at the end):
+whatever a checkpoint resumes from is logged in the bucket before it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 
 from tensorboardX import SummaryWriter
+
+from grit_jax import storage
+
+SYNC_SECONDS = 30.0
 
 
 class MetricsLog:
@@ -18,19 +27,25 @@ class MetricsLog:
 
     def __init__(self, workdir, num_steps, enabled, start_step=0):
         self.enabled, self.num_steps, self.workdir = enabled, num_steps, workdir
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self.remote = storage.is_url(workdir)
+        self.local_dir = tempfile.mkdtemp(prefix="grit_jax_metrics_") if self.remote else workdir
+        self.local_path, self.synced = os.path.join(self.local_dir, "metrics.jsonl"), time.monotonic()
         if enabled:
+            if self.remote and storage.isfile(self.path):
+                with open(self.local_path, "w", encoding="utf-8") as f:
+                    f.write(storage.read_text(self.path))
             self._truncate(start_step)
-            self.file = open(self.path, "a", encoding="utf-8")
+            self.file = open(self.local_path, "a", encoding="utf-8")
             self.tb = SummaryWriter(
-                os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None
+                os.path.join(self.local_dir, "tb"), purge_step=start_step + 1 if start_step else None
             )
 
     def _truncate(self, start_step):
         """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone)."""
-        if not os.path.exists(self.path):
+        if not os.path.exists(self.local_path):
             return
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.local_path, encoding="utf-8") as f:
             lines = f.readlines()
         kept = []
         for line in lines:
@@ -42,9 +57,9 @@ class MetricsLog:
                 break
             kept.append(line)
         if len(kept) < len(lines):
-            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            with open(self.local_path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
+            os.replace(self.local_path + ".tmp", self.local_path)
 
     def write(self, step, metrics):
         if not self.enabled:
@@ -56,6 +71,14 @@ class MetricsLog:
             if key != "step":
                 self.tb.add_scalar(key.replace("@", "_at_"), value, step)
         self.tb.flush()
+        if time.monotonic() - self.synced > SYNC_SECONDS:
+            self.sync()
+
+    def sync(self):
+        """Uploads metrics.jsonl and tb/ to a gs:// work directory (nothing to do for a local one)."""
+        if self.enabled and self.remote:
+            storage.upload_dir(self.local_dir, self.workdir)
+            self.synced = time.monotonic()
 
     def progress(self, step, metrics, seconds_per_step):
         if not self.enabled:
@@ -72,3 +95,4 @@ class MetricsLog:
         if self.enabled:
             self.file.close()
             self.tb.close()
+            self.sync()

@@ -5,17 +5,19 @@ for embeddings without guessing), and `load_pretrained`, which reads all of it w
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import tempfile
 
 from jax.sharding import Mesh
 
+from grit_jax import hf, storage
 from grit_jax.checkpoint import CheckpointSource, resolve_checkpoint
 from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
 from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig
 from grit_jax.param_source import CheckpointParams, HFParams
 from grit_jax.weights import load_model, stored_param_dtype
 
@@ -47,15 +49,32 @@ def find_tokenizer(dirs: list[str], explicit: str | None = None, hint: str | Non
     candidates = (
         [explicit]
         if explicit
-        else [hint] * bool(hint) + [os.path.join(d, n) for d in dirs if d for n in names]
+        else [hint] * bool(hint) + [storage.join(d, n) for d in dirs if d for n in names]
     )
     for c in candidates:
+        if storage.is_url(c) and storage.isdir(c):
+            c = next((storage.join(c, n) for n in names if storage.isfile(storage.join(c, n))), c)
+        if storage.is_url(c) and storage.isfile(c):
+            return tokenizer_file(_local_tokenizer(c))
         if os.path.exists(c):
             return tokenizer_file(c)
     raise CheckpointError(
         f"no tokenizer: {' nor '.join(candidates)} exists (pass --tokenizer PATH: a tokenizer.model, a "
         "tokenizer.json or a directory)"
     )
+
+
+def _local_tokenizer(url: str) -> str:
+    """sentencepiece and tokenizers open local files: a gs:// tokenizer and the Hugging Face files beside
+    it are copied to a local temporary directory (removed at exit)."""
+    local = tempfile.mkdtemp(prefix="grit_jax_tokenizer_")
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
+    folder = storage.as_path(url).parent
+    for name in {storage.as_path(url).name, *TOKENIZER_FILES}:
+        if (folder / name).is_file():
+            with open(os.path.join(local, name), "wb") as f:
+                f.write((folder / name).read_bytes())
+    return os.path.join(local, storage.as_path(url).name)
 
 
 def copy_tokenizer(tokenizer: str, out: str):
@@ -96,9 +115,8 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
     """GRIT settings for grit_config.json: defaults, then the training config's objective, then overrides."""
     out = dict(DEFAULT_GRIT_CONFIG)
     for d in source.search_dirs if source else []:
-        if d and os.path.isfile(os.path.join(d, GRIT_CONFIG)):
-            with open(os.path.join(d, GRIT_CONFIG), encoding="utf-8") as f:
-                out.update(json.load(f))
+        if d and storage.isfile(storage.join(d, GRIT_CONFIG)):
+            out.update(json.loads(storage.read_text(storage.join(d, GRIT_CONFIG))))
             break
     objective = (source.training_config or {}).get("objective") if source else None
     if objective:
@@ -120,20 +138,19 @@ def load_pretrained(
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
     straight into its shards on that mesh (grit_jax.weights), else onto this host's first device."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    path = os.fspath(storage.as_path(path))  # a local path or gs://
+    if not storage.isdir(path):
         raise CheckpointError(
             f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
         )
     hint = None
-    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
-        os.path.join(path, "checkpoints")
+    if storage.isfile(storage.join(path, "config.json")) and not storage.isdir(
+        storage.join(path, "checkpoints")
     ):
-        source, search = HFParams(path, ModelConfig.from_hf_json(path, dtype=dtype)), [path]
+        source, search = HFParams(path, hf.read_hf_config(path, dtype=dtype)), [path]
         settings = grit_settings(None)
-        if os.path.isfile(os.path.join(path, GRIT_CONFIG)):
-            with open(os.path.join(path, GRIT_CONFIG), encoding="utf-8") as f:
-                settings.update(json.load(f))
+        if storage.isfile(storage.join(path, GRIT_CONFIG)):
+            settings.update(json.loads(storage.read_text(storage.join(path, GRIT_CONFIG))))
     else:
         checkpoint = resolve_checkpoint(path, step)
         checkpoint.config = checkpoint.config.replace(dtype=dtype)

@@ -6,14 +6,15 @@ shard's header from names, shapes and dtypes first, then streams each tensor to 
 
 from __future__ import annotations
 
-import glob
 import json
+import math
 import os
 
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from grit_jax import storage
 from grit_jax.errors import CheckpointError, UsageError
 
 # safetensors' dtype names of the floating types a model may be stored in
@@ -30,7 +31,71 @@ def numpy_dtype(name: str | None):
     return np.dtype(table[name])
 
 
+_NUMPY_OF = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": ml_dtypes.bfloat16, "I64": "<i8", "I32": "<i4"}
+_NUMPY_OF.update({"I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"})
+
+
+class RemoteSafetensors:
+    """A safetensors file behind a URL, which `safetensors` cannot memory-map: the 8-byte little-endian
+    header length and the JSON header are read once, then each tensor is one byte-range request."""
+
+    def __init__(self, file: str):
+        self.file = file
+        try:
+            size = int.from_bytes(storage.read_range(file, 0, 8), "little")
+            self.header = json.loads(storage.read_range(file, 8, 8 + size))
+        except ValueError as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+        self.header.pop("__metadata__", None)
+        self.data_start = 8 + size
+
+    def keys(self):
+        return list(self.header)
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        return self.get_slice(name)[...]
+
+    def get_slice(self, name: str) -> _RemoteTensor:
+        return _RemoteTensor(self, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass  # nothing held open between requests
+
+
+class _RemoteTensor:
+    """One tensor of a RemoteSafetensors file, as safetensors' get_slice gives it: a box is one byte-range
+    request spanning the rows of its first dimension (the dimension every sharding rule here cuts)."""
+
+    def __init__(self, remote: RemoteSafetensors, name: str):
+        self.remote, self.info = remote, remote.header[name]
+
+    def get_shape(self) -> list[int]:
+        return list(self.info["shape"])
+
+    def get_dtype(self) -> str:
+        return self.info["dtype"]
+
+    def __getitem__(self, index) -> np.ndarray:
+        shape, dtype = tuple(self.info["shape"]), np.dtype(_NUMPY_OF[self.info["dtype"]])
+        index = index if isinstance(index, tuple) else (index,)
+        index = () if index == (Ellipsis,) else index
+        rows = index[0] if index and shape else slice(None)
+        first, last, step = rows.indices(shape[0]) if shape else (0, 1, 1)
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        start = self.remote.data_start + self.info["data_offsets"][0] + first * row_bytes
+        data = storage.read_range(self.remote.file, start, start + (last - first) * row_bytes)
+        if len(data) != (last - first) * row_bytes:
+            raise ValueError(f"{(last - first) * row_bytes} bytes expected, {len(data)} read")
+        block = np.frombuffer(data, dtype).reshape((last - first, *shape[1:]) if shape else ())
+        return block[(slice(None, None, step), *index[1:])] if shape else block
+
+
 def _open(file: str):
+    if storage.is_url(file):
+        return RemoteSafetensors(file)
     try:
         return safe_open(file, framework="numpy")
     except Exception as e:  # safetensors' own error type: a truncated or corrupt file
@@ -42,18 +107,17 @@ class SafetensorsDir:
 
     def __init__(self, path: str):
         self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.exists(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+        index = storage.join(path, "model.safetensors.index.json")
+        if storage.isfile(index):
+            weight_map = json.loads(storage.read_text(index))["weight_map"]
+            self.files = {name: storage.join(path, file) for name, file in weight_map.items()}
             for file in set(self.files.values()):
-                if not os.path.exists(file):
+                if not storage.isfile(file):
                     raise CheckpointError(
-                        f"{index}: names shard {os.path.basename(file)}, which does not exist"
+                        f"{index}: names shard {storage.as_path(file).name}, which does not exist"
                     )
         else:
-            shards = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+            shards = sorted(os.fspath(p) for p in storage.as_path(path).glob("*.safetensors"))
             if not shards:
                 raise CheckpointError(
                     f"{path}: no *.safetensors files (grit_jax reads safetensors checkpoints only)"
@@ -147,7 +211,7 @@ class ShardWriter:
             offset += nbytes
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
-        self.file = open(os.path.join(self.out_dir, self.names[i]), "wb")
+        self.file = storage.as_path(storage.join(self.out_dir, self.names[i])).open("wb")
         self.file.write(len(text).to_bytes(8, "little") + text)
         self.file_index = i
 
@@ -173,5 +237,6 @@ class ShardWriter:
             weight_map = {name: self.names[i] for i, (name, *_) in self.queue}
             total = sum(item[3] for _, item in self.queue)
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            with open(os.path.join(self.out_dir, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2)
+            storage.write_text(
+                storage.join(self.out_dir, "model.safetensors.index.json"), json.dumps(index, indent=2)
+            )

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import tensorstore as ts
 
+from grit_jax import storage
+
 _OCDBT_CONFIG = {
     "max_inline_value_bytes": 1024,
     "max_decoded_node_bytes": 100_000_000,
@@ -31,12 +33,11 @@ def _ts_context():
 def _leaf_spec(
     pytree_dir: str, keys: tuple[str, ...], use_ocdbt: bool = True, use_zarr3: bool = False
 ) -> dict:
-    name = ".".join(keys)
-    kvstore = (
-        {"driver": "ocdbt", "base": f"file://{pytree_dir}/", "path": name}
-        if use_ocdbt
-        else {"driver": "file", "path": os.path.join(pytree_dir, name)}
-    )
+    name, base = ".".join(keys), storage.kvstore(pytree_dir)  # a local dir or gs://
+    if use_ocdbt:
+        kvstore = {"driver": "ocdbt", "base": {**base, "path": base["path"].rstrip("/") + "/"}, "path": name}
+    else:
+        kvstore = {**base, "path": base["path"].rstrip("/") + "/" + name}
     return {"driver": "zarr3" if use_zarr3 else "zarr", "kvstore": kvstore}
 
 
@@ -50,8 +51,7 @@ def release_memory():
 
 def leaf_opener(pytree_dir: str):
     """keys -> the tensorstore array of that leaf of an orbax PyTree checkpoint, whole or sliced."""
-    with open(os.path.join(pytree_dir, "_METADATA"), encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = json.loads(storage.read_text(storage.join(pytree_dir, "_METADATA")))
     ocdbt, zarr3, context = meta.get("use_ocdbt", True), meta.get("use_zarr3", False), _ts_context()
     return lambda keys: ts.open(
         _leaf_spec(pytree_dir, keys, ocdbt, zarr3), open=True, read=True, context=context
@@ -64,7 +64,10 @@ class PyTreeWriter:
     path starts a new array. Chunks are one slice, so no chunk is ever read back or held whole."""
 
     def __init__(self, directory: str):
-        os.makedirs(directory)
+        if storage.is_url(directory):
+            storage.makedirs(directory)
+        else:
+            os.makedirs(directory)  # raises if it exists: never mixed with an older checkpoint
         self.directory, self.context, self.keys, self.array = directory, _ts_context(), [], None
 
     def write(self, path: str, shape: tuple[int, ...], index: tuple[int, ...], value: np.ndarray):
@@ -99,14 +102,14 @@ class PyTreeWriter:
             "store_array_data_equal_to_fill_value": True,
             "custom_metadata": None,
         }
-        with open(os.path.join(self.directory, "_METADATA"), "w", encoding="utf-8") as f:
-            json.dump(meta, f)
+        storage.write_text(storage.join(self.directory, "_METADATA"), json.dumps(meta))
         handler, now = (
             "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler",
             time.time_ns(),
         )
-        with open(os.path.join(self.directory, "_CHECKPOINT_METADATA"), "w", encoding="utf-8") as f:
-            json.dump(
+        storage.write_text(
+            storage.join(self.directory, "_CHECKPOINT_METADATA"),
+            json.dumps(
                 {
                     "item_handlers": handler,
                     "metrics": {},
@@ -114,6 +117,6 @@ class PyTreeWriter:
                     "custom_metadata": {},
                     "init_timestamp_nsecs": now,
                     "commit_timestamp_nsecs": now,
-                },
-                f,
-            )
+                }
+            ),
+        )

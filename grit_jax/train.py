@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import jax
@@ -23,10 +24,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from grit_jax import cli, distributed, flops, hardware, sharding
+from grit_jax import cli, distributed, flops, hardware, sharding, storage
 from grit_jax.checkpoint import Checkpoints
 from grit_jax.compile_cache import CompileCache
-from grit_jax.config import batch_lengths, num_batch_shapes, profile_steps, require_local_path
+from grit_jax.config import batch_lengths, num_batch_shapes, profile_steps
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.demo_report import EXAMPLE_FILE, demo_report
@@ -62,27 +63,30 @@ class Preempted:
 def check_workdir(workdir: str):
     if not workdir:
         raise UsageError("--workdir is required (where checkpoints and logs go)")
-    require_local_path(workdir, "--workdir")
+    storage.as_path(workdir, "--workdir")  # a URL other than gs:// ends here
     try:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
     except OSError as e:
-        raise UsageError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir {workdir}: cannot create it ({e.strerror or e})") from None
+    if not storage.is_url(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
         raise UsageError(f"--workdir {workdir}: not writable")
 
 
 def prepare_data(config, workdir):
     """Builds the demo corpus into WORKDIR/data when the config asks for it; checks the data directory."""
     if config.data.demo_corpus and not config.data.data_dir:
-        data_dir = os.path.join(workdir, "data")
+        data_dir = storage.join(workdir, "data")
         if jax.process_index() == 0:
+            built = tempfile.mkdtemp() if storage.is_url(data_dir) else data_dir
             prepare_demo_data(
-                data_dir,
+                built,
                 vocab_size=config.data.demo_vocab_size,
                 query_max_len=config.data.query_max_len,
                 passage_max_len=config.data.passage_max_len,
                 generative_max_len=config.data.generative_max_len,
             )
+            if built != data_dir:
+                storage.upload_dir(built, data_dir)
         multihost_utils.sync_global_devices("demo data ready")
         with config.unlocked():
             config.data.data_dir = data_dir
@@ -90,11 +94,18 @@ def prepare_data(config, workdir):
         raise UsageError(
             "data.data_dir is empty: pass --config.data.data_dir=DIR (prepared with grit-data prepare)"
         )
-    if not os.path.exists(os.path.join(config.data.data_dir, "manifest.json")):
+    if not storage.isfile(storage.join(config.data.data_dir, "manifest.json")):
         raise UsageError(
             f"data.data_dir={config.data.data_dir}: no manifest.json there; prepare it with "
             "`grit-data prepare ... --out DIR`"
         )
+
+
+def local_data(config):
+    """array_record reads local files only: a gs:// data directory is copied to this host's disk."""
+    if storage.is_url(config.data.data_dir):
+        with config.unlocked():
+            config.data.data_dir = storage.local_copy(config.data.data_dir, "data.data_dir")
 
 
 def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
@@ -160,11 +171,11 @@ class Loop:
         if steps is None or jax.process_index() != 0:
             return
         if starting and step == steps[0]:
-            jax.profiler.start_trace(os.path.join(self.log.workdir, "profile"))
+            jax.profiler.start_trace(storage.join(self.log.workdir, "profile"))
         elif not starting and step == steps[1]:
             jax.profiler.stop_trace()
             print(
-                f"profile of steps {steps[0]}-{steps[1]}: {os.path.join(self.log.workdir, 'profile')}",
+                f"profile of steps {steps[0]}-{steps[1]}: {storage.join(self.log.workdir, 'profile')}",
                 flush=True,
             )
 
@@ -206,6 +217,7 @@ class Loop:
         every = self.config.checkpoint.every_steps
         self.save_due = self.save_due or step % every == 0 or step == self.config.num_steps
         if (self.save_due and not metrics["nonfinite"]) or stop:
+            self.log.sync()  # a resumed run finds every line up to its checkpoint (gs:// work dirs)
             self.ckpt.save(step, state, self.data.get_state(), force=True)
             self.save_due = False
         if stop:
@@ -225,6 +237,8 @@ def train(config, workdir) -> dict:
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
+    config_json = config.to_json(indent=2)  # with the data's URL; the hosts read their own copies
+    local_data(config)
     tokenizer = load_tokenizer(config.data)
     if tokenizer.vocab_size > setup.model_config.vocab_size:
         raise UsageError(
@@ -233,8 +247,7 @@ def train(config, workdir) -> dict:
         )
     main = jax.process_index() == 0
     if main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json(indent=2))
+        storage.write_text(storage.join(workdir, "config.json"), config_json)
         if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
             print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
     data = make_train_iterator(
@@ -256,7 +269,7 @@ def train(config, workdir) -> dict:
         rounded = {k: round(float(v), 5) for k, v in last.items()}
         print(
             f"done. checkpoints: {ckpt.directory}\nmetrics: {log.path}\nTensorBoard: "
-            f"{os.path.join(workdir, 'tb')}\nfinal metrics: {json.dumps(rounded)}",
+            f"{storage.join(workdir, 'tb')}\nfinal metrics: {json.dumps(rounded)}",
             flush=True,
         )
         if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):

@@ -11,7 +11,6 @@ weights with each host holding its share. One loader serves grit-train's startin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from grit_jax import hf, sharding
+from grit_jax import hf, sharding, storage
 from grit_jax.choices import DTYPES
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
@@ -119,8 +118,8 @@ def from_hf(path: str, dtype: str | None = None, **config_changes) -> Transforme
     """A grit_jax Transformer holding the weights of a Hugging Face directory (grit_jax.choices.MODEL_TYPES)
     on this host's first device. `dtype` is the parameter dtype (float32 default); config_changes override
     ModelConfig fields (e.g. compute dtype, remat_policy)."""
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
     if dtype is not None:
         config_changes["param_dtype"] = dtype
-    return load_model(HFParams(path, ModelConfig.from_hf_json(path, **config_changes)))
+    return load_model(HFParams(path, hf.read_hf_config(path, **config_changes)))

@@ -203,7 +203,16 @@ cmd_setup() {
 
 cmd_run() {
   ((${#PASSTHROUGH[@]})) || die "run needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
-  local env="GRIT_DISTRIBUTED=1" kv
+  local env="GRIT_DISTRIBUTED=1" kv i workdir=""
+  # Every worker must see one work directory (checkpoint shards of all hosts, one compilation cache).
+  for ((i = 0; i < ${#PASSTHROUGH[@]}; i++)); do
+    case ${PASSTHROUGH[i]} in
+      --workdir=*) workdir=${PASSTHROUGH[i]#--workdir=} ;;
+      --workdir) workdir=${PASSTHROUGH[i + 1]:-} ;;
+    esac
+  done
+  [[ $workdir == gs://* ]] || echo "tpu.sh: warning: --workdir '$workdir' is not gs://BUCKET/PATH; every worker" \
+    "must see the same directory (checkpoints, compilation cache), e.g. a bucket mounted on all of them" >&2
   for kv in "${ENVS[@]}"; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs KEY=VALUE, not '$kv'"
     env+=" ${kv%%=*}=$(q "${kv#*=}")"

@@ -121,9 +121,9 @@ def test_grit_train(inputs):
         train(inputs, f"--config.model.hf_dir={inputs['corrupt_hf']}"), "grit-train", 1, inputs["shard"]
     )
     assert_one_line(train(inputs, "--bogus_flag=1"), "grit-train", 2, "bogus_flag")
-    url = run("grit-train", "--config", "configs/tiny.py", "--workdir=gs://bucket/run")
-    assert_one_line(url, "grit-train", 2, "--workdir=gs://bucket/run", "not supported yet")
-    assert not os.path.exists(os.path.join(ROOT, "gs:"))  # nothing written to a local folder named gs:
+    url = run("grit-train", "--config", "configs/tiny.py", "--workdir=s3://bucket/run")
+    assert_one_line(url, "grit-train", 2, "--workdir=s3://bucket/run", "expected a local path or gs://")
+    assert not os.path.exists(os.path.join(ROOT, "s3:"))  # nothing written to a local folder named s3:
 
 
 def test_grit_data(inputs):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
-from grit_jax import hardware
+from grit_jax import hardware, storage
 from grit_jax.choices import PAPER_LENGTHS
 from grit_jax.cli import ArgumentParser, run_command
-from grit_jax.config import require_local_path
 from grit_jax.data import sources
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.tokenizer import Tokenizer
@@ -88,15 +88,25 @@ def run(argv=None) -> int:
 
 
 def _run(args):
-    require_local_path(args.out, "--out")
+    """array_record writes local files: a gs:// --out is prepared in a local directory, then uploaded."""
+    if not storage.is_url(args.out):
+        return _prepare(args, args.out)
+    storage.as_path(args.out, "--out")
+    with tempfile.TemporaryDirectory(prefix="grit_jax_data_") as local:
+        _prepare(args, local)
+        storage.upload_dir(local, args.out)
+    print(f"uploaded to {args.out}")
+
+
+def _prepare(args, out_dir: str):
     if args.command == "demo":
-        out = prepare_demo_data(args.out, vocab_size=args.vocab_size)
+        out = prepare_demo_data(out_dir, vocab_size=args.vocab_size)
         print(report(sources.read_manifest(out["data_dir"])))
         return
     if not args.embedding and not args.generative:
         raise UsageError("nothing to prepare: give --embedding and/or --generative")
     manifest = sources.prepare(
-        args.out,
+        out_dir,
         Tokenizer(args.tokenizer, pad_id=args.pad_id),
         args.embedding,
         args.generative,
