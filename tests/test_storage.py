@@ -85,7 +85,7 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     grit-convert hf-to-orbax from the bucket to the bucket gives a checkpoint (read by tensorstore's gcs
     driver) with those parameters."""
     from grit_jax import hf
-    from grit_jax.checkpoint import load_params_from_checkpoint
+    from grit_jax.param_source import load_params_from_checkpoint, read_hf_params
     from grit_jax.convert import run as convert
     from grit_jax.model_files import load_pretrained
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
@@ -96,8 +96,8 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     storage.upload_dir(hf_dir, remote_hf)
     cfg = hf.read_hf_config(remote_hf)
     assert cfg == hf.read_hf_config(hf_dir)
-    want = hf.read_hf_params(hf_dir, cfg)
-    got = hf.read_hf_params(remote_hf, cfg)
+    want = read_hf_params(hf_dir, cfg)
+    got = read_hf_params(remote_hf, cfg)
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
