@@ -1,10 +1,11 @@
 """The training program end to end, in subprocesses (`python -m grit_jax.train`), on the demo corpus.
 
-Every run uses the tiny model on the stdlib-docstring corpus prepared once per session (vocabulary 512),
-faked CPU devices, and a compilation cache shared by the session's subprocesses (identical programs
-compile once). What is shown: the demo learns; a run killed (SIGKILL or SIGTERM) and restarted logs the
-same values as an uninterrupted run; 1 device and 8 devices log the same losses; non-finite steps are
-skipped and stop the run; a half-written checkpoint is skipped and kept; bad command lines end in one line.
+Every run but the demo's uses the tiny model on the stdlib-docstring corpus prepared once per session
+(vocabulary 512; the demo's run uses configs/demo.py on its own build, vocabulary 1024), faked CPU devices,
+and a compilation cache shared by the session's subprocesses (identical programs compile once). What is
+shown: the demo learns; a run killed (SIGKILL or SIGTERM) and restarted logs the same values as an
+uninterrupted run; 1 device and 8 devices log the same losses; non-finite steps are skipped and stop the
+run; a half-written checkpoint is skipped and kept; bad command lines end in one line.
 """
 
 import glob
@@ -31,6 +32,14 @@ def data_dir(tmp_path_factory):
     from grit_jax.data.demo import prepare_demo_data
 
     return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data")), vocab_size=512)["data_dir"]
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+    """The corpus as configs/demo.py prepares it (vocabulary 1024); ~2 s to build."""
+    from grit_jax.data.demo import prepare_demo_data
+
+    return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data_1024")))["data_dir"]
 
 
 @pytest.fixture(scope="session")
@@ -238,36 +247,37 @@ def test_bad_command_lines_end_with_one_line(tmp_path, data_dir, compile_cache, 
     assert last.startswith("grit-train: error: ") and names in last, last
 
 
-def test_demo_learns(tmp_path, data_dir, compile_cache):
-    """A shortened demo (configs/demo.py, fewer steps on shorter sequences): held-out retrieval MRR@10
-    rises well above its untrained value and the held-out generative loss falls."""
+def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
+    """The demo (configs/demo.py: its vocabulary of 1024, 64-token queries and passages, 3 hard negatives)
+    shortened to 150 steps: held-out retrieval MRR@10 rises well above its untrained value and the held-out
+    generative loss falls. On the clean corpus shorter sequences or the 512 vocabulary barely learn to
+    retrieve in 200 steps (benchmarks/RESULTS.md "Demo recipe"), so only the step count is cut."""
     workdir = str(tmp_path)
     _ok(
         _train(
             workdir,
-            data_dir,
+            demo_data_dir,
             compile_cache,
-            "--config.num_steps=200",
-            "--config.log.eval_every_steps=200",
-            "--config.data.query_max_len=32",
-            "--config.data.passage_max_len=32",
-            "--config.data.generative_max_len=48",
+            "--config.num_steps=150",
+            "--config.log.eval_every_steps=150",
             "--config.checkpoint.every_steps=1000",
             config="configs/demo.py",
             devices=1,
-            timeout=300,
+            timeout=600,  # measured 147 s wall, 142 CPU seconds (2 cores, load ~5); room for a busier machine
         )
     )
     metrics = _metrics(workdir)
-    untrained, trained = metrics[0], metrics[200]
+    untrained, trained = metrics[0], metrics[150]
     print(
-        f"demo (shortened): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
+        f"demo (150 steps): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
         f"eval loss_gen {untrained['eval_loss_gen']:.3f} -> {trained['eval_loss_gen']:.3f}"
     )
-    # measured 0.012 -> 0.060 (2-core CPU; deterministic): assert at least 3x and +0.03
-    # (random ranking: ~0.011)
-    assert trained["eval_mrr@10"] > max(3 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.03)
-    assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 0.5
+    # measured on the clean corpus (2-core CPU; deterministic): MRR@10 0.051 -> 0.158 at step 150, eval
+    # loss_gen 6.955 -> 5.585. The same recipe cut to 100 steps reached only 0.091 (and would fail here);
+    # 200 steps reached 0.212. Assert at least 2x and +0.05 (65 queries: one query's rank is worth up to
+    # 0.015), and a fall of 1 nat/token.
+    assert trained["eval_mrr@10"] > max(2 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.05)
+    assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 1.0
 
 
 def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir, compile_cache):
