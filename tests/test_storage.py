@@ -85,9 +85,9 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     grit-convert hf-to-orbax from the bucket to the bucket gives a checkpoint (read by tensorstore's gcs
     driver) with those parameters."""
     from grit_jax import hf
-    from grit_jax.param_source import load_params_from_checkpoint, read_hf_params
     from grit_jax.convert import run as convert
     from grit_jax.model_files import load_pretrained
+    from grit_jax.param_source import load_params_from_checkpoint, read_hf_params
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
     make_tokenizer(tmp_path / "tokenizer.model")
