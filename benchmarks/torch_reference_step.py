@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from results_table import add_row  # benchmarks/results_table.py, beside this script
 
 from grit_jax import sharding, step
 from grit_jax.config import base_config
@@ -34,7 +35,6 @@ from grit_jax.data.synthetic import synthetic_batch
 from grit_jax.state import TrainSetup
 from grit_jax.weights import initial_params
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADING = "## Train step vs PyTorch"
 # The model and batch of issue 13: a random Mistral, 8 queries x 32 + 16 passages x 128 + 8 x 128 generative.
 MODEL = dict(
@@ -192,26 +192,19 @@ def write(result: dict, machine: str):
         f"{max(result['ratios']):.2f}) | {result['positions'] / result['jax_s']:,.0f} | "
         f"{datetime.date.today().isoformat()} |\n"
     )
-    text = open(RESULTS, encoding="utf-8").read()
-    if HEADING not in text:
-        text = (
-            text.rstrip("\n") + f"\n\n{HEADING}\n\n`python benchmarks/torch_reference_step.py --mode MODE "
-            "--write`: issue 13's random Mistral (hidden 256, 4 layers, 4 heads / 1 kv head, MLP 1024, vocab "
-            "8000) on 8 queries x 32 + 16 passages x 128 + 8 generative x 128 tokens, fp32, AdamW; grit_jax "
-            "and the PyTorch reference step alternate in one run. speed = torch s/step / grit_jax s/step "
-            "(median over repetitions, range in brackets); >= 1 means grit_jax is at least as fast. "
-            "cores: the cores the process may use (`taskset -c 1` for one); load: the machine's "
-            "1-minute load average at the end (other users' work).\n\n"
-            "| mode | grit_jax settings | machine | grit_jax s/step | torch s/step | cores | load | "
-            "speed vs torch | grit_jax positions/s | date |\n|---|---|---|---|---|---|---|---|---|---|\n"
-        )
-    start = text.index(HEADING)
-    following = text.find("\n## ", start + len(HEADING))
-    end = len(text) if following < 0 else following + 1
-    section = text[start:end].rstrip("\n") + "\n" + row
-    text = text[:start] + section + ("\n" + text[end:] if following >= 0 else "")
-    with open(RESULTS, "w", encoding="utf-8") as f:
-        f.write(text)
+    add_row(
+        HEADING,
+        "`python benchmarks/torch_reference_step.py --mode MODE "
+        "--write`: issue 13's random Mistral (hidden 256, 4 layers, 4 heads / 1 kv head, MLP 1024, vocab "
+        "8000) on 8 queries x 32 + 16 passages x 128 + 8 generative x 128 tokens, fp32, AdamW; grit_jax "
+        "and the PyTorch reference step alternate in one run. speed = torch s/step / grit_jax s/step "
+        "(median over repetitions, range in brackets); >= 1 means grit_jax is at least as fast. "
+        "cores: the cores the process may use (`taskset -c 1` for one); load: the machine's "
+        "1-minute load average at the end (other users' work).\n\n"
+        "| mode | grit_jax settings | machine | grit_jax s/step | torch s/step | cores | load | "
+        "speed vs torch | grit_jax positions/s | date |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        row,
+    )
 
 
 def main():

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+from results_table import add_row  # benchmarks/results_table.py, beside this script
 
 from grit_jax import flops, sharding, step
 from grit_jax.data.synthetic import synthetic_batch
@@ -29,7 +30,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
 _WRITE = flags.DEFINE_bool("write", False, "append the result to benchmarks/RESULTS.md")
 _MACHINE = flags.DEFINE_string("machine", "", "machine description for RESULTS.md (default: the device kind)")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADING = "## Train step throughput"
 
 
@@ -92,24 +92,16 @@ def write(config_name: str, result: dict, machine: str):
         f"| {result['mfu'] * 100:.1f}% | "
         f"{datetime.date.today().isoformat()} |\n"
     )
-    text = open(RESULTS, encoding="utf-8").read() if os.path.exists(RESULTS) else "# Benchmark results\n"
-    if HEADING not in text:
-        text = (
-            text.rstrip("\n")
-            + f"\n\n{HEADING}\n\n`python benchmarks/train_step.py --config CONFIG --write`: "
-            "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is "
-            "against the measured peak (best FLOP/s of a large matmul in the compute dtype, "
-            "per device x devices).\n\n"
-            "| config | machine | devices | params | dtype | ms/step | real tokens/s | padded tokens/s | "
-            "model GFLOP/s | peak GFLOP/s | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        )
-    start = text.index(HEADING)
-    following = text.find("\n## ", start + len(HEADING))
-    end = len(text) if following < 0 else following + 1
-    section = text[start:end].rstrip("\n") + "\n" + row
-    text = text[:start] + section + ("\n" + text[end:] if following >= 0 else "")
-    with open(RESULTS, "w", encoding="utf-8") as f:
-        f.write(text)
+    add_row(
+        HEADING,
+        "`python benchmarks/train_step.py --config CONFIG --write`: "
+        "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is "
+        "against the measured peak (best FLOP/s of a large matmul in the compute dtype, "
+        "per device x devices).\n\n"
+        "| config | machine | devices | params | dtype | ms/step | real tokens/s | padded tokens/s | "
+        "model GFLOP/s | peak GFLOP/s | MFU | date |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        row,
+    )
 
 
 def main(argv):
@@ -120,7 +112,7 @@ def main(argv):
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if _WRITE.value and jax.process_index() == 0:
         name = os.path.relpath(
-            flags.FLAGS["config"].config_filename, os.path.dirname(os.path.dirname(RESULTS))
+            flags.FLAGS["config"].config_filename, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         )
         write(name, result, _MACHINE.value or result["device"])
 
