@@ -51,12 +51,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "grit-train=grit_jax.train:run",
-            "grit-data=grit_jax.data.__main__:run",
-            "grit-convert=grit_jax.convert:run",
-            "grit-aot=grit_jax.aot:run",
-            "grit-embed=grit_jax.embed:run",
-            "grit-eval=grit_jax.eval:run",
+            "grit-train=grit_jax.programs.grit_train:run",
+            "grit-data=grit_jax.programs.grit_data:run",
+            "grit-convert=grit_jax.programs.grit_convert:run",
+            "grit-aot=grit_jax.programs.grit_aot:run",
+            "grit-embed=grit_jax.programs.grit_embed:run",
+            "grit-eval=grit_jax.programs.grit_eval:run",
         ]
     },
 )

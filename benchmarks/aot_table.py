@@ -2,7 +2,8 @@
 
     python benchmarks/aot_table.py [--out DIR] [--jobs 1] [--force] [--only SUBSTRING]
 
-Each row is one ``python -m grit_jax.aot ... --json`` run (a fresh process: libtpu, compile caches
+Each row is one ``python -m grit_jax.programs.grit_aot ... --json`` run (a fresh process: libtpu, compile
+caches
 and memory are not shared between rows); finished rows are kept in --out and reused unless --force.
 Prints the markdown table; compiling the 7B and 8x7B steps takes minutes per row on a small CPU.
 """
@@ -90,7 +91,7 @@ def compile_row(config, accelerator, overrides, out_dir, force=False) -> dict:
     args = [
         sys.executable,
         "-m",
-        "grit_jax.aot",
+        "grit_jax.programs.grit_aot",
         "--config",
         config,
         "--topology",

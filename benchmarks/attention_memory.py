@@ -19,11 +19,12 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from grit_jax import aot, hardware, sharding  # noqa: E402
+from grit_jax import hardware, sharding
 from grit_jax.model import ModelConfig  # noqa: E402
 from grit_jax.model.attention import attention_spec  # noqa: E402
 from grit_jax.model.layers import Attention  # noqa: E402
 from grit_jax.model.rope import inverse_frequencies, rotary_tables  # noqa: E402
+from grit_jax.programs import grit_aot as aot
 
 
 def temporaries(impl: str, kind: str, devices, rows: int, length: int) -> int:

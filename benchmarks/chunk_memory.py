@@ -13,10 +13,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-from grit_jax import sharding, step  # noqa: E402
-from grit_jax.checkpoint import model_config  # noqa: E402
-from grit_jax.config import base_config  # noqa: E402
-from grit_jax.state import TrainSetup  # noqa: E402
+from grit_jax import sharding
+from grit_jax.run_config import base_config  # noqa: E402
+from grit_jax.train import step
+from grit_jax.train.state import TrainSetup  # noqa: E402
+from grit_jax.weights.orbax_checkpoint import model_config  # noqa: E402
 
 CHUNKS = (0, 32, 16, 8, 4, 2)
 

@@ -47,7 +47,7 @@ MOE_CONFIG = dict(
 
 
 def largest_stacked(cfg, itemsize):
-    from grit_jax import hf
+    from grit_jax.weights import hf_names as hf
 
     shapes = hf.param_shapes(cfg)
 
@@ -62,8 +62,8 @@ def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from grit_jax import hf
     from grit_jax.model import ModelConfig
+    from grit_jax.weights import hf_names as hf
 
     np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
     cfg = ModelConfig(**(MOE_CONFIG if moe else CONFIG))
@@ -109,7 +109,7 @@ def model_sizes(path):
 
 
 def measure(argv):
-    """Peak RSS (bytes) and seconds of `python -m grit_jax.convert argv` in a child process."""
+    """Peak RSS (bytes) and seconds of `python -m grit_jax.programs.grit_convert argv` in a child process."""
     start = time.time()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
@@ -180,8 +180,8 @@ def main():
     def gib(b):
         return f"{b / 2**30:.2f} GiB"
 
-    from grit_jax import hf
     from grit_jax.model import ModelConfig
+    from grit_jax.weights import hf_names as hf
 
     cfg = ModelConfig.from_hf_json(hf_dir)
     itemsize = largest // largest_stacked(cfg, 1)

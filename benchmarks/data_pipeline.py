@@ -15,9 +15,9 @@ import tempfile
 import time
 
 from grit_jax.choices import PAPER_LENGTHS
-from grit_jax.config import base_config
 from grit_jax.data import demo, pipeline, sources
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.run_config import base_config
 
 
 def synthetic_jsonl(directory: str, num_records: int, seed: int = 0) -> tuple[str, str]:

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build(vocab=1000):
     from flax import nnx
 
-    from grit_jax.inference import GritLM
+    from grit_jax.inference.gritlm import GritLM
     from grit_jax.model import ModelConfig, Transformer
 
     class Tokenizer:  # only ids are embedded here; encode/decode are not needed
@@ -40,13 +40,13 @@ def build(vocab=1000):
 
 
 def padded_slots(lengths, batches):
-    from grit_jax.decoding import bucket
+    from grit_jax.inference.decoding import bucket
 
     return sum(bucket(len(b), 1) * bucket(max(lengths[i] for i in b)) for b in batches)
 
 
 def main():
-    from grit_jax.embedding import sorted_batches
+    from grit_jax.retrieval.embedding_store import sorted_batches
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=256)

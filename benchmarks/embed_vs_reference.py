@@ -12,7 +12,8 @@ Python standard library (grit_jax.data.demo's corpus: summary and body), in a fi
 real length mix. Both sides embed them with the document instruction `<|embed|>\\n`, mean pooling over
 the text after it, bidirectional attention (the reference's attn="bbcc"), fp32, the same batch size and
 max length: the reference's `GritLM.encode` (batches in input order, padded to the longest row) and
-grit-embed's path (grit_jax.embedding.embed_texts: length-sorted batches, lengths bucketed to powers of
+grit-embed's path (grit_jax.retrieval.embedding_store.embed_texts: length-sorted batches, lengths bucketed to
+powers of
 two, one compiled encode pass). Each side runs once to warm up (grit_jax compiles every shape it needs
 then), then --repeats timed runs; the best counts. The embeddings are compared before any timing.
 The 8-device figure is a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 and the
@@ -93,7 +94,7 @@ def timed(fns: dict, repeats: int):
 
 
 def grit_model(path: str, devices: int):
-    from grit_jax.inference import GritLM
+    from grit_jax.inference.gritlm import GritLM
 
     mesh = {"data": devices} if devices > 1 else None
     return GritLM.from_pretrained(path, mode="embedding", pooling_method="mean", attn="bbcc", mesh=mesh)
@@ -101,7 +102,7 @@ def grit_model(path: str, devices: int):
 
 def grit_encoder(path, docs, args, devices=1):
     """grit-embed's way of embedding `docs`, as a function; and the token length of every document."""
-    from grit_jax.embedding import embed_texts
+    from grit_jax.retrieval.embedding_store import embed_texts
 
     model = grit_model(path, devices)
     lengths = [len(model.tokenize(INSTRUCTION + d, True, args.max_length)) for d in docs]
@@ -122,7 +123,7 @@ def reference_encoder(path, docs, args):
 
 
 def padding(lengths, batches, bucketed: bool) -> float:
-    from grit_jax.decoding import bucket
+    from grit_jax.inference.decoding import bucket
 
     lengths = np.asarray(lengths)
     if bucketed:
@@ -157,7 +158,7 @@ def row(name, n, tokens, wall, cpu, pad):
 
 def against_reference(path, docs, encode, lengths, args):
     """Times both sides in one run, checks that they agree, prints the table; returns grit's embeddings."""
-    from grit_jax.embedding import sorted_batches
+    from grit_jax.retrieval.embedding_store import sorted_batches
 
     runs = timed({"reference": reference_encoder(path, docs, args), "grit": encode}, args.repeats)
     (ref_emb, ref_wall, ref_cpu), (emb, wall, cpu) = runs["reference"], runs["grit"]
@@ -187,7 +188,7 @@ def against_reference(path, docs, encode, lengths, args):
 
 def devices_8_vs_1(path, docs, emb, lengths, args):
     """grit-embed in two subprocesses, 1 and 8 faked CPU devices (a data=8 mesh), on the same documents."""
-    from grit_jax.embedding import sorted_batches
+    from grit_jax.retrieval.embedding_store import sorted_batches
 
     one, eight = (devices_subprocess(path, args, d) for d in (1, 8))
     pad = padding(lengths, sorted_batches(lengths, args.batch_size), True)

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data import demo, pipeline
+from grit_jax.run_config import bucket_length, length_buckets
 
 # Bucket lists per field (the field's max_len is always the last bucket).
 TPU_BUCKETS = {"query": (64, 128), "passage": (128, 256, 512, 1024), "generative": (256, 512, 1024)}
@@ -67,7 +67,7 @@ def synthetic_mix(steps: int, seed: int = 0) -> dict[str, tuple[int, int]]:
 
 def _paper_data(buckets=TPU_BUCKETS):
     from grit_jax.choices import PAPER_LENGTHS
-    from grit_jax.config import base_config
+    from grit_jax.run_config import base_config
 
     data = base_config().data
     data.update(PAPER_LENGTHS)
@@ -77,7 +77,7 @@ def _paper_data(buckets=TPU_BUCKETS):
 
 def pipeline_tokens(data_dir: str, lengths: dict, buckets: dict, steps: int) -> dict[str, list[int]]:
     """{field: [real, padded with buckets, padded to max_len]} over ``steps`` steps of the real pipeline."""
-    from grit_jax.config import base_config
+    from grit_jax.run_config import base_config
 
     data = base_config().data
     data.update(data_dir=data_dir, embedding_batch_size=32, generative_batch_size=8, num_threads=2, **lengths)
@@ -147,9 +147,10 @@ def _time_config(config_path: str, workdir: str, buckets: dict, num_steps: int) 
     """(seconds per step without buckets, with buckets, distinct bucketed shapes) on the same batches."""
     import jax
 
-    from grit_jax import sharding, step
-    from grit_jax.state import TrainSetup
-    from grit_jax.train import prepare_data
+    from grit_jax import sharding
+    from grit_jax.programs.grit_train import prepare_data
+    from grit_jax.train import step
+    from grit_jax.train.state import TrainSetup
 
     config = importlib.import_module(config_path).get_config()
     config.num_steps = num_steps

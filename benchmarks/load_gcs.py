@@ -1,5 +1,6 @@
 """Load time of starting weights from local disk and from a GCS emulator: the ~2.24 GiB fp32 Hugging Face
-Mistral of benchmarks/load_memory.py, loaded by grit_jax.weights (each host reads what its devices hold)
+Mistral of benchmarks/load_memory.py, loaded by grit_jax.weights.loader (each host reads what its devices
+hold)
 into an fsdp mesh by N processes of launch/local.sh, once from a local directory and once from
 gs://bench/model served by fake-gcs-server (tests/gcs_emulator.py) on this machine.
 
@@ -84,7 +85,8 @@ def main():
             f.write(
                 f"\n## Loading weights from GCS (emulator) vs local disk\n\n`python benchmarks/load_gcs.py "
                 f"--write` ({machine}, 4 faked devices per process, {datetime.date(2026, 11, 27)}): "
-                f"grit_jax.weights loads the fp32 Hugging Face Mistral of load_memory.py ({size:.2f} GiB) "
+                f"grit_jax.weights.loader loads the fp32 Hugging Face Mistral of load_memory.py "
+                f"({size:.2f} GiB) "
                 "into one fsdp mesh, from a local directory (safetensors mmap) and from gs://bench/model on "
                 "fake-gcs-server on the same machine (one ranged request per tensor). Slowest process.\n\n"
                 f"{text}\n"

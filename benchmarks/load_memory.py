@@ -4,7 +4,7 @@ the same ~2.4 GB fp32 Hugging Face Mistral into an fsdp mesh over all their devi
     python benchmarks/load_memory.py [--out /tmp/load_memory] [--processes 1 2 4] [--modes sharded whole]
         [--write]
 
-`sharded` is grit_jax.weights (each host reads what its devices hold); `pretrained` the same loader as
+`sharded` is grit_jax.weights.loader (each host reads what its devices hold); `pretrained` the same loader as
 `GritLM.from_pretrained(path, mesh=...)` calls it (weights.load_model, with `--modes sharded pretrained`);
 `whole` reads every parameter whole on every host first (what grit_jax did before), then places the same
 shards. Per process: resident memory after building the mesh and abstract state (baseline) and the peak
@@ -44,8 +44,8 @@ def make_model(path: str) -> float:
     """A random fp32 Mistral written as safetensors shards (numpy only); returns its size in GiB."""
     from safetensors.numpy import save_file
 
-    from grit_jax import hf
     from grit_jax.model import ModelConfig
+    from grit_jax.weights import hf_names as hf
 
     cfg = ModelConfig(num_attention_heads=8, num_key_value_heads=8, **SHAPE)
     if os.path.exists(os.path.join(path, "config.json")):
@@ -78,9 +78,11 @@ def worker(model: str, mode: str):
     import jax
     from flax import nnx
 
-    from grit_jax import param_source, sharding, weights
-    from grit_jax.config import base_config
-    from grit_jax.state import TrainSetup
+    from grit_jax import sharding
+    from grit_jax.run_config import base_config
+    from grit_jax.train.state import TrainSetup
+    from grit_jax.weights import loader as weights
+    from grit_jax.weights import reader as param_source
 
     config = base_config()
     config.model.update(preset="", hf_dir=model)

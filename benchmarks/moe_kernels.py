@@ -6,7 +6,7 @@
 `tpu` compiles the GritLM-8x7B train step (Mixtral 8x7B, configs/gritlm.py:8x7b with a smaller batch,
 `--layers` layers unscanned so that XLA's cost analysis counts every layer, no remat, no GradCache)
 for a TPU slice on this CPU, with moe_impl dense and ragged (megablox gmm), and prints the compiled
-FLOPs (cost analysis, per chip x chips) against the analytic model FLOPs of grit_jax.flops.
+FLOPs (cost analysis, per chip x chips) against the analytic model FLOPs of grit_jax.train.flops.
 """
 
 from __future__ import annotations
@@ -66,10 +66,12 @@ def cpu_main():
 
 
 def tpu_flops(impl: str, topology: str, layers: int) -> dict:
-    from grit_jax import aot, flops, sharding
-    from grit_jax.model import config as model_config
-    from grit_jax.state import TrainSetup
-    from grit_jax.step import make_train_step
+    from grit_jax import sharding
+    from grit_jax.model import model_config
+    from grit_jax.programs import grit_aot as aot
+    from grit_jax.train import flops
+    from grit_jax.train.state import TrainSetup
+    from grit_jax.train.step import make_train_step
 
     model_config.PRESETS["mixtral_8x7b_short"] = dict(
         model_config.PRESETS["mixtral_8x7b"], num_hidden_layers=layers

@@ -23,7 +23,7 @@ def build(tmp, vocab):
     from flax import nnx
 
     from grit_jax.data.tokenizer import train_tokenizer
-    from grit_jax.inference import GritLM
+    from grit_jax.inference.gritlm import GritLM
     from grit_jax.model import ModelConfig, Transformer
 
     texts = [m.__doc__ or "" for m in (os, sys, argparse, tempfile, time, np)] * 2

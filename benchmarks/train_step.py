@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --config configs/demo.py [--config.a.b=value ...] [--steps 10] [--write]
 
-MFU = the analytic model FLOPs of a step (grit_jax/flops.py) / step time / peak, where the peak is
+MFU = the analytic model FLOPs of a step (grit_jax/train/flops.py) / step time / peak, where the peak is
 measured here: the best FLOP/s of a large square jnp.matmul in the model's compute dtype on one device,
 times the number of devices (a vendor figure would flatter or shame a CPU). Batches are synthetic (random
 tokens of the configured shapes), so no data directory is needed. --write appends a row to
@@ -22,9 +22,10 @@ from absl import app, flags
 from ml_collections import config_flags
 from results_table import add_row  # benchmarks/results_table.py, beside this script
 
-from grit_jax import flops, sharding, step
-from grit_jax.data.synthetic import synthetic_batch
-from grit_jax.state import TrainSetup
+from grit_jax import sharding
+from grit_jax.train import flops, step
+from grit_jax.train.state import TrainSetup
+from grit_jax.train.synthetic import synthetic_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")

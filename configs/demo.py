@@ -4,7 +4,7 @@ Builds the corpus and a sentencepiece tokenizer into WORKDIR/data, then trains b
 2-core CPU in about ten minutes; held-out retrieval MRR@10 and generative loss are logged as it learns.
 """
 
-from grit_jax.config import base_config
+from grit_jax.run_config import base_config
 
 
 def get_config():

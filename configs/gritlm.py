@@ -15,7 +15,7 @@ data-parallel size. 8x7b: 128 suits up to 128 chips (v5p-256, checked with grit-
 """
 
 from grit_jax.choices import MODES, PAPER_LENGTHS
-from grit_jax.config import base_config
+from grit_jax.run_config import base_config
 
 # What differs between the two recipes (the paper's Table and its public training scripts).
 VARIANTS = {
@@ -92,7 +92,7 @@ def get_config(arg="7b"):
         embedding_chunk_size=v["embedding_chunk_size"],
         generative_accumulation_steps=v["generative_accumulation_steps"],
         # The balance of the two losses in the runs that produced GritLM: their embedding gradient was
-        # 1/W of the exact one (grit_jax.objective.embedding_loss). Set 0 for the exact gradient.
+        # 1/W of the exact one (grit_jax.train.objective.embedding_loss). Set 0 for the exact gradient.
         reference_world_size=v["reference_world_size"],
     )
     config.optimizer.update(

@@ -3,7 +3,7 @@
 grit-train --config configs/tiny.py --workdir W --config.data.data_dir=D
 """
 
-from grit_jax.config import base_config
+from grit_jax.run_config import base_config
 
 
 def get_config():

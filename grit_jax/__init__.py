@@ -2,8 +2,8 @@
 
 
 def from_hf(path, dtype=None, **config_changes):
-    """A grit_jax Transformer with the weights of a Hugging Face directory (grit_jax.hf)."""
-    from grit_jax.weights import from_hf as _from_hf
+    """A grit_jax Transformer with the weights of a Hugging Face directory (grit_jax.weights.hf_names)."""
+    from grit_jax.weights.loader import from_hf as _from_hf
 
     return _from_hf(path, dtype=dtype, **config_changes)
 
@@ -11,7 +11,7 @@ def from_hf(path, dtype=None, **config_changes):
 def __getattr__(name):
     """`grit_jax.GritLM` is imported on first use, so `import grit_jax` stays cheap."""
     if name == "GritLM":
-        from grit_jax.inference import GritLM
+        from grit_jax.inference.gritlm import GritLM
 
         return GritLM
     raise AttributeError(f"module 'grit_jax' has no attribute {name!r}")

@@ -64,7 +64,7 @@ def flags_parser(program: str):
                 program,
                 UsageError(
                     f"{bad[0] if bad else name}: the config has no field {name!r}; see "
-                    "grit_jax/config.py for the fields and their spelling"
+                    "grit_jax/run_config.py for the fields and their spelling"
                 ),
             )
         except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)

@@ -7,7 +7,7 @@
 # Environment: PYTHON (default python3), DEVICES_PER_HOST (default 4), LOG_DIR (default WORKDIR/logs,
 # WORKDIR being the run's --workdir, else ./logs; process i writes LOG_DIR/process_i.log, and its lines
 # also go to stdout prefixed "[i] "),
-# GRIT_COORDINATOR_PORT (default: a free port), GRIT_LOCAL_MODULE (default grit_jax.train),
+# GRIT_COORDINATOR_PORT (default: a free port), GRIT_LOCAL_MODULE (default grit_jax.programs.grit_train),
 # KILL_AFTER (seconds between SIGTERM and SIGKILL when stopping the others, default 30).
 # If one process fails, the others are stopped and the exit status is the first failure's.
 # SIGTERM / SIGINT are forwarded to every process (as a preemption would be).
@@ -23,7 +23,7 @@ shift
 [[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number of processes, not '$N'"
 
 PYTHON=${PYTHON:-python3}
-MODULE=${GRIT_LOCAL_MODULE:-grit_jax.train}
+MODULE=${GRIT_LOCAL_MODULE:-grit_jax.programs.grit_train}
 DEVICES_PER_HOST=${DEVICES_PER_HOST:-4}
 # The run's own --workdir (local only: a gs:// work directory keeps its logs here, under ./logs).
 workdir=.

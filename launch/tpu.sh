@@ -218,7 +218,7 @@ cmd_run() {
     env+=" ${kv%%=*}=$(q "${kv#*=}")"
   done
   x "${TPU_SSH[@]}" --worker=all --command \
-    "cd $RDIR && mkdir -p logs && { $env nohup $RPY -m grit_jax.train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; }"
+    "cd $RDIR && mkdir -p logs && { $env nohup $RPY -m grit_jax.programs.grit_train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; }"
 }
 
 cmd_logs() {

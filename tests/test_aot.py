@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from grit_jax import aot, hardware
+from grit_jax import hardware
 from grit_jax.errors import UsageError
+from grit_jax.programs import grit_aot as aot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(not aot.importlib.util.find_spec("libtpu"), reason="the aot extra (libtpu)")
@@ -72,7 +73,15 @@ def test_without_libtpu_says_how_to_install(monkeypatch):
 @pytest.mark.slow
 def test_tiny_compiles_for_v5e(tmp_path):
     out = tmp_path / "report.json"
-    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e-4", f"--json={out}")
+    r = _run(
+        "-m",
+        "grit_jax.programs.grit_aot",
+        "--config",
+        "configs/tiny.py",
+        "--topology",
+        "v5e-4",
+        f"--json={out}",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     # no libtpu / TPU-initialisation noise; only the tiny lengths' one-line fallback from splash to dense
     noise = [line for line in r.stderr.splitlines() if "dense attention instead" not in line]
@@ -87,9 +96,9 @@ def test_tiny_compiles_for_v5e(tmp_path):
 
     import jax
 
-    from grit_jax import flops
-    from grit_jax.checkpoint import model_config
-    from grit_jax.state import abstract_model
+    from grit_jax.train import flops
+    from grit_jax.train.state import abstract_model
+    from grit_jax.weights.orbax_checkpoint import model_config
 
     spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
@@ -113,7 +122,7 @@ def test_config_that_does_not_fit_says_so():
     # 4096 generative sequences of 2048 tokens on 4 chips: the float32 logits alone exceed 16 GiB a chip
     r = _run(
         "-m",
-        "grit_jax.aot",
+        "grit_jax.programs.grit_aot",
         "--config",
         "configs/tiny.py",
         "--topology",
@@ -134,12 +143,12 @@ def test_config_that_does_not_fit_says_so():
 
 
 def test_usage_errors_are_one_line():
-    r = _run("-m", "grit_jax.aot", "--config", "configs/tiny.py", "--topology", "v5p-7")
+    r = _run("-m", "grit_jax.programs.grit_aot", "--config", "configs/tiny.py", "--topology", "v5p-7")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("grit-aot: error: --topology v5p-7")
     r = _run(
         "-m",
-        "grit_jax.aot",
+        "grit_jax.programs.grit_aot",
         "--config",
         "configs/tiny.py",
         "--topology",
@@ -147,7 +156,7 @@ def test_usage_errors_are_one_line():
         "--config.data.embedding_batch_size=6",
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "embedding_batch_size=6" in r.stderr
-    r = _run("-m", "grit_jax.aot", "--config", "configs/nope.py", "--topology", "v5e-4")
+    r = _run("-m", "grit_jax.programs.grit_aot", "--config", "configs/nope.py", "--topology", "v5e-4")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -186,7 +195,7 @@ def test_train_cli_is_quiet_on_cpu(tmp_path):
     # the mesh is built (JAX starts its backends) before the config check fails
     r = _run(
         "-m",
-        "grit_jax.train",
+        "grit_jax.programs.grit_train",
         "--config",
         "configs/tiny.py",
         f"--workdir={tmp_path / 'work'}",

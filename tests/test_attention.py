@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grit_jax import aot, hardware, sharding, step
-from grit_jax.config import base_config
-from grit_jax.data.synthetic import synthetic_batch
+from grit_jax import hardware, sharding
 from grit_jax.errors import UsageError
 from grit_jax.model import ModelConfig, Transformer
 from grit_jax.model import attention as attn
-from grit_jax.state import TrainSetup
+from grit_jax.programs import grit_aot as aot
+from grit_jax.run_config import base_config
+from grit_jax.train import step
+from grit_jax.train.state import TrainSetup
+from grit_jax.train.synthetic import synthetic_batch
 
 B, T, N, K, H = 2, 128, 4, 2, 16  # grouped-query heads: 2 query heads per kv head
 LENGTHS = (100, 128)  # right padding in the first row

@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from grit_jax import flops, sharding, step
-from grit_jax.config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
+from grit_jax import sharding
 from grit_jax.data import lengths, pipeline, sources
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
-from grit_jax.evaluate import Evaluator
-from grit_jax.state import TrainSetup
+from grit_jax.run_config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
+from grit_jax.train import flops, step
+from grit_jax.train.heldout import Evaluator
+from grit_jax.train.state import TrainSetup
 from tests.grit_fixtures import make_tokenizer, tokenizer_texts
 
 LIMITS = dict(query_max_len=32, passage_max_len=64, generative_max_len=64)
@@ -236,7 +237,13 @@ def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data
         workdir = tmp_path / name
         flags = [f"--config.data.length_buckets.{f}={','.join(map(str, b))}," for f, b in buckets.items()]
         command = [
-            *(sys.executable, "-m", "grit_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}"),
+            *(
+                sys.executable,
+                "-m",
+                "grit_jax.programs.grit_train",
+                "--config=configs/tiny.py",
+                f"--workdir={workdir}",
+            ),
             f"--config.data.data_dir={data_dir}",
             *(f"--config.data.{k}={v}" for k, v in LIMITS.items()),
             *("--config.num_steps=4", "--config.checkpoint.every_steps=4", "--config.log.eval_every_steps=4"),

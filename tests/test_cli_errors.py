@@ -19,12 +19,12 @@ from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = {
-    "grit-train": "grit_jax.train",
+    "grit-train": "grit_jax.programs.grit_train",
     "grit-data": "grit_jax.data",
-    "grit-convert": "grit_jax.convert",
-    "grit-aot": "grit_jax.aot",
-    "grit-embed": "grit_jax.embed",
-    "grit-eval": "grit_jax.eval",
+    "grit-convert": "grit_jax.programs.grit_convert",
+    "grit-aot": "grit_jax.programs.grit_aot",
+    "grit-embed": "grit_jax.programs.grit_embed",
+    "grit-eval": "grit_jax.programs.grit_eval",
 }
 
 

@@ -17,9 +17,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from grit_jax import sharding
-from grit_jax.checkpoint import model_config
-from grit_jax.config import validate_config
-from grit_jax.state import TrainSetup
+from grit_jax.run_config import validate_config
+from grit_jax.train.state import TrainSetup
+from grit_jax.weights.orbax_checkpoint import model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))

@@ -13,15 +13,16 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import GritLM, convert, sharding
-from grit_jax.checkpoint import Checkpoints, model_config
-from grit_jax.config import base_config
+from grit_jax import GritLM, sharding
 from grit_jax.errors import CheckpointError
-from grit_jax.masks import make_attn_mask
-from grit_jax.model_files import GRIT_CONFIG
-from grit_jax.param_source import load_params_from_checkpoint
-from grit_jax.safetensors_io import SafetensorsDir
-from grit_jax.state import TrainSetup, abstract_model
+from grit_jax.model.masks import make_attn_mask
+from grit_jax.programs import grit_convert as convert
+from grit_jax.run_config import base_config
+from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.weights.orbax_checkpoint import Checkpoints, model_config
+from grit_jax.weights.pretrained import GRIT_CONFIG
+from grit_jax.weights.reader import load_params_from_checkpoint
+from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 
@@ -79,7 +80,7 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     import orbax.checkpoint as ocp
 
     from grit_jax.model import ModelConfig
-    from grit_jax.param_source import read_hf_params
+    from grit_jax.weights.reader import read_hf_params
 
     restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "params"))
     by_orbax = {
@@ -93,7 +94,8 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
 
 
 def make_training_checkpoint(workdir, tokenizer_model, step=3):
-    """What grit_jax.train leaves behind: workdir/config.json and Checkpoints(workdir) step dirs."""
+    """What grit_jax.programs.grit_train leaves behind: workdir/config.json and Checkpoints(workdir) step
+    dirs."""
     config = base_config()
     config.data.tokenizer = tokenizer_model
     config.model.preset = "tiny"

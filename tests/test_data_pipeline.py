@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from grit_jax.config import base_config
 from grit_jax.data import demo, pipeline, sources, tfds_io
 from grit_jax.errors import DataError, UsageError
+from grit_jax.run_config import base_config
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from grit_jax.data import sources, tfds_io
-from grit_jax.data.__main__ import report, run
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
 from grit_jax.errors import DataError
+from grit_jax.programs.grit_data import report, run
 
 GOOD = {
     "query": ["Retrieve docs", "json.dumps"],

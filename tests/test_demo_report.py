@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from grit_jax.demo_report import bm25_mrr
+from grit_jax.retrieval.demo_report import bm25_mrr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def test_the_demo_ends_with_the_comparison_and_an_example(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "grit_jax.train",
+        "grit_jax.programs.grit_train",
         "--config=configs/demo.py",
         f"--workdir={tmp_path / 'run'}",
     ]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from grit_jax import GritLM
-from grit_jax.embed import run
-from grit_jax.embedding import MANIFEST, load_embeddings, padding_fraction, sorted_batches
+from grit_jax.programs.grit_embed import run
+from grit_jax.retrieval.embedding_store import MANIFEST, load_embeddings, padding_fraction, sorted_batches
 from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +104,17 @@ def test_kill_and_resume(setup):
     docs = [{"id": f"k{i}", "text": d["text"]} for i, d in enumerate(_docs(300))]
     corpus = _write(root / "kill.jsonl", docs)
     out = root / "kill_out"
-    cmd = [sys.executable, "-m", "grit_jax.embed", "--model", path, "--input", corpus, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grit_jax.programs.grit_embed",
+        "--model",
+        path,
+        "--input",
+        corpus,
+        "--out",
+        str(out),
+    ]
     cmd += ["--window", "3", "--batch_size", "2"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -136,7 +146,7 @@ def test_two_hosts_each_embed_their_share(setup, tmp_path):
     corpus = _write(tmp_path / "hosts.jsonl", docs)
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
-    env.update(PYTHON=sys.executable, DEVICES_PER_HOST="2", GRIT_LOCAL_MODULE="grit_jax.embed")
+    env.update(PYTHON=sys.executable, DEVICES_PER_HOST="2", GRIT_LOCAL_MODULE="grit_jax.programs.grit_embed")
     env["LOG_DIR"] = str(tmp_path / "logs")  # not ./logs in the repository
     args = ["--model", path, "--input", corpus, "--out", str(out), "--window", "8", "--batch_size", "4"]
     args += ["--mesh", "data=2"]  # each host's model sharded over its own two devices, read into them

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import grit_jax
-from grit_jax import GritLM, convert
+from grit_jax import GritLM
 from grit_jax.errors import CheckpointError
-from grit_jax.masks import make_attn_mask
 from grit_jax.model import ModelConfig
+from grit_jax.model.masks import make_attn_mask
+from grit_jax.programs import grit_convert as convert
 from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask, make_torch_model, save
 from tests.test_convert import assert_same_tensors

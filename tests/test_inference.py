@@ -6,9 +6,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from grit_jax import GritLM, masks
+from grit_jax import GritLM
 from grit_jax.errors import UsageError
-from grit_jax.inference import KVCache, _decode_pass, bucket
+from grit_jax.inference.gritlm import KVCache, _decode_pass, bucket
+from grit_jax.model import masks
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask
 

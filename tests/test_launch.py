@@ -148,7 +148,7 @@ def test_run_dry_run_quotes_every_argument(fake):
     [argv] = dry(fake, "run", "--env", "WANDB_NAME=a b", "--", *TRAIN_ARGS)
     assert argv[:-1] == SSH + ["--worker=all", "--command"]
     words = remote(argv)
-    start = words.index("grit_jax.train") + 1
+    start = words.index("grit_jax.programs.grit_train") + 1
     assert words[start : words.index(">", start)] == TRAIN_ARGS
     assert "GRIT_DISTRIBUTED=1" in words and "WANDB_NAME=a b" in words and "nohup" in words
 
@@ -224,7 +224,7 @@ def test_run_command_executes_the_intended_argv(fake, tmp_path):
         if record.exists() and record.read_text():
             break
         time.sleep(0.05)
-    assert json.loads(record.read_text()) == [["-m", "grit_jax.train", *TRAIN_ARGS], "1"]
+    assert json.loads(record.read_text()) == [["-m", "grit_jax.programs.grit_train", *TRAIN_ARGS], "1"]
     assert (home / "grit_jax/logs/train.pid").read_text().strip().isdigit()
     assert not (home / "pwned").exists()
 

@@ -11,9 +11,9 @@ from flax import nnx
 
 import grit_jax
 from grit_jax.errors import CheckpointError
-from grit_jax.masks import make_attn_mask
 from grit_jax.model import ModelConfig, Transformer, load_balancing_loss
 from grit_jax.model.layers import contract
+from grit_jax.model.masks import make_attn_mask
 from tests.hf_reference import additive_mask, make_torch_model, save
 
 B, T = 3, 12

@@ -100,8 +100,8 @@ def test_auto_picks_the_kernel_per_platform():
 
 
 def test_moe_impl_is_checked_and_defaults_to_auto():
-    from grit_jax.config import DEFAULTS
     from grit_jax.errors import UsageError
+    from grit_jax.run_config import DEFAULTS
 
     assert DEFAULTS["model"]["moe_impl"] == "auto" and ModelConfig.preset("tiny_moe").moe_impl == "auto"
     with pytest.raises(UsageError, match="moe_impl must be one of"):

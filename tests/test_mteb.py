@@ -1,6 +1,6 @@
 """mteb evaluates a grit_jax model through GritMTEB on a retrieval task built here (no download): the
 reference's instructions reach the model (the task's for queries, none for documents) and mteb's nDCG@10
-equals grit_jax.retrieval's on the same embeddings."""
+equals grit_jax.retrieval.ranking's on the same embeddings."""
 
 import mteb
 import numpy as np
@@ -12,10 +12,11 @@ from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.types import PromptType
 
-from grit_jax import GritLM, mteb_model
-from grit_jax.instructions import RETRIEVAL, SAME_BOTH_SIDES, STS, gritlm_format, task_instructions
-from grit_jax.mteb_model import GritMTEB
-from grit_jax.retrieval import score_run, search
+from grit_jax import GritLM
+from grit_jax.retrieval import mteb_encoder as mteb_model
+from grit_jax.retrieval.instructions import RETRIEVAL, SAME_BOTH_SIDES, STS, gritlm_format, task_instructions
+from grit_jax.retrieval.mteb_encoder import GritMTEB
+from grit_jax.retrieval.ranking import score_run, search
 from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
 
 TEXTS = [t[:200] for t in tokenizer_texts() if t.strip()]

@@ -7,12 +7,14 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import masks, objective, sharding
-from grit_jax.checkpoint import model_config
+from grit_jax import sharding
 from grit_jax.choices import POOLINGS
-from grit_jax.config import base_config
-from grit_jax.data.synthetic import synthetic_batch
-from grit_jax.state import TrainSetup, abstract_model
+from grit_jax.model import masks
+from grit_jax.run_config import base_config
+from grit_jax.train import objective
+from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.synthetic import synthetic_batch
+from grit_jax.weights.orbax_checkpoint import model_config
 
 
 def tiny_config(**objective_overrides):

@@ -8,10 +8,10 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from grit_jax import sharding
-from grit_jax.checkpoint import model_config
-from grit_jax.config import base_config, data_parallel_size
 from grit_jax.errors import UsageError
-from grit_jax.state import TrainSetup, abstract_model
+from grit_jax.run_config import base_config, data_parallel_size
+from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.weights.orbax_checkpoint import model_config
 
 
 def test_mesh_resolves_minus_one_and_checks_the_device_count():

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from grit_jax import masks, objective, sharding, step
-from grit_jax.checkpoint import model_config
-from grit_jax.config import base_config
-from grit_jax.data.synthetic import synthetic_batch
+from grit_jax import sharding
 from grit_jax.errors import UsageError
-from grit_jax.state import TrainSetup, abstract_model
+from grit_jax.model import masks
+from grit_jax.run_config import base_config
+from grit_jax.train import objective, step
+from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.synthetic import synthetic_batch
+from grit_jax.weights.orbax_checkpoint import model_config
 
 MESHES = {
     "1 device": dict(data=1, fsdp=1, tensor=1, expert=1),

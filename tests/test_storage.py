@@ -56,7 +56,7 @@ def test_files_and_trees_round_trip_through_the_bucket(bucket, tmp_path):
 def test_safetensors_dir_in_the_bucket_reads_like_the_local_one(bucket, tmp_path):
     """Sharded files with an index, written to the bucket by ShardWriter and read back by byte ranges
     (safetensors cannot map a URL): every tensor equals the local copy's, read by safetensors itself."""
-    from grit_jax.safetensors_io import SafetensorsDir, ShardWriter
+    from grit_jax.weights.safetensors_io import SafetensorsDir, ShardWriter
 
     rng = np.random.default_rng(0)
     tensors = {
@@ -84,10 +84,10 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     """A Hugging Face directory uploaded to the bucket reads the same parameters as the local one, and
     grit-convert hf-to-orbax from the bucket to the bucket gives a checkpoint (read by tensorstore's gcs
     driver) with those parameters."""
-    from grit_jax import hf
-    from grit_jax.convert import run as convert
-    from grit_jax.model_files import load_pretrained
-    from grit_jax.param_source import load_params_from_checkpoint, read_hf_params
+    from grit_jax.programs.grit_convert import run as convert
+    from grit_jax.weights import hf_names as hf
+    from grit_jax.weights.pretrained import load_pretrained
+    from grit_jax.weights.reader import load_params_from_checkpoint, read_hf_params
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
     make_tokenizer(tmp_path / "tokenizer.model")
@@ -117,8 +117,8 @@ def test_grit_data_prepares_into_the_bucket(bucket, tmp_path):
     import json
 
     from grit_jax.data import sources, tfds_io
-    from grit_jax.data.__main__ import run
     from grit_jax.data.tokenizer import train_tokenizer
+    from grit_jax.programs.grit_data import run
 
     texts = ["Serialize obj to a JSON formatted string.", "Retrieve docs", "What does it do?"] * 20
     tok = train_tokenizer(texts, str(tmp_path / "t.model"), vocab_size=300)
@@ -142,7 +142,7 @@ def test_compilation_cache_in_the_bucket(bucket, tmp_path):
     cache = storage.join(bucket, "compile_cache")
     code = (
         "import jax, jax.numpy as jnp\n"
-        "from grit_jax.compile_cache import CompileCache\n"
+        "from grit_jax.train.compile_cache import CompileCache\n"
         f"cache = CompileCache({cache!r}, '.')\n"
         "jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()\n"
         "print(cache.summary())\n"

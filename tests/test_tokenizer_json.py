@@ -8,11 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from grit_jax import GritLM, convert
+from grit_jax import GritLM
 from grit_jax.data import format as fmt
 from grit_jax.data import sources
-from grit_jax.data.__main__ import run as grit_data
 from grit_jax.data.tokenizer import Tokenizer
+from grit_jax.programs import grit_convert as convert
+from grit_jax.programs.grit_data import run as grit_data
 from tests.hf_reference import make_torch_model, save
 
 TEXTS = ["Retrieve docs about hello world"] * 20 + ["hello world, the docs say hello"] * 20

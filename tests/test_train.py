@@ -1,4 +1,5 @@
-"""The training program end to end, in subprocesses (`python -m grit_jax.train`), on the demo corpus.
+"""The training program end to end, in subprocesses (`python -m grit_jax.programs.grit_train`), on the demo
+corpus.
 
 Every run but the demo's uses the tiny model on the stdlib-docstring corpus prepared once per session
 (vocabulary 512; the demo's run uses configs/demo.py on its own build, vocabulary 1024), faked CPU devices,
@@ -61,7 +62,7 @@ def _command(workdir, data_dir, *overrides, config="configs/tiny.py"):
     return [
         sys.executable,
         "-m",
-        "grit_jax.train",
+        "grit_jax.programs.grit_train",
         f"--config={config}",
         f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
@@ -220,7 +221,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
     assert [metrics[s]["nonfinite"] for s in sorted(metrics)] == [0, 1, 1, 1]
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]  # complete, no half-written save
 
-    from grit_jax import checkpoint
+    from grit_jax.weights import orbax_checkpoint as checkpoint
 
     assert checkpoint.Checkpoints(workdir, keep=3, async_save=False).latest_step() == 1
 
@@ -288,7 +289,7 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
     import orbax.checkpoint as ocp
     import torch
 
-    from grit_jax.convert import hf_to_orbax
+    from grit_jax.programs.grit_convert import hf_to_orbax
     from tests.hf_reference import make_torch_model, save
 
     model = make_torch_model("mistral", vocab_size=512, hidden_size=64, intermediate_size=128)
@@ -403,8 +404,9 @@ def test_trained_run_exports_to_transformers(tmp_path, reference):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grit_jax import GritLM, convert
-    from grit_jax.masks import make_attn_mask
+    from grit_jax import GritLM
+    from grit_jax.model.masks import make_attn_mask
+    from grit_jax.programs import grit_convert as convert
 
     out = str(tmp_path / "hf")
     convert.run(["orbax-to-hf", "--ckpt", reference, "--out", out])

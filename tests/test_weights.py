@@ -1,4 +1,5 @@
-"""Starting weights load straight into their shards (grit_jax.weights): from a bf16 Hugging Face directory
+"""Starting weights load straight into their shards (grit_jax.weights.loader): from a bf16 Hugging Face
+directory
 and from an orbax checkpoint, onto a data x fsdp mesh of 8 devices, cast to the fp32 master dtype, equal
 to a whole read, and no buffer a host places is ever a whole sharded parameter."""
 
@@ -8,12 +9,18 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import convert, hf, model_files, param_source, safetensors_io, sharding, weights
-from grit_jax.checkpoint import model_config
-from grit_jax.config import base_config
+from grit_jax import sharding
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
-from grit_jax.state import TrainSetup
+from grit_jax.programs import grit_convert as convert
+from grit_jax.run_config import base_config
+from grit_jax.train.state import TrainSetup
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights import loader as weights
+from grit_jax.weights import pretrained as model_files
+from grit_jax.weights import reader as param_source
+from grit_jax.weights import safetensors_io
+from grit_jax.weights.orbax_checkpoint import model_config
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 

@@ -8,5 +8,5 @@
 - ``demo``, ``stdlib_docs``: the quick start's corpus, built from the Python standard library.
 - ``synthetic``: random batches of a config's shapes (tests, benchmarks).
 
-The ``data`` config group and its defaults are in grit_jax/config.py.
+The ``data`` config group and its defaults are in grit_jax/run_config.py.
 """

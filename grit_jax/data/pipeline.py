@@ -22,12 +22,12 @@ from typing import Any
 import grain
 import numpy as np
 
-from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data import sampling, sources, tfds_io
 from grit_jax.data.lengths import load_lengths, per_row
 from grit_jax.data.sampling import epoch_plan, sample_negatives, steps_per_epoch  # noqa: F401 (re-exported)
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
+from grit_jax.run_config import bucket_length, length_buckets
 
 _ENDLESS = 1 << 40
 

@@ -3,7 +3,7 @@
 Training needs only causal or bidirectional attention over right-padded rows, optionally within a
 sliding window. ``AttentionSpec`` says exactly that (kind, which tokens are real, window), so a kernel
 never materialises the [B,K,G,T,S] scores: Pallas splash attention on TPU, cuDNN flash attention on
-GPU. The dense [B,T,S] mask of grit_jax.masks stays for inference and is the oracle of the tests.
+GPU. The dense [B,T,S] mask of grit_jax.model.masks stays for inference and is the oracle of the tests.
 
 ``model.attention_impl``: ``auto`` (splash on TPU, cuDNN on GPU, dense elsewhere), ``dense``,
 ``splash`` (off TPU: Pallas's interpreter, for tests) or ``cudnn``. A kernel that cannot express a
@@ -22,9 +22,10 @@ import jax.numpy as jnp
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from grit_jax import masks, sharding
+from grit_jax import sharding
 from grit_jax.choices import ATTENTION_IMPLS
 from grit_jax.errors import UsageError
+from grit_jax.model import masks
 
 logger = logging.getLogger(__name__)
 SPLASH_BLOCKS = (512, 256, 128)  # the largest that divides T is used; splash needs a multiple of 128
@@ -42,7 +43,7 @@ class AttentionSpec:
     impl: str = struct.field(pytree_node=False, default="auto")
 
     def dense_mask(self):
-        """The same attention as a boolean [B,T,T] mask (grit_jax.masks): the oracle."""
+        """The same attention as a boolean [B,T,T] mask (grit_jax.model.masks): the oracle."""
         return masks.make_attn_mask(self.valid, self.kind, sliding_window=self.window)
 
 

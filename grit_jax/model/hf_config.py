@@ -3,7 +3,7 @@
 Every key of a config.json is honoured (a ModelConfig field), checked to hold the only value we support,
 or known to be metadata; anything else is an error naming the file and the key: an ignored `rope_theta`,
 `sliding_window` or `rope_scaling` would be a silently wrong model. The functions work on plain dicts so
-that ModelConfig (grit_jax.model.config) can call them without an import cycle.
+that ModelConfig (grit_jax.model.model_config) can call them without an import cycle.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The decoder: embed -> stacked layers (scanned or looped, rematerialised) -> final norm -> hidden states.
 
 Legend: B batch, T length, S key length, L layers, D model dim, V vocab, E experts, K kv heads, H head dim.
-The attention is an input (a grit_jax.masks mask or a model.attention spec); the model has no notion of
+The attention is an input (a grit_jax.model.masks mask or a model.attention spec); the model has no notion of
 causal or bidirectional.
 """
 
@@ -16,8 +16,8 @@ from flax import nnx
 from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
 from grit_jax.model.attention import AttentionSpec
-from grit_jax.model.config import ModelConfig
 from grit_jax.model.layers import MLP, Attention, Linear, RMSNorm, contract
+from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.moe import SparseMoE
 from grit_jax.model.rope import inverse_frequencies, rotary_tables
 

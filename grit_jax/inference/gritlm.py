@@ -4,13 +4,14 @@
     q = model.encode(["what is GRIT?"], instruction="<|user|>\\nRetrieve passages\\n<|embed|>\\n")
     d, doc_cache = model.encode([doc], instruction="<|embed|>\\n", get_cache=True)
     ids = model.generate(model.rag_prompt(query), past_key_values=doc_cache, max_new_tokens=64)
-    ids = model.rag_generate(query, doc, mode="query-doc", max_new_tokens=64)  # grit_jax.rag's four modes
+    ids = model.rag_generate(query, doc, mode="query-doc", max_new_tokens=64)  # inference/rag.py: four modes
 
 Encoding follows the reference exactly: the caller passes the instruction prefix, BOS is added, padding is
 on the right, and for mean-based pooling the first len(tokenize(instruction)) positions (with BOS) are left
 out. Generation runs per-row positions over a fixed-size key/value buffer: prompt i occupies buffer slots
 [P, P+len_i) after the cached prefix P, generated tokens follow at shared slots, and the mask (from
-grit_jax.masks) lets each row see only its own valid slots. Shapes are rounded up to powers of two, so new
+grit_jax.model.masks) lets each row see only its own valid slots. Shapes are rounded up to powers of two, so
+new
 lengths within a bucket reuse the compiled functions.
 """
 
@@ -20,16 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from grit_jax import masks, placement, rag
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
-from grit_jax.decoding import _decode_pass, _encode_pass, _place, bucket, sample
 from grit_jax.errors import UsageError
-from grit_jax.model import KVCache, ModelConfig, Transformer
-from grit_jax.model_files import load_pretrained
-from grit_jax.objective import pool
-from grit_jax.rag import Cache
+from grit_jax.inference import placement, rag
+from grit_jax.inference.decoding import _decode_pass, _encode_pass, _place, bucket, sample
+from grit_jax.inference.rag import Cache
+from grit_jax.model import KVCache, ModelConfig, Transformer, masks
 from grit_jax.sharding import use_mesh
+from grit_jax.train.objective import pool
+from grit_jax.weights.pretrained import load_pretrained
 
 # The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
 # causal, None included: a model used for one task only); generation is always causal.
@@ -94,8 +95,9 @@ class GritLM:
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
         grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh` (in
         kwargs): a jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights
-        over and split encode batches across (grit_jax.placement); each weight is read straight into its
-        shards (grit_jax.weights). A mesh may span every host of a multi-host run: each host then makes
+        over and split encode batches across (grit_jax.inference.placement); each weight is read straight
+        into its
+        shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then makes
         the same calls and gets the same results."""
         kwargs["mesh"] = placement.resolve_mesh(kwargs.get("mesh"))
         model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, kwargs["mesh"])
@@ -230,7 +232,8 @@ class GritLM:
         return self.tokenizer.encode(rag.prompt_text(mode, query, doc, answer_prefix))
 
     def rag_caches(self, query, doc, mode: str = "doc", max_length: int = 512) -> list[Cache]:
-        """The mode's caches (grit_jax.rag) of one query and document, or of lists of them (one per row)."""
+        """The mode's caches (grit_jax.inference.rag) of one query and document, or of lists of them (one per
+        row)."""
         queries, docs = _rows(query), _rows(doc)
         return rag.caches(self, queries, docs, mode, max_length)
 

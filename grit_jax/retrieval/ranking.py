@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-from grit_jax.corpus import read_qrels, read_records
-from grit_jax.embedding import embed_texts
 from grit_jax.errors import DataError
-from grit_jax.instructions import GENERIC_RETRIEVAL, gritlm_format
+from grit_jax.retrieval.corpus import read_qrels, read_records
+from grit_jax.retrieval.embedding_store import embed_texts
+from grit_jax.retrieval.instructions import GENERIC_RETRIEVAL, gritlm_format
 
 DEFAULT_QUERY_INSTRUCTION = gritlm_format(GENERIC_RETRIEVAL)
 DEFAULT_DOC_INSTRUCTION = gritlm_format("")

@@ -11,10 +11,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from grit_jax import objective as objective_lib
 from grit_jax import sharding
-from grit_jax.config import bucket_length, length_buckets
 from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
+from grit_jax.run_config import bucket_length, length_buckets
+from grit_jax.train import objective as objective_lib
 
 ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
 

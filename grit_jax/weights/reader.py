@@ -3,7 +3,8 @@ interface: `fill(entry, boxes)` writes boxes of one stacked parameter (an index 
 reading only what those boxes cover: lazy safetensors slices of the tensors they overlap, or tensorstore
 slices of the orbax array, cast to the buffers' dtype.
 
-The sharded loader (grit_jax.weights) passes this host's shards, conversion (grit_jax.convert) one layer
+The sharded loader (grit_jax.weights.loader) passes this host's shards, conversion
+(grit_jax.programs.grit_convert) one layer
 (one expert) at a time, whole reads the whole parameter: all three read through this one piece, so names,
 shapes and layouts are checked in one place.
 """
@@ -14,16 +15,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from grit_jax import hf
-from grit_jax.checkpoint import (
+from grit_jax.model import ModelConfig
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights.orbax_checkpoint import (
     CheckpointSource,
     check_leaves,
     checkpoint_leaves,
     resolve_checkpoint,
 )
-from grit_jax.model import ModelConfig
-from grit_jax.safetensors_io import SafetensorsDir, numpy_dtype
-from grit_jax.tensorstore_io import leaf_opener, release_memory
+from grit_jax.weights.safetensors_io import SafetensorsDir, numpy_dtype
+from grit_jax.weights.tensorstore_io import leaf_opener, release_memory
 
 Box = tuple[tuple[slice, ...], np.ndarray]  # (index into the stacked parameter, the buffer it is read into)
 
@@ -115,7 +116,7 @@ def iter_tensors(
 
 def read_params(source: HFParams | CheckpointParams, dtype=None) -> dict[str, np.ndarray]:
     """{our dotted path: the whole stacked parameter} on this host (`dtype`, default as stored): for tests
-    and tools that want numpy; programs load into shards with grit_jax.weights instead."""
+    and tools that want numpy; programs load into shards with grit_jax.weights.loader instead."""
     out = {}
     for entry in hf.name_map(source.config):
         shape = stacked_shape(entry, source.config)

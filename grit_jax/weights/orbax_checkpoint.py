@@ -1,5 +1,5 @@
 """Orbax checkpoints: the training run's (resume exactly), finding any checkpoint's parameters and
-model config, and checking a checkpoint's parameter names and shapes (grit_jax.param_source reads them).
+model config, and checking a checkpoint's parameter names and shapes (grit_jax.weights.reader reads them).
 
 A training checkpoint `WORKDIR/checkpoints/<step>/` holds two items: `state` (the TrainState: parameters,
 optimizer state, step, RNG) and `data` (the data iterator's state, JSON); the training config is
@@ -24,9 +24,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from grit_jax import hf, storage
+from grit_jax import storage
 from grit_jax.errors import CheckpointError
-from grit_jax.model.config import ModelConfig
+from grit_jax.model.model_config import ModelConfig
+from grit_jax.weights import hf_names as hf
 
 STATE, DATA = "state", "data"
 MODEL_CONFIG = "model_config.json"

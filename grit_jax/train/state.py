@@ -18,13 +18,13 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grit_jax import sharding
-from grit_jax.checkpoint import model_config
 from grit_jax.choices import BATCH_AXES
-from grit_jax.config import batch_shapes, validate_config
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
 from grit_jax.model.attention import check_platform
-from grit_jax.optimizer import make_optimizer
+from grit_jax.run_config import batch_shapes, validate_config
+from grit_jax.train.optimizer import make_optimizer
+from grit_jax.weights.orbax_checkpoint import model_config
 
 
 class TrainState(struct.PyTreeNode):

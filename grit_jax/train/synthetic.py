@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from grit_jax.checkpoint import model_config
-from grit_jax.config import batch_shapes
+from grit_jax.run_config import batch_shapes
+from grit_jax.weights.orbax_checkpoint import model_config
 
 
 def synthetic_batch(config, seed=0, num_hosts=1) -> dict[str, np.ndarray]:

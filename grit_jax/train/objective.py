@@ -6,7 +6,7 @@ V vocab, C chunk (sequences per encoding chunk), W data-parallel size (batch sha
 Every loss is written on global arrays: under ``jax.jit`` with batch-sharded
 inputs, ``q @ p.T`` compares each query with every passage of every shard and XLA inserts the
 collectives. Pooling and similarities run in float32 whatever the compute dtype. The objective's
-fields and batch sizes were checked once, by grit_jax.config.validate_config.
+fields and batch sizes were checked once, by grit_jax.run_config.validate_config.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""`grit-eval` (or `python -m grit_jax.eval`): measure a GritLM.
+"""`grit-eval` (or `python -m grit_jax.programs.grit_eval`): measure a GritLM.
 
     grit-eval retrieval --model MODEL_DIR --data beir/scifact --out scifact.json
 
 `retrieval` embeds a BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv), ranks the corpus for
-every judged query and prints nDCG@10, MRR@10 and recall@100 (grit_jax.retrieval) as JSON.
+every judged query and prints nDCG@10, MRR@10 and recall@100 (grit_jax.retrieval.ranking) as JSON.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from grit_jax import hardware, storage
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.errors import UsageError
-from grit_jax.instructions import RETRIEVAL, task_instructions
-from grit_jax.retrieval import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
+from grit_jax.retrieval.instructions import RETRIEVAL, task_instructions
+from grit_jax.retrieval.ranking import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,9 +65,9 @@ def _run(args):
     query_default, doc_default = task_instructions(args.task)
     query_instruction = query_default if args.query_instruction is None else args.query_instruction
     doc_instruction = doc_default if args.doc_instruction is None else args.doc_instruction
-    from grit_jax.inference import GritLM
-    from grit_jax.placement import local_mesh
-    from grit_jax.retrieval import evaluate_retrieval, load_beir
+    from grit_jax.inference.gritlm import GritLM
+    from grit_jax.inference.placement import local_mesh
+    from grit_jax.retrieval.ranking import evaluate_retrieval, load_beir
 
     mesh = local_mesh(args.mesh)
     beir = load_beir(args.data, args.split)  # bad data fails before the model loads

@@ -1,10 +1,12 @@
-"""`grit-embed` (or `python -m grit_jax.embed`): embed a JSONL corpus into numpy shards, resumably.
+"""`grit-embed` (or `python -m grit_jax.programs.grit_embed`): embed a JSONL corpus into numpy shards,
+resumably.
 
     grit-embed --model MODEL_DIR --input corpus.jsonl --out embeddings/ --field title+text
 
 Records are `{"id", "text"}` or BEIR `{"_id", "title", "text"}`. The input is cut into windows of
 `--window` good records; within a window texts are batched by token length (little padding), and each
-window becomes one part (grit_jax.embedding: `part-NNNNN.npy` + `.ids`, `manifest.json`). Run it again
+window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`). Run
+it again
 with the same arguments after a kill and it continues at the first missing part. Several hosts
 (launch/local.sh, a TPU pod) each embed windows index % process_count == process_index.
 """
@@ -18,9 +20,9 @@ import time
 
 from grit_jax import hardware, storage
 from grit_jax.cli import ArgumentParser, run_command
-from grit_jax.corpus import FIELDS, Skipped, count_lines, read_records
-from grit_jax.embedding import EmbeddingStore, embed_token_rows, merge_hosts
 from grit_jax.errors import UsageError
+from grit_jax.retrieval.corpus import FIELDS, Skipped, count_lines, read_records
+from grit_jax.retrieval.embedding_store import EmbeddingStore, embed_token_rows, merge_hosts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +65,8 @@ def _run(args):
     distributed.initialize_from_env()
     import jax
 
-    from grit_jax.inference import GritLM
-    from grit_jax.placement import local_mesh
+    from grit_jax.inference.gritlm import GritLM
+    from grit_jax.inference.placement import local_mesh
 
     index, count = jax.process_index(), jax.process_count()
     total = count_lines(args.input)  # also checks that every input exists before the model loads

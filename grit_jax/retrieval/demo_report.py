@@ -16,8 +16,8 @@ import numpy as np
 from rank_bm25 import BM25Okapi
 
 from grit_jax import storage
-from grit_jax.evaluate import retrieval_metrics
-from grit_jax.instructions import gritlm_format
+from grit_jax.retrieval.instructions import gritlm_format
+from grit_jax.train.heldout import retrieval_metrics
 
 EXAMPLE_FILE = os.path.join("jsonl", "eval_stdlib_functions.jsonl")
 
@@ -45,7 +45,7 @@ def _first_and_last_eval(workdir: str) -> tuple[float | None, float | None]:
 
 def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
     """One held-out query, its top 3 of the held-out passages by the trained model, and an answer."""
-    from grit_jax.inference import GritLM
+    from grit_jax.inference.gritlm import GritLM
 
     with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]

@@ -2,7 +2,8 @@
 
 Inside the model, parameters keep Hugging Face names and rotate-half RoPE, so every tensor converts by a
 transpose and a reshape (no permutation of the query/key rows). `read_block` reads any box of our layout
-from one lazy safetensors tensor (grit_jax.safetensors_io), touching only the rows and columns it spans.
+from one lazy safetensors tensor (grit_jax.weights.safetensors_io), touching only the rows and columns it
+spans.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from grit_jax import storage
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
-from grit_jax.safetensors_io import LazyTensor, SafetensorsDir
+from grit_jax.weights.safetensors_io import LazyTensor, SafetensorsDir
 
 
 @dataclasses.dataclass(frozen=True)

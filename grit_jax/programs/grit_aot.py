@@ -28,12 +28,13 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from grit_jax import cli, flops, hardware, sharding
-from grit_jax.config import num_batch_shapes
+from grit_jax import cli, hardware, sharding
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
-from grit_jax.state import TrainSetup
-from grit_jax.step import abstract_batch, make_train_step
+from grit_jax.run_config import num_batch_shapes
+from grit_jax.train import flops
+from grit_jax.train.state import TrainSetup
+from grit_jax.train.step import abstract_batch, make_train_step
 
 _CONFIG = cli.define_config_flag()
 _TOPOLOGY = flags.DEFINE_string(

@@ -1,7 +1,8 @@
 """The one jitted train step: both losses on the global batch, AdamW, and no update when not finite.
 
 ``make_train_step(setup)`` returns ``train_step(state, batch) -> (state, metrics)``: both losses in one
-``loss_fn`` (grit_jax.objective), gradient clipping and AdamW (grit_jax.optimizer), a donated state, and
+``loss_fn`` (grit_jax.train.objective), gradient clipping and AdamW (grit_jax.train.optimizer), a donated
+state, and
 no update when the loss or the gradients are not finite, so one bad batch cannot poison the weights.
 Batches are global arrays (``global_batch``), each host feeding its own rows.
 """
@@ -13,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from grit_jax import objective as objective_lib
 from grit_jax import sharding
-from grit_jax.config import batch_lengths, batch_shapes, validate_batch
-from grit_jax.state import TrainSetup, TrainState
+from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
+from grit_jax.train import objective as objective_lib
+from grit_jax.train.state import TrainSetup, TrainState
 
 
 def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:

@@ -18,8 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.choices import BATCH_AXES, MESH_AXES
-from grit_jax.config import data_parallel_size
 from grit_jax.errors import UsageError
+from grit_jax.run_config import data_parallel_size
 
 
 def resolve_mesh(mesh) -> Mesh | None:
@@ -54,7 +54,7 @@ def local_mesh(text: str | None) -> Mesh | None:
 
 def shard_state(state, mesh: Mesh):
     """The model's nnx.State placed on the mesh, each weight split as training splits it (weights loaded
-    into those shards already, grit_jax.weights, stay where they are)."""
+    into those shards already, grit_jax.weights.loader, stay where they are)."""
     target = sharding.named_shardings(sharding.param_specs(state, mesh), mesh)
     return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s), state, target)
 

@@ -13,13 +13,14 @@ import tempfile
 
 from jax.sharding import Mesh
 
-from grit_jax import hf, storage
-from grit_jax.checkpoint import CheckpointSource, resolve_checkpoint
+from grit_jax import storage
 from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
 from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
-from grit_jax.param_source import CheckpointParams, HFParams
-from grit_jax.weights import load_model, stored_param_dtype
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights.loader import load_model, stored_param_dtype
+from grit_jax.weights.orbax_checkpoint import CheckpointSource, resolve_checkpoint
+from grit_jax.weights.reader import CheckpointParams, HFParams
 
 GRIT_CONFIG = "grit_config.json"
 TOKENIZER_FILES = (
@@ -137,7 +138,7 @@ def load_pretrained(
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
-    straight into its shards on that mesh (grit_jax.weights), else onto this host's first device."""
+    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device."""
     path = os.fspath(storage.as_path(path))  # a local path or gs://
     if not storage.isdir(path):
         raise CheckpointError(

@@ -1,9 +1,10 @@
 """A GritLM as an `mteb` encoder (mteb >= 2: `encode(inputs, *, task_metadata, hf_split, hf_subset,
-prompt_type)`), with the instructions of the reference's MTEB evaluation (grit_jax.instructions): per
+prompt_type)`), with the instructions of the reference's MTEB evaluation (grit_jax.retrieval.instructions):
+per
 task for queries, none for the documents of retrieval tasks.
 
     import mteb
-    from grit_jax.mteb_model import GritMTEB
+    from grit_jax.retrieval.mteb_encoder import GritMTEB
     model = GritMTEB("path/to/model")
     mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]), cache=None)
 
@@ -18,8 +19,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from grit_jax.embedding import embed_texts
-from grit_jax.instructions import task_instructions
+from grit_jax.retrieval.embedding_store import embed_texts
+from grit_jax.retrieval.instructions import task_instructions
 
 
 class GritMTEB(AbsEncoder):
@@ -27,7 +28,7 @@ class GritMTEB(AbsEncoder):
 
     def __init__(self, model, batch_size: int = 64, max_length: int = 512, name: str | None = None, **load):
         if isinstance(model, (str, os.PathLike)):
-            from grit_jax.inference import GritLM
+            from grit_jax.inference.gritlm import GritLM
 
             name = name or os.path.basename(os.path.normpath(os.fspath(model)))
             model = GritLM.from_pretrained(os.fspath(model), mode="embedding", **load)

@@ -4,13 +4,15 @@
     grit-convert orbax-to-hf --ckpt C --out D [--step N] [--dtype bfloat16] [--max_shard_size 2GB]
         [--tokenizer F] [--pooling_method mean] [--attn bbcc]
 
-Checkpoint layouts: grit_jax.checkpoint. Memory: both directions move one Hugging Face tensor (one layer,
+Checkpoint layouts: grit_jax.weights.orbax_checkpoint. Memory: both directions move one Hugging Face tensor
+(one layer,
 one expert) at a time: orbax arrays are read and written in slices with tensorstore (no chunk cache),
 safetensors output goes straight to disk with a pre-planned header, and freed memory is handed back to
 the OS after each tensor. The peak stays near a few copies of the largest single tensor, whatever the
 size of a stacked parameter (a Mixtral's [L,E,D,F] experts included) (benchmarks/RESULTS.md,
-"Conversion memory"). Tensors are read through grit_jax.param_source, the reader the sharded loader uses;
-the name map and per-tensor transforms are grit_jax.hf's; there is no second map. Conversion streams
+"Conversion memory"). Tensors are read through grit_jax.weights.reader, the reader the sharded loader uses;
+the name map and per-tensor transforms are grit_jax.weights.hf_names's; there is no second map. Conversion
+streams
 rather than loading onto devices: it is a file-to-file transform that needs no accelerator, and one tensor
 at a time keeps any model convertible on a small host.
 """
@@ -25,22 +27,23 @@ import shutil
 import sys
 import tempfile
 
-from grit_jax import hardware, hf, storage
-from grit_jax.checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
+from grit_jax import hardware, storage
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
-from grit_jax.model_files import (
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
+from grit_jax.weights.pretrained import (
     GRIT_CONFIG,
     copy_tokenizer,
     find_tokenizer,
     grit_settings,
     with_tokenizer_bos,
 )
-from grit_jax.param_source import CheckpointParams, HFParams, iter_tensors
-from grit_jax.safetensors_io import ShardWriter, numpy_dtype
-from grit_jax.tensorstore_io import PyTreeWriter
+from grit_jax.weights.reader import CheckpointParams, HFParams, iter_tensors
+from grit_jax.weights.safetensors_io import ShardWriter, numpy_dtype
+from grit_jax.weights.tensorstore_io import PyTreeWriter
 
 
 def parse_size(text: str | int) -> int:

@@ -1,7 +1,8 @@
 """The training program (``grit-train``): config -> mesh -> data -> state (fresh, from given weights, or
 resumed) -> steps.
 
-    python -m grit_jax.train --config configs/demo.py --workdir runs/demo [--config.a.b=value ...]
+    python -m grit_jax.programs.grit_train --config configs/demo.py --workdir runs/demo [--config.a.b=value
+    ...]
 
 A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step) and
 tb/ (TensorBoard). Starting in a work directory that has checkpoints resumes from the latest complete
@@ -24,19 +25,20 @@ from absl import app, flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from grit_jax import cli, distributed, flops, hardware, sharding, storage
-from grit_jax.checkpoint import Checkpoints
-from grit_jax.compile_cache import CompileCache
-from grit_jax.config import batch_lengths, num_batch_shapes, profile_steps
+from grit_jax import cli, distributed, hardware, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
-from grit_jax.demo_report import EXAMPLE_FILE, demo_report
 from grit_jax.errors import RunStopped, UsageError
-from grit_jax.evaluate import Evaluator
-from grit_jax.metrics_log import MetricsLog
-from grit_jax.state import TrainSetup
-from grit_jax.step import global_batch, make_train_step
-from grit_jax.weights import initial_params
+from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
+from grit_jax.run_config import batch_lengths, num_batch_shapes, profile_steps
+from grit_jax.train import flops
+from grit_jax.train.compile_cache import CompileCache
+from grit_jax.train.heldout import Evaluator
+from grit_jax.train.metrics_log import MetricsLog
+from grit_jax.train.state import TrainSetup
+from grit_jax.train.step import global_batch, make_train_step
+from grit_jax.weights.loader import initial_params
+from grit_jax.weights.orbax_checkpoint import Checkpoints
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics.jsonl, TensorBoard")

@@ -1,7 +1,7 @@
 """Weights loaded straight into their shards: each host reads what its own devices hold.
 
 For every parameter, the shards this host's devices hold are computed from the parameter's sharding
-first; the source (grit_jax.param_source: a Hugging Face directory or an orbax checkpoint) then reads
+first; the source (grit_jax.weights.reader: a Hugging Face directory or an orbax checkpoint) then reads
 only those boxes, lazy safetensors slices or tensorstore slices, straight into the shard buffers, cast
 to the parameter dtype, and each buffer is placed on its device. No parameter is ever whole on a host or
 a device (unless one device holds it whole), and no host talks to another, so a pod loads 7B or 8x7B
@@ -18,13 +18,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from grit_jax import hf, sharding, storage
+from grit_jax import sharding, storage
 from grit_jax.choices import DTYPES
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer
-from grit_jax.param_source import Box, CheckpointParams, HFParams, open_checkpoint, stacked_shape
-from grit_jax.safetensors_io import numpy_dtype
-from grit_jax.tensorstore_io import release_memory
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights.reader import Box, CheckpointParams, HFParams, open_checkpoint, stacked_shape
+from grit_jax.weights.safetensors_io import numpy_dtype
+from grit_jax.weights.tensorstore_io import release_memory
 
 
 def _host_shards(shape: tuple[int, ...], sharding, dtype) -> tuple[dict, dict]:
