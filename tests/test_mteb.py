@@ -15,8 +15,9 @@ from mteb.types import PromptType
 from grit_jax import GritLM
 from grit_jax.retrieval import mteb_encoder as mteb_model
 from grit_jax.retrieval.instructions import RETRIEVAL, SAME_BOTH_SIDES, STS, gritlm_format, task_instructions
+from grit_jax.retrieval.metrics import score_run
 from grit_jax.retrieval.mteb_encoder import GritMTEB
-from grit_jax.retrieval.ranking import score_run, search
+from grit_jax.retrieval.ranking import search
 from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
 
 TEXTS = [t[:200] for t in tokenizer_texts() if t.strip()]

@@ -9,7 +9,7 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.choices import POOLINGS
-from grit_jax.model import masks
+from grit_jax.model import masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective
 from grit_jax.train.state import TrainSetup, abstract_model
@@ -95,7 +95,7 @@ def test_pooling_matches_reference_formulas(method):
     mask = np.arange(7)[None] < np.array([[7], [5], [3]])
     inst = np.array([2, 1, 0], np.int32)
     want = numpy_pool(hidden.astype(np.float64), mask, inst, method)
-    got = objective.pool(
+    got = pooling.pool(
         jnp.asarray(hidden, jnp.bfloat16).astype(jnp.float32), mask, inst, method, normalize=False
     )
     np.testing.assert_allclose(
@@ -104,7 +104,7 @@ def test_pooling_matches_reference_formulas(method):
         rtol=1e-5,
         atol=1e-6,
     )
-    got = objective.pool(hidden, mask, inst, method, normalize=True)
+    got = pooling.pool(hidden, mask, inst, method, normalize=True)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
 
@@ -116,8 +116,8 @@ def test_padding_does_not_change_the_pooled_embedding():
     garbage = hidden.copy()
     garbage[:, 4:] = 1e3
     for method in POOLINGS:
-        a = objective.pool(hidden, mask, np.array([1]), method)
-        b = objective.pool(garbage, mask, np.array([1]), method)
+        a = pooling.pool(hidden, mask, np.array([1]), method)
+        b = pooling.pool(garbage, mask, np.array([1]), method)
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 

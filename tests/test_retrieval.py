@@ -10,7 +10,8 @@ import pytrec_eval
 from grit_jax import GritLM
 from grit_jax.programs.grit_eval import run
 from grit_jax.retrieval.instructions import task_instructions
-from grit_jax.retrieval.ranking import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION, ranked, score_run
+from grit_jax.retrieval.metrics import ranked, score_run
+from grit_jax.retrieval.ranking import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
 from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
 
 N_DOCS, N_QUERIES = 130, 12  # more documents than recall@100 looks at

@@ -8,7 +8,7 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.errors import UsageError
-from grit_jax.model import masks
+from grit_jax.model import masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective, step
 from grit_jax.train.state import TrainSetup, abstract_model
@@ -83,7 +83,7 @@ def test_negatives_span_the_shards(per_mesh):
     def reps(prefix):
         mask = host_batch[f"{prefix}_mask"]
         hidden = model(host_batch[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")).hidden
-        return objective.pool(hidden, mask, host_batch[f"{prefix}_instruction_len"])
+        return pooling.pool(hidden, mask, host_batch[f"{prefix}_instruction_len"])
 
     q, p = reps("query"), reps("passage")
     global_loss, _ = objective.contrastive_loss(q, p)

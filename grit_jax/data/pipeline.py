@@ -24,22 +24,13 @@ import numpy as np
 
 from grit_jax.data import sampling, sources, tfds_io
 from grit_jax.data.lengths import load_lengths, per_row
+from grit_jax.data.padding import right_pad
 from grit_jax.data.sampling import epoch_plan, sample_negatives, steps_per_epoch  # noqa: F401 (re-exported)
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
 from grit_jax.run_config import bucket_length, length_buckets
 
 _ENDLESS = 1 << 40
-
-
-def _pad(rows: list[np.ndarray], length: int, pad_id: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-    tokens = np.full((len(rows), length), pad_id, dtype)
-    mask = np.zeros((len(rows), length), bool)
-    for i, row in enumerate(rows):
-        n = min(len(row), length)
-        tokens[i, :n] = row[:n]
-        mask[i, :n] = True
-    return tokens, mask
 
 
 class HostBatches:
@@ -165,8 +156,8 @@ class HostBatches:
                 passages.append(record["passages"][ends[k] - record["passage_lens"][k] : ends[k]])
                 p_lens.append(record["passage_instruction_lens"][k])
         query_len, passage_len = self._embedding_lengths(step, plan)
-        query_tokens, query_mask = _pad(queries, query_len, self.pad_id)
-        passage_tokens, passage_mask = _pad(passages, passage_len, self.pad_id)
+        query_tokens, query_mask = right_pad(queries, query_len, self.pad_id)
+        passage_tokens, passage_mask = right_pad(passages, passage_len, self.pad_id)
         return {
             "query_tokens": query_tokens,
             "query_mask": query_mask,
@@ -230,8 +221,8 @@ class HostBatches:
             rows.append(record["tokens"])
             targets.append(target)
         length = self._generative_length(step)
-        tokens, mask = _pad(rows, length, self.pad_id)
-        loss_mask, _ = _pad(targets, length, False, bool)
+        tokens, mask = right_pad(rows, length, self.pad_id)
+        loss_mask, _ = right_pad(targets, length, False, bool)
         return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
 
 
@@ -358,8 +349,8 @@ def eval_retrieval_arrays(config, max_queries: int = 0, pad_id: int | None = Non
     relevant = np.zeros((len(records), len(passages)), bool)
     for i, rows in enumerate(positives):
         relevant[i, list(rows)] = True
-    query_tokens, query_mask = _pad([r["query"] for r in records], config.query_max_len, pad_id)
-    passage_tokens, passage_mask = _pad(passages, config.passage_max_len, pad_id)
+    query_tokens, query_mask = right_pad([r["query"] for r in records], config.query_max_len, pad_id)
+    passage_tokens, passage_mask = right_pad(passages, config.passage_max_len, pad_id)
     return {
         "query_tokens": query_tokens,
         "query_mask": query_mask,
@@ -387,7 +378,7 @@ def eval_generative_batches(config, batch_size: int = 0, pad_id: int | None = No
             for target, record in zip(targets, chunk):
                 target[: int(record["last_start"])] = False
         length = bucket_length(length_buckets(config, "generative"), max(len(r) for r in rows))
-        tokens, mask = _pad(rows, length, pad_id)
-        loss_mask, _ = _pad(targets, length, False, bool)
+        tokens, mask = right_pad(rows, length, pad_id)
+        loss_mask, _ = right_pad(targets, length, False, bool)
         batches.append({"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask})
     return batches

@@ -23,13 +23,14 @@ from flax import nnx
 
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
+from grit_jax.data.padding import right_pad
 from grit_jax.errors import UsageError
 from grit_jax.inference import placement, rag
 from grit_jax.inference.decoding import _decode_pass, _encode_pass, _place, bucket, sample
 from grit_jax.inference.rag import Cache
 from grit_jax.model import KVCache, ModelConfig, Transformer, masks
+from grit_jax.model.pooling import pool, project
 from grit_jax.sharding import use_mesh
-from grit_jax.train.objective import pool
 from grit_jax.weights.pretrained import load_pretrained
 
 # The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
@@ -161,8 +162,7 @@ class GritLM:
         """Embeddings [len(rows),D] of token rows (BOS included) pooled after their first `skip` tokens,
         and with_cache their Cache (else None): one batch of encode, for callers that tokenized already."""
         hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
-        if self.projection is not None:
-            hidden = hidden.astype(jnp.float32) @ self.projection["kernel"] + self.projection["bias"]
+        hidden = project(hidden, self.projection)
         lengths = np.full((valid.shape[0],), skip, np.int32)
         emb = pool(
             hidden, *placement.replicate(self.mesh, valid, lengths), self.pooling_method, self.normalized
@@ -183,10 +183,7 @@ class GritLM:
     def _hidden(self, rows: list[list[int]], with_cache=False):
         """Hidden states of right-padded rows under the embedding attention; batch and length bucketed."""
         length, batch = bucket(max(map(len, rows))), placement.round_batch(len(rows), self.mesh, bucket)
-        tokens = np.full((batch, length), self.tokenizer.pad_id, np.int32)
-        valid = np.zeros((batch, length), bool)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)], valid[i, : len(r)] = r, True
+        tokens, valid = right_pad(list(rows) + [[]] * (batch - len(rows)), length, self.tokenizer.pad_id)
         positions = np.broadcast_to(np.arange(length), (batch, length))
         kind = "bidirectional" if self.attn is not None and self.attn[:2] == "bb" else "causal"
         mask = masks.mask_from_positions(

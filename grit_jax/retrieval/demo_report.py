@@ -17,7 +17,7 @@ from rank_bm25 import BM25Okapi
 
 from grit_jax import storage
 from grit_jax.retrieval.instructions import gritlm_format
-from grit_jax.train.heldout import retrieval_metrics
+from grit_jax.retrieval.metrics import retrieval_metrics
 
 EXAMPLE_FILE = os.path.join("jsonl", "eval_stdlib_functions.jsonl")
 

@@ -1,5 +1,5 @@
 """Retrieval evaluation on a BEIR directory: embed queries and corpus, rank by dot product (cosine for
-normalised embeddings), and score nDCG@10, MRR@10 and recall@100 the way trec_eval does.
+normalised embeddings), and score them (retrieval/metrics.py).
 
 Ranking ties break as trec_eval's: score descending, then document id descending. A query judged only
 non-relevant scores 0 on every metric; queries absent from the qrels are not ranked.
@@ -7,7 +7,6 @@ non-relevant scores 0 on every metric; queries absent from the qrels are not ran
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -16,10 +15,10 @@ from grit_jax.errors import DataError
 from grit_jax.retrieval.corpus import read_qrels, read_records
 from grit_jax.retrieval.embedding_store import embed_texts
 from grit_jax.retrieval.instructions import GENERIC_RETRIEVAL, gritlm_format
+from grit_jax.retrieval.metrics import score_run
 
 DEFAULT_QUERY_INSTRUCTION = gritlm_format(GENERIC_RETRIEVAL)
 DEFAULT_DOC_INSTRUCTION = gritlm_format("")
-METRICS = ("ndcg@10", "mrr@10", "recall@100")
 
 
 def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 100, chunk: int = 1024):
@@ -33,32 +32,6 @@ def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 1
             picked = range(len(doc_ids)) if top is None else top[i]
             out.append({doc_ids[j]: float(row[j]) for j in picked})
     return out
-
-
-def ranked(scores: dict[str, float]) -> list[str]:
-    """Document ids best first, ties broken as trec_eval (higher id first)."""
-    return [d for d, _ in sorted(scores.items(), key=lambda x: (x[1], x[0]), reverse=True)]
-
-
-def query_metrics(scores: dict[str, float], judged: dict[str, int]) -> dict[str, float]:
-    ranking = ranked(scores)
-    relevant = {d: r for d, r in judged.items() if r > 0}
-    if not relevant:
-        return dict.fromkeys(METRICS, 0.0)
-    dcg = sum(relevant.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranking[:10]))
-    ideal = sum(r / math.log2(i + 2) for i, r in enumerate(sorted(relevant.values(), reverse=True)[:10]))
-    first = next((i for i, d in enumerate(ranking[:10]) if d in relevant), None)
-    return {
-        "ndcg@10": dcg / ideal,
-        "mrr@10": 0.0 if first is None else 1.0 / (first + 1),
-        "recall@100": len(set(ranking[:100]) & set(relevant)) / len(relevant),
-    }
-
-
-def score_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Mean of each metric over the queries of the qrels (a query missing from the run scores 0)."""
-    per_query = [query_metrics(run.get(q, {}), judged) for q, judged in qrels.items()]
-    return {m: float(np.mean([p[m] for p in per_query])) if per_query else 0.0 for m in METRICS}
 
 
 def load_beir(data: str, split: str = "test"):

@@ -13,19 +13,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
+from grit_jax.retrieval.metrics import retrieval_metrics
 from grit_jax.run_config import bucket_length, length_buckets
 from grit_jax.train import objective as objective_lib
 
 ENCODE_ROWS = 64  # sequences per encoding call: one compiled shape
-
-
-def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
-    """scores, relevant [Nq, Np] -> MRR@10 and recall@1 (a hit = any relevant passage)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    hits = np.take_along_axis(relevant, order, axis=1)
-    first = np.where(hits.any(1), hits.argmax(1), scores.shape[1])
-    mrr = np.where(first < 10, 1.0 / (first + 1), 0.0)
-    return {"eval_mrr@10": float(mrr.mean()), "eval_recall@1": float((first == 0).mean())}
 
 
 class Evaluator:
