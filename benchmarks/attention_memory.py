@@ -29,7 +29,7 @@ from grit_jax.programs import grit_aot as aot
 
 def temporaries(impl: str, kind: str, devices, rows: int, length: int) -> int:
     cfg = ModelConfig.preset("mistral_7b", dtype="bfloat16", attention_impl=impl)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: Attention(cfg, nnx.Rngs(0))))
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Attention(cfg, rngs=nnx.Rngs(0))))
     mesh = sharding.make_mesh(dict(data=-1), devices=devices)
     chips = mesh.devices.size
     by_row = NamedSharding(mesh, PartitionSpec(("data",)))

@@ -129,7 +129,7 @@ def sample():
         peak_anon[0] = max(peak_anon[0], anon)
         time.sleep(0.002)
 threading.Thread(target=sample, daemon=True).start()
-from grit_jax import convert
+from grit_jax.programs import grit_convert as convert
 convert.run(sys.argv[1:])
 time.sleep(0.01)
 print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak_anon[0])
@@ -138,7 +138,8 @@ print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak_anon[0])
 
 def baseline():
     code = (
-        "import resource; import jax, orbax.checkpoint, safetensors; from grit_jax import convert, hf; "
+        "import resource; import jax, orbax.checkpoint, safetensors; "
+        "from grit_jax.programs import grit_convert; from grit_jax.weights import hf_names; "
         "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run(

@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cpu_layer_seconds(impl: str, cfg: ModelConfig, tokens: int, repeats: int = 3) -> float:
     """Best of `repeats` seconds for value-and-grad of one MoE layer on [1, tokens, D] float32."""
-    layer = SparseMoE(cfg.replace(moe_impl=impl), nnx.Rngs(0))
+    layer = SparseMoE(cfg.replace(moe_impl=impl), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(layer)
     x = jax.random.normal(jax.random.key(1), (1, tokens, cfg.hidden_size))
 

@@ -130,7 +130,7 @@ def test_leftover_tails_are_shuffled_as_whole_blocks(seed):
 
 def test_demo_batches_come_from_one_source(config):
     it = pipeline.make_train_iterator(config, mode="embedding")
-    sizes = it.batches.embedding_sizes
+    sizes = it.batches.opened["embedding"].sizes
     plan = it.batches._plan(0)
     assert sum(len(set(b[:, 0])) > 1 for b in plan) <= sum(s % 8 for s in sizes) // 8
 

@@ -95,7 +95,7 @@ def test_sharded_checkpoint_and_tied_embeddings(tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     model = grit_jax.from_hf(path)
-    assert not hasattr(model, "lm_head")
+    assert model.lm_head is None
     tokens, padding = batch()
     logits, _ = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
     assert_close_on_real_tokens(logits, torch_logits(reference, tokens, padding), padding)

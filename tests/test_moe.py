@@ -111,15 +111,16 @@ def test_moe_impl_is_checked_and_defaults_to_auto():
 _TPU_FLOPS = """
 import jax, jax.numpy as jnp
 from flax import nnx
-from grit_jax import aot, hardware, sharding
+from grit_jax import hardware, sharding
 from grit_jax.model import ModelConfig
+from grit_jax.programs import grit_aot as aot
 from grit_jax.model.moe import SparseMoE
 
 devices = aot.topology_devices(hardware.parse_accelerator("v5e-4"))
 mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=4), devices=devices)
 cfg = ModelConfig.preset("tiny_moe", hidden_size=512, intermediate_size=1024, num_local_experts=8,
                          dtype="bfloat16", moe_impl="{impl}")
-layer = SparseMoE(cfg, nnx.Rngs(0))
+layer = SparseMoE(cfg, rngs=nnx.Rngs(0))
 graphdef, state = nnx.split(layer)
 x = jax.ShapeDtypeStruct((8, 1024, 512), jnp.bfloat16)
 

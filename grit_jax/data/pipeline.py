@@ -12,6 +12,7 @@ longest row of the whole global batch: every host finds that row from the length
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -31,6 +32,16 @@ from grit_jax.errors import DataError, UsageError
 from grit_jax.run_config import bucket_length, length_buckets
 
 _ENDLESS = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedSources:
+    """One kind's (embedding or generative) prepared sources: the open datasets, their sizes, and their
+    per-example length indexes (None when no field of the kind is bucketed)."""
+
+    sources: list
+    sizes: list[int]
+    lengths: list | None
 
 
 class HostBatches:
@@ -59,6 +70,7 @@ class HostBatches:
                     f"{data_dir} was prepared with; prepare it again with a larger limit"
                 )
         self.rows = {}
+        self.opened: dict[str, OpenedSources] = {}
         for name, batch_key, on in (
             ("embedding", "embedding_batch_size", self.embed),
             ("generative", "generative_batch_size", self.gen),
@@ -74,9 +86,9 @@ class HostBatches:
             share = size // process_count
             self.rows[name] = (process_index * share, (process_index + 1) * share)
             opened = [tfds_io.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
-            setattr(self, f"{name}_sources", opened)
-            setattr(self, f"{name}_sizes", [len(s) for s in opened])
-            setattr(self, f"{name}_lengths", self._length_index(name, data_dir, entries, opened))
+            self.opened[name] = OpenedSources(
+                opened, [len(s) for s in opened], self._length_index(name, data_dir, entries, opened)
+            )
             if name == "embedding":
                 self._check_instruction_lengths(entries)
             if name == "embedding" and config.train_group_size > 1:
@@ -87,11 +99,13 @@ class HostBatches:
                         f"sources {short} have records without any"
                     )
         if self.embed:
-            self.epoch_steps = steps_per_epoch(self.embedding_sizes, config.embedding_batch_size)
+            self.epoch_steps = steps_per_epoch(self.opened["embedding"].sizes, config.embedding_batch_size)
         if self.gen:
-            self.gen_offsets = np.cumsum([0] + self.generative_sizes)
-            if self.generative_lengths:  # indexed like gen_offsets: every source's lengths, concatenated
-                self.gen_token_lens = np.concatenate([n["tokens"] for n in self.generative_lengths])
+            self.gen_offsets = np.cumsum([0] + self.opened["generative"].sizes)
+            if self.opened[
+                "generative"
+            ].lengths:  # indexed like gen_offsets: every source's lengths, concatenated
+                self.gen_token_lens = np.concatenate([n["tokens"] for n in self.opened["generative"].lengths])
         self._plan_lock = threading.Lock()
 
     def _length_index(self, kind: str, data_dir: str, entries: list[dict], opened: list) -> list | None:
@@ -117,7 +131,7 @@ class HostBatches:
     @functools.lru_cache(maxsize=2)  # noqa: B019 (one HostBatches per run: nothing leaks)
     def _plan(self, epoch: int) -> np.ndarray:
         return epoch_plan(
-            self.embedding_sizes,
+            self.opened["embedding"].sizes,
             self.config.embedding_batch_size,
             self.config.seed,
             epoch,
@@ -146,7 +160,7 @@ class HostBatches:
         start, stop = self.rows["embedding"]
         for row in range(start, stop):
             source, index = plan[row]
-            record = self.embedding_sources[source][int(index)]
+            record = self.opened["embedding"].sources[source][int(index)]
             num_pos, num_passages = int(record["num_pos"]), len(record["passage_lens"])
             chosen = sampling.chosen_passages(config.seed, group, step, row, num_pos, num_passages)
             ends = np.cumsum(record["passage_lens"])
@@ -173,16 +187,16 @@ class HostBatches:
         Only rows whose longest passage could exceed the bucket of the positives are sampled."""
         config = self.config
         query_buckets, passage_buckets = length_buckets(config, "query"), length_buckets(config, "passage")
-        if not self.embedding_lengths:
+        if not self.opened["embedding"].lengths:
             return query_buckets[-1], passage_buckets[-1]
-        indexes = self.embedding_lengths
+        indexes = self.opened["embedding"].lengths
         query = bucket_length(query_buckets, int(per_row(indexes, "query", plan).max()))
         if len(passage_buckets) == 1:
             return query, passage_buckets[0]
         longest = int(per_row(indexes, "shortest_positive", plan).max())  # a positive is always sampled
         over = per_row(indexes, "longest_passage", plan) > bucket_length(passage_buckets, longest)
         for row in np.flatnonzero(over):
-            lengths, index = self.embedding_lengths[plan[row, 0]], int(plan[row, 1])
+            lengths, index = self.opened["embedding"].lengths[plan[row, 0]], int(plan[row, 1])
             first, end = lengths["passage_offsets"][index : index + 2]
             num_pos = int(lengths["num_pos"][index])
             chosen = sampling.chosen_passages(
@@ -214,7 +228,7 @@ class HostBatches:
         for row in range(start, stop):
             index = self.generative_index(step, row)
             source = int(np.searchsorted(self.gen_offsets, index, side="right") - 1)
-            record = self.generative_sources[source][index - int(self.gen_offsets[source])]
+            record = self.opened["generative"].sources[source][index - int(self.gen_offsets[source])]
             target = record["targets"].astype(bool)
             if config.prefixlm:
                 target[: int(record["last_start"])] = False

@@ -14,12 +14,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from grit_jax.model.attention import AttentionSpec, attend
+from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.rope import apply_rotary
 
 NEG_INF = jnp.finfo(jnp.float32).min
 
 
-def make_param(rngs: nnx.Rngs | None, shape, names, dtype, stack: int | None = None, init="normal"):
+def make_param(
+    shape: tuple[int, ...],
+    names: tuple[str, ...],
+    *,
+    dtype,
+    rngs: nnx.Rngs | None = None,
+    stack: int | None = None,
+    init: str = "normal",
+) -> nnx.Param:
     """A parameter of `shape` (with a leading layer axis of size `stack`) named by logical axes."""
     if stack is not None:
         shape, names = (stack, *shape), ("layers", *names)
@@ -31,8 +40,8 @@ def make_param(rngs: nnx.Rngs | None, shape, names, dtype, stack: int | None = N
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim, eps, dtype, stack=None):
-        self.scale = make_param(None, (dim,), ("norm",), dtype, stack, init="ones")
+    def __init__(self, *, dim: int, eps: float, dtype, stack: int | None = None):
+        self.scale = make_param((dim,), ("norm",), dtype=dtype, stack=stack, init="ones")
         self.eps = eps
 
     def __call__(self, x):
@@ -46,7 +55,7 @@ class Attention(nnx.Module):
     """Grouped-query attention over an explicit mask; optionally reads and writes a key/value cache.
     Optional: biases on q/k/v and on o (Llama, Qwen2), RMSNorm of each head's q and k (Qwen3)."""
 
-    def __init__(self, cfg, rngs, stack=None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, n, k, h, pdt = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -54,14 +63,25 @@ class Attention(nnx.Module):
             cfg.head_dim,
             cfg.param_dtype,
         )
-        qkv_bias, o_bias = cfg.attention_bias, cfg.attention_out_bias
-        self.q_proj = Linear(rngs, (d, n, h), ("embed", "heads", "head_dim"), pdt, stack, 1, qkv_bias)
-        self.k_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack, 1, qkv_bias)
-        self.v_proj = Linear(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pdt, stack, 1, qkv_bias)
-        self.o_proj = Linear(rngs, (n, h, d), ("heads", "head_dim", "embed"), pdt, stack, 2, o_bias)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pdt, stack)
-            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pdt, stack)
+        common = dict(rngs=rngs, dtype=pdt, stack=stack)
+        qkv_bias = cfg.attention_bias
+        self.q_proj = Linear(shape=(d, n, h), names=("embed", "heads", "head_dim"), bias=qkv_bias, **common)
+        self.k_proj = Linear(
+            shape=(d, k, h), names=("embed", "kv_heads", "head_dim"), bias=qkv_bias, **common
+        )
+        self.v_proj = Linear(
+            shape=(d, k, h), names=("embed", "kv_heads", "head_dim"), bias=qkv_bias, **common
+        )
+        self.o_proj = Linear(
+            shape=(n, h, d),
+            names=("heads", "head_dim", "embed"),
+            in_ndim=2,
+            bias=cfg.attention_out_bias,
+            **common,
+        )
+        norm = dict(dim=h, eps=cfg.rms_norm_eps, dtype=pdt, stack=stack)
+        self.q_norm = RMSNorm(**norm) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(**norm) if cfg.qk_norm else None
         self.num_kv_heads, self.head_dim = k, h
 
     def __call__(self, x, mask, cos, sin, cache=None):
@@ -69,7 +89,7 @@ class Attention(nnx.Module):
         Returns y [B,T,D], (k, v)."""
         dtype = x.dtype
         q, k = self.q_proj("btd,dnh->btnh", x), self.k_proj("btd,dkh->btkh", x)
-        if hasattr(self, "q_norm"):
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         v = self.v_proj("btd,dkh->btkh", x)
@@ -119,14 +139,27 @@ class Linear(nnx.Module):
     (compute) dtype, so bf16 compute runs over fp32 master weights.
     """
 
-    def __init__(self, rngs, shape, names, dtype, stack=None, in_ndim=1, bias=False):
-        self.kernel = make_param(rngs, shape, names, dtype, stack)
-        if bias:
-            self.bias = make_param(None, shape[in_ndim:], names[in_ndim:], dtype, stack, init="zeros")
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        shape: tuple[int, ...],
+        names: tuple[str, ...],
+        dtype,
+        stack: int | None = None,
+        in_ndim: int = 1,
+        bias: bool = False,
+    ):
+        self.kernel = make_param(shape, names, dtype=dtype, rngs=rngs, stack=stack)
+        self.bias = (
+            make_param(shape[in_ndim:], names[in_ndim:], dtype=dtype, stack=stack, init="zeros")
+            if bias
+            else None
+        )
 
     def __call__(self, equation: str, x):
         y = contract(equation, x, self.kernel[...].astype(x.dtype))
-        if hasattr(self, "bias"):
+        if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
 
@@ -142,11 +175,12 @@ def swiglu(gate, up):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg, rngs, stack=None):
-        d, f, pdt, bias = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype, cfg.mlp_bias
-        self.gate_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack, bias=bias)
-        self.up_proj = Linear(rngs, (d, f), ("embed", "mlp"), pdt, stack, bias=bias)
-        self.down_proj = Linear(rngs, (f, d), ("mlp", "embed"), pdt, stack, bias=bias)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        common = dict(rngs=rngs, dtype=cfg.param_dtype, stack=stack, bias=cfg.mlp_bias)
+        self.gate_proj = Linear(shape=(d, f), names=("embed", "mlp"), **common)
+        self.up_proj = Linear(shape=(d, f), names=("embed", "mlp"), **common)
+        self.down_proj = Linear(shape=(f, d), names=("mlp", "embed"), **common)
 
     def __call__(self, x):
         gate = self.gate_proj("btd,df->btf", x)

@@ -17,16 +17,18 @@ from flax import nnx
 from grit_jax import sharding
 from grit_jax.model import moe_dispatch
 from grit_jax.model.layers import Linear
+from grit_jax.model.model_config import ModelConfig
 
 
 class SparseMoE(nnx.Module):
-    def __init__(self, cfg, rngs, stack=None):
-        d, f, e, pdt = cfg.hidden_size, cfg.expert_intermediate_size, cfg.num_local_experts, cfg.param_dtype
-        self.gate = Linear(rngs, (d, e), ("embed", "experts_router"), pdt, stack)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        d, f, e = cfg.hidden_size, cfg.expert_intermediate_size, cfg.num_local_experts
+        common = dict(rngs=rngs, dtype=cfg.param_dtype, stack=stack)
+        self.gate = Linear(shape=(d, e), names=("embed", "experts_router"), **common)
         # Hugging Face's experts.{i}.w1 / w3 / w2 (Qwen3-MoE: gate_proj / up_proj / down_proj), stacked.
-        self.w1 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
-        self.w3 = Linear(rngs, (e, d, f), ("experts", "embed", "mlp"), pdt, stack)
-        self.w2 = Linear(rngs, (e, f, d), ("experts", "mlp", "embed"), pdt, stack)
+        self.w1 = Linear(shape=(e, d, f), names=("experts", "embed", "mlp"), **common)
+        self.w3 = Linear(shape=(e, d, f), names=("experts", "embed", "mlp"), **common)
+        self.w2 = Linear(shape=(e, f, d), names=("experts", "mlp", "embed"), **common)
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.moe_impl = cfg.moe_impl
 

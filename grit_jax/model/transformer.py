@@ -45,20 +45,19 @@ class ModelOutput(NamedTuple):
 class DecoderLayer(nnx.Module):
     """One pre-norm decoder layer; created with `stack=L` it holds all L layers' parameters stacked."""
 
-    def __init__(self, cfg: ModelConfig, rngs, stack=None):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, stack)
-        self.self_attn = Attention(cfg, rngs, stack)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, stack)
-        if cfg.is_moe:
-            self.block_sparse_moe = SparseMoE(cfg, rngs, stack)
-        else:
-            self.mlp = MLP(cfg, rngs, stack)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        norm = dict(dim=cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=cfg.param_dtype, stack=stack)
+        self.input_layernorm = RMSNorm(**norm)
+        self.self_attn = Attention(cfg, rngs=rngs, stack=stack)
+        self.post_attention_layernorm = RMSNorm(**norm)
+        self.block_sparse_moe = SparseMoE(cfg, rngs=rngs, stack=stack) if cfg.is_moe else None
+        self.mlp = None if cfg.is_moe else MLP(cfg, rngs=rngs, stack=stack)
 
     def __call__(self, x, mask, cos, sin, cache=None):
         attn_out, kv = self.self_attn(self.input_layernorm(x), mask, cos, sin, cache)
         x = x + attn_out
         h = self.post_attention_layernorm(x)
-        if hasattr(self, "block_sparse_moe"):
+        if self.block_sparse_moe is not None:
             ffn_out, router_logits = self.block_sparse_moe(h)
         else:
             ffn_out, router_logits = self.mlp(h), None
@@ -69,7 +68,7 @@ class DecoderLayer(nnx.Module):
 class Transformer(nnx.Module):
     """The decoder of every family (Mistral, Mixtral, Llama, Qwen2, Qwen3), with Hugging Face names."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         d, v = cfg.hidden_size, cfg.vocab_size
         self.embed_tokens = nnx.Embed(
@@ -81,10 +80,13 @@ class Transformer(nnx.Module):
                 nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False
             ),
         )
-        self.layers = DecoderLayer(cfg, rngs, stack=cfg.num_hidden_layers)
-        self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg.param_dtype)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = Linear(rngs, (d, v), ("embed", "vocab"), cfg.param_dtype)
+        self.layers = DecoderLayer(cfg, rngs=rngs, stack=cfg.num_hidden_layers)
+        self.norm = RMSNorm(dim=d, eps=cfg.rms_norm_eps, dtype=cfg.param_dtype)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear(rngs=rngs, shape=(d, v), names=("embed", "vocab"), dtype=cfg.param_dtype)
+        )
 
     def __call__(self, tokens, mask, positions=None, cache: KVCache | None = None) -> ModelOutput:
         """tokens [B,T] int; mask [B,T,S] bool, or an AttentionSpec (training, no cache); positions [B,T]
