@@ -99,9 +99,10 @@ def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
 
 def model_sizes(path):
     """(bytes of all tensors, bytes of the largest stacked parameter) of a model written by write_model."""
-    from grit_jax.model import ModelConfig
 
-    cfg = ModelConfig.from_hf_json(path)
+    from grit_jax.weights.hf_names import read_hf_config
+
+    cfg = read_hf_config(path)
     with open(os.path.join(path, "model.safetensors.index.json")) as f:
         total = json.load(f)["metadata"]["total_size"]
     itemsize = 2 if json.load(open(os.path.join(path, "config.json"))).get("torch_dtype") == "bfloat16" else 4
@@ -181,10 +182,10 @@ def main():
     def gib(b):
         return f"{b / 2**30:.2f} GiB"
 
-    from grit_jax.model import ModelConfig
     from grit_jax.weights import hf_names as hf
+    from grit_jax.weights.hf_names import read_hf_config
 
-    cfg = ModelConfig.from_hf_json(hf_dir)
+    cfg = read_hf_config(hf_dir)
     itemsize = largest // largest_stacked(cfg, 1)
     single = int(max(np.prod(hf.param_shapes(cfg)[e.path]) for e in hf.name_map(cfg))) * itemsize
     print(

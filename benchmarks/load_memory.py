@@ -81,8 +81,7 @@ def worker(model: str, mode: str):
     from grit_jax import sharding
     from grit_jax.run_config import base_config
     from grit_jax.train.state import TrainSetup
-    from grit_jax.weights import loader as weights
-    from grit_jax.weights import reader as param_source
+    from grit_jax.weights import open_weights
 
     config = base_config()
     config.model.update(preset="", hf_dir=model)
@@ -90,12 +89,13 @@ def worker(model: str, mode: str):
     config.data.update(embedding_batch_size=64, generative_batch_size=64)  # divisible by every mesh here
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))
     baseline, start = current_mib(), time.perf_counter()
+    weights = open_weights(model, config=setup.model_config)
     if mode == "sharded":
-        params = weights.load_hf(model, setup.model_config, setup.shardings.params)
+        params = weights.load(setup.shardings.params)
     elif mode == "pretrained":  # what GritLM.from_pretrained(path, mesh=...) runs
-        params = nnx.state(weights.load_model(param_source.HFParams(model, setup.model_config), setup.mesh))
+        params = nnx.state(weights.model(setup.mesh))
     else:
-        whole = param_source.read_hf_params(model, setup.model_config, np.float32)
+        whole = weights.read(np.float32)
         shards = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(setup.shardings.params)}
         params = {
             p: jax.make_array_from_callback(a.shape, shards[p], lambda i, a=a: a[i]) for p, a in whole.items()

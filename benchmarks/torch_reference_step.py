@@ -32,9 +32,8 @@ from results_table import add_row  # benchmarks/results_table.py, beside this sc
 from grit_jax import sharding
 from grit_jax.run_config import base_config
 from grit_jax.train import step
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.synthetic import synthetic_batch
-from grit_jax.weights.loader import initial_params
 
 HEADING = "## Train step vs PyTorch"
 # The model and batch of issue 13: a random Mistral, 8 queries x 32 + 16 passages x 128 + 8 x 128 generative.

@@ -2,8 +2,8 @@
 
 
 def from_hf(path, dtype=None, **config_changes):
-    """A grit_jax Transformer with the weights of a Hugging Face directory (grit_jax.weights.hf_names)."""
-    from grit_jax.weights.loader import from_hf as _from_hf
+    """A grit_jax Transformer with the weights of a Hugging Face directory (weights/model_weights.py)."""
+    from grit_jax.weights import from_hf as _from_hf
 
     return _from_hf(path, dtype=dtype, **config_changes)
 

@@ -19,9 +19,9 @@ from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
 from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import Checkpoints, model_config
 from grit_jax.weights.pretrained import GRIT_CONFIG
-from grit_jax.weights.reader import load_params_from_checkpoint
 from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
@@ -75,19 +75,16 @@ def test_round_trip_is_exact(tmp_path, tokenizer_model, kind, dtype):
     # The orbax checkpoint is also what GritLM and the loader read, and orbax itself reads it back exactly
     # (grit-convert writes orbax's layout slice by slice with tensorstore: an orbax upgrade must not
     # break it).
-    flat = load_params_from_checkpoint(str(tmp_path / "ckpt"))
+    flat = open_weights(str(tmp_path / "ckpt")).read()
     assert flat["embed_tokens.embedding"].shape == (reference.config.vocab_size, reference.config.hidden_size)
     import orbax.checkpoint as ocp
-
-    from grit_jax.model import ModelConfig
-    from grit_jax.weights.reader import read_hf_params
 
     restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "params"))
     by_orbax = {
         ".".join(str(getattr(k, "key", k)) for k in path if str(getattr(k, "key", k)) != "value"): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
     }
-    expected = read_hf_params(hf_dir, ModelConfig.from_hf_json(hf_dir))
+    expected = open_weights(hf_dir).read()
     assert set(by_orbax) == set(expected)
     for key, value in expected.items():
         assert by_orbax[key].dtype == value.dtype and np.array_equal(np.asarray(by_orbax[key]), value), key
@@ -136,7 +133,7 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     b = GritLM.from_pretrained(out).encode(["hello world", "a b c"], instruction="<|embed|>\n")
     np.testing.assert_allclose(a, b, atol=1e-6)
     step_dir = os.path.join(workdir, "checkpoints", "3")
-    flat = load_params_from_checkpoint(step_dir, model_config(config).replace(param_dtype="bfloat16"))
+    flat = open_weights(step_dir).read(jnp.bfloat16)
     assert str(flat["norm.scale"].dtype) == "bfloat16"
 
 

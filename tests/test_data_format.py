@@ -2,7 +2,7 @@
 
 import pytest
 
-from grit_jax.data import format as fmt
+from grit_jax.data import prompts as fmt
 from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
 from grit_jax.errors import DataError, UsageError
 

@@ -14,6 +14,7 @@ from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
+from grit_jax.weights.hf_names import read_hf_config
 from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
 from tests.hf_reference import additive_mask, make_torch_model, save
 from tests.test_convert import assert_same_tensors
@@ -114,7 +115,7 @@ def test_config_json_round_trip(tmp_path, kind):
     """to_hf_dict -> from_hf_dict is the identity on every family's fields."""
     kind_case = {"llama": "llama3_rope_tied", "qwen2": "qwen2_sliding", "qwen3": "qwen3_bias_tied"}[kind]
     save(make_torch_model(kind, **CASES[kind_case][1]), tmp_path)
-    cfg = ModelConfig.from_hf_json(str(tmp_path))
+    cfg = read_hf_config(str(tmp_path))
     assert ModelConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
 
 

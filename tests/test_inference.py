@@ -261,7 +261,7 @@ def llama_like_tokenizer(path):
 
 @pytest.mark.parametrize("tokenizer", ["grit", "llama"])
 def test_multi_turn_chat_prompt_is_the_training_format(setup, tmp_path, tokenizer):
-    from grit_jax.data import format as fmt
+    from grit_jax.data import prompts as fmt
 
     _, model, _ = setup
     if tokenizer == "llama":

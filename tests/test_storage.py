@@ -86,8 +86,8 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     driver) with those parameters."""
     from grit_jax.programs.grit_convert import run as convert
     from grit_jax.weights import hf_names as hf
+    from grit_jax.weights import open_weights
     from grit_jax.weights.pretrained import load_pretrained
-    from grit_jax.weights.reader import load_params_from_checkpoint, read_hf_params
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
     make_tokenizer(tmp_path / "tokenizer.model")
@@ -96,14 +96,14 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     storage.upload_dir(hf_dir, remote_hf)
     cfg = hf.read_hf_config(remote_hf)
     assert cfg == hf.read_hf_config(hf_dir)
-    want = read_hf_params(hf_dir, cfg)
-    got = read_hf_params(remote_hf, cfg)
+    want = open_weights(hf_dir, config=cfg).read()
+    got = open_weights(remote_hf, config=cfg).read()
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
     assert convert(["hf-to-orbax", "--hf_dir", remote_hf, "--out", out]) == 0
     assert storage.isfile(storage.join(out, "tokenizer.model"))
-    restored = load_params_from_checkpoint(out)
+    restored = open_weights(out).read()
     for name in want:
         np.testing.assert_array_equal(restored[name], want[name])
     model, tokenizer, _ = load_pretrained(out)  # what GritLM.from_pretrained reads, tokenizer included

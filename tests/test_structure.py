@@ -1,8 +1,10 @@
-"""The layout rules of grit_jax/, checked on its source: imports flow one way (no cycle, counting imports
-inside functions), the model and the command-line programs sit where they belong, files and functions
-stay short, and the documents code comments cite are in the repository."""
+"""The layout rules of grit_jax/, checked on its source: folders are layers and imports flow one way
+(no cycle, counting imports inside functions and relative ones), the model and the command-line programs
+sit where they belong, no module name shadows a builtin or repeats another, files and functions stay
+short, and the documents code comments cite are in the repository."""
 
 import ast
+import builtins
 import os
 import re
 
@@ -10,14 +12,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "grit_jax")
-COMMANDS = {
-    "grit_jax.programs.grit_train",
-    "grit_jax.programs.grit_convert",
-    "grit_jax.programs.grit_aot",
-    "grit_jax.programs.grit_data",
-    "grit_jax.programs.grit_embed",
-    "grit_jax.programs.grit_eval",
-}
 
 
 def _modules() -> dict[str, str]:
@@ -78,33 +72,80 @@ def _cycle() -> list[str] | None:
     return None
 
 
+# Folders are layers, lowest first: a folder imports only the top-level modules (the leaves) and folders
+# before it in this list. The package's own __init__ imports GritLM and from_hf lazily, for users.
+LAYERS = ["model", "data", "weights", "inference", "retrieval", "train", "programs"]
+
+
+def _folder(name: str) -> str | None:
+    """The folder (layer) of a module, or None for a top-level module (a leaf)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and os.path.isdir(os.path.join(PACKAGE, parts[1])) else None
+
+
+FOLDER_EDGES = {
+    (_folder(a), _folder(b), a, b)
+    for a, deps in GRAPH.items()
+    if a != "grit_jax"
+    for b in deps
+    if _folder(a) != _folder(b)
+}
+
+
 def test_the_checker_sees_imports_inside_functions_and_relative_ones():
-    assert (
-        "grit_jax.weights.loader" in GRAPH["grit_jax"]
-    )  # `from grit_jax.weights.loader import ...` inside from_hf()
+    assert "grit_jax.weights" in GRAPH["grit_jax"]  # inside from_hf()
     assert "grit_jax.model.model_config" in GRAPH["grit_jax.model"]  # relative to the package
     assert "grit_jax.train.state" in GRAPH["grit_jax.train.step"]
+
+
+def test_every_folder_is_a_layer():
+    folders = {_folder(name) for name in MODULES} - {None}
+    assert folders == set(LAYERS), f"folders {sorted(folders)} vs layers {LAYERS}"
 
 
 def test_no_import_cycle():
     assert _cycle() is None, " -> ".join(_cycle())
 
 
-def test_the_model_depends_only_on_what_is_below_it():
-    allowed = {"grit_jax.choices", "grit_jax.errors", "grit_jax.sharding", "grit_jax.model.masks"}
+def test_folders_import_only_the_layers_below_them():
+    for source, target, a, b in FOLDER_EDGES:
+        if source is None:
+            assert target is None, f"{a} (a top-level leaf) imports {b}, from the folder {target}/"
+        elif target is not None:
+            assert LAYERS.index(target) < LAYERS.index(source), (
+                f"{a} imports {b}: {source}/ sits below {target}/"
+            )
 
-    def in_model(name):
-        return name == "grit_jax.model" or name.startswith("grit_jax.model.")
 
+def test_no_two_folders_import_each_other():
+    pairs = {(s, t) for s, t, _, _ in FOLDER_EDGES if s and t}
+    assert not {p for p in pairs if p[::-1] in pairs}
+
+
+def test_the_model_depends_only_on_the_leaves():
+    for source, target, a, b in FOLDER_EDGES:
+        if source == "model":
+            assert target is None and b != "grit_jax.run_config", f"{a} imports {b}"
+
+
+def test_inference_and_retrieval_never_import_training():
+    for source, target, a, b in FOLDER_EDGES:
+        assert not (source in ("inference", "retrieval") and target == "train"), f"{a} imports {b}"
+
+
+def test_nothing_imports_a_program():
     for name, deps in GRAPH.items():
-        if in_model(name):
-            outside = {d for d in deps if not in_model(d)} - allowed
-            assert not outside, f"{name} imports {sorted(outside)}"
+        programs = {d for d in deps if _folder(d) == "programs"}
+        assert _folder(name) == "programs" or not programs, f"{name} imports {sorted(programs)}"
+    for name in MODULES:
+        if _folder(name) == "programs" and name != "grit_jax.programs":
+            assert not any(name in deps for deps in GRAPH.values()), f"a module imports the program {name}"
 
 
-def test_no_module_imports_a_command_line_program():
-    for name, deps in GRAPH.items():
-        assert not deps & COMMANDS, f"{name} imports {sorted(deps & COMMANDS)}: programs sit on top"
+def test_no_module_shadows_a_builtin_or_repeats_a_name():
+    stems = [name.rpartition(".")[2] for name in MODULES if name != "grit_jax"]
+    assert not set(stems) & set(dir(builtins)), sorted(set(stems) & set(dir(builtins)))
+    assert len(stems) == len(set(stems)), sorted({s for s in stems if stems.count(s) > 1})
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grit_jax import GritLM
-from grit_jax.data import format as fmt
+from grit_jax.data import prompts as fmt
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.programs import grit_convert as convert

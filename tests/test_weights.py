@@ -1,7 +1,6 @@
-"""Starting weights load straight into their shards (grit_jax.weights.loader): from a bf16 Hugging Face
-directory
-and from an orbax checkpoint, onto a data x fsdp mesh of 8 devices, cast to the fp32 master dtype, equal
-to a whole read, and no buffer a host places is ever a whole sharded parameter."""
+"""Starting weights load straight into their shards (grit_jax/weights/model_weights.py): from a bf16 Hugging
+Face directory and from an orbax checkpoint, onto a data x fsdp mesh of 8 devices, cast to the fp32 master
+dtype, equal to a whole read, and no buffer a host places is ever a whole sharded parameter."""
 
 import jax
 import numpy as np
@@ -11,15 +10,13 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import loader as weights
+from grit_jax.weights import open_weights, safetensors_io
 from grit_jax.weights import pretrained as model_files
-from grit_jax.weights import reader as param_source
-from grit_jax.weights import safetensors_io
 from grit_jax.weights.orbax_checkpoint import model_config
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
@@ -72,10 +69,10 @@ def _flat(params, prefix=""):
 
 def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkeypatch):
     setup, hf_dir, _ = setup_and_dirs
-    whole = param_source.read_hf_params(hf_dir, setup.model_config)
+    whole = open_weights(hf_dir, config=setup.model_config).read()
     assert str(whole["norm.scale"].dtype) == "bfloat16"  # what is stored
     placed = _record_placed(monkeypatch)
-    params = weights.initial_params(setup.config, setup.model_config, setup.shardings.params)
+    params = initial_params(setup.config, setup.model_config, setup.shardings.params)
     _check(params, setup, whole, placed)
     state = setup.create_state(params)
     dtypes = {str(x.dtype) for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim}
@@ -84,16 +81,16 @@ def test_hugging_face_weights_load_into_shards_as_float32(setup_and_dirs, monkey
 
 def test_orbax_weights_load_into_shards(setup_and_dirs, monkeypatch):
     setup, hf_dir, orbax_dir = setup_and_dirs
-    whole = param_source.read_hf_params(hf_dir, setup.model_config)
+    whole = open_weights(hf_dir, config=setup.model_config).read()
     placed = _record_placed(monkeypatch)
-    source = param_source.open_checkpoint(orbax_dir, cfg=setup.model_config)
-    _check(weights.load(source, setup.shardings.params), setup, whole, placed)
+    source = open_weights(orbax_dir, config=setup.model_config)
+    _check(source.load(setup.shardings.params), setup, whole, placed)
 
 
 def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
     setup, hf_dir, _ = setup_and_dirs
-    cfg = ModelConfig.from_hf_json(hf_dir, param_dtype="bfloat16")
-    bf16 = jax.tree.map(np.asarray, weights.load_hf(hf_dir, cfg, setup.shardings.params))
+    bf16_weights = open_weights(hf_dir, param_dtype="bfloat16")
+    bf16 = jax.tree.map(np.asarray, bf16_weights.load(setup.shardings.params))
     with pytest.raises(CheckpointError, match=r"norm.scale: \(64,\) bfloat16 \(want \(64,\) float32\)"):
         setup.create_state(bf16)
     assert model_config(setup.config).param_dtype == "float32"
@@ -117,7 +114,7 @@ def test_pretrained_model_on_a_mesh_is_read_straight_into_its_shards(setup_and_d
     """load_pretrained (GritLM.from_pretrained) on a mesh: the stored dtype kept, values equal a whole read,
     no split weight placed whole, and no Hugging Face tensor of a weight split within it read whole."""
     setup, hf_dir, orbax_dir = setup_and_dirs
-    whole = param_source.read_hf_params(hf_dir, setup.model_config)
+    whole = open_weights(hf_dir, config=setup.model_config).read()
     placed, reads = _record_placed(monkeypatch), _record_reads(monkeypatch)
     model, _, _ = model_files.load_pretrained(hf_dir if kind == "hf" else orbax_dir, mesh=setup.mesh)
     flat = _flat(nnx.state(model, nnx.Param).to_pure_dict())
@@ -147,8 +144,8 @@ def test_any_box_of_a_hugging_face_tensor_reads_as_the_whole_one_sliced(setup_an
     _, qwen2 = make_hf_dir(tmp_path / "qwen2", str(tmp_path / "tokenizer.model"), "qwen2")
     rng, kinds = np.random.default_rng(0), set()
     for hf_dir in (mixtral, qwen2):
-        cfg, files = ModelConfig.from_hf_json(hf_dir), safetensors_io.SafetensorsDir(hf_dir)
-        whole = param_source.read_hf_params(hf_dir, cfg)
+        cfg, files = hf.read_hf_config(hf_dir), safetensors_io.SafetensorsDir(hf_dir)
+        whole = open_weights(hf_dir, config=cfg).read()
         for entry in hf.name_map(cfg):
             shape = hf.param_shapes(cfg)[entry.path]
             position, name = next(hf.hf_names(entry, cfg))

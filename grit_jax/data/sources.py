@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from grit_jax.data import format as fmt
+from grit_jax.data import prompts as fmt
 from grit_jax.data import tfds_io
 from grit_jax.data.lengths import write_lengths
 from grit_jax.data.tokenizer import Tokenizer

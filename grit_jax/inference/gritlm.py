@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from grit_jax.choices import MODES
-from grit_jax.data import format as fmt
+from grit_jax.data import prompts as fmt
 from grit_jax.data.padding import right_pad
 from grit_jax.errors import UsageError
 from grit_jax.inference import placement, rag

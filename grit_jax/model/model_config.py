@@ -5,8 +5,6 @@ Qwen3), its presets, and Hugging Face config.json I/O (whose key rules are grit_
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from grit_jax.choices import (
@@ -144,21 +142,6 @@ class ModelConfig:
             return cls(**{**hf_config.fields_from_hf(hf, source), **changes})
         except UsageError as e:  # a value the model cannot honour: name the file it came from
             raise CheckpointError(f"{source}: {e}") from None
-
-    @classmethod
-    def from_hf_json(cls, path: str, **changes) -> ModelConfig:
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        if not os.path.exists(path):
-            raise CheckpointError(f"{path}: no such file (a Hugging Face model directory has a config.json)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
-        return cls.from_hf_dict(data, source=path, **changes)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json that transformers reads back into the same model."""

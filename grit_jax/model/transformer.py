@@ -134,3 +134,10 @@ class Transformer(nnx.Module):
         else:
             kernel = self.lm_head.kernel[...]
         return contract("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
+
+
+def abstract_model(cfg: ModelConfig):
+    """(graphdef, abstract nnx.State) of the model, without allocating weights."""
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(model)

@@ -31,9 +31,10 @@ from grit_jax import hardware, storage
 from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.data.tokenizer import Tokenizer
-from grit_jax.errors import CheckpointError, UsageError
+from grit_jax.errors import UsageError
 from grit_jax.weights import hf_names as hf
-from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
+from grit_jax.weights import open_weights
+from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM
 from grit_jax.weights.pretrained import (
     GRIT_CONFIG,
     copy_tokenizer,
@@ -41,7 +42,6 @@ from grit_jax.weights.pretrained import (
     grit_settings,
     with_tokenizer_bos,
 )
-from grit_jax.weights.reader import CheckpointParams, HFParams, iter_tensors
 from grit_jax.weights.safetensors_io import ShardWriter, numpy_dtype
 from grit_jax.weights.tensorstore_io import PyTreeWriter
 
@@ -58,10 +58,9 @@ def parse_size(text: str | int) -> int:
 def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     """A Hugging Face directory -> an orbax checkpoint dir (params/, model_config.json, tokenizer)."""
     hf_dir, out = os.fspath(storage.as_path(hf_dir)), os.path.abspath(out)
-    if not storage.isdir(hf_dir):
-        raise CheckpointError(f"{hf_dir}: no such directory (expected a Hugging Face model directory)")
+    weights = open_weights(hf_dir, kind="hf")
     tokenizer = find_tokenizer([hf_dir])
-    cfg = hf.read_hf_config(hf_dir)
+    cfg = weights.config
     target = numpy_dtype(dtype)
     if os.path.exists(os.path.join(out, PARAMS_ITEM)):
         raise UsageError(f"{os.path.join(out, PARAMS_ITEM)} exists; choose a new --out")
@@ -70,7 +69,7 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     writer, first = PyTreeWriter(staging), None
     try:
-        for entry, shape, position, _, value in iter_tensors(HFParams(hf_dir, cfg), target):
+        for entry, shape, position, _, value in weights.tensors(target):
             first = first or str(value.dtype)
             writer.write(entry.path, shape, position, value)
             del value
@@ -104,11 +103,11 @@ def orbax_to_hf(
     **grit_overrides,
 ) -> str:
     """An orbax checkpoint (hf-to-orbax dir or training checkpoint, any step) -> a Hugging Face directory."""
-    source = resolve_checkpoint(ckpt, step)
+    params = open_weights(ckpt, step=step, kind="orbax")
+    source = params.checkpoint
     tokenizer_model = find_tokenizer(source.search_dirs, tokenizer, source.tokenizer_file)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
-    params = CheckpointParams(source)
     target, cfg = numpy_dtype(dtype), source.config
     stored = str(target or params.stored_dtype(hf.name_map(cfg)[0]))
     shapes = hf.param_shapes(cfg)
@@ -118,7 +117,7 @@ def orbax_to_hf(
         for _, name in hf.hf_names(entry, cfg)
     ]
     writer = ShardWriter(out, parse_size(max_shard_size), plan)
-    for entry, _, _, name, value in iter_tensors(params, target):  # one layer (and expert) at a time
+    for entry, _, _, name, value in params.tensors(target):  # one layer (and expert) at a time
         writer.add(name, hf.to_hf(entry, value))
         del value
     writer.close()

@@ -35,9 +35,8 @@ from grit_jax.train import flops
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
-from grit_jax.weights.loader import initial_params
 from grit_jax.weights.orbax_checkpoint import Checkpoints
 
 _CONFIG = cli.define_config_flag()

@@ -20,10 +20,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grit_jax import sharding
 from grit_jax.choices import BATCH_AXES
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer
+from grit_jax.model import ModelConfig, Transformer, abstract_model
 from grit_jax.model.attention import check_platform
 from grit_jax.run_config import batch_shapes, validate_config
 from grit_jax.train.optimizer import make_optimizer
+from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import model_config
 
 
@@ -40,13 +41,6 @@ class TrainState(struct.PyTreeNode):
     @property
     def trainable(self):
         return (self.params, self.projection)
-
-
-def abstract_model(cfg: ModelConfig):
-    """(graphdef, abstract nnx.State) of the model, without allocating weights."""
-    with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    return nnx.split(model)
 
 
 def _init_projection(config, hidden_size, key):
@@ -153,3 +147,14 @@ class TrainSetup:
                 + "\n  ".join(wrong)
             )
         return params
+
+
+def initial_params(config, cfg: ModelConfig, param_shardings: nnx.State) -> dict | None:
+    """None (initialise from config.seed), or the weights of model.hf_dir (a Hugging Face directory) or of
+    model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), as sharded
+    arrays in cfg.param_dtype, whatever dtype they were stored in."""
+    path = config.model.init_checkpoint or config.model.hf_dir
+    if not path:
+        return None
+    kind = "orbax" if config.model.init_checkpoint else "hf"
+    return open_weights(path, config=cfg, kind=kind).load(param_shardings)

@@ -6,7 +6,7 @@ only those boxes, lazy safetensors slices or tensorstore slices, straight into t
 to the parameter dtype, and each buffer is placed on its device. No parameter is ever whole on a host or
 a device (unless one device holds it whole), and no host talks to another, so a pod loads 7B or 8x7B
 weights with each host holding its share. One loader serves grit-train's starting weights,
-`GritLM.from_pretrained` (on a mesh, or one device) and `from_hf`.
+`GritLM.from_pretrained` (on a mesh, or one device) and `from_hf`, all through weights.py's `Weights`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from grit_jax import sharding, storage
-from grit_jax.choices import DTYPES
-from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer
+from grit_jax import sharding
+from grit_jax.model import Transformer, abstract_model
 from grit_jax.weights import hf_names as hf
-from grit_jax.weights.reader import Box, CheckpointParams, HFParams, open_checkpoint, stacked_shape
+from grit_jax.weights.reader import Box, CheckpointParams, HFParams, stacked_shape
 from grit_jax.weights.safetensors_io import numpy_dtype
 from grit_jax.weights.tensorstore_io import release_memory
 
@@ -79,48 +77,13 @@ def _filler(source, entry):
     return lambda boxes: source.fill(entry, boxes)
 
 
-def load_hf(path: str, cfg: ModelConfig, param_shardings: nnx.State) -> dict:
-    """The parameters of a Hugging Face directory, nested, as sharded global arrays in cfg.param_dtype."""
-    return load(HFParams(path, cfg), param_shardings)
-
-
-def initial_params(config, cfg: ModelConfig, param_shardings: nnx.State) -> dict | None:
-    """None (initialise from config.seed), or the weights of model.hf_dir (a Hugging Face directory) or of
-    model.init_checkpoint (a `grit-convert hf-to-orbax` output or another run's checkpoint), as sharded
-    arrays in cfg.param_dtype, whatever dtype they were stored in."""
-    if config.model.init_checkpoint:
-        return load(open_checkpoint(config.model.init_checkpoint, cfg=cfg), param_shardings)
-    if config.model.hf_dir:
-        return load_hf(config.model.hf_dir, cfg, param_shardings)
-    return None
-
-
-def stored_param_dtype(source: HFParams | CheckpointParams) -> str:
-    """The dtype the first parameter is stored in, if a model may hold it (else float32)."""
-    stored = str(source.stored_dtype(hf.name_map(source.config)[0]))
-    return stored if stored in DTYPES else "float32"
-
-
 def load_model(source: HFParams | CheckpointParams, mesh: Mesh | None = None) -> Transformer:
     """A Transformer holding the weights of `source` in its config's param_dtype: sharded over `mesh` by
     the training rules (grit_jax.sharding), or on this host's first device without one."""
-    cfg = source.config
-    with nnx.use_eager_sharding(False):
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    graphdef, abstract = abstract_model(source.config)
     if mesh is None:
         shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.local_devices()[0]), abstract)
     else:
         shardings = sharding.named_shardings(sharding.param_specs(abstract, mesh), mesh)
     nnx.replace_by_pure_dict(abstract, load(source, shardings))
     return nnx.merge(graphdef, abstract)
-
-
-def from_hf(path: str, dtype: str | None = None, **config_changes) -> Transformer:
-    """A grit_jax Transformer holding the weights of a Hugging Face directory (grit_jax.choices.MODEL_TYPES)
-    on this host's first device. `dtype` is the parameter dtype (float32 default); config_changes override
-    ModelConfig fields (e.g. compute dtype, remat_policy)."""
-    if not storage.isdir(path):
-        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    if dtype is not None:
-        config_changes["param_dtype"] = dtype
-    return load_model(HFParams(path, hf.read_hf_config(path, **config_changes)))

@@ -17,10 +17,8 @@ from grit_jax import storage
 from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
 from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
-from grit_jax.weights import hf_names as hf
-from grit_jax.weights.loader import load_model, stored_param_dtype
-from grit_jax.weights.orbax_checkpoint import CheckpointSource, resolve_checkpoint
-from grit_jax.weights.reader import CheckpointParams, HFParams
+from grit_jax.weights.model_weights import open_weights
+from grit_jax.weights.orbax_checkpoint import CheckpointSource
 
 GRIT_CONFIG = "grit_config.json"
 TOKENIZER_FILES = (
@@ -139,26 +137,15 @@ def load_pretrained(
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
     straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device."""
-    path = os.fspath(storage.as_path(path))  # a local path or gs://
-    if not storage.isdir(path):
-        raise CheckpointError(
-            f"{path}: no such directory (expected a Hugging Face dir or an orbax checkpoint)"
-        )
-    hint = None
-    if storage.isfile(storage.join(path, "config.json")) and not storage.isdir(
-        storage.join(path, "checkpoints")
-    ):
-        source, search = HFParams(path, hf.read_hf_config(path, dtype=dtype)), [path]
-        settings = grit_settings(None)
-        if storage.isfile(storage.join(path, GRIT_CONFIG)):
-            settings.update(json.loads(storage.read_text(storage.join(path, GRIT_CONFIG))))
+    weights = open_weights(path, step=step, dtype=dtype)
+    checkpoint, hint = weights.checkpoint, None
+    if checkpoint is None:  # a Hugging Face directory
+        search, settings = [weights.path], grit_settings(None)
+        if storage.isfile(storage.join(weights.path, GRIT_CONFIG)):
+            settings.update(json.loads(storage.read_text(storage.join(weights.path, GRIT_CONFIG))))
     else:
-        checkpoint = resolve_checkpoint(path, step)
-        checkpoint.config = checkpoint.config.replace(dtype=dtype)
-        source, search = CheckpointParams(checkpoint), checkpoint.search_dirs
-        settings, hint = grit_settings(checkpoint), checkpoint.tokenizer_file
+        search, settings, hint = checkpoint.search_dirs, grit_settings(checkpoint), checkpoint.tokenizer_file
     tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
     if isinstance(tokenizer, str):
         tokenizer = Tokenizer(find_tokenizer([], tokenizer))
-    source.config = source.config.replace(param_dtype=stored_param_dtype(source))
-    return load_model(source, mesh), tokenizer, settings
+    return weights.model(mesh, param_dtype=weights.stored_param_dtype()), tokenizer, settings

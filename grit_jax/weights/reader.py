@@ -21,7 +21,6 @@ from grit_jax.weights.orbax_checkpoint import (
     CheckpointSource,
     check_leaves,
     checkpoint_leaves,
-    resolve_checkpoint,
 )
 from grit_jax.weights.safetensors_io import SafetensorsDir, numpy_dtype
 from grit_jax.weights.tensorstore_io import leaf_opener, release_memory
@@ -86,15 +85,6 @@ class CheckpointParams:
         release_memory()
 
 
-def open_checkpoint(path: str, step: int | None = None, cfg: ModelConfig | None = None) -> CheckpointParams:
-    """An hf-to-orbax dir or a training checkpoint (step dir or work dir); `cfg` must agree with the
-    checkpoint's own config on every shape (it may change dtypes and other settings)."""
-    source = resolve_checkpoint(path, step)
-    if cfg is not None:
-        source.config = cfg
-    return CheckpointParams(source)
-
-
 def iter_tensors(
     source: HFParams | CheckpointParams, dtype=None
 ) -> Iterator[tuple[hf.Entry, tuple[int, ...], tuple[int, ...], str, np.ndarray]]:
@@ -116,23 +106,10 @@ def iter_tensors(
 
 def read_params(source: HFParams | CheckpointParams, dtype=None) -> dict[str, np.ndarray]:
     """{our dotted path: the whole stacked parameter} on this host (`dtype`, default as stored): for tests
-    and tools that want numpy; programs load into shards with grit_jax.weights.loader instead."""
+    and tools that want numpy; programs load into shards with loader.py instead."""
     out = {}
     for entry in hf.name_map(source.config):
         shape = stacked_shape(entry, source.config)
         out[entry.path] = np.empty(shape, dtype or source.stored_dtype(entry))
         source.fill(entry, [(tuple(slice(0, n) for n in shape), out[entry.path])])
     return out
-
-
-def read_hf_params(path: str, cfg: ModelConfig, dtype=None) -> dict[str, np.ndarray]:
-    """read_params of a Hugging Face directory."""
-    return read_params(HFParams(path, cfg), dtype)
-
-
-def load_params_from_checkpoint(
-    path: str, cfg: ModelConfig | None = None, step: int | None = None, dtype=None
-) -> dict[str, np.ndarray]:
-    """read_params of an hf-to-orbax dir or a training checkpoint (step dir or work dir); `dtype` defaults
-    to cfg.param_dtype when cfg is given, else the stored dtype."""
-    return read_params(open_checkpoint(path, step, cfg), dtype or numpy_dtype(cfg and cfg.param_dtype))
