@@ -25,5 +25,5 @@ done
 # RAG caching speed-up on the GPU (the paper: 31% doc caching, 33% query caching on GPU).
 timeout 180 python3 benchmarks/rag_cache.py --repeats 3 2>&1 | tail -20 | tee "$OUT/rag_cache.txt"
 # Model numerics on the GPU against transformers (torch on the CPU), fp32 matmuls at full precision.
-JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 python3 -m pytest -q -x tests/test_model.py \
+JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 python3 -m pytest -q -x tests/integration/test_model.py \
   -k "matches_transformers" 2>&1 | tail -5 | tee "$OUT/test_model_gpu.txt"

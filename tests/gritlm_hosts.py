@@ -1,4 +1,4 @@
-"""One host of tests/test_inference_hosts.py (run by launch/local.sh with GRIT_LOCAL_MODULE): joins the
+"""One host of tests/e2e/test_inference_hosts.py (run by launch/local.sh with GRIT_LOCAL_MODULE): joins the
 cluster, loads GritLM on a mesh over every device of every host, encodes, greedy-generates (also from a
 RAG cache), and writes what it got and where the weights and the batch lived to OUT/host<p>.json.
 

@@ -12,8 +12,9 @@ import pytest
 
 from grit_jax import distributed
 from grit_jax.errors import UsageError
+from tests.grit_fixtures import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(ROOT)
 
 # Each process feeds its own rows (global rows p*4 .. p*4+3 hold the value of their row index) into an
 # array sharded over the 8 devices of both processes, and reduces it with jit.

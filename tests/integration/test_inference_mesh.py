@@ -8,8 +8,7 @@ import pytest
 
 from grit_jax import GritLM, sharding
 from grit_jax.errors import UsageError
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
-from tests.test_inference import DOC, INSTRUCTION, QUERY, TEXTS
+from tests.grit_fixtures import DOC, INSTRUCTION, QUERY, TEXTS, make_hf_dir, make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """One tiny grit-train run per new family (Llama 3, Qwen2, Qwen3, Qwen3-MoE) from a random Hugging Face
-directory, on the demo corpus: the GRIT loss falls. Subprocess runs as in tests/test_train.py."""
+directory, on the demo corpus: the GRIT loss falls. Subprocess runs as in tests/e2e/test_train.py."""
 
 import pytest
 
 from tests.hf_reference import make_torch_model, save
-from tests.test_train import _metrics, _ok, _train, compile_cache, data_dir  # noqa: F401 (fixtures)
+from tests.train_runs import ok, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
 STEPS = 30
@@ -30,8 +30,8 @@ FAMILIES = {
 def test_family_trains(tmp_path, data_dir, compile_cache, kind):  # noqa: F811 (fixtures)
     hf_dir = save(make_torch_model(kind, vocab_size=512, **FAMILIES[kind]), tmp_path / "hf")
     workdir = str(tmp_path / "run")
-    _ok(
-        _train(
+    ok(
+        run_train(
             workdir,
             data_dir,
             compile_cache,
@@ -41,7 +41,7 @@ def test_family_trains(tmp_path, data_dir, compile_cache, kind):  # noqa: F811 (
             devices=1,
         )
     )
-    losses = [m["loss"] for _, m in sorted(_metrics(workdir).items()) if "loss" in m]
+    losses = [m["loss"] for _, m in sorted(read_metrics(workdir).items()) if "loss" in m]
     assert len(losses) == STEPS
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     print(kind, f"loss {first:.3f} -> {last:.3f}")

@@ -17,119 +17,30 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from tests.grit_fixtures import ROOT
+from tests.train_runs import (
+    EVERY,
+    STEPS,
+    assert_close_runs,
+    ok,
+    read_metrics,
+    run_train,
+    start_train,
+    train_command,
+    train_env,
+    tree_leaves,
+    wait_for,
+)
+
 pytestmark = pytest.mark.slow  # every test here runs grit-train in subprocesses
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = {"step_time", "tokens_per_second", "mfu"}  # wall-clock fields: differ run to run
-STEPS, EVERY = 30, 4  # the reference run: 30 steps, a checkpoint every 4 (tiny keeps the last 3)
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    from grit_jax.data.demo import prepare_demo_data
-
-    return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data")), vocab_size=512)["data_dir"]
-
-
-@pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory):
-    """The corpus as configs/demo.py prepares it (vocabulary 1024); ~2 s to build."""
-    from grit_jax.data.demo import prepare_demo_data
-
-    return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data_1024")))["data_dir"]
-
-
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _env(devices, cache):
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=cache,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
-
-
-def _command(workdir, data_dir, *overrides, config="configs/tiny.py"):
-    return [
-        sys.executable,
-        "-m",
-        "grit_jax.programs.grit_train",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        f"--config.num_steps={STEPS}",
-        f"--config.checkpoint.every_steps={EVERY}",
-        *overrides,
-    ]
-
-
-def _train(workdir, data_dir, cache, *overrides, devices=8, config="configs/tiny.py", timeout=240):
-    return subprocess.run(
-        _command(workdir, data_dir, *overrides, config=config),
-        cwd=ROOT,
-        env=_env(devices, cache),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _start(workdir, data_dir, cache, *overrides, devices=8):
-    return subprocess.Popen(
-        _command(workdir, data_dir, *overrides),
-        cwd=ROOT,
-        env=_env(devices, cache),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _ok(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def _metrics(workdir):
-    """{step: record} from metrics.jsonl, asserting every step appears once and in order."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    steps = [r["step"] for r in records]
-    assert steps == sorted(set(steps)), f"steps repeated or out of order: {steps}"
-    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING} for r in records}
-
-
-def _wait_for(predicate, process, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before it could be interrupted:\n{process.stderr.read()[-3000:]}")
-        time.sleep(0.02)
-    process.kill()
-    pytest.fail("timed out waiting for the run")
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, data_dir, compile_cache):
-    """An uninterrupted 8-device run: its work directory."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    _ok(_train(workdir, data_dir, compile_cache))
-    return workdir
 
 
 def test_reference_run_logs_every_step(reference):
-    metrics = _metrics(reference)
+    metrics = read_metrics(reference)
     assert sorted(metrics) == list(range(1, STEPS + 1))
     assert all(np.isfinite(m["loss"]) and m["nonfinite"] == 0 for m in metrics.values())
     assert sorted(os.listdir(os.path.join(reference, "checkpoints"))) == ["24", "28", "30"]
@@ -139,38 +50,38 @@ def test_resume_after_sigkill_is_exact(tmp_path, reference, data_dir, compile_ca
     """Killed after a checkpoint, restarted: every later step logs exactly (bit for bit on CPU) what
     the uninterrupted run logged; lines the killed run wrote past its checkpoint are replaced."""
     workdir = str(tmp_path)
-    process = _start(workdir, data_dir, compile_cache)
+    process = start_train(workdir, data_dir, compile_cache)
     first = os.path.join(workdir, "checkpoints", str(EVERY))
-    _wait_for(lambda: os.path.isdir(first), process)  # orbax renames the directory when the save is complete
+    wait_for(lambda: os.path.isdir(first), process)  # orbax renames the directory when the save is complete
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    restart = _ok(_train(workdir, data_dir, compile_cache))
+    restart = ok(run_train(workdir, data_dir, compile_cache))
     resumed = int(restart.stdout.split("resuming from checkpoint step ")[1].split()[0])
     assert EVERY <= resumed < STEPS
-    assert _metrics(workdir) == _metrics(reference)
+    assert read_metrics(workdir) == read_metrics(reference)
 
 
 def test_resume_after_sigterm_is_exact(tmp_path, reference, data_dir, compile_cache):
     """SIGTERM (a preemption) saves at the next step boundary and exits 0; the restart continues exactly."""
     workdir = str(tmp_path)
-    process = _start(workdir, data_dir, compile_cache)
+    process = start_train(workdir, data_dir, compile_cache)
     log = os.path.join(workdir, "metrics.jsonl")
-    _wait_for(lambda: os.path.exists(log) and sum(1 for _ in open(log)) >= 2, process)
+    wait_for(lambda: os.path.exists(log) and sum(1 for _ in open(log)) >= 2, process)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
     saved = int(stdout.split("preempted: saved checkpoint step ")[1].split()[0])
     assert 2 <= saved < STEPS
-    restart = _ok(_train(workdir, data_dir, compile_cache))
+    restart = ok(run_train(workdir, data_dir, compile_cache))
     assert f"resuming from checkpoint step {saved} " in restart.stdout
-    assert _metrics(workdir) == _metrics(reference)
+    assert read_metrics(workdir) == read_metrics(reference)
 
 
 def test_one_device_and_eight_devices_log_the_same_losses(tmp_path, reference, data_dir, compile_cache):
     """Same config, mesh data=1 vs data=8: the global batch and the loss are the same; only the order of
     fp32 reductions differs (~1e-6 relative per step, compounding over training), so 1e-4 relative."""
-    _ok(_train(str(tmp_path), data_dir, compile_cache, devices=1))
-    one, eight = _metrics(str(tmp_path)), _metrics(reference)
+    ok(run_train(str(tmp_path), data_dir, compile_cache, devices=1))
+    one, eight = read_metrics(str(tmp_path)), read_metrics(reference)
     assert sorted(one) == sorted(eight)
     for step in one:
         for key in ("loss", "loss_emb", "loss_gen", "grad_norm", "param_norm"):
@@ -189,11 +100,11 @@ def test_half_written_checkpoint_is_skipped_and_kept(tmp_path, reference, data_d
     partial = os.path.join(checkpoints, f"{STEPS}.orbax-checkpoint-tmp-1764180000000000")
     os.rename(os.path.join(checkpoints, str(STEPS)), partial)
     shutil.rmtree(os.path.join(partial, "state"))  # cut short mid-write
-    result = _ok(_train(workdir, data_dir, compile_cache))
+    result = ok(run_train(workdir, data_dir, compile_cache))
     assert "resuming from checkpoint step 28 " in result.stdout
     assert partial in result.stderr and "incomplete checkpoint" in result.stderr
     assert os.path.isdir(partial)
-    assert _metrics(workdir) == _metrics(reference)
+    assert read_metrics(workdir) == read_metrics(reference)
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compile_cache):
@@ -201,7 +112,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
     not applied and are logged; after max_nonfinite_steps in a row the run stops (exit 3) with one line
     naming the last good checkpoint, which is intact (only finite steps are ever saved)."""
     workdir = str(tmp_path)
-    result = _train(
+    result = run_train(
         workdir,
         data_dir,
         compile_cache,
@@ -217,7 +128,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
         and "last good checkpoint is step 1" in last
     )
     assert "Traceback" not in result.stderr
-    metrics = _metrics(workdir)
+    metrics = read_metrics(workdir)
     assert [metrics[s]["nonfinite"] for s in sorted(metrics)] == [0, 1, 1, 1]
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]  # complete, no half-written save
 
@@ -241,7 +152,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
 def test_bad_command_lines_end_with_one_line(tmp_path, data_dir, compile_cache, args, names):
     (tmp_path / "a_file").write_text("not a directory")
     args = [a.format(tmp=tmp_path) for a in args]
-    result = _train(str(tmp_path / "run"), data_dir, compile_cache, *args, devices=8, timeout=120)
+    result = run_train(str(tmp_path / "run"), data_dir, compile_cache, *args, devices=8, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -254,8 +165,8 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
     generative loss falls. On the clean corpus shorter sequences or the 512 vocabulary barely learn to
     retrieve in 200 steps (benchmarks/RESULTS.md "Demo recipe"), so only the step count is cut."""
     workdir = str(tmp_path)
-    _ok(
-        _train(
+    ok(
+        run_train(
             workdir,
             demo_data_dir,
             compile_cache,
@@ -267,7 +178,7 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
             timeout=600,  # measured 147 s wall, 142 CPU seconds (2 cores, load ~5); room for a busier machine
         )
     )
-    metrics = _metrics(workdir)
+    metrics = read_metrics(workdir)
     untrained, trained = metrics[0], metrics[150]
     print(
         f"demo (150 steps): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
@@ -304,50 +215,30 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
         ("scratch", None),
     ):
         workdir = str(tmp_path / f"run_{name}")
-        _ok(_train(workdir, data_dir, compile_cache, *mesh, *([override] if override else [])))
-        runs[name] = _metrics(workdir)
+        ok(run_train(workdir, data_dir, compile_cache, *mesh, *([override] if override else [])))
+        runs[name] = read_metrics(workdir)
     assert runs["hf"] == runs["orbax"]
     assert runs["hf"][1]["loss"] != runs["scratch"][1]["loss"]
 
     workdir = str(tmp_path / "two_hosts")
-    env = dict(_env(4, compile_cache), PYTHON=sys.executable, DEVICES_PER_HOST="4", KILL_AFTER="5")
+    env = dict(train_env(4, compile_cache), PYTHON=sys.executable, DEVICES_PER_HOST="4", KILL_AFTER="5")
     command = [
         "bash",
         "launch/local.sh",
         "2",
-        *_command(workdir, data_dir, *mesh)[3:],
+        *train_command(workdir, data_dir, *mesh)[3:],
         f"--config.model.hf_dir={hf_dir}",
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    two_hosts = _metrics(workdir)
-    _assert_close_runs(two_hosts, runs["hf"], runs["hf"], rtol=1e-5)
+    two_hosts = read_metrics(workdir)
+    assert_close_runs(two_hosts, runs["hf"], runs["hf"], rtol=1e-5)
     metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(workdir, "checkpoints", "2", "state"))
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-    weights = {k: leaf for k, leaf in _leaves(tree) if k.split(".")[0] in ("params", "opt_state")}
+    weights = {k: leaf for k, leaf in tree_leaves(tree) if k.split(".")[0] in ("params", "opt_state")}
     weights = {k: leaf for k, leaf in weights.items() if getattr(leaf, "shape", ())}  # not Adam's count
     assert any(k.startswith("opt_state") for k in weights) and any(k.startswith("params") for k in weights)
     assert {str(leaf.dtype) for leaf in weights.values()} == {"float32"}
-
-
-def _leaves(tree, prefix=""):
-    """(dotted key, leaf) of a nested metadata tree of dicts, lists and tuples."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, list | tuple):
-        items = enumerate(tree)
-    else:
-        return [(prefix, tree)]
-    return [pair for k, v in items for pair in _leaves(v, f"{prefix}{'.' if prefix else ''}{k}")]
-
-
-def _assert_close_runs(got, want, steps, rtol):
-    for step in steps:
-        for key in ("loss", "loss_emb", "loss_gen", "grad_norm", "param_norm"):
-            np.testing.assert_allclose(
-                got[step][key], want[step][key], rtol=rtol, atol=1e-6, err_msg=f"step {step} {key}"
-            )
-        assert got[step]["tokens"] == want[step]["tokens"]
 
 
 def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, reference, data_dir, compile_cache):
@@ -359,13 +250,13 @@ def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, referen
     through gloo, whose summation order may differ from the in-process one."""
     workdir = str(tmp_path / "two_hosts")
     env = dict(
-        _env(4, compile_cache),
+        train_env(4, compile_cache),
         PYTHON=sys.executable,
         DEVICES_PER_HOST="4",
         KILL_AFTER="5",
     )
     env.pop("LOG_DIR", None)  # local.sh writes its logs under the run's --workdir by default
-    command = ["bash", "launch/local.sh", "2", *_command(workdir, data_dir)[3:]]
+    command = ["bash", "launch/local.sh", "2", *train_command(workdir, data_dir)[3:]]
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -375,7 +266,7 @@ def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, referen
         text=True,
         start_new_session=True,
     )
-    _wait_for(
+    wait_for(
         lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(2 * EVERY))), process, timeout=400
     )
     os.killpg(process.pid, signal.SIGKILL)  # every host at once, no chance to save
@@ -386,16 +277,18 @@ def test_two_hosts_killed_resumed_and_restored_on_another_mesh(tmp_path, referen
     logs = os.path.join(workdir, "logs")
     assert "resuming from checkpoint step" in open(os.path.join(logs, "process_0.log")).read()
     assert os.path.isfile(os.path.join(logs, "process_1.log"))
-    two_hosts, single = _metrics(workdir), _metrics(reference)
+    two_hosts, single = read_metrics(workdir), read_metrics(reference)
     assert sorted(two_hosts) == sorted(single)
-    _assert_close_runs(two_hosts, single, single, rtol=1e-5)
+    assert_close_runs(two_hosts, single, single, rtol=1e-5)
 
     other_mesh = str(tmp_path / "other_mesh")
     shutil.copytree(workdir, other_mesh)
     shutil.rmtree(os.path.join(other_mesh, "checkpoints", str(STEPS)))  # resume from step 28 ...
-    result = _ok(_train(other_mesh, data_dir, compile_cache, "--config.mesh.data=2", "--config.mesh.fsdp=4"))
+    result = ok(
+        run_train(other_mesh, data_dir, compile_cache, "--config.mesh.data=2", "--config.mesh.fsdp=4")
+    )
     assert "resuming from checkpoint step 28 " in result.stdout  # ... onto data=2 x fsdp=4
-    _assert_close_runs(_metrics(other_mesh), single, (29, 30), rtol=1e-4)
+    assert_close_runs(read_metrics(other_mesh), single, (29, 30), rtol=1e-4)
 
 
 def test_trained_run_exports_to_transformers(tmp_path, reference):
@@ -425,7 +318,7 @@ def test_resuming_with_another_model_ends_with_one_line(tmp_path, reference, dat
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    result = _train(workdir, data_dir, compile_cache, "--config.model.preset=tiny_moe", timeout=180)
+    result = run_train(workdir, data_dir, compile_cache, "--config.model.preset=tiny_moe", timeout=180)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -439,8 +332,8 @@ def test_second_start_hits_the_compilation_cache_and_a_profile_is_written(tmp_pa
     """The same config started twice on one compilation cache compiles nothing the second time; a
     log.profile_steps trace is written under the work directory and the run goes on to the end."""
     cache = str(tmp_path / "cache")
-    first = _ok(
-        _train(
+    first = ok(
+        run_train(
             str(tmp_path / "a"),
             data_dir,
             compile_cache,
@@ -452,8 +345,8 @@ def test_second_start_hits_the_compilation_cache_and_a_profile_is_written(tmp_pa
     traces = glob.glob(str(tmp_path / "a" / "profile" / "**" / "*.xplane.pb"), recursive=True)
     assert traces and "profile of steps 2-3" in first.stdout
     assert json.loads(open(tmp_path / "a" / "metrics.jsonl").readlines()[-1])["step"] == 4
-    second = _ok(
-        _train(
+    second = ok(
+        run_train(
             str(tmp_path / "b"),
             data_dir,
             compile_cache,

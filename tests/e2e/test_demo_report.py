@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from grit_jax.retrieval.demo_report import bm25_mrr
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.grit_fixtures import ROOT
 
 
 def test_bm25_mrr_on_token_ids():

@@ -12,29 +12,7 @@ from grit_jax.programs.grit_eval import run
 from grit_jax.retrieval.instructions import task_instructions
 from grit_jax.retrieval.metrics import ranked, score_run
 from grit_jax.retrieval.ranking import DEFAULT_DOC_INSTRUCTION, DEFAULT_QUERY_INSTRUCTION
-from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
-
-N_DOCS, N_QUERIES = 130, 12  # more documents than recall@100 looks at
-
-
-def write_beir(root, n_docs=N_DOCS, n_queries=N_QUERIES):
-    texts = [t for t in tokenizer_texts() if t.strip()]
-    rng = np.random.default_rng(0)
-    (root / "qrels").mkdir(parents=True)
-    docs = [
-        {"_id": f"doc{i}", "title": f"T{i}" * (i % 2), "text": texts[i % len(texts)][:300]}
-        for i in range(n_docs)
-    ]
-    queries = [{"_id": f"q{i}", "text": texts[(7 * i) % len(texts)][:80]} for i in range(n_queries)]
-    queries.append({"_id": "unjudged", "text": "a query without judgments is not ranked"})
-    lines = ["query-id\tcorpus-id\tscore"]
-    for i in range(n_queries):
-        for d in rng.choice(n_docs, size=1 + i % 4, replace=False):
-            lines.append(f"q{i}\tdoc{d}\t{1 + (d % 2)}")  # graded relevance 1 or 2
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
-    return docs, queries[:-1]
+from tests.grit_fixtures import N_DOCS, N_QUERIES, make_hf_dir, make_tokenizer, write_beir
 
 
 def pytrec_scores(qrels, run):

@@ -3,9 +3,9 @@ x 4 CPU devices with the prepared data and the work directory in a bucket; kille
 restart resumes from the bucket, and metrics.jsonl in the bucket holds the losses of the local 1-process
 x 8-device reference run.
 
-The compilation cache stays local here (as in tests/test_train.py): with it in the bucket too, 2 of 3
+The compilation cache stays local here (as in tests/e2e/test_train.py): with it in the bucket too, 2 of 3
 runs failed at the first step after the resume (process 0 raised in device_get, the hosts hung; cause
-not found). tests/test_storage.py checks a gs:// compilation cache with one process."""
+not found). tests/e2e/test_storage.py checks a gs:// compilation cache with one process."""
 
 import json
 import os
@@ -21,17 +21,8 @@ import pytest
 from grit_jax import storage
 from tests import gcs_emulator
 from tests.gcs_emulator import BUCKET
-from tests.test_train import (  # noqa: F401 (fixtures)
-    EVERY,
-    ROOT,
-    _assert_close_runs,
-    _command,
-    _env,
-    _metrics,
-    compile_cache,
-    data_dir,
-    reference,
-)
+from tests.grit_fixtures import ROOT
+from tests.train_runs import EVERY, assert_close_runs, read_metrics, train_command, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +49,14 @@ def test_two_hosts_with_everything_in_a_bucket_resume_exactly(tmp_path, emulator
     storage.upload_dir(data_dir, f"{bucket}/data")
     workdir, cache = f"{bucket}/run", str(tmp_path / "compile_cache")
     env = dict(
-        _env(4, cache),
+        train_env(4, cache),
         **emulator,
         PYTHON=sys.executable,
         DEVICES_PER_HOST="4",
         KILL_AFTER="5",
         LOG_DIR=str(tmp_path / "logs"),
     )
-    args = _command(workdir, f"{bucket}/data")[3:]
+    args = train_command(workdir, f"{bucket}/data")[3:]
     command = ["bash", "launch/local.sh", "2", *args]
     process = subprocess.Popen(
         command,
@@ -94,8 +85,8 @@ def test_two_hosts_with_everything_in_a_bucket_resume_exactly(tmp_path, emulator
     local = tmp_path / "metrics"
     local.mkdir()
     (local / "metrics.jsonl").write_text(storage.read_text(f"{workdir}/metrics.jsonl"))
-    two_hosts, single = _metrics(str(local)), _metrics(reference)
+    two_hosts, single = read_metrics(str(local)), read_metrics(reference)
     assert sorted(two_hosts) == sorted(single)
-    _assert_close_runs(two_hosts, single, single, rtol=1e-5)
+    assert_close_runs(two_hosts, single, single, rtol=1e-5)
     assert _exists(emulator, "run/config.json")
     assert json.loads(storage.read_text(f"{workdir}/config.json"))["data"]["data_dir"] == f"{bucket}/data"

@@ -15,14 +15,16 @@ from grit_jax.model import ModelConfig
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
 from grit_jax.weights.hf_names import read_hf_config
-from tests.grit_fixtures import VOCAB, make_hf_dir, make_tokenizer
-from tests.hf_reference import additive_mask, make_torch_model, save
-from tests.test_convert import assert_same_tensors
-from tests.test_inference import hf_generate
-from tests.test_model import (
+from tests.grit_fixtures import VOCAB, make_hf_dir
+from tests.hf_reference import (
+    additive_mask,
     assert_close_on_real_tokens,
     assert_moe_matches_transformers,
+    assert_same_tensors,
+    hf_generate,
     jax_logits,
+    make_torch_model,
+    save,
     torch_logits,
 )
 
@@ -156,13 +158,6 @@ def test_refused_config_keys(tmp_path, kind, changes, message):
     with pytest.raises(CheckpointError, match=message) as err:
         grit_jax.from_hf(path)
     assert "config.json" in str(err.value)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-    make_tokenizer(path)
-    return str(path)
 
 
 @pytest.mark.parametrize(

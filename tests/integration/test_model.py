@@ -6,15 +6,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import grit_jax
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer, load_balancing_loss
+from grit_jax.model import ModelConfig, Transformer
 from grit_jax.model.layers import contract
 from grit_jax.model.masks import make_attn_mask
-from tests.hf_reference import additive_mask, make_torch_model, save
+from tests.hf_reference import (
+    additive_mask,
+    assert_close_on_real_tokens,
+    assert_moe_matches_transformers,
+    jax_logits,
+    make_torch_model,
+    save,
+    torch_logits,
+)
 
 B, T = 3, 12
 LENGTHS = np.array([12, 9, 5])  # right padding in rows 1 and 2
@@ -27,33 +34,6 @@ def batch(vocab=256, seed=1):
     return tokens, padding
 
 
-@jax.jit
-def run(graphdef, state, tokens, mask):
-    model = nnx.merge(graphdef, state)
-    out = model(tokens, mask)
-    return model.logits(out.hidden), out.router_logits
-
-
-def jax_logits(model, tokens, mask):
-    graphdef, state = nnx.split(model)
-    return run(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask))
-
-
-def torch_logits(model, tokens, padding=None, mask4d=None):
-    with torch.no_grad():
-        kwargs = (
-            {"attention_mask": torch.as_tensor(padding).long()}
-            if mask4d is None
-            else {"attention_mask": mask4d}
-        )
-        return model(torch.as_tensor(tokens).long(), **kwargs).logits.numpy()
-
-
-def assert_close_on_real_tokens(a, b, padding, tol=1e-4):
-    diff = np.abs(np.asarray(a) - np.asarray(b))[padding]
-    assert diff.max() < tol, diff.max()
-
-
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 @pytest.mark.parametrize("sliding_window", [None, 4])
 def test_mistral_matches_transformers(tmp_path, kv_heads, sliding_window):
@@ -64,23 +44,6 @@ def test_mistral_matches_transformers(tmp_path, kv_heads, sliding_window):
     mask = make_attn_mask(padding, "causal", sliding_window=model.config.sliding_window)
     logits, _ = jax_logits(model, tokens, mask)
     assert_close_on_real_tokens(logits, torch_logits(reference, tokens, padding), padding)
-
-
-def assert_moe_matches_transformers(tmp_path, reference, tokens, padding, moe_impl):
-    """Logits and router loss of a Mixtral / Qwen3-MoE run with `moe_impl` against transformers'."""
-    model = grit_jax.from_hf(save(reference, tmp_path), moe_impl=moe_impl)
-    assert model.config.moe_impl == moe_impl
-    logits, router_logits = jax_logits(model, tokens, make_attn_mask(padding, "causal"))
-    with torch.no_grad():
-        out = reference(
-            torch.as_tensor(tokens).long(),
-            attention_mask=torch.as_tensor(padding).long(),
-            output_router_logits=True,
-        )
-    assert_close_on_real_tokens(logits, out.logits.numpy(), padding)
-    aux = load_balancing_loss(router_logits, model.config.num_experts_per_tok, jnp.asarray(padding))
-    np.testing.assert_allclose(float(aux), float(out.aux_loss), rtol=1e-5)
-    return model
 
 
 @pytest.mark.parametrize("kv_heads, moe_impl", [(1, "dense"), (4, "dense"), (4, "ragged")])

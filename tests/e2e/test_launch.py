@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.grit_fixtures import ROOT
+
+REPO = Path(ROOT)
 TPU_SH = REPO / "launch/tpu.sh"
 LOCAL_SH = REPO / "launch/local.sh"
 

@@ -13,9 +13,9 @@ import pytest
 
 from grit_jax import GritLM
 from tests import gritlm_hosts as hosts
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
+from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(ROOT)
 
 
 @pytest.mark.slow

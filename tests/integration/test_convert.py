@@ -22,23 +22,8 @@ from grit_jax.train.state import TrainSetup, abstract_model
 from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import Checkpoints, model_config
 from grit_jax.weights.pretrained import GRIT_CONFIG
-from grit_jax.weights.safetensors_io import SafetensorsDir
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-    make_tokenizer(path)
-    return str(path)
-
-
-def assert_same_tensors(a_dir, b_dir):
-    a, b = SafetensorsDir(a_dir), SafetensorsDir(b_dir)
-    assert a.names() == b.names(), a.names() ^ b.names()
-    for name in a.names():
-        x, y = a.get(name), b.get(name)
-        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+from tests.grit_fixtures import make_hf_dir
+from tests.hf_reference import assert_same_tensors
 
 
 @pytest.mark.parametrize(

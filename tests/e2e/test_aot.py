@@ -11,9 +11,7 @@ import pytest
 from grit_jax import hardware
 from grit_jax.errors import UsageError
 from grit_jax.programs import grit_aot as aot
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_libtpu = pytest.mark.skipif(not aot.importlib.util.find_spec("libtpu"), reason="the aot extra (libtpu)")
+from tests.grit_fixtures import ROOT, needs_libtpu
 
 
 def _run(*args, unset_platforms=True):

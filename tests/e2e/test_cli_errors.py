@@ -15,9 +15,8 @@ import pytest
 
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
+from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer, write_beir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = {
     "grit-train": "grit_jax.programs.grit_train",
     "grit-data": "grit_jax.data",
@@ -256,7 +255,6 @@ def test_grit_embed(inputs):
 
 
 def test_grit_eval(inputs):
-    from tests.test_retrieval import write_beir
 
     beir = inputs["root"] / "beir"
     if not beir.exists():

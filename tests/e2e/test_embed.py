@@ -14,9 +14,8 @@ import pytest
 from grit_jax import GritLM
 from grit_jax.programs.grit_embed import run
 from grit_jax.retrieval.embedding_store import MANIFEST, load_embeddings, padding_fraction, sorted_batches
-from tests.grit_fixtures import make_hf_dir, make_tokenizer, tokenizer_texts
+from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer, tokenizer_texts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC_INSTRUCTION = "<|embed|>\n"
 
 

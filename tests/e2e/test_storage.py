@@ -13,7 +13,7 @@ from tests import gcs_emulator
 from tests.gcs_emulator import BUCKET
 
 ROOT = f"gs://{BUCKET}/test_storage"
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+ROOT_DIR = ROOT
 
 
 @pytest.fixture(scope="module")

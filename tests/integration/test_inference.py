@@ -10,21 +10,8 @@ from grit_jax import GritLM
 from grit_jax.errors import UsageError
 from grit_jax.inference.gritlm import KVCache, _decode_pass, bucket
 from grit_jax.model import masks
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
-from tests.hf_reference import additive_mask
-
-INSTRUCTION = "<|user|>\nRetrieve the passage that answers the question\n<|embed|>\n"
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Return the list of names in the directory.",
-    "A short one",
-    "Encode the object as JSON and write it to the file, with indentation and sorted keys.",
-]
-DOC = (
-    "Return a list containing the names of the entries in the directory given by path. The list is in "
-    "arbitrary order, and does not include the special entries. "
-) * 3
-QUERY = "Which entries does the list include?"
+from tests.grit_fixtures import DOC, INSTRUCTION, QUERY, TEXTS, make_hf_dir, make_tokenizer
+from tests.hf_reference import additive_mask, hf_generate
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +46,6 @@ def test_encode_matches_torch(setup):
     # One string gives one vector; no instruction pools over every token (BOS included), as the reference.
     np.testing.assert_allclose(model.encode(TEXTS[0], instruction=INSTRUCTION), got[0], atol=1e-6)
     assert model.encode(TEXTS[:2]).shape == got[:2].shape
-
-
-def hf_generate(reference, ids, eos, n=20):
-    with torch.no_grad():
-        out = reference.generate(
-            torch.as_tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=n,
-            eos_token_id=eos,
-            pad_token_id=0,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 def test_greedy_generate_matches_transformers(setup):

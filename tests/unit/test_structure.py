@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.grit_fixtures import ROOT
+
 PACKAGE = os.path.join(ROOT, "grit_jax")
 
 

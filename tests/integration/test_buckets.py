@@ -1,12 +1,9 @@
 """Length buckets (data.length_buckets): each global batch is padded to the smallest bucket that holds its
 longest row, every host picks the same one, and the losses and updates equal those of max_len padding."""
 
-import collections
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,71 +12,16 @@ from grit_jax import sharding
 from grit_jax.data import lengths, pipeline, sources
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
-from grit_jax.run_config import base_config, batch_lengths, bucket_length, length_buckets, num_batch_shapes
+from grit_jax.run_config import batch_lengths, bucket_length, length_buckets, num_batch_shapes
 from grit_jax.train import flops, step
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.state import TrainSetup
-from tests.grit_fixtures import make_tokenizer, tokenizer_texts
-
-LIMITS = dict(query_max_len=32, passage_max_len=64, generative_max_len=64)
-LIMITS_BY_FIELD = {"query": 32, "passage": 64, "generative": 64}
-BUCKETS = dict(query=(16,), passage=(32,), generative=(32,))
-
-
-def _words(rng, low, high, vocabulary):
-    return " ".join(rng.choice(vocabulary, rng.integers(low, high + 1)))
-
-
-def write_mixed_lengths(directory, seed=0):
-    """Two embedding sources, one of short texts and one of long ones (batches come from one source),
-    and chats of every length: JSONL files in ``directory``."""
-    rng = np.random.default_rng(seed)
-    counts = collections.Counter(w for t in tokenizer_texts() for w in t.split() if w.isalpha())
-    vocabulary = [w for w, _ in counts.most_common(100)]  # mostly one token each
-    files = {}
-    for name, (query, passage) in {"short": ((1, 2), (1, 4)), "long": ((10, 30), (20, 60))}.items():
-        records = [
-            {
-                "query": _words(rng, *query, vocabulary),
-                "pos": [_words(rng, *passage, vocabulary)],
-                "neg": [_words(rng, *passage, vocabulary) for _ in range(3)],
-            }
-            for _ in range(24)
-        ]
-        files[name] = records
-    files["chat"] = [
-        {"text": [_words(rng, 1, 2, vocabulary), _words(rng, 1, int(rng.choice([2, 40])), vocabulary)]}
-        for _ in range(64)
-    ]
-    for name, records in files.items():
-        with open(os.path.join(directory, f"{name}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-    return {name: os.path.join(directory, f"{name}.jsonl") for name in files}
+from tests.bucket_data import BUCKETS, LIMITS, LIMITS_BY_FIELD, data_config, prepare_mixed, take_steps
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixed")
-    files = write_mixed_lengths(str(root))
-    out = str(root / "data")
-    sources.prepare(
-        out,
-        make_tokenizer(root / "tok"),
-        embedding=[files["short"], files["long"]],
-        generative=[files["chat"]],
-        eval_embedding=[files["short"]],
-        eval_generative=[files["chat"]],
-        **LIMITS,
-    )
-    return out
-
-
-def data_config(data_dir, buckets=None, **changes):
-    config = base_config()
-    config.data.update(data_dir=data_dir, embedding_batch_size=8, generative_batch_size=8, num_threads=1)
-    config.data.update(LIMITS, **changes)
-    config.data.length_buckets.update(buckets or {})
-    return config
+    return prepare_mixed(tmp_path_factory.mktemp("mixed"))
 
 
 def test_bucket_choice_and_config_checks():
@@ -120,14 +62,9 @@ def test_aot_takes_the_largest_shapes_and_flops_follow_the_bucket():
     assert flops.train_step_flops(config, setup.model_config, {"passage": 32, "generative": 32}) < full
 
 
-def _steps(config, count, **kwargs):
-    iterator = pipeline.make_train_iterator(config.data, **kwargs)
-    return [next(iterator) for _ in range(count)]
-
-
 def test_each_batch_takes_the_smallest_bucket_of_its_longest_row(data_dir):
-    plain = _steps(data_config(data_dir), 12)
-    bucketed = _steps(data_config(data_dir, BUCKETS), 12)
+    plain = take_steps(data_config(data_dir), 12)
+    bucketed = take_steps(data_config(data_dir, BUCKETS), 12)
     seen = set()
     for full, cut in zip(plain, bucketed):
         for field, names in (
@@ -159,7 +96,7 @@ def test_the_bucket_of_sampled_negatives_is_exact(data_dir):
     the longest passage actually in the batch, for small batches whose negatives decide it."""
     buckets = {"passage": (8, 12, 16, 20, 24, 28)}
     config = data_config(data_dir, buckets, embedding_batch_size=2, train_group_size=3)
-    plain = _steps(data_config(data_dir, embedding_batch_size=2, train_group_size=3), 24)
+    plain = take_steps(data_config(data_dir, embedding_batch_size=2, train_group_size=3), 24)
     host = pipeline.make_train_iterator(config.data, mode="embedding").batches
     decided_by_negatives = 0
     for step_number, full in enumerate(plain):
@@ -174,8 +111,8 @@ def test_the_bucket_of_sampled_negatives_is_exact(data_dir):
 
 def test_hosts_agree_on_the_bucket_and_a_restored_iterator_continues(data_dir):
     config = data_config(data_dir, BUCKETS)
-    whole = _steps(config, 8)
-    halves = [_steps(config, 8, process_index=p, process_count=2) for p in (0, 1)]
+    whole = take_steps(config, 8)
+    halves = [take_steps(config, 8, process_index=p, process_count=2) for p in (0, 1)]
     for batch, first, second in zip(whole, *halves):
         for name in batch:  # same lengths on both hosts, and together they are the global batch
             assert np.array_equal(np.concatenate([first[name], second[name]]), batch[name]), name
@@ -218,48 +155,6 @@ def test_eval_batches_are_bucketed_and_score_alike(data_dir):
     assert scores[0].keys() == {"eval_mrr@10", "eval_recall@1", "eval_loss_gen"}
     for name, value in scores[0].items():
         np.testing.assert_allclose(scores[1][name], value, rtol=1e-5, err_msg=name)
-
-
-@pytest.mark.slow  # grit-train in subprocesses
-def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data_dir):
-    """A bucketed and an unbucketed run, through the command line: the same 4 steps (held-out evaluation
-    before and after, a checkpoint) with and without --config.data.length_buckets.* log the same losses,
-    token counts and held-out metrics."""
-    shapes = [
-        tuple(b[k].shape[1] for k in ("query_tokens", "gen_tokens"))
-        for b in _steps(data_config(data_dir, BUCKETS), 4)
-    ]
-    assert shapes == [(32, 64), (16, 64), (16, 32), (32, 64)], "not the short batches this test is about"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    logged = []
-    for name, buckets in (("plain", {}), ("buckets", BUCKETS)):
-        workdir = tmp_path / name
-        flags = [f"--config.data.length_buckets.{f}={','.join(map(str, b))}," for f, b in buckets.items()]
-        command = [
-            *(
-                sys.executable,
-                "-m",
-                "grit_jax.programs.grit_train",
-                "--config=configs/tiny.py",
-                f"--workdir={workdir}",
-            ),
-            f"--config.data.data_dir={data_dir}",
-            *(f"--config.data.{k}={v}" for k, v in LIMITS.items()),
-            *("--config.num_steps=4", "--config.checkpoint.every_steps=4", "--config.log.eval_every_steps=4"),
-            *flags,
-        ]
-        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert ("data.length_buckets: up to 8 batch shapes" in result.stdout) == bool(buckets)
-        with open(workdir / "metrics.jsonl") as f:
-            logged.append([json.loads(line) for line in f])
-    plain, bucketed = logged
-    assert [r["step"] for r in plain] == [r["step"] for r in bucketed] == [0, 1, 2, 3, 4]
-    for a, b in zip(plain, bucketed):
-        for name in ("loss", "loss_emb", "loss_gen", "tokens", "eval_mrr@10", "eval_loss_gen"):
-            if name in a:
-                np.testing.assert_allclose(b[name], a[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
 
 
 def test_preparing_older_data_again_adds_its_length_index(data_dir, tmp_path):

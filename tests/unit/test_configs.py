@@ -20,8 +20,8 @@ from grit_jax import sharding
 from grit_jax.run_config import validate_config
 from grit_jax.train.state import TrainSetup
 from grit_jax.weights.orbax_checkpoint import model_config
+from tests.grit_fixtures import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
 # configs/gritlm.py:VARIANT[,MODE]; the others take no argument.
 RECIPES = [(v, m) for v in ("7b", "8x7b") for m in (None, "unified", "embedding", "generative")]
@@ -35,7 +35,7 @@ PARAMS["qwen3-30b-a3b"] = 30.5e9
 
 
 def parse(path, arg=None):
-    """The config as `grit-train --config path[:arg]` sees it (overrides: tests/test_train.py, every run)."""
+    """The config as `grit-train --config path[:arg]` sees it (overrides: e2e/test_train.py, every run)."""
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
     values(["grit-train", f"--config={os.path.join(ROOT, path)}{':' + arg if arg else ''}"])
