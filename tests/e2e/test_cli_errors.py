@@ -1,5 +1,7 @@
-"""Every command answers a missing path, a bad checkpoint, a corrupt safetensors file and an unknown flag
-with one line that names the thing to fix, the right exit status (2: usage, 1: failure) and no traceback.
+"""grit-train and grit-aot (absl programs) answer a missing path, a bad checkpoint, a corrupt safetensors
+file and an unknown flag with one line that names the thing to fix, the right exit status (2: usage, 1:
+failure) and no traceback; every program does so as a subprocess. The argparse programs' cases run in
+process: tests/integration/test_cli_errors.py.
 
 grit-data reads no checkpoint: its "bad checkpoint" is a tokenizer file that is not one. grit-aot reads
 a model's config.json but never its tensors, so a corrupt safetensors file is not its concern.
@@ -15,11 +17,11 @@ import pytest
 
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
-from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer, write_beir
+from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer
 
 PROGRAMS = {
     "grit-train": "grit_jax.programs.grit_train",
-    "grit-data": "grit_jax.data",
+    "grit-data": "grit_jax.programs.grit_data",
     "grit-convert": "grit_jax.programs.grit_convert",
     "grit-aot": "grit_jax.programs.grit_aot",
     "grit-embed": "grit_jax.programs.grit_embed",
@@ -125,89 +127,6 @@ def test_grit_train(inputs):
     assert not os.path.exists(os.path.join(ROOT, "s3:"))  # nothing written to a local folder named s3:
 
 
-def test_grit_data(inputs):
-    out = inputs["root"] / "prepared"
-    assert_one_line(
-        run(
-            "grit-data",
-            "prepare",
-            "--embedding",
-            inputs["missing"],
-            "--tokenizer",
-            inputs["tokenizer"],
-            "--out",
-            out,
-        ),
-        "grit-data",
-        1,
-        inputs["missing"],
-    )
-    chats = str(inputs["root"] / "chats.jsonl")
-    assert_one_line(
-        run(
-            "grit-data",
-            "prepare",
-            "--generative",
-            chats,
-            "--tokenizer",
-            inputs["bad_tokenizer"],
-            "--out",
-            out,
-        ),
-        "grit-data",
-        1,
-        inputs["bad_tokenizer"],
-    )
-    assert_one_line(
-        run(
-            "grit-data",
-            "prepare",
-            "--generative",
-            chats,
-            "--tokenizer",
-            inputs["tokenizer"],
-            "--out",
-            out,
-            "--bogus_flag",
-        ),
-        "grit-data",
-        2,
-        "--bogus_flag",
-    )
-
-
-def test_grit_convert(inputs):
-    out = inputs["root"] / "converted"
-    assert_one_line(
-        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["missing"], "--out", out),
-        "grit-convert",
-        1,
-        inputs["missing"],
-    )
-    assert_one_line(
-        run("grit-convert", "orbax-to-hf", "--ckpt", inputs["empty"], "--out", out),
-        "grit-convert",
-        1,
-        inputs["empty"],
-        "not a checkpoint",
-    )
-    assert_one_line(
-        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["corrupt_hf"], "--out", out),
-        "grit-convert",
-        1,
-        inputs["shard"],
-    )
-    assert not os.path.exists(out / "params") and not os.path.exists(
-        out / "params.partial"
-    )  # nothing half-written
-    assert_one_line(
-        run("grit-convert", "hf-to-orbax", "--hf_dir", inputs["corrupt_hf"], "--out", out, "--bogus_flag"),
-        "grit-convert",
-        2,
-        "--bogus_flag",
-    )
-
-
 def test_grit_aot(inputs):
     aot = ("grit-aot", "--config", "configs/tiny.py", "--topology", "v5e-4")
     missing_config = os.path.join(inputs["missing"], "config.py")
@@ -224,47 +143,8 @@ def test_grit_aot(inputs):
     assert_one_line(run(*aot, "--bogus_flag=1"), "grit-aot", 2, "bogus_flag")
 
 
-def test_grit_embed(inputs):
-    corpus = inputs["root"] / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(4)))
-    out = inputs["root"] / "embedded"
-    assert_one_line(
-        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", inputs["missing"], "--out", out),
-        "grit-embed",
-        1,
-        inputs["missing"],
-    )
-    assert_one_line(
-        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out),
-        "grit-embed",
-        1,
-        inputs["empty"],
-    )
-    assert_one_line(
-        run("grit-embed", "--model", inputs["corrupt_hf"], "--input", corpus, "--out", out),
-        "grit-embed",
-        1,
-        inputs["shard"],
-    )
-    assert_one_line(
-        run("grit-embed", "--model", inputs["empty"], "--input", corpus, "--out", out, "--bogus_flag"),
-        "grit-embed",
-        2,
-        "--bogus_flag",
-    )
-
-
-def test_grit_eval(inputs):
-
-    beir = inputs["root"] / "beir"
-    if not beir.exists():
-        write_beir(beir, n_docs=8, n_queries=2)
-    retrieval = ("grit-eval", "retrieval", "--model")
-    assert_one_line(
-        run(*retrieval, inputs["corrupt_hf"], "--data", inputs["missing"]), "grit-eval", 1, inputs["missing"]
-    )
-    assert_one_line(run(*retrieval, inputs["empty"], "--data", beir), "grit-eval", 1, inputs["empty"])
-    assert_one_line(run(*retrieval, inputs["corrupt_hf"], "--data", beir), "grit-eval", 1, inputs["shard"])
-    assert_one_line(
-        run(*retrieval, inputs["empty"], "--data", beir, "--bogus_flag"), "grit-eval", 2, "--bogus_flag"
-    )
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_program_answers_an_unknown_flag_in_one_line(program):
+    """One subprocess per program, as a user runs it: the console entry point's module, exit status 2."""
+    args = ["prepare"] if program == "grit-data" else ["retrieval"] if program == "grit-eval" else []
+    assert_one_line(run(program, *args, "--bogus_flag=1"), program, 2, "bogus_flag")
