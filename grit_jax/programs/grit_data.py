@@ -1,4 +1,4 @@
-"""`python -m grit_jax.data prepare ...` (console script `grit-data`): validate and build data."""
+"""`grit-data prepare ...` (or `python -m grit_jax.programs.grit_data`): validate and build data."""
 
 from __future__ import annotations
 
