@@ -95,3 +95,32 @@ def write_beir(root, n_docs=N_DOCS, n_queries=N_QUERIES):
     (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (root / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
     return docs, queries[:-1]
+
+
+def bad_inputs(root):
+    """What the programs' error tests feed them, under `root` (a pathlib.Path): a tokenizer, chats, an empty
+    dir, a path that does not exist, a Hugging Face dir with one safetensors shard overwritten with garbage,
+    and a tokenizer.model that is not one."""
+    import glob
+
+    tokenizer = str(root / "tokenizer.model")
+    make_tokenizer(tokenizer)
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"text": [f"u {i}", f"a {i}"]}) + "\n" for i in range(16)))
+    _, hf_dir = make_hf_dir(root / "hf", tokenizer)
+    shard = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))[-1]
+    with open(shard, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    (root / "empty").mkdir()
+    bad_tokenizer = root / "bad.model"
+    bad_tokenizer.write_bytes(b"this is not a sentencepiece model")
+    return dict(
+        root=root,
+        tokenizer=tokenizer,
+        chats=str(chats),
+        corrupt_hf=hf_dir,
+        shard=shard,
+        empty=str(root / "empty"),
+        missing=str(root / "nowhere"),
+        bad_tokenizer=str(bad_tokenizer),
+    )

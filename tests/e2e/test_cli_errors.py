@@ -7,7 +7,6 @@ grit-data reads no checkpoint: its "bad checkpoint" is a tokenizer file that is 
 a model's config.json but never its tensors, so a corrupt safetensors file is not its concern.
 """
 
-import glob
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
-from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer
+from tests.grit_fixtures import ROOT, bad_inputs
 
 PROGRAMS = {
     "grit-train": "grit_jax.programs.grit_train",
@@ -31,46 +30,25 @@ PROGRAMS = {
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A tokenizer, a small prepared data dir, an empty dir, a path that does not exist, a Hugging Face
-    dir with one safetensors shard overwritten with garbage, and a tokenizer.model that is not one."""
-    root = tmp_path_factory.mktemp("cli")
-    tokenizer = str(root / "tokenizer.model")
-    make_tokenizer(tokenizer)
-    records = root / "pairs.jsonl"
+    """bad_inputs, and a small prepared data dir."""
+    out = bad_inputs(tmp_path_factory.mktemp("cli"))
+    records = out["root"] / "pairs.jsonl"
     records.write_text(
         "".join(
             json.dumps({"query": f"q {i}", "pos": [f"p {i}"], "neg": [f"n {i}"]}) + "\n" for i in range(16)
         )
     )
-    chats = root / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"text": [f"u {i}", f"a {i}"]}) + "\n" for i in range(16)))
-    data = str(root / "data")
+    out["data"] = str(out["root"] / "data")
     sources.prepare(
-        data,
-        Tokenizer(tokenizer),
+        out["data"],
+        Tokenizer(out["tokenizer"]),
         [str(records)],
-        [str(chats)],
+        [out["chats"]],
         query_max_len=32,
         passage_max_len=64,
         generative_max_len=64,
     )
-    _, hf_dir = make_hf_dir(root / "hf", tokenizer)
-    shard = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))[-1]
-    with open(shard, "wb") as f:
-        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
-    (root / "empty").mkdir()
-    bad_tokenizer = root / "bad.model"
-    bad_tokenizer.write_bytes(b"this is not a sentencepiece model")
-    return dict(
-        root=root,
-        tokenizer=tokenizer,
-        data=data,
-        corrupt_hf=hf_dir,
-        shard=shard,
-        empty=str(root / "empty"),
-        missing=str(root / "nowhere"),
-        bad_tokenizer=str(bad_tokenizer),
-    )
+    return out
 
 
 def run(program, *args, cwd=ROOT):

@@ -6,14 +6,13 @@ grit-aot, and one subprocess per program: tests/e2e/test_cli_errors.py.)
 grit-data reads no checkpoint: its "bad checkpoint" is a tokenizer file that is not one.
 """
 
-import glob
 import json
 import os
 
 import pytest
 
 from grit_jax.programs import grit_convert, grit_data, grit_embed, grit_eval
-from tests.grit_fixtures import make_hf_dir, make_tokenizer, write_beir
+from tests.grit_fixtures import bad_inputs, write_beir
 
 PROGRAMS = {
     "grit-data": grit_data.run,
@@ -25,29 +24,7 @@ PROGRAMS = {
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A tokenizer, an empty dir, a path that does not exist, a Hugging Face dir with one safetensors
-    shard overwritten with garbage, and a tokenizer.model that is not one."""
-    root = tmp_path_factory.mktemp("cli")
-    tokenizer = str(root / "tokenizer.model")
-    make_tokenizer(tokenizer)
-    chats = root / "chats.jsonl"
-    chats.write_text("".join(json.dumps({"text": [f"u {i}", f"a {i}"]}) + "\n" for i in range(16)))
-    _, hf_dir = make_hf_dir(root / "hf", tokenizer)
-    shard = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))[-1]
-    with open(shard, "wb") as f:
-        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
-    (root / "empty").mkdir()
-    bad_tokenizer = root / "bad.model"
-    bad_tokenizer.write_bytes(b"this is not a sentencepiece model")
-    return dict(
-        root=root,
-        tokenizer=tokenizer,
-        corrupt_hf=hf_dir,
-        shard=shard,
-        empty=str(root / "empty"),
-        missing=str(root / "nowhere"),
-        bad_tokenizer=str(bad_tokenizer),
-    )
+    return bad_inputs(tmp_path_factory.mktemp("cli"))
 
 
 class Result:
