@@ -124,5 +124,7 @@ def test_grit_aot(inputs):
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_every_program_answers_an_unknown_flag_in_one_line(program):
     """One subprocess per program, as a user runs it: the console entry point's module, exit status 2."""
-    args = ["prepare"] if program == "grit-data" else ["retrieval"] if program == "grit-eval" else []
+    args = {"grit-data": ["prepare"], "grit-convert": ["hf-to-orbax"], "grit-eval": ["retrieval"]}.get(
+        program, []
+    )
     assert_one_line(run(program, *args, "--bogus_flag=1"), program, 2, "bogus_flag")
