@@ -94,8 +94,8 @@ def test_tiny_compiles_for_v5e(tmp_path):
 
     import jax
 
+    from grit_jax.model import abstract_model
     from grit_jax.train import flops
-    from grit_jax.train.state import abstract_model
     from grit_jax.weights.orbax_checkpoint import model_config
 
     spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))

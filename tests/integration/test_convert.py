@@ -15,10 +15,11 @@ from flax import nnx
 
 from grit_jax import GritLM, sharding
 from grit_jax.errors import CheckpointError
+from grit_jax.model import abstract_model
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
-from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.state import TrainSetup
 from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import Checkpoints, model_config
 from grit_jax.weights.pretrained import GRIT_CONFIG

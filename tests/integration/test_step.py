@@ -8,10 +8,10 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.errors import UsageError
-from grit_jax.model import masks, pooling
+from grit_jax.model import abstract_model, masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective, step
-from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.state import TrainSetup
 from grit_jax.train.synthetic import synthetic_batch
 from grit_jax.weights.orbax_checkpoint import model_config
 

@@ -9,10 +9,10 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.choices import POOLINGS
-from grit_jax.model import masks, pooling
+from grit_jax.model import abstract_model, masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective
-from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.state import TrainSetup
 from grit_jax.train.synthetic import synthetic_batch
 from grit_jax.weights.orbax_checkpoint import model_config
 

@@ -9,8 +9,9 @@ from jax.sharding import PartitionSpec as P
 
 from grit_jax import sharding
 from grit_jax.errors import UsageError
+from grit_jax.model import abstract_model
 from grit_jax.run_config import base_config, data_parallel_size
-from grit_jax.train.state import TrainSetup, abstract_model
+from grit_jax.train.state import TrainSetup
 from grit_jax.weights.orbax_checkpoint import model_config
 
 
