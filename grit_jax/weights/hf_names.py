@@ -155,7 +155,7 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
 
 
 def read_hf_config(path: str, **changes) -> ModelConfig:
-    """The ModelConfig of a Hugging Face config.json, in a local directory or a gs:// one (grit_jax/storage.py)."""
+    """The ModelConfig of a Hugging Face config.json, in a local directory or a gs:// one (storage.py)."""
     file = storage.join(path, "config.json") if storage.isdir(path) else os.fspath(path)
     if not storage.isfile(file):
         raise CheckpointError(f"{file}: no such file (a Hugging Face model directory has a config.json)")
