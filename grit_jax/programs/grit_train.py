@@ -21,11 +21,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from grit_jax import cli, distributed, hardware, sharding, storage
+from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import RunStopped, UsageError
@@ -289,10 +289,14 @@ def main(argv):
     sys.exit(cli.run_command("grit-train", run_training))
 
 
-def run():
+def run(argv=None):
+    """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform()  # before any JAX backend starts: no libtpu noise on a CPU machine
+    parse = cli.flags_parser("grit-train", __doc__, ("config", "workdir"))
+    if program_help.wants_help(sys.argv if argv is None else argv):
+        parse(sys.argv if argv is None else argv)  # exits: no waiting for the other hosts to answer help
     distributed.initialize_from_env()
-    app.run(main, flags_parser=cli.flags_parser("grit-train"))
+    cli.run_absl(main, argv, parse)
 
 
 if __name__ == "__main__":
