@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grit_jax import hardware
 from grit_jax.choices import MODES
 from grit_jax.data import format as fmt
 from grit_jax.data.padding import right_pad
@@ -100,6 +101,7 @@ class GritLM:
         split encode batches across (grit_jax.inference.placement); each weight is read straight into its
         shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then
         makes the same calls and gets the same results. Unknown keyword arguments raise TypeError."""
+        hardware.quiet_platform()  # no libtpu errors on a machine without a TPU (unless JAX has started)
         mesh = placement.resolve_mesh(mesh)
         model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh)
 
