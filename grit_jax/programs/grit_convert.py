@@ -33,6 +33,7 @@ from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.weights import hf_names as hf
+from grit_jax.weights.model_card import write_model_card
 from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM, resolve_checkpoint
 from grit_jax.weights.pretrained import (
     GRIT_CONFIG,
@@ -136,6 +137,7 @@ def orbax_to_hf(
     settings["chat_format"] = with_tokenizer_bos(settings["chat_format"], Tokenizer(tokenizer_model))
     with open(os.path.join(out, GRIT_CONFIG), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=2)
+    write_model_card(out, settings, source.training_config)
     return out
 
 
