@@ -42,6 +42,7 @@ options (flag, or environment variable):
   --python PY      GRIT_REMOTE_PYTHON  an existing python (>= 3.11) on the workers to use instead of the
                                        venv setup makes (default: <dir>/.venv/bin/python)
   --python-version V GRIT_PYTHON_VERSION  setup: Python version uv installs in the venv (default 3.11)
+  --extras E                           setup: the package's extras to install (default tpu; tpu,eval adds mteb)
   --max-restarts N                     keep: re-create the slice at most N times (default 10)
   --poll S                             create, keep: seconds between state checks (default 30)
   --out DIR                            logs, keep: local directory (default logs/<name>)
@@ -110,7 +111,7 @@ REMOTE_DIR=${GRIT_REMOTE_DIR:-grit_jax}
 REMOTE_PYTHON=${GRIT_REMOTE_PYTHON:-}
 PYTHON_VERSION=${GRIT_PYTHON_VERSION:-3.11}
 DRY_RUN=${DRY_RUN:-0}
-SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0 MAX_RESTARTS=10 POLL=30
+EXTRAS=tpu SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0 MAX_RESTARTS=10 POLL=30
 ENVS=() PASSTHROUGH=()
 
 while (($#)); do
@@ -126,7 +127,7 @@ while (($#)); do
     --no-wait) WAIT=0 ;;
     -f | --follow) FOLLOW=1 ;;
     --vm) STOP_VM=1 ;;
-    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out | --python-version | --max-restarts | --poll)
+    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out | --python-version | --max-restarts | --poll | --extras)
       (($# >= 2)) || die "$arg needs a value"
       case $arg in
         --project) PROJECT=$2 ;;
@@ -144,6 +145,7 @@ while (($#)); do
         --python-version) PYTHON_VERSION=$2 ;;
         --max-restarts) MAX_RESTARTS=$2 ;;
         --poll) POLL=$2 ;;
+        --extras) EXTRAS=$2 ;;
       esac
       shift ;;
     --)  # the rest goes to grit-train or the remote command, except --dry-run (honoured anywhere)
@@ -175,6 +177,7 @@ esac
 [[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts must be a number, not '$MAX_RESTARTS'"
 [[ $PYTHON_VERSION =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || die "--python-version must look like 3.11, not '$PYTHON_VERSION'"
 [[ -z $TYPE ]] || accelerator "$TYPE"
+[[ $EXTRAS =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || die "--extras must look like tpu,eval, not '$EXTRAS'"
 [[ $REMOTE_DIR =~ ^[A-Za-z0-9_][A-Za-z0-9_./-]*$ && $REMOTE_DIR != *..* ]] ||
   die "--remote-dir must be a path relative to the workers' home directory, not '$REMOTE_DIR'"
 if [[ $COMMAND != ssh && $COMMAND != run && $COMMAND != keep && ${#PASSTHROUGH[@]} -gt 0 ]]; then
@@ -237,8 +240,8 @@ cmd_setup() {
   # (from PyPI, into the user's site) downloads a standalone CPython into the venv: no root, no apt
   # repository, the same Python on every worker, and a re-run keeps the venv.
   install="python3 -m pip install -q --user uv; ~/.local/bin/uv venv -q --python $(q "$PYTHON_VERSION") .venv"
-  install="test -x .venv/bin/python || { $install; }; ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[tpu]'"
-  [[ -z $REMOTE_PYTHON ]] || install="$RPY -m pip install -q -e '.[tpu]'"
+  install="test -x .venv/bin/python || { $install; }; ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[$EXTRAS]'"
+  [[ -z $REMOTE_PYTHON ]] || install="$RPY -m pip install -q -e '.[$EXTRAS]'"
   x git -C "$root" archive --format=tar.gz -o "$tmp" "$REF"
   x gcloud compute tpus tpu-vm scp "$tmp" "$NAME:$archive" --worker=all "${WHERE[@]}"
   x "${TPU_SSH[@]}" --worker=all --command \

@@ -136,6 +136,10 @@ def test_setup_provisions_python_and_run_uses_it(gcloud):
     proc, _ = gcloud("setup", *WHERE, "--python", "/opt/py311/bin/python", "--dry-run")
     remote = printed(proc.stdout)[-1][-1]
     assert "uv" not in remote and "/opt/py311/bin/python -m pip install -q -e '.[tpu]'" in remote
+    proc, _ = gcloud("setup", *WHERE, "--extras", "tpu,eval", "--dry-run")
+    assert "-e '.[tpu,eval]'" in printed(proc.stdout)[-1][-1]
+    proc, _ = gcloud("setup", *WHERE, "--extras", "tpu;rm", "--dry-run")
+    assert proc.returncode == 2 and "--extras must look like tpu,eval" in proc.stderr
 
 
 def test_status_command_reads_the_worker_files(gcloud, tmp_path):
