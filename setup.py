@@ -27,6 +27,7 @@ setup(
         "tensorboardX>=2.6",
         "rank-bm25>=0.2.2",  # the quick start's baseline
         "gcsfs>=2024.2",  # gs:// paths: etils.epath's backend without TensorFlow (grit_jax/storage.py)
+        "pyarrow>=14",  # grit-data prepare reads the hub's parquet shards (grit_jax/data/hub_formats.py)
     ],
     extras_require={
         "test": [

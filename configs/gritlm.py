@@ -21,6 +21,7 @@ from grit_jax.run_config import base_config
 VARIANTS = {
     "7b": dict(
         preset="mistral_7b",
+        base_model="mistralai/Mistral-7B-v0.1",
         embedding_batch_size=2048,
         generative_batch_size=256,
         loss_gen_type="mixed",
@@ -33,6 +34,7 @@ VARIANTS = {
     ),
     "8x7b": dict(
         preset="mixtral_8x7b",
+        base_model="mistralai/Mixtral-8x7B-v0.1",
         embedding_batch_size=256,
         generative_batch_size=256,
         loss_gen_type="token",
@@ -46,15 +48,24 @@ VARIANTS = {
 }
 # GRIT on today's bases: the 7B recipe on Llama-3.1-8B and Qwen3-8B; a small one on Qwen2.5-0.5B. New
 # recipes train the exact gradient of the global loss (reference_world_size=0), not a past run's balance.
-VARIANTS["llama3.1-8b"] = dict(VARIANTS["7b"], preset="llama3.1_8b", reference_world_size=0)
-VARIANTS["qwen3-8b"] = dict(VARIANTS["7b"], preset="qwen3_8b", reference_world_size=0)
+VARIANTS["llama3.1-8b"] = dict(
+    VARIANTS["7b"], preset="llama3.1_8b", base_model="meta-llama/Llama-3.1-8B", reference_world_size=0
+)
+VARIANTS["qwen3-8b"] = dict(
+    VARIANTS["7b"], preset="qwen3_8b", base_model="Qwen/Qwen3-8B-Base", reference_world_size=0
+)
 # Qwen3-MoE: the 8x7b recipe with Qwen's own router-loss weight.
 VARIANTS["qwen3-30b-a3b"] = dict(
-    VARIANTS["8x7b"], preset="qwen3_30b_a3b", router_aux_loss_coef=0.001, reference_world_size=0
+    VARIANTS["8x7b"],
+    preset="qwen3_30b_a3b",
+    base_model="Qwen/Qwen3-30B-A3B-Base",
+    router_aux_loss_coef=0.001,
+    reference_world_size=0,
 )
 VARIANTS["qwen2.5-0.5b"] = dict(
     VARIANTS["7b"],
     preset="qwen2.5_0.5b",
+    base_model="Qwen/Qwen2.5-0.5B",
     reference_world_size=0,
     embedding_batch_size=256,
     generative_batch_size=32,
@@ -73,7 +84,13 @@ def get_config(arg="7b"):
     v = VARIANTS[variant]
     config = base_config()
     config.num_steps = 1253
-    config.model.update(preset=v["preset"], dtype="bfloat16", param_dtype="float32", remat_policy="full")
+    config.model.update(
+        preset=v["preset"],
+        base_model=v["base_model"],
+        dtype="bfloat16",
+        param_dtype="float32",
+        remat_policy="full",
+    )
     config.data.update(
         embedding_batch_size=v["embedding_batch_size"],
         generative_batch_size=v["generative_batch_size"],

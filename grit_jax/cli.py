@@ -8,12 +8,14 @@ it, with exit status 2. ``grit-data`` and ``grit-convert`` use argparse and ``ru
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
+from grit_jax import program_help
 from grit_jax.errors import GritError, UsageError, one_line
 
 
@@ -39,38 +41,68 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(report(self.prog.split()[0], UsageError(f"{message} (see {self.prog} --help)")))
 
 
+_CONFIG_FLAG = []
+
+
 def define_config_flag():
-    return config_flags.DEFINE_config_file(
-        "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
-    )
+    """The ``--config`` flag; one definition shared by every program imported into a process (tests)."""
+    if not _CONFIG_FLAG:
+        _CONFIG_FLAG.append(
+            config_flags.DEFINE_config_file(
+                "config", None, "a configs/*.py file, optionally file.py:ARG", lock_config=True
+            )
+        )
+    return _CONFIG_FLAG[0]
 
 
-def flags_parser(program: str):
-    """absl's parser for ``app.run``, with every mistake on the command line reported as one line."""
+def flags_parser(program: str, doc: str = "", own_flags: tuple[str, ...] = ("config",)):
+    """absl's parser for ``app.run``, with every mistake on the command line reported as one line, and
+    ``--help``/``-h`` answered with the program's own flags and the config's fields (exit 0)."""
 
     def parse(argv):
+        if program_help.wants_help(argv):
+            print(program_help.help_text(program, doc, own_flags, argv), flush=True)
+            sys.exit(0)
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # an unknown flag, a value of the wrong type
             _exit(program, UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__))
         except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no field a.b
-            name = str(e).strip("'\"")
-            bad = [
-                a.split("=")[0]
-                for a in argv[1:]
-                if a.startswith("--config.") and name in a.split("=")[0][len("--config.") :].split(".")
-            ]
-            _exit(
-                program,
-                UsageError(
-                    f"{bad[0] if bad else name}: the config has no field {name!r}; see "
-                    "grit_jax/run_config.py for the fields and their spelling"
-                ),
-            )
+            _exit(program, UsageError(_unknown_field(e, argv)))
         except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)
             _exit(program, UsageError(_config_load_error(e)))
 
     return parse
+
+
+def run_absl(main, argv, parser) -> None:
+    """``app.run`` on ``argv`` (program name first; None: sys.argv). ml_collections reads the
+    ``--config.a.b`` overrides from sys.argv, so an in-process run with its own argv sets it meanwhile."""
+    saved = sys.argv
+    sys.argv = list(saved if argv is None else argv)
+    try:
+        app.run(main, argv=sys.argv, flags_parser=parser)
+    finally:
+        sys.argv = saved
+
+
+def _unknown_field(e: Exception, argv) -> str:
+    """`--config.a.b: the config has no field 'b'; did you mean 'c'?` from ml_collections' KeyError, whose
+    message (its first argument) is the quoted name and, on a second line, a suggestion."""
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    message = message.replace("\\n", "\n").replace("\\'", "'")  # config_flags re-wraps it escaped
+    name = message.splitlines()[0].strip().strip("'\"\\") if message.strip() else type(e).__name__
+    suggestion = re.search(r'Did you mean "([^"]+)"', message)
+    bad = [
+        a.split("=")[0]
+        for a in argv[1:]
+        if a.startswith("--config.") and name in a.split("=")[0][len("--config.") :].split(".")
+    ]
+    hint = f"did you mean {suggestion.group(1)!r}? " if suggestion else ""
+    return (
+        f"{bad[0] if bad else name}: the config has no field {name!r}; {hint}"
+        "grit_jax/run_config.py lists the fields (or --help)"
+    )
 
 
 def _exit(program: str, error: GritError):

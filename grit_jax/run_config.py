@@ -29,6 +29,10 @@ DEFAULTS: dict[str, Any] = {
         "preset": "tiny",  # a ModelConfig preset, unless hf_dir or init_checkpoint is set
         "hf_dir": "",  # a Hugging Face directory: its config.json and weights
         "init_checkpoint": "",  # a `grit-convert hf-to-orbax` output or another run's checkpoint
+        # The published model a recipe starts from (configs/gritlm.py); with it set, a run without hf_dir
+        # or init_checkpoint refuses to start unless random_init is True (grit_jax/train/run_summary.py).
+        "base_model": "",
+        "random_init": False,
         "dtype": "float32",  # compute dtype (bfloat16: mixed precision over param_dtype master weights)
         "param_dtype": "float32",
         "scan_layers": True,

@@ -9,9 +9,16 @@ usage: launch/tpu.sh COMMAND [options] [-- arguments]
 
 commands:
   create   queue a TPU slice (gcloud compute tpus queued-resources create) and wait until ACTIVE
-  setup    copy the repository (git archive of --ref, default HEAD) to every worker, pip install -e '.[tpu]'
-  run      start grit-train on every worker (GRIT_DISTRIBUTED=1, nohup, output to <dir>/logs/train.log):
+  setup    copy the repository (git archive of --ref, default HEAD) to every worker; install uv, a
+           Python --python-version venv in <dir>/.venv (the runtime images have Python 3.10), and
+           '.[tpu]' into it (or, with --python, pip install into that Python)
+  run      start grit-train on every worker (GRIT_DISTRIBUTED=1, nohup, output to <dir>/logs/train.log,
+           exit status to <dir>/logs/train.rc):
              launch/tpu.sh run -- --config configs/gritlm.py:7b --workdir gs://bucket/run1
+  keep     create (if absent), set up and run, then watch: when the queued resource is preempted or
+           suspended (Spot/preemptible), delete it, create it again, set up and run again; grit-train
+           resumes from the latest checkpoint in the gs:// --workdir. At most --max-restarts times;
+           every event is logged to stderr and <--out, default logs/<name>>/keep.log
   logs     gather every worker's log into --out (default logs/<name>/<worker>.log); -f follows worker 0
   ssh      ssh to --worker (default 0; or all); arguments after -- are run there as a command
   stop     send SIGTERM to the training run on every worker (it checkpoints and exits);
@@ -22,8 +29,9 @@ options (flag, or environment variable):
   --project P      GRIT_PROJECT        Google Cloud project (required)
   --zone Z         GRIT_ZONE           zone, e.g. us-east5-a (required)
   --name N         GRIT_TPU_NAME       TPU (and queued resource) name (required)
-  --type T         GRIT_TPU_TYPE       accelerator type, e.g. v5p-64 (create)
-  --version V      GRIT_TPU_VERSION    runtime version (create; default from --type)
+  --type T         GRIT_TPU_TYPE       accelerator type (create, keep): v4-N, v5e-N (= v5litepod-N),
+                                       v5p-N, v6e-N, N the TensorCores (v4, v5p) or chips (v5e, v6e)
+  --version V      GRIT_TPU_VERSION    runtime version (create; default per generation from --type)
   --spot                               create Spot VMs instead of on-demand
   --no-wait                            create: do not wait for the slice to become ACTIVE
   --timeout S                          create: give up waiting after S seconds (default 0 = never)
@@ -31,8 +39,13 @@ options (flag, or environment variable):
   --ref R                              setup: git revision to copy (default HEAD)
   --env KEY=VALUE                      run: extra environment variable on every worker (repeatable)
   --remote-dir D   GRIT_REMOTE_DIR     repository directory on the workers, relative to home (default grit_jax)
-  --python PY      GRIT_REMOTE_PYTHON  python on the workers (default python3)
-  --out DIR                            logs: local directory (default logs/<name>)
+  --python PY      GRIT_REMOTE_PYTHON  an existing python (>= 3.11) on the workers to use instead of the
+                                       venv setup makes (default: <dir>/.venv/bin/python)
+  --python-version V GRIT_PYTHON_VERSION  setup: Python version uv installs in the venv (default 3.11)
+  --extras E                           setup: the package's extras to install (default tpu; tpu,eval adds mteb)
+  --max-restarts N                     keep: re-create the slice at most N times (default 10)
+  --poll S                             create, keep: seconds between state checks (default 30)
+  --out DIR                            logs, keep: local directory (default logs/<name>)
   -f, --follow                         logs: follow worker 0's log
   --vm                                 stop: also stop the TPU VM
   --dry-run        DRY_RUN=1           print the commands (quoted, "+ " prefix) and run nothing;
@@ -69,13 +82,21 @@ x() {
   fi
 }
 
-default_version() {
-  case $1 in
-    v4-*) echo tpu-ubuntu2204-base ;;
-    v5p-*) echo v2-alpha-tpuv5 ;;
-    v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
-    v6e-*) echo v2-alpha-tpuv6e ;;
-    *) die "no default runtime version for --type $1: pass --version" ;;
+# gcloud's accelerator type and default runtime version per generation, from Google's "Create Cloud TPU
+# VMs" guide (https://cloud.google.com/tpu/docs/create-tpu-vm: ACCELERATOR_TYPE=v5litepod-8,
+# VERSION=v2-alpha-tpuv5-lite) and its TPU software versions page
+# (https://cloud.google.com/tpu/docs/runtimes); see /work/shared/MEASURED.md "Cloud TPU facts".
+# v5e is the common name, v5litepod the one gcloud takes. Sets ACCEL and DEFAULT_VERSION.
+accelerator() {
+  local size=${1##*-}
+  [[ $1 == *-* && $size =~ ^[1-9][0-9]*$ ]] ||
+    die "unknown --type '$1': use v4-N, v5e-N (or v5litepod-N), v5p-N or v6e-N, e.g. v5e-64"
+  case ${1%-*} in
+    v4) ACCEL=v4-$size DEFAULT_VERSION=tpu-ubuntu2204-base ;;
+    v5e | v5litepod) ACCEL=v5litepod-$size DEFAULT_VERSION=v2-alpha-tpuv5-lite ;;
+    v5p) ACCEL=v5p-$size DEFAULT_VERSION=v2-alpha-tpuv5 ;;
+    v6e) ACCEL=v6e-$size DEFAULT_VERSION=v2-alpha-tpuv6e ;;
+    *) die "unknown --type '$1': use v4-N, v5e-N (or v5litepod-N), v5p-N or v6e-N, e.g. v5e-64" ;;
   esac
 }
 
@@ -87,9 +108,10 @@ NAME=${GRIT_TPU_NAME:-}
 TYPE=${GRIT_TPU_TYPE:-}
 VERSION=${GRIT_TPU_VERSION:-}
 REMOTE_DIR=${GRIT_REMOTE_DIR:-grit_jax}
-REMOTE_PYTHON=${GRIT_REMOTE_PYTHON:-python3}
+REMOTE_PYTHON=${GRIT_REMOTE_PYTHON:-}
+PYTHON_VERSION=${GRIT_PYTHON_VERSION:-3.11}
 DRY_RUN=${DRY_RUN:-0}
-SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0
+EXTRAS=tpu SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0 MAX_RESTARTS=10 POLL=30
 ENVS=() PASSTHROUGH=()
 
 while (($#)); do
@@ -105,7 +127,7 @@ while (($#)); do
     --no-wait) WAIT=0 ;;
     -f | --follow) FOLLOW=1 ;;
     --vm) STOP_VM=1 ;;
-    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out)
+    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out | --python-version | --max-restarts | --poll | --extras)
       (($# >= 2)) || die "$arg needs a value"
       case $arg in
         --project) PROJECT=$2 ;;
@@ -120,6 +142,10 @@ while (($#)); do
         --remote-dir) REMOTE_DIR=$2 ;;
         --python) REMOTE_PYTHON=$2 ;;
         --out) OUT=$2 ;;
+        --python-version) PYTHON_VERSION=$2 ;;
+        --max-restarts) MAX_RESTARTS=$2 ;;
+        --poll) POLL=$2 ;;
+        --extras) EXTRAS=$2 ;;
       esac
       shift ;;
     --)  # the rest goes to grit-train or the remote command, except --dry-run (honoured anywhere)
@@ -137,9 +163,9 @@ while (($#)); do
 done
 
 case $COMMAND in
-  create | setup | run | logs | ssh | stop | delete) ;;
+  create | setup | run | keep | logs | ssh | stop | delete) ;;
   "") usage >&2; exit 2 ;;
-  *) die "unknown command '$COMMAND' (create, setup, run, logs, ssh, stop, delete)" ;;
+  *) die "unknown command '$COMMAND' (create, setup, run, keep, logs, ssh, stop, delete)" ;;
 esac
 [[ $DRY_RUN == 0 || $DRY_RUN == 1 ]] || die "DRY_RUN must be 0 or 1, not '$DRY_RUN'"
 [[ -n $PROJECT ]] || die "missing project: pass --project or set GRIT_PROJECT"
@@ -147,44 +173,59 @@ esac
 [[ -n $NAME ]] || die "missing TPU name: pass --name or set GRIT_TPU_NAME"
 [[ $WORKER =~ ^([0-9]+|all)$ ]] || die "--worker must be a number or all, not '$WORKER'"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds, not '$TIMEOUT'"
+[[ $POLL =~ ^[0-9]+$ ]] || die "--poll must be a number of seconds, not '$POLL'"
+[[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts must be a number, not '$MAX_RESTARTS'"
+[[ $PYTHON_VERSION =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || die "--python-version must look like 3.11, not '$PYTHON_VERSION'"
+[[ -z $TYPE ]] || accelerator "$TYPE"
+[[ $EXTRAS =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || die "--extras must look like tpu,eval, not '$EXTRAS'"
 [[ $REMOTE_DIR =~ ^[A-Za-z0-9_][A-Za-z0-9_./-]*$ && $REMOTE_DIR != *..* ]] ||
   die "--remote-dir must be a path relative to the workers' home directory, not '$REMOTE_DIR'"
-if [[ $COMMAND != ssh && $COMMAND != run && ${#PASSTHROUGH[@]} -gt 0 ]]; then
+if [[ $COMMAND != ssh && $COMMAND != run && $COMMAND != keep && ${#PASSTHROUGH[@]} -gt 0 ]]; then
   die "$COMMAND takes no arguments after --"
 fi
 
 WHERE=(--project "$PROJECT" --zone "$ZONE")
 TPU_SSH=(gcloud compute tpus tpu-vm ssh "$NAME" "${WHERE[@]}")
 RDIR=$(q "$REMOTE_DIR")
-RPY=$(q "$REMOTE_PYTHON")
+# run and setup's pip use the venv setup made (relative to <dir>: every remote command cds there first).
+RPY=$(q "${REMOTE_PYTHON:-.venv/bin/python}")
 
 # ---- commands -------------------------------------------------------------------------------------
+QR=(gcloud compute tpus queued-resources)
+DESCRIBE=("${QR[@]}" describe "$NAME" "${WHERE[@]}" --format 'value(state.state)')
+
 cmd_create() {
-  [[ -n $TYPE ]] || die "missing accelerator type: pass --type (e.g. v5p-64) or set GRIT_TPU_TYPE"
-  [[ -n $VERSION ]] || VERSION=$(default_version "$TYPE")
+  [[ -n $TYPE ]] || die "missing accelerator type: pass --type (e.g. v5e-64) or set GRIT_TPU_TYPE"
   local tier=()
   ((SPOT)) && tier=(--spot)
-  x gcloud compute tpus queued-resources create "$NAME" --node-id "$NAME" "${WHERE[@]}" \
-    --accelerator-type "$TYPE" --runtime-version "$VERSION" "${tier[@]}"
+  x "${QR[@]}" create "$NAME" --node-id "$NAME" "${WHERE[@]}" \
+    --accelerator-type "$ACCEL" --runtime-version "${VERSION:-$DEFAULT_VERSION}" "${tier[@]}"
   ((WAIT)) || return 0
-  local describe=(gcloud compute tpus queued-resources describe "$NAME" "${WHERE[@]}" --format 'value(state.state)')
+  wait_active || die "queued resource $NAME is $STATE (see: gcloud compute tpus queued-resources describe $NAME)"
+}
+
+# Polls until the queued resource is ACTIVE (status 0) or FAILED/SUSPENDED (status 1); sets STATE.
+wait_active() {
   if [[ $DRY_RUN == 1 ]]; then
-    echo "+ $(qjoin "${describe[@]}")"
-    echo "# (repeated every 30 s until the state is ACTIVE)"
+    echo "+ $(qjoin "${DESCRIBE[@]}")"
+    echo "# (repeated every $POLL s until the state is ACTIVE)"
     return 0
   fi
-  local state start=$SECONDS
+  local start=$SECONDS failures=0
   while :; do
-    state=$("${describe[@]}")
-    echo "tpu.sh: $NAME is ${state:-UNKNOWN}" >&2
-    case $state in
+    if ! STATE=$("${DESCRIBE[@]}"); then
+      failures=$((failures + 1))
+      ((failures < 10)) || die "gcloud could not describe queued resource $NAME 10 times in a row"
+    fi
+    echo "tpu.sh: $NAME is ${STATE:-UNKNOWN}" >&2
+    case $STATE in
       ACTIVE) return 0 ;;
-      FAILED | SUSPENDED) die "queued resource $NAME is $state (see: gcloud compute tpus queued-resources describe $NAME)" ;;
+      FAILED | SUSPENDED) return 1 ;;
     esac
     if ((TIMEOUT > 0 && SECONDS - start >= TIMEOUT)); then
-      die "queued resource $NAME not ACTIVE after $TIMEOUT s (state ${state:-UNKNOWN})"
+      die "queued resource $NAME not ACTIVE after $TIMEOUT s (state ${STATE:-UNKNOWN})"
     fi
-    sleep 30
+    sleep "$POLL"
   done
 }
 
@@ -194,31 +235,118 @@ cmd_setup() {
   if [[ $DRY_RUN == 0 && -n $(git -C "$root" status --porcelain --untracked-files=no) ]]; then
     echo "tpu.sh: warning: uncommitted changes are not copied (setup copies $REF)" >&2
   fi
-  local tmp=${TMPDIR:-/tmp}/$archive
+  local tmp=${TMPDIR:-/tmp}/$archive install
+  # The runtime images are Ubuntu 22.04 with Python 3.10, older than setup.py's python_requires. uv
+  # (from PyPI, into the user's site) downloads a standalone CPython into the venv: no root, no apt
+  # repository, the same Python on every worker, and a re-run keeps the venv.
+  install="python3 -m pip install -q --user uv; ~/.local/bin/uv venv -q --python $(q "$PYTHON_VERSION") .venv"
+  install="test -x .venv/bin/python || { $install; }; ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[$EXTRAS]'"
+  [[ -z $REMOTE_PYTHON ]] || install="$RPY -m pip install -q -e '.[$EXTRAS]'"
   x git -C "$root" archive --format=tar.gz -o "$tmp" "$REF"
   x gcloud compute tpus tpu-vm scp "$tmp" "$NAME:$archive" --worker=all "${WHERE[@]}"
   x "${TPU_SSH[@]}" --worker=all --command \
-    "set -e; mkdir -p $RDIR; tar xzf $(q "$archive") -C $RDIR; cd $RDIR; $RPY -m pip install -q -e '.[tpu]'"
+    "set -e; mkdir -p $RDIR; tar xzf $(q "$archive") -C $RDIR; cd $RDIR; $install && $RPY --version"
+}
+
+# The --workdir among grit-train's arguments (after --).
+train_workdir() {
+  local i
+  for ((i = 0; i < ${#PASSTHROUGH[@]}; i++)); do
+    case ${PASSTHROUGH[i]} in
+      --workdir=*) echo "${PASSTHROUGH[i]#--workdir=}" ;;
+      --workdir) echo "${PASSTHROUGH[i + 1]:-}" ;;
+    esac
+  done
 }
 
 cmd_run() {
-  ((${#PASSTHROUGH[@]})) || die "run needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
-  local env="GRIT_DISTRIBUTED=1" kv i workdir=""
+  ((${#PASSTHROUGH[@]})) || die "$COMMAND needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
+  local env="GRIT_DISTRIBUTED=1" kv workdir
+  workdir=$(train_workdir)
   # Every worker must see one work directory (checkpoint shards of all hosts, one compilation cache).
-  for ((i = 0; i < ${#PASSTHROUGH[@]}; i++)); do
-    case ${PASSTHROUGH[i]} in
-      --workdir=*) workdir=${PASSTHROUGH[i]#--workdir=} ;;
-      --workdir) workdir=${PASSTHROUGH[i + 1]:-} ;;
-    esac
-  done
   [[ $workdir == gs://* ]] || echo "tpu.sh: warning: --workdir '$workdir' is not gs://BUCKET/PATH; every worker" \
     "must see the same directory (checkpoints, compilation cache), e.g. a bucket mounted on all of them" >&2
   for kv in "${ENVS[@]}"; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs KEY=VALUE, not '$kv'"
     env+=" ${kv%%=*}=$(q "${kv#*=}")"
   done
+  # A background shell waits for grit-train and writes its exit status (what `keep` reads); HUP is
+  # ignored so that the ssh session ending leaves both running.
   x "${TPU_SSH[@]}" --worker=all --command \
-    "cd $RDIR && mkdir -p logs && { $env nohup $RPY -m grit_jax.programs.grit_train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; }"
+    "cd $RDIR && mkdir -p logs && rm -f logs/train.rc && { ( trap '' HUP; $env nohup $RPY -m grit_jax.programs.grit_train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; wait \$!; echo \$? > logs/train.rc ) > /dev/null 2>&1 < /dev/null & }"
+}
+
+# What grit-train on worker 0 is doing, one word: running, done, preempted (it caught SIGTERM, saved and
+# exited), lost (no process and no exit status: the VM restarted), failed:STATUS.
+STATUS_COMMAND="cd $RDIR; if [ -f logs/train.rc ]; then rc=\$(cat logs/train.rc);"
+STATUS_COMMAND+=" if grep -q '^preempted: saved checkpoint' logs/train.log; then echo preempted;"
+STATUS_COMMAND+=" elif [ \"\$rc\" = 0 ]; then echo done; else echo failed:\$rc; fi;"
+STATUS_COMMAND+=" elif [ -f logs/train.pid ] && kill -0 \"\$(cat logs/train.pid)\" 2>/dev/null; then echo running; else echo lost; fi"
+
+# Logs one event, with the time, to stderr and <out>/keep.log.
+event() {
+  local line
+  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $NAME: $*"
+  echo "tpu.sh: $line" >&2
+  [[ $DRY_RUN == 1 ]] || echo "$line" >>"$KEEP_LOG"
+}
+
+# Counts a restart; ends the loop when there have been --max-restarts already.
+restart() {
+  RESTARTS=$((RESTARTS + 1))
+  ((RESTARTS <= MAX_RESTARTS)) || { event "$1; gave up after $MAX_RESTARTS restarts"; exit 1; }
+  event "$1; restart $RESTARTS of $MAX_RESTARTS: $2"
+}
+
+cmd_keep() {
+  [[ -n $TYPE ]] || die "missing accelerator type: pass --type (e.g. v5e-64) or set GRIT_TPU_TYPE"
+  ((${#PASSTHROUGH[@]})) || die "keep needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
+  [[ $(train_workdir) == gs://* ]] || die "keep needs --workdir gs://BUCKET/PATH: a re-created slice starts with empty disks"
+  local out=${OUT:-logs/$NAME}
+  KEEP_LOG=$out/keep.log RESTARTS=0 WAIT=0
+  if [[ $DRY_RUN == 1 ]]; then
+    echo "+ $(qjoin "${DESCRIBE[@]}")"
+    echo "# (absent: create; SUSPENDED or FAILED: delete, then create)"
+    cmd_delete
+    cmd_create
+    wait_active
+    cmd_setup
+    cmd_run
+    echo "+ $(qjoin "${TPU_SSH[@]}" --worker=0 --command "$STATUS_COMMAND")"
+    echo "# (every $POLL s with the state above until done; preempted or suspended: again from the top, at most $MAX_RESTARTS times)"
+    return 0
+  fi
+  mkdir -p "$out"
+  local status first=1
+  event "keep: $ACCEL, grit-train $(qjoin "${PASSTHROUGH[@]}")"
+  while :; do
+    if ! STATE=$("${DESCRIBE[@]}" 2>/dev/null); then
+      if ((first)); then event "no queued resource: creating it"; else restart "queued resource gone" "creating it"; fi
+      cmd_create || true
+    elif [[ $STATE == SUSPENDED || $STATE == FAILED ]]; then
+      restart "queued resource $STATE (preempted)" "deleting and re-creating it"
+      cmd_delete
+      cmd_create || true
+    fi
+    first=0
+    if ! wait_active; then continue; fi
+    event "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)"
+    cmd_setup
+    cmd_run
+    while :; do
+      sleep "$POLL"
+      STATE=$("${DESCRIBE[@]}" 2>/dev/null) || STATE=ABSENT
+      [[ $STATE == ACTIVE ]] || { event "queued resource is $STATE"; [[ $STATE == SUSPENDING ]] && continue; break; }
+      status=$("${TPU_SSH[@]}" --worker=0 --command "$STATUS_COMMAND" 2>/dev/null | tail -n 1) || status=unreachable
+      case $status in
+        running) ;;
+        done) event "grit-train finished"; return 0 ;;
+        failed:*) event "grit-train exited with status ${status#failed:}; not restarting (see launch/tpu.sh logs)"; exit 1 ;;
+        preempted | lost) restart "grit-train $status on an ACTIVE slice" "starting it again"; cmd_run ;;
+        *) event "worker 0 did not answer ($status)" ;;
+      esac
+    done
+  done
 }
 
 cmd_logs() {

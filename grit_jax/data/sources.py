@@ -15,7 +15,6 @@ tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of th
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -26,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from grit_jax.data import hub_formats, tfds_io
 from grit_jax.data import prompts as fmt
-from grit_jax.data import tfds_io
 from grit_jax.data.lengths import write_lengths
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError
@@ -48,19 +47,8 @@ class BadRecord:
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-    """A PATH is a JSONL file or a directory of them (*.jsonl, sorted)."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(glob.glob(os.path.join(path, "*.jsonl")))
-            if not found:
-                raise DataError(f"{path}: directory holds no *.jsonl file")
-            files.extend(found)
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file or directory")
-    return files
+    """JSONL and parquet files, directories and globs, local or gs:// (grit_jax.data.hub_formats)."""
+    return hub_formats.expand_paths(paths)
 
 
 def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
@@ -84,7 +72,8 @@ def parse_embedding(obj: Any) -> tuple[fmt.EmbedText, list, list]:
     query = _check_embed_text(obj["query"], "query")
     lists = []
     for field in ("pos", "neg"):
-        values = obj.get(field, [])
+        values = obj.get(field)
+        values = [] if values is None else values  # null: how hub exports write a missing list
         if not isinstance(values, list):
             raise DataError(f"field {field!r} must be a list, got {type(values).__name__}")
         lists.append([_check_embed_text(v, f"{field}[{i}]") for i, v in enumerate(values)])
@@ -94,6 +83,7 @@ def parse_embedding(obj: Any) -> tuple[fmt.EmbedText, list, list]:
 
 
 def parse_generative(obj: Any) -> str | list[str]:
+    obj = hub_formats.messages_to_text(obj)  # the hub's chat layout (tulu2)
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}")
     if "text" not in obj:
@@ -259,7 +249,8 @@ def build_sources(
             entries.append(old)
             continue
         bad, records, dropped = [], [], []
-        for line, record, error in read_jsonl(path, parse):
+        read = hub_formats.read_parquet if hub_formats.is_parquet(path) else read_jsonl
+        for line, record, error in read(path, parse):
             if error:
                 bad.append(BadRecord(path, line, error))
             else:

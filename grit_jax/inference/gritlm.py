@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from grit_jax import hardware
 from grit_jax.choices import MODES
 from grit_jax.data import prompts as fmt
 from grit_jax.data.padding import right_pad
@@ -90,18 +91,19 @@ class GritLM:
         dtype="float32",
         tokenizer=None,
         step=None,
-        **kwargs,
+        embed_eos="",
+        mesh=None,
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
-        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh` (in
-        kwargs): a jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights
-        over and split encode batches across (grit_jax.inference.placement); each weight is read straight
-        into its
-        shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then makes
-        the same calls and gets the same results."""
-        kwargs["mesh"] = placement.resolve_mesh(kwargs.get("mesh"))
-        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, kwargs["mesh"])
+        grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh`: a
+        jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights over and
+        split encode batches across (grit_jax.inference.placement); each weight is read straight into its
+        shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then
+        makes the same calls and gets the same results. Unknown keyword arguments raise TypeError."""
+        hardware.quiet_platform()  # no libtpu errors on a machine without a TPU (unless JAX has started)
+        mesh = placement.resolve_mesh(mesh)
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh)
 
         def pick(given, key):
             return settings[key] if given is None else given
@@ -113,7 +115,8 @@ class GritLM:
             pick(pooling_method, "pooling_method"),
             pick(attn, "attn"),
             pick(normalized, "normalized"),
-            **kwargs,
+            embed_eos=embed_eos,
+            mesh=mesh,
         )
 
     # ---- embeddings
@@ -131,7 +134,6 @@ class GritLM:
         embed_instruction=False,
         get_cache=False,
         add_special_tokens=True,
-        **unused,
     ):
         """Normalised float32 embeddings [N,D] ([D] for one string); with get_cache, (embeddings, Cache).
 
@@ -264,7 +266,6 @@ class GritLM:
         seed=0,
         past_key_values=None,
         eos_token_id=None,
-        **unused,
     ):
         """New token ids for a prompt (text, token ids or chat messages) or a list of prompts.
 

@@ -26,7 +26,7 @@ import types
 from typing import Any
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from grit_jax import cli, hardware, sharding
 from grit_jax.errors import UsageError
@@ -319,9 +319,11 @@ def _main(argv):
         sys.exit(3)
 
 
-def run():
+def run(argv=None):
+    """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
-    app.run(_main, flags_parser=cli.flags_parser("grit-aot"))
+    own = ("config", "topology", "mfu", "top", "json")
+    cli.run_absl(_main, argv, cli.flags_parser("grit-aot", __doc__, own))
 
 
 if __name__ == "__main__":

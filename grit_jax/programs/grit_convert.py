@@ -34,6 +34,7 @@ from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import open_weights
+from grit_jax.weights.model_card import write_model_card
 from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM
 from grit_jax.weights.pretrained import (
     GRIT_CONFIG,
@@ -135,6 +136,7 @@ def orbax_to_hf(
     settings["chat_format"] = with_tokenizer_bos(settings["chat_format"], Tokenizer(tokenizer_model))
     with open(os.path.join(out, GRIT_CONFIG), "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=2)
+    write_model_card(out, settings, source.training_config)
     return out
 
 

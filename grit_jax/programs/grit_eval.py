@@ -2,8 +2,12 @@
 
     grit-eval retrieval --model MODEL_DIR --data beir/scifact --out scifact.json
 
-`retrieval` embeds a BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv), ranks the corpus for
-every judged query and prints nDCG@10, MRR@10 and recall@100 (grit_jax.retrieval.ranking) as JSON.
+    grit-eval mteb --model MODEL_DIR --tasks SciFact NFCorpus --out mteb_results  (or --benchmark NAME)
+
+`mteb` runs MTEB tasks with the reference's per-task instructions into mteb's result layout, resuming
+(grit_jax.retrieval.mteb_run). `retrieval` embeds a BEIR directory (corpus.jsonl, queries.jsonl,
+qrels/test.tsv), ranks the corpus for every judged query and prints nDCG@10, MRR@10 and recall@100
+(grit_jax.retrieval.ranking) as JSON.
 """
 
 from __future__ import annotations
@@ -50,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", default=None, metavar="FILE", help="JSON results (default: printed only)")
     r.add_argument("--run_out", default=None, metavar="FILE", help="the top 100 per query as JSON")
+    m = commands.add_parser("mteb", help="MTEB tasks with the reference's instructions, resumable")
+    m.add_argument("--model", required=True, metavar="PATH", help="Hugging Face dir or orbax checkpoint")
+    m.add_argument("--tasks", nargs="*", default=[], metavar="TASK", help="mteb task names, e.g. SciFact")
+    m.add_argument("--benchmark", default=None, help='all tasks of an mteb benchmark, e.g. "MTEB(eng, v1)"')
+    m.add_argument("--out", required=True, metavar="DIR", help="mteb's result cache: OUT/results/...")
+    m.add_argument("--name", default=None, help="the model name in the results (default: the dir's name)")
+    for flag, default in (("--batch_size", 64), ("--max_length", 512)):
+        m.add_argument(flag, type=int, default=default)
+    m.add_argument("--dtype", default="float32")
+    m.add_argument("--mesh", default=None, metavar="AXIS=N,...", help="shard the model: data=-1, fsdp=4")
     return parser
 
 
@@ -60,6 +74,8 @@ def run(argv=None) -> int:
 
 
 def _run(args):
+    if args.command == "mteb":
+        return _mteb(args)
     if args.task is not None and args.task not in RETRIEVAL and not args.task.startswith("CQADupstack"):
         raise UsageError(f"--task {args.task!r}: not in the table; known: {', '.join(RETRIEVAL)}")
     query_default, doc_default = task_instructions(args.task)
@@ -87,6 +103,18 @@ def _run(args):
         if path:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(content + "\n")
+
+
+def _mteb(args):
+    from grit_jax.retrieval import mteb_run
+
+    tasks = mteb_run.resolve_tasks(args.tasks, args.benchmark)  # a misspelled task fails before loading
+    from grit_jax.inference.gritlm import GritLM
+    from grit_jax.inference.placement import local_mesh
+
+    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=local_mesh(args.mesh))
+    name = args.name or os.path.basename(os.path.normpath(args.model))
+    mteb_run.evaluate_tasks(model, tasks, args.out, name, args.batch_size, args.max_length)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from grit_jax import cli, distributed, hardware, sharding, storage
+from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import RunStopped, UsageError
@@ -35,6 +35,7 @@ from grit_jax.train import flops
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
+from grit_jax.train.run_summary import StepTimes, check_weights, summary
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
 from grit_jax.weights.orbax_checkpoint import Checkpoints
@@ -143,6 +144,7 @@ class Loop:
         self.last, self.nonfinite_in_a_row, self.save_due = {}, 0, False
         self.t0, self.tokens, self.flops = time.perf_counter(), 0.0, 0.0  # since the last log
         self.profile_steps = profile_steps(self.config)
+        self.step_times = StepTimes()  # for the ETA: steps that compiled are left out
 
     def run(self, state, start: int) -> dict:
         """Steps start+1 .. num_steps (or until preempted); returns the last logged metrics."""
@@ -151,6 +153,7 @@ class Loop:
             self.log.write(0, self.evaluator(state))
         for step in range(start + 1, config.num_steps + 1):
             self._profile(step, starting=True)
+            started = time.perf_counter()
             batch = global_batch(self.setup, next(self.data))
             # Model FLOPs of this batch's shapes: with data.length_buckets they change from step to step.
             lengths = batch_lengths(config, batch)
@@ -158,6 +161,7 @@ class Loop:
             state, metrics = self.train_step(state, batch)
             metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
             self._profile(step, starting=False)
+            self.step_times.add(time.perf_counter() - started, tuple(sorted(lengths.items())))
             self.tokens += float(metrics["tokens"])
             self._count_nonfinite(step, metrics)
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
@@ -207,7 +211,7 @@ class Loop:
         if eval_every and self.evaluator.enabled and (step % eval_every == 0 or step == config.num_steps):
             metrics.update(self.evaluator(state))
         self.log.write(step, metrics)
-        self.log.progress(step, metrics, seconds)
+        self.log.progress(step, metrics, seconds, self.step_times.per_step())
         self.last, self.t0, self.tokens, self.flops = {"step": step, **metrics}, time.perf_counter(), 0.0, 0.0
 
     def _save(self, step: int, state, metrics: dict) -> bool:
@@ -235,6 +239,7 @@ def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
     check_workdir(workdir)
+    check_weights(config)
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
@@ -255,6 +260,10 @@ def train(config, workdir) -> dict:
         config.data, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
     )
     ckpt = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
+    if main:
+        manifest = json.loads(storage.read_text(storage.join(config.data.data_dir, "manifest.json")))
+        resume = ckpt.latest_step()
+        print(summary(config, setup, manifest, resume, ckpt.directory, compile_cache.directory), flush=True)
     state, start = initial_state(setup, ckpt, data, main)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
@@ -288,10 +297,14 @@ def main(argv):
     sys.exit(cli.run_command("grit-train", run_training))
 
 
-def run():
+def run(argv=None):
+    """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform()  # before any JAX backend starts: no libtpu noise on a CPU machine
+    parse = cli.flags_parser("grit-train", __doc__, ("config", "workdir"))
+    if program_help.wants_help(sys.argv if argv is None else argv):
+        parse(sys.argv if argv is None else argv)  # exits: no waiting for the other hosts to answer help
     distributed.initialize_from_env()
-    app.run(main, flags_parser=cli.flags_parser("grit-train"))
+    cli.run_absl(main, argv, parse)
 
 
 if __name__ == "__main__":

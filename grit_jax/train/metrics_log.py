@@ -80,10 +80,13 @@ class MetricsLog:
             storage.upload_dir(self.local_dir, self.workdir)
             self.synced = time.monotonic()
 
-    def progress(self, step, metrics, seconds_per_step):
+    def progress(self, step, metrics, seconds_per_step, eta_seconds_per_step=None):
+        """eta_seconds_per_step: the time of a step that did not compile (run_summary.StepTimes); None
+        until one has run (no ETA yet: the steps so far were compiling)."""
         if not self.enabled:
             return
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(self.num_steps - step, 0) * seconds_per_step))
+        remaining = max(self.num_steps - step, 0)
+        eta = "after compilation" if eta_seconds_per_step is None else _hms(remaining * eta_seconds_per_step)
         shown = " ".join(
             f"{k} {metrics[k]:.4g}"
             for k in ("loss", "loss_emb", "loss_gen", "accuracy", "eval_mrr@10", "eval_loss_gen")
@@ -96,3 +99,9 @@ class MetricsLog:
             self.file.close()
             self.tb.close()
             self.sync()
+
+
+def _hms(seconds: float) -> str:
+    """H:MM:SS, hours past 24 included (a 7B run's ETA is days)."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

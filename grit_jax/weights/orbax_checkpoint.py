@@ -34,6 +34,18 @@ MODEL_CONFIG = "model_config.json"
 PARAMS_ITEM = "params"
 
 
+class _NoMissingItemMetadata(logging.Filter):
+    """orbax looks for a _CHECKPOINT_METADATA file in each item directory (state/, params/) when it reads
+    an item's metadata, where a CheckpointManager never writes one (it writes the step's), and warns on
+    every load. Nothing is wrong: drop that one warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+logging.getLogger("absl").addFilter(_NoMissingItemMetadata())  # orbax logs through absl's logger
+
+
 class Checkpoints:
     """The training run's checkpoints, saved asynchronously and restored onto any mesh."""
 

@@ -205,29 +205,26 @@ def test_run_calls_gcloud_with_the_printed_argv(fake):
 
 
 def test_run_command_executes_the_intended_argv(fake, tmp_path):
-    """Run the remote command of `run` with bash, as a worker would, with a fake python3."""
+    """Run the remote command of `run` with bash, as a worker would, with a fake venv python (setup's)."""
     [argv] = dry(fake, "run", "--", *TRAIN_ARGS)
     home = tmp_path / "home"
-    (home / "grit_jax").mkdir(parents=True)
-    bin_dir = tmp_path / "worker_bin"
-    bin_dir.mkdir()
+    bin_dir = home / "grit_jax/.venv/bin"
+    bin_dir.mkdir(parents=True)
     record = tmp_path / "argv.json"
-    python3 = bin_dir / "python3"
+    python3 = bin_dir / "python"
     python3.write_text(
         f"#!{sys.executable}\nimport json, os, sys\n"
         f"open({str(record)!r}, 'w').write(json.dumps([sys.argv[1:], os.environ.get('GRIT_DISTRIBUTED')]))\n"
     )
     python3.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(
-        ["bash", "-c", argv[argv.index("--command") + 1]], cwd=home, env=env, check=True, timeout=30
-    )
+    subprocess.run(["bash", "-c", argv[argv.index("--command") + 1]], cwd=home, check=True, timeout=30)
     for _ in range(100):
-        if record.exists() and record.read_text():
+        if record.exists() and record.read_text() and (home / "grit_jax/logs/train.rc").exists():
             break
         time.sleep(0.05)
     assert json.loads(record.read_text()) == [["-m", "grit_jax.programs.grit_train", *TRAIN_ARGS], "1"]
     assert (home / "grit_jax/logs/train.pid").read_text().strip().isdigit()
+    assert (home / "grit_jax/logs/train.rc").read_text() == "0\n"  # what `keep` reads
     assert not (home / "pwned").exists()
 
 
