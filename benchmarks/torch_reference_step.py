@@ -9,8 +9,8 @@ instruction tokens, L2 normalisation, InfoNCE over in-batch + hard negatives at 
 next-token loss averaged over labelled tokens ("mixed"), loss = emb + gen, gradient clipping at 1.0 and
 torch.optim.AdamW. Both start from one random Hugging Face model (saved once, loaded by both); the first
 step's losses must agree before anything is timed. Timing alternates grit_jax and torch within one run
-(the machine is shared, so only the ratio of the two is meaningful). --write appends the figures to
-benchmarks/RESULTS.md under "Train step vs PyTorch".
+(the machine is shared, so only the ratio of the two is meaningful). --write puts the figures first in
+the table of benchmarks/RESULTS.md under "Train step vs PyTorch".
 """
 
 from __future__ import annotations

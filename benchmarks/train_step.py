@@ -5,8 +5,8 @@
 MFU = the analytic model FLOPs of a step (grit_jax/train/flops.py) / step time / peak, where the peak is
 measured here: the best FLOP/s of a large square jnp.matmul in the model's compute dtype on one device,
 times the number of devices (a vendor figure would flatter or shame a CPU). Batches are synthetic (random
-tokens of the configured shapes), so no data directory is needed. --write appends a row to
-benchmarks/RESULTS.md under "Train step throughput".
+tokens of the configured shapes), so no data directory is needed. --write puts a row first in the table
+of benchmarks/RESULTS.md under "Train step throughput".
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from grit_jax.train.synthetic import synthetic_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
-_WRITE = flags.DEFINE_bool("write", False, "append the result to benchmarks/RESULTS.md")
+_WRITE = flags.DEFINE_bool("write", False, "put the result first in its table in benchmarks/RESULTS.md")
 _MACHINE = flags.DEFINE_string("machine", "", "machine description for RESULTS.md (default: the device kind)")
 TOPIC = "Train step throughput"
 
