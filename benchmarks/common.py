@@ -156,14 +156,28 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {model} ({platform.machine()})"
 
 
+def _anchor(topic: str) -> str:
+    """The link target GitHub gives the heading `## topic`."""
+    return "".join(c for c in topic.lower() if c.isalnum() or c in "-_ ").replace(" ", "-")
+
+
+def _new_topic(text: str, topic: str) -> str:
+    """`text` with an empty `## topic` section at its end and the topic's line last in the `## Index` list."""
+    index = text.find("\n## Index\n")
+    if index >= 0:
+        end = text.find("\n\n", text.find("\n- ", index))
+        text = text[:end] + f"\n- [{topic}](#{_anchor(topic)})" + text[end:]
+    return text.rstrip("\n") + f"\n\n## {topic}\n"
+
+
 def _edit(path: str | None, topic: str, change) -> None:
-    """Rewrites the `## topic` section of `path` as change(section) (an empty section is added at the end
-    of the file first if there is none); the sections around it stay as they are."""
+    """Rewrites the `## topic` section of `path` as change(section) (an empty section, listed in the
+    index, is added at the end of the file first if there is none); the other sections stay as they are."""
     path = path or results_path()
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmark results\n"
     heading = f"\n## {topic}\n"
     if heading not in text:
-        text = text.rstrip("\n") + "\n" + heading
+        text = _new_topic(text, topic)
     start = text.index(heading) + 1
     following = text.find("\n## ", start)
     end = len(text) if following < 0 else following + 1

@@ -5,7 +5,10 @@ from benchmarks.common import add_entry, add_row
 
 DOC = """# Benchmark results
 
-Index: [A](#a), [B](#b)
+## Index
+
+- [A](#a)
+- [B](#b)
 
 ## A
 
@@ -51,8 +54,20 @@ def test_add_entry_first_in_section_and_new_topics_at_the_end(tmp_path):
     path.write_text(DOC)
     add_entry("B", "### B, 2026-12-02\n\nnew figure\n", path=str(path))
     assert path.read_text() == DOC + "\n### B, 2026-12-02\n\nnew figure\n"
-    add_entry("C", "### C, 2026-12-02\n\nfirst\n", path=str(path))
-    assert path.read_text().endswith("new figure\n\n## C\n\n### C, 2026-12-02\n\nfirst\n")
+    add_entry("C (new, 2x)", "### C, 2026-12-02\n\nfirst\n", path=str(path))
+    assert path.read_text().endswith("new figure\n\n## C (new, 2x)\n\n### C, 2026-12-02\n\nfirst\n")
+    assert "- [B](#b)\n- [C (new, 2x)](#c-new-2x)\n\n## A" in path.read_text()
     add_entry("A", "### A, 2026-12-02\n\nnewest\n", path=str(path))
     text = path.read_text()
     assert text.index("### A, 2026-12-02") < text.index("### A, 2026-11-27") < text.index("## B")
+
+
+def test_results_index_lists_every_topic():
+    import re
+
+    from benchmarks.common import RESULTS, _anchor
+
+    text = open(RESULTS, encoding="utf-8").read()
+    topics = [t for t in re.findall(r"^## (.+)$", text, flags=re.M) if t != "Index"]
+    index = text.split("\n## Index\n", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^- \[(.+?)\]\(#(.+?)\)", index, flags=re.M) == [(t, _anchor(t)) for t in topics]
