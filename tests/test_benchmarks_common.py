@@ -1,7 +1,9 @@
 """benchmarks/common.py's RESULTS.md edits: a result goes first in its topic's section (its table's
 first row, or the section's first entry), and the other sections stay byte for byte."""
 
-from benchmarks.common import add_entry, add_row
+import re
+
+from benchmarks.common import RESULTS, _anchor, add_entry, add_row
 
 DOC = """# Benchmark results
 
@@ -63,10 +65,6 @@ def test_add_entry_first_in_section_and_new_topics_at_the_end(tmp_path):
 
 
 def test_results_index_lists_every_topic():
-    import re
-
-    from benchmarks.common import RESULTS, _anchor
-
     text = open(RESULTS, encoding="utf-8").read()
     topics = [t for t in re.findall(r"^## (.+)$", text, flags=re.M) if t != "Index"]
     index = text.split("\n## Index\n", 1)[1].split("\n## ", 1)[0]
