@@ -1,6 +1,6 @@
 """The README's AOT memory table: the paper's recipes compiled for TPU slices with ``grit-aot``.
 
-    python benchmarks/aot_table.py [--out DIR] [--jobs 1] [--force] [--only SUBSTRING]
+    python -m benchmarks.aot_table [--out DIR] [--jobs 1] [--force] [--only SUBSTRING]
 
 Each row is one ``python -m grit_jax.programs.grit_aot ... --json`` run (a fresh process: libtpu, compile
 caches
@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT
+
 MFU = 0.5
 
 # (model, config, accelerator, overrides): the paper's recipes as configured, and what makes 7B fit

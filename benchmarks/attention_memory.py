@@ -1,6 +1,6 @@
 """Temporaries of one GritLM-7B attention layer (forward + gradient) per TPU chip: dense mask vs splash.
 
-    python benchmarks/attention_memory.py [--topology v5e-4] [--rows 4] [--length 2048] [--kinds causal]
+    python -m benchmarks.attention_memory [--topology v5e-4] [--rows 4] [--length 2048] [--kinds causal]
 
 Compiled for a TPU slice on this CPU (libtpu, the ``aot`` extra), rows sharded over the chips: the
 per-chip shapes of the 7B recipe's passage chunks (256 sequences of 2048 tokens over 64 chips = 4 rows

@@ -4,7 +4,7 @@ Compiles the full unified train step (embedding + generative pass, AdamW) on one
 several `objective.embedding_chunk_size` values and prints XLA's memory_analysis() (temp bytes =
 the step's peak scratch memory beyond arguments and outputs). Nothing runs; only compiles.
 
-    /work/venv/bin/python benchmarks/chunk_memory.py
+    python -m benchmarks.chunk_memory
 """
 
 import os

@@ -1,7 +1,9 @@
 """Peak host memory of grit-convert on a model of a few GB (written straight to safetensors with numpy).
 
-    python benchmarks/convert_memory.py --workdir /tmp/convert_mem [--dtype float32|bfloat16]
+    python -m benchmarks.convert_memory --workdir /tmp/convert_mem [--dtype float32|bfloat16] [--moe]
 
+The model: preset bench_convert_1b (a 0.85 B Mistral), or bench_convert_moe_0.5b with --moe (a small
+Mixtral whose stacked expert weights [L,E,D,F] dwarf any single Hugging Face tensor).
 Each step runs in its own process started from this small parent (Linux carries the parent's RSS into a
 child's ru_maxrss, so the parent never touches the model). Two peaks per child, compared with the size of
 the model and of its largest (stacked) parameter:
@@ -21,29 +23,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import ROOT, cpu_env, model_config, module_command
 
-CONFIG = dict(
-    vocab_size=32000,
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_hidden_layers=16,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    max_position_embeddings=4096,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-)
-# --moe: a small Mixtral whose stacked expert weights [L,E,D,F] dwarf any single Hugging Face tensor.
-MOE_CONFIG = dict(
-    CONFIG,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=4,
-    num_local_experts=8,
-    num_experts_per_tok=2,
-)
+PRESET, MOE_PRESET = "bench_convert_1b", "bench_convert_moe_0.5b"
 
 
 def largest_stacked(cfg, itemsize):
@@ -62,11 +44,10 @@ def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from grit_jax.model import ModelConfig
     from grit_jax.weights import hf_names as hf
 
     np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
-    cfg = ModelConfig(**(MOE_CONFIG if moe else CONFIG))
+    cfg = model_config(MOE_PRESET if moe else PRESET)
     os.makedirs(path, exist_ok=True)
     shapes, rng = hf.param_shapes(cfg), np.random.default_rng(0)
     pending, size, files, weight_map = {}, 0, [], {}
@@ -112,29 +93,39 @@ def model_sizes(path):
 def measure(argv):
     """Peak RSS (bytes) and seconds of `python -m grit_jax.programs.grit_convert argv` in a child process."""
     start = time.time()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, *argv], env=env, check=True, capture_output=True, text=True
+        module_command("benchmarks.convert_memory", "--child", *argv),
+        cwd=ROOT,
+        env=cpu_env(),
+        check=True,
+        capture_output=True,
+        text=True,
     )
     peak, anon = map(int, out.stdout.split("PEAK")[-1].split())
     return peak * 1024, anon * 1024, time.time() - start
 
 
-CHILD = """
-import resource, sys, threading, time
-peak_anon = [0]
-def sample():
-    while True:
-        with open('/proc/self/status') as f:
-            anon = next(int(line.split()[1]) for line in f if line.startswith('RssAnon:'))
-        peak_anon[0] = max(peak_anon[0], anon)
-        time.sleep(0.002)
-threading.Thread(target=sample, daemon=True).start()
-from grit_jax.programs import grit_convert as convert
-convert.run(sys.argv[1:])
-time.sleep(0.01)
-print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak_anon[0])
-"""
+def child(argv):
+    """The measured process: grit-convert with argv, its RssAnon sampled every 2 ms by a thread; prints
+    `PEAK ru_maxrss_kib anon_kib`. Before the conversion only numpy (which grit-convert imports anyway) and
+    the standard library are loaded."""
+    import threading
+
+    from benchmarks.common import anon_rss_kib, peak_rss_mib
+
+    peak_anon = [0]
+
+    def sample():
+        while True:
+            peak_anon[0] = max(peak_anon[0], anon_rss_kib())
+            time.sleep(0.002)
+
+    threading.Thread(target=sample, daemon=True).start()
+    from grit_jax.programs import grit_convert as convert
+
+    convert.run(argv)
+    time.sleep(0.01)
+    print("PEAK", round(peak_rss_mib() * 1024), peak_anon[0])
 
 
 def baseline():
@@ -145,7 +136,8 @@ def baseline():
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=ROOT,
+        env=cpu_env(),
         check=True,
         capture_output=True,
         text=True,
@@ -154,10 +146,12 @@ def baseline():
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(sys.argv[2:])
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/convert_mem")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--moe", action="store_true", help="a small Mixtral (MOE_CONFIG) instead")
+    parser.add_argument("--moe", action="store_true", help=f"a small Mixtral ({MOE_PRESET}) instead")
     parser.add_argument("--write_only", default="")
     parser.add_argument("--hf_dir", default="", help="reuse a model written by --write_only (not deleted)")
     args = parser.parse_args()
@@ -170,12 +164,14 @@ def main():
         hf_dir = args.hf_dir
         total, largest = model_sizes(hf_dir)
     else:
+        argv = ["--dtype", args.dtype, "--write_only", hf_dir] + ["--moe"] * args.moe
         written = subprocess.run(
-            [sys.executable, __file__, "--dtype", args.dtype, "--write_only", hf_dir] + ["--moe"] * args.moe,
+            module_command("benchmarks.convert_memory", *argv),
+            cwd=ROOT,
+            env=cpu_env(),
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "JAX_PLATFORMS": "cpu"},
         )
         total, largest = json.loads(written.stdout.split("SIZES")[-1])
 

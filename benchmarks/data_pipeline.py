@@ -4,7 +4,7 @@ Builds a synthetic corpus at the paper's lengths from stdlib docstrings (queries
 passages and chat up to 2048), prepares it (tokenized once; the prepare rate is reported too), then
 times one host's batches with the per-host shapes of the 7B recipe on 64 hosts (global 2048 queries
 x G=2 passages and 256 chats -> per host 32 queries, 64 passages, 4 chats), simulated as host 3 of 8.
-    python benchmarks/data_pipeline.py [--steps 40] [--threads 1 2 4]
+    python -m benchmarks.data_pipeline [--steps 40] [--threads 1 2 4]
 """
 
 import argparse

@@ -1,42 +1,19 @@
 """grit-embed's length-sorted batches against batches in input order: documents/s, tokens/s, padding.
 
-    JAX_PLATFORMS=cpu python benchmarks/embed_throughput.py [--docs 256 --batch_size 32 --repeats 1]
+    JAX_PLATFORMS=cpu python -m benchmarks.embed_throughput [--docs 256 --batch_size 32 --repeats 1]
 
-A random Mistral (hidden 256, 4 layers) embeds token rows whose lengths follow a log-normal mix (median
-~90 tokens, a long tail cut at 512), as web passages do. Both ways call the same compiled encode pass
-(GritLM.embed_rows); each is timed after a warm-up run that compiles every shape it needs. Padding is
-counted on the shapes actually run (batch and length rounded up to powers of two, as GritLM does).
+A random Mistral (preset bench_embed_256: hidden 256, 4 layers) embeds token rows whose lengths follow a
+log-normal mix (median ~90 tokens, a long tail cut at 512), as web passages do. Both ways call the same
+compiled encode pass (GritLM.embed_rows); each is timed after a warm-up run that compiles every shape it
+needs. Padding is counted on the shapes actually run (batch and length rounded up to powers of two, as
+GritLM does).
 """
 
 import argparse
-import os
-import sys
-import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def build(vocab=1000):
-    from flax import nnx
-
-    from grit_jax.inference.gritlm import GritLM
-    from grit_jax.model import ModelConfig, Transformer
-
-    class Tokenizer:  # only ids are embedded here; encode/decode are not needed
-        bos_id, eos_id, pad_id = 1, 2, 0
-
-    cfg = ModelConfig(
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-    )
-    return GritLM(Transformer(cfg, rngs=nnx.Rngs(0)), Tokenizer(), mode="embedding")
+from benchmarks.common import best_of, random_gritlm
 
 
 def padded_slots(lengths, batches):
@@ -53,7 +30,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    model = build()
+    model = random_gritlm("bench_embed_256", mode="embedding")
     rng = np.random.default_rng(0)
     lengths = np.minimum(rng.lognormal(4.5, 0.8, args.docs).astype(int) + 8, 512).tolist()
     rows = [[1] + rng.integers(3, 1000, n - 1).tolist() for n in lengths]
@@ -72,12 +49,7 @@ def main():
             for b in batches:
                 model.embed_rows([rows[i] for i in b])
 
-        run()  # compile every shape
-        best = float("inf")
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
+        best = best_of(run, args.repeats)  # the warm-up run compiles every shape
         pad = 1 - real / padded_slots(lengths, batches)
         print(f"| {name} | {args.docs / best:.0f} | {real / best:,.0f} | {pad:.0%} |", flush=True)
 

@@ -1,11 +1,12 @@
 """grit-embed against the reference `gritlm` package (PyTorch) embedding the same documents with the same
 random model: documents/s, tokens/s, their ratio, padding, and grit-embed on 8 faked CPU devices vs 1.
 
-    JAX_PLATFORMS=cpu python benchmarks/embed_vs_reference.py [--docs 512 --batch_size 32 --max_length 512]
+    JAX_PLATFORMS=cpu python -m benchmarks.embed_vs_reference [--docs 512 --batch_size 32 --max_length 512]
 
 Needs `pip install --no-deps gritlm==1.0.2` (the `bench` extra; it imports only torch, transformers, tqdm).
 
-One random Mistral (hidden 256, 4 layers, 8 heads / 4 KV heads, MLP 768; transformers' initialisation)
+One random Mistral (preset bench_embed_256's shape: hidden 256, 4 layers, 8 heads / 4 KV heads, MLP 768;
+transformers' initialisation)
 is saved as a Hugging Face directory with a byte-level BPE tokenizer.json trained on the documents (BOS
 added by its post-processor, so both sides tokenize identically). The documents are docstrings of the
 Python standard library (grit_jax.data.demo's corpus: summary and body), in a fixed shuffled order: a
@@ -24,23 +25,24 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import ROOT, cpu_env, hf_shape, module_command
 
 DOCS_FILE = "documents.json"  # the main run's documents, for the device-count subprocesses
 INSTRUCTION = "<|embed|>\n"  # gritlm_instruction(""): how the reference embeds documents
-MODEL = dict(
-    hidden_size=256,
-    intermediate_size=768,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=4096,
+# The transformers MistralConfig fields taken from the preset (the rest are transformers' defaults).
+MODEL = hf_shape(
+    "bench_embed_256",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
 )
 
 
@@ -134,11 +136,11 @@ def padding(lengths, batches, bucketed: bool) -> float:
 
 
 def devices_subprocess(path: str, args, devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [sys.executable, __file__, "--grit_only", path, "--devices", str(devices)]
+    env = cpu_env(devices=devices)
+    cmd = module_command("benchmarks.embed_vs_reference", "--grit_only", path, "--devices", str(devices))
     cmd += ["--docs", str(args.docs), "--batch_size", str(args.batch_size)]
     cmd += ["--max_length", str(args.max_length), "--repeats", str(args.repeats)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

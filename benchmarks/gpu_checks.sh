@@ -16,14 +16,14 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 # GRIT step: 64 queries x 256 + 128 passages x 512 (bidirectional) + 16 x 1024 generative; without and with
 # GradCache chunking (16 sequences per chunk) — the ratio is the cost of the recomputation.
 for chunk in 0 16; do
-  timeout 240 python3 benchmarks/train_step.py --config configs/gritlm.py:7b --config.model.preset=mistral_1b \
+  timeout 240 python3 -m benchmarks.train_step --config configs/gritlm.py:7b --config.model.preset=mistral_1b \
     --config.data.embedding_batch_size=64 --config.data.generative_batch_size=16 --config.data.query_max_len=256 \
     --config.data.passage_max_len=512 --config.data.generative_max_len=1024 \
     --config.objective.generative_accumulation_steps=1 --config.objective.embedding_chunk_size=$chunk \
     --steps 5 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/train_step_chunk$chunk.txt"
 done
 # RAG caching speed-up on the GPU (the paper: 31% doc caching, 33% query caching on GPU).
-timeout 180 python3 benchmarks/rag_cache.py --repeats 3 2>&1 | tail -20 | tee "$OUT/rag_cache.txt"
+timeout 180 python3 -m benchmarks.rag_cache --repeats 3 2>&1 | tail -20 | tee "$OUT/rag_cache.txt"
 # Model numerics on the GPU against transformers (torch on the CPU), fp32 matmuls at full precision.
 JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 python3 -m pytest -q -x tests/integration/test_model.py \
   -k "matches_transformers" 2>&1 | tail -5 | tee "$OUT/test_model_gpu.txt"

@@ -1,7 +1,7 @@
 """Length buckets (data.length_buckets): padded vs real tokens per step, and train-step time with and without.
 
-    python benchmarks/length_buckets.py tokens [--steps 200]
-    python benchmarks/length_buckets.py steps [--steps 8] [--workdir DIR]
+    python -m benchmarks.length_buckets tokens [--steps 200]
+    python -m benchmarks.length_buckets steps [--steps 8] [--workdir DIR]
 
 tokens: (1) the demo corpus through the real pipeline (grain, one host), at the demo config's lengths and
 at the lengths the corpus was prepared with; (2) a synthetic E5/MEDI + Tulu-like mix at the paper's
@@ -182,9 +182,6 @@ def _time_config(config_path: str, workdir: str, buckets: dict, num_steps: int) 
 
 
 def steps(args):
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from grit_jax import hardware
 
     hardware.quiet_platform()  # before jax starts: no libtpu probing on a CPU machine

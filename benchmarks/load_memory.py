@@ -1,53 +1,49 @@
 """Peak memory per host while loading starting weights: N processes (launch/local.sh, N = 1, 2, 4) each load
 the same ~2.4 GB fp32 Hugging Face Mistral into an fsdp mesh over all their devices.
 
-    python benchmarks/load_memory.py [--out /tmp/load_memory] [--processes 1 2 4] [--modes sharded whole]
+    python -m benchmarks.load_memory [--out /tmp/load_memory] [--processes 1 2 4] [--modes sharded whole]
         [--write]
 
 `sharded` is grit_jax.weights.loader (each host reads what its devices hold); `pretrained` the same loader as
 `GritLM.from_pretrained(path, mesh=...)` calls it (weights.load_model, with `--modes sharded pretrained`);
 `whole` reads every parameter whole on every host first (what grit_jax did before), then places the same
 shards. Per process: resident memory after building the mesh and abstract state (baseline) and the peak
-while loading; the growth should stay near (model / N) + one tensor for `sharded`. Results go to
-benchmarks/RESULTS.md with --write.
+while loading; the growth should stay near (model / N) + one tensor for `sharded`. The model is the
+bench_load_0.6b preset. --write puts the table first under "Loading weights" in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import (
+    add_entry,
+    current_rss_mib,
+    machine,
+    model_config,
+    peak_rss_mib,
+    result_line,
+    run_hosts,
+    today,
+)
+
 MODES = ("sharded", "pretrained", "whole")
-SHAPE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=32, vocab_size=32000)
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+PRESET = "bench_load_0.6b"
 
 
 def make_model(path: str) -> float:
     """A random fp32 Mistral written as safetensors shards (numpy only); returns its size in GiB."""
     from safetensors.numpy import save_file
 
-    from grit_jax.model import ModelConfig
     from grit_jax.weights import hf_names as hf
 
-    cfg = ModelConfig(num_attention_heads=8, num_key_value_heads=8, **SHAPE)
+    cfg = model_config(PRESET)
     if os.path.exists(os.path.join(path, "config.json")):
         return cfg.num_params() * 4 / 2**30
     os.makedirs(path)
@@ -88,7 +84,7 @@ def worker(model: str, mode: str):
     config.mesh.update(data=1, fsdp=-1)
     config.data.update(embedding_batch_size=64, generative_batch_size=64)  # divisible by every mesh here
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))
-    baseline, start = current_mib(), time.perf_counter()
+    baseline, start = current_rss_mib(), time.perf_counter()
     weights = open_weights(model, config=setup.model_config)
     if mode == "sharded":
         params = weights.load(setup.shardings.params)
@@ -101,46 +97,26 @@ def worker(model: str, mode: str):
             p: jax.make_array_from_callback(a.shape, shards[p], lambda i, a=a: a[i]) for p, a in whole.items()
         }
     jax.block_until_ready(params)
-    row = dict(
-        process=jax.process_index(),
-        processes=jax.process_count(),
-        mode=mode,
-        baseline_mib=baseline,
-        peak_mib=peak_mib(),
-        seconds=time.perf_counter() - start,
+    result_line(
+        dict(
+            process=jax.process_index(),
+            processes=jax.process_count(),
+            mode=mode,
+            baseline_mib=baseline,
+            peak_mib=peak_rss_mib(),
+            seconds=time.perf_counter() - start,
+        )
     )
-    print("RESULT " + json.dumps(row), flush=True)
 
 
 def run(args) -> list[dict]:
     size = make_model(os.path.join(args.out, "model"))
-    print(f"model: {size:.2f} GiB fp32 ({SHAPE})", flush=True)
+    print(f"model: {size:.2f} GiB fp32 (preset {PRESET})", flush=True)
     rows = []
     for mode in args.modes:
         for n in args.processes:
-            env = dict(
-                os.environ,
-                PYTHON=sys.executable,
-                DEVICES_PER_HOST="4",
-                JAX_PLATFORMS="cpu",
-                GRIT_LOCAL_MODULE="benchmarks.load_memory",
-                LOG_DIR=os.path.join(args.out, "logs"),
-            )
-            out = subprocess.run(
-                ["bash", "launch/local.sh", str(n), "--worker", os.path.join(args.out, "model"), mode],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=1200,
-            )
-            found = [
-                json.loads(line.split("RESULT ", 1)[1])
-                for line in out.stdout.splitlines()
-                if "RESULT " in line
-            ]
-            if out.returncode or len(found) != n:
-                raise SystemExit(f"{mode} x{n} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            argv = ["--worker", os.path.join(args.out, "model"), mode]
+            found = run_hosts(n, "benchmarks.load_memory", argv, os.path.join(args.out, "logs"), 1200)
             for r in found:
                 r["growth_gib"] = (r["peak_mib"] - r["baseline_mib"]) / 1024
                 r["model_gib"] = size
@@ -183,17 +159,14 @@ def main():
     text = table(rows)
     print(text)
     if args.write:
-        when = datetime.date.today().isoformat()
-        machine = f"{os.cpu_count()}-core CPU ({platform.machine()}), 4 faked devices per process"
-        with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
-            f.write(
-                f"\n\n## Loading weights on N hosts\n\n`python benchmarks/load_memory.py --write` "
-                f"({machine}, {when}): N processes of launch/local.sh each load the same fp32 Hugging Face "
-                f"Mistral ({rows[0]['model_gib']:.2f} GiB) into one fsdp mesh over all devices. Growth = "
-                f"peak resident memory while loading minus resident memory after building the mesh and "
-                f"abstract state.\n\n"
-                f"{text}\n"
-            )
+        add_entry(
+            "Loading weights",
+            f"### Loading weights on N hosts ({today()})\n\n`python -m benchmarks.load_memory --write` "
+            f"({machine()}, 4 faked devices per process, {today()}): N processes of launch/local.sh each "
+            f"load the same fp32 Hugging Face Mistral ({rows[0]['model_gib']:.2f} GiB) into one fsdp mesh "
+            "over all devices. Growth = peak resident memory while loading minus resident memory after "
+            f"building the mesh and abstract state.\n\n{text}\n",
+        )
 
 
 if __name__ == "__main__":

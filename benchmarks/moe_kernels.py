@@ -1,7 +1,7 @@
 """Dense vs dropless (ragged) MoE: CPU step time of one MoE layer, and the FLOPs XLA compiles for TPU.
 
-    python benchmarks/moe_kernels.py cpu    # seconds per forward+backward of one MoE layer, on this CPU
-    python benchmarks/moe_kernels.py tpu [--topology v5p-16] [--layers 2]
+    python -m benchmarks.moe_kernels cpu    # seconds per forward+backward of one MoE layer, on this CPU
+    python -m benchmarks.moe_kernels tpu [--topology v5p-16] [--layers 2]
 
 `tpu` compiles the GritLM-8x7B train step (Mixtral 8x7B, configs/gritlm.py:8x7b with a smaller batch,
 `--layers` layers unscanned so that XLA's cost analysis counts every layer, no remat, no GradCache)
@@ -12,18 +12,15 @@ FLOPs (cost analysis, per chip x chips) against the analytic model FLOPs of grit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks.common import best_of, model_config
 from grit_jax.model import ModelConfig
 from grit_jax.model.moe import SparseMoE
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_layer_seconds(impl: str, cfg: ModelConfig, tokens: int, repeats: int = 3) -> float:
@@ -40,25 +37,19 @@ def cpu_layer_seconds(impl: str, cfg: ModelConfig, tokens: int, repeats: int = 3
 
         return jax.value_and_grad(loss, argnums=(0, 1))(state, x)
 
-    jax.block_until_ready(step(state, x))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(step(state, x))
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_of(lambda: jax.block_until_ready(step(state, x)), repeats)
 
 
 def cpu_main():
     shapes = [
-        ("8 experts, top 2, D=256, F=1024", dict(hidden_size=256, intermediate_size=1024), 8, 2),
-        ("4 experts, top 2, D=64, F=64 (tiny_moe)", dict(hidden_size=64, intermediate_size=64), 4, 2),
-        ("128 experts, top 8, D=256, F=128", dict(hidden_size=256, intermediate_size=128), 128, 8),
+        ("8 experts, top 2, D=256, F=1024", "bench_moe_8x256"),
+        ("4 experts, top 2, D=64, F=64 (tiny_moe)", "tiny_moe"),
+        ("128 experts, top 8, D=256, F=128", "bench_moe_128x256"),
     ]
     print("| MoE layer (fwd+bwd, fp32) | tokens | dense s | ragged (ragged_dot) s | dense / ragged |")
     print("|---|---|---|---|---|")
-    for name, dims, experts, k in shapes:
-        cfg = ModelConfig.preset("tiny_moe", **dims, num_local_experts=experts, num_experts_per_tok=k)
+    for name, preset in shapes:
+        cfg = model_config(preset)
         for tokens in (512, 2048):
             dense = cpu_layer_seconds("dense", cfg, tokens)
             ragged = cpu_layer_seconds("ragged", cfg, tokens)
@@ -67,17 +58,14 @@ def cpu_main():
 
 def tpu_flops(impl: str, topology: str, layers: int) -> dict:
     from grit_jax import sharding
-    from grit_jax.model import model_config
+    from grit_jax.model.model_config import PRESETS
     from grit_jax.programs import grit_aot as aot
     from grit_jax.train import flops
     from grit_jax.train.state import TrainSetup
     from grit_jax.train.step import make_train_step
 
-    model_config.PRESETS["mixtral_8x7b_short"] = dict(
-        model_config.PRESETS["mixtral_8x7b"], num_hidden_layers=layers
-    )
-    sys.path.insert(0, ROOT)
-    from configs import gritlm
+    PRESETS["mixtral_8x7b_short"] = dict(PRESETS["mixtral_8x7b"], num_hidden_layers=layers)  # --layers
+    from configs import gritlm  # the repository root is on sys.path under `python -m`
 
     config = gritlm.get_config("8x7b")
     config.model.update(preset="mixtral_8x7b_short", scan_layers=False, remat_policy="none", moe_impl=impl)

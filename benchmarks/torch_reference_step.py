@@ -1,6 +1,6 @@
 """grit_jax's train step against the reference's, in PyTorch, on the same weights and batch (issue 13).
 
-    python benchmarks/torch_reference_step.py [--mode unified|embedding|generative] [--reps 5] [--steps 3]
+    python -m benchmarks.torch_reference_step [--mode unified|embedding|generative] [--reps 5] [--steps 3]
         [--set model.scan_layers=False ...] [--write]
 
 The PyTorch step is what the reference computes: transformers' MistralForCausalLM (sdpa attention), the
@@ -9,15 +9,14 @@ instruction tokens, L2 normalisation, InfoNCE over in-batch + hard negatives at 
 next-token loss averaged over labelled tokens ("mixed"), loss = emb + gen, gradient clipping at 1.0 and
 torch.optim.AdamW. Both start from one random Hugging Face model (saved once, loaded by both); the first
 step's losses must agree before anything is timed. Timing alternates grit_jax and torch within one run
-(the machine is shared, so only the ratio of the two is meaningful). --write appends the figures to
-benchmarks/RESULTS.md under "Train step vs PyTorch".
+(the machine is shared, so only the ratio of the two is meaningful). --write puts the figures first in
+the table of benchmarks/RESULTS.md under "Train step vs PyTorch".
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import datetime
 import os
 import statistics
 import tempfile
@@ -27,25 +26,27 @@ import jax
 import numpy as np
 import torch
 import transformers
-from results_table import add_row  # benchmarks/results_table.py, beside this script
 
+from benchmarks.common import add_row, hf_shape, machine, today
 from grit_jax import sharding
 from grit_jax.run_config import base_config
 from grit_jax.train import step
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.synthetic import synthetic_batch
 
-HEADING = "## Train step vs PyTorch"
-# The model and batch of issue 13: a random Mistral, 8 queries x 32 + 16 passages x 128 + 8 x 128 generative.
-MODEL = dict(
-    vocab_size=8000,
-    hidden_size=256,
-    intermediate_size=1024,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    max_position_embeddings=2048,
-    sliding_window=None,
+TOPIC = "Train step vs PyTorch"
+# The model and batch of issue 13: a random Mistral (preset bench_step_256's shape, transformers'
+# initialisation), 8 queries x 32 + 16 passages x 128 + 8 x 128 generative.
+MODEL = hf_shape(
+    "bench_step_256",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "sliding_window",
 )
 DATA = dict(
     embedding_batch_size=8,
@@ -190,12 +191,13 @@ def write(result: dict, machine: str):
         f"{result['torch_s']:.3f} | {result['cores']} | {result['load']:.0f} | "
         f"{result['ratio']:.2f} ({min(result['ratios']):.2f}-"
         f"{max(result['ratios']):.2f}) | {result['positions'] / result['jax_s']:,.0f} | "
-        f"{datetime.date.today().isoformat()} |\n"
+        f"{today()} |\n"
     )
     add_row(
-        HEADING,
-        "`python benchmarks/torch_reference_step.py --mode MODE "
-        "--write`: issue 13's random Mistral (hidden 256, 4 layers, 4 heads / 1 kv head, MLP 1024, vocab "
+        TOPIC,
+        "### Rows of `python -m benchmarks.torch_reference_step --write`\n\n"
+        "`python -m benchmarks.torch_reference_step --mode MODE --write`: issue 13's random Mistral "
+        "(hidden 256, 4 layers, 4 heads / 1 kv head, MLP 1024, vocab "
         "8000) on 8 queries x 32 + 16 passages x 128 + 8 generative x 128 tokens, fp32, AdamW; grit_jax "
         "and the PyTorch reference step alternate in one run. speed = torch s/step / grit_jax s/step "
         "(median over repetitions, range in brackets); >= 1 means grit_jax is at least as fast. "
@@ -214,7 +216,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="steps per repetition and side")
     parser.add_argument("--set", action="append", default=[], help="grit_jax config: group.field=value")
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--machine", default="2-core CPU")
+    parser.add_argument("--machine", default=machine(), help="for RESULTS.md (default: this machine)")
     parser.add_argument("--label", default="", help="the grit_jax code measured (RESULTS.md)")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)

@@ -1,17 +1,16 @@
 """Train-step throughput of a config on whatever backend JAX has: tokens/s and MFU.
 
-    python benchmarks/train_step.py --config configs/demo.py [--config.a.b=value ...] [--steps 10] [--write]
+    python -m benchmarks.train_step --config configs/demo.py [--config.a.b=value ...] [--steps 10] [--write]
 
 MFU = the analytic model FLOPs of a step (grit_jax/train/flops.py) / step time / peak, where the peak is
 measured here: the best FLOP/s of a large square jnp.matmul in the model's compute dtype on one device,
 times the number of devices (a vendor figure would flatter or shame a CPU). Batches are synthetic (random
-tokens of the configured shapes), so no data directory is needed. --write appends a row to
-benchmarks/RESULTS.md under "Train step throughput".
+tokens of the configured shapes), so no data directory is needed. --write puts a row first in the table
+of benchmarks/RESULTS.md under "Train step throughput".
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 
@@ -20,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
-from results_table import add_row  # benchmarks/results_table.py, beside this script
 
+from benchmarks.common import ROOT, add_row, best_of, today
 from grit_jax import sharding
 from grit_jax.train import flops, step
 from grit_jax.train.state import TrainSetup
@@ -29,22 +28,16 @@ from grit_jax.train.synthetic import synthetic_batch
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
-_WRITE = flags.DEFINE_bool("write", False, "append the result to benchmarks/RESULTS.md")
+_WRITE = flags.DEFINE_bool("write", False, "put the result first in its table in benchmarks/RESULTS.md")
 _MACHINE = flags.DEFINE_string("machine", "", "machine description for RESULTS.md (default: the device kind)")
-HEADING = "## Train step throughput"
+TOPIC = "Train step throughput"
 
 
 def matmul_peak(dtype: str, size: int, repeats: int = 5) -> float:
     """Best measured FLOP/s of one [size, size] @ [size, size] matmul on the default device."""
     a = jnp.ones((size, size), dtype)
     f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best
+    return 2 * size**3 / best_of(lambda: f(a).block_until_ready(), repeats)
 
 
 def measure(config, num_steps: int) -> dict:
@@ -91,11 +84,12 @@ def write(config_name: str, result: dict, machine: str):
         f"{result['step_s'] * 1e3:.1f} | {result['tokens_per_s']:,.0f} | {result['positions_per_s']:,.0f} | "
         f"{result['model_tflops'] * 1e3:.1f} | {result['peak_tflops'] * 1e3:.1f} "
         f"| {result['mfu'] * 100:.1f}% | "
-        f"{datetime.date.today().isoformat()} |\n"
+        f"{today()} |\n"
     )
     add_row(
-        HEADING,
-        "`python benchmarks/train_step.py --config CONFIG --write`: "
+        TOPIC,
+        "### Rows of `python -m benchmarks.train_step --write`\n\n"
+        "`python -m benchmarks.train_step --config CONFIG --write`: "
         "synthetic batches of the config's shapes, mean of the timed steps after 2 warm-up steps. MFU is "
         "against the measured peak (best FLOP/s of a large matmul in the compute dtype, "
         "per device x devices).\n\n"
@@ -112,9 +106,7 @@ def main(argv):
     for key, value in result.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if _WRITE.value and jax.process_index() == 0:
-        name = os.path.relpath(
-            flags.FLAGS["config"].config_filename, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        )
+        name = os.path.relpath(flags.FLAGS["config"].config_filename, ROOT)
         write(name, result, _MACHINE.value or result["device"])
 
 

@@ -287,3 +287,72 @@ PRESETS["qwen3_30b_a3b"] = dict(
     norm_topk_prob=True,
     router_aux_loss_coef=0.001,
 )
+# The shapes benchmarks/ measures (random weights; not published models). Every figure in
+# benchmarks/RESULTS.md was measured with exactly these numbers, so changing one breaks its history.
+_BENCH = dict(vocab_size=32000, num_attention_heads=16, num_key_value_heads=4)
+PRESETS.update(
+    {
+        # grit-embed throughput and grit-embed vs the reference (whose vocabulary is its tokenizer's).
+        "bench_embed_256": dict(
+            vocab_size=1000,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+        ),
+        # Train step vs PyTorch (issue 13): 4 heads sharing one KV head, no sliding window.
+        "bench_step_256": dict(
+            vocab_size=8000,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            max_position_embeddings=2048,
+        ),
+        # RAG caching: a stand-in for GritLM-7B whose buffers hold a 4,000-token segment.
+        "bench_rag_512": dict(
+            vocab_size=2000,
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=16384,
+        ),
+        # Loading weights (hosts, GCS): 0.60 B parameters, 2.24 GiB in fp32.
+        "bench_load_0.6b": dict(
+            _BENCH,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+        ),
+        # Conversion memory: mistral_1b (0.85 B) with a 4096-token context, and a small Mixtral whose
+        # stacked expert weights [L,E,D,F] dwarf any single Hugging Face tensor.
+        "bench_convert_1b": dict(PRESETS["mistral_1b"], max_position_embeddings=4096),
+        "bench_convert_moe_0.5b": dict(
+            _BENCH,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=4,
+            max_position_embeddings=4096,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+        ),
+        # One MoE layer, dense vs dropless on CPU (tiny_moe is the third shape measured).
+        "bench_moe_8x256": dict(
+            PRESETS["tiny_moe"], hidden_size=256, intermediate_size=1024, num_local_experts=8
+        ),
+        "bench_moe_128x256": dict(
+            PRESETS["tiny_moe"],
+            hidden_size=256,
+            intermediate_size=128,
+            num_local_experts=128,
+            num_experts_per_tok=8,
+        ),
+    }
+)
