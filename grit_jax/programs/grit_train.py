@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from grit_jax import cli, distributed, hardware, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
-from grit_jax.errors import RunStopped, UsageError
+from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
 from grit_jax.run_config import batch_lengths, num_batch_shapes, profile_steps
 from grit_jax.train import flops
@@ -45,14 +45,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, me
 
 
 class Preempted:
-    """Remembers a SIGTERM so the loop can save and exit at the next step boundary."""
+    """Remembers a SIGTERM (or a Ctrl-C) so the loop can save and exit at the next step boundary;
+    a second Ctrl-C stops at once (cli.run_command reports it in one line)."""
 
     def __init__(self):
         self.requested = False
         signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and exiting after this step")
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        logging.warning("%s: saving a checkpoint and exiting after this step", name)
+        if signum == signal.SIGINT and jax.process_index() == 0:
+            print("Ctrl-C: saving a checkpoint after this step (Ctrl-C again: stop now)", flush=True)
         self.requested = True
 
     def agreed(self) -> bool:
@@ -113,23 +120,35 @@ def local_data(config):
 def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
     """(state, step): restored from the latest checkpoint with the data position, or created at step 0."""
     start = ckpt.latest_step()
+    for line in ckpt.damaged:
+        logging.warning(line)
+        if main:
+            print(line, flush=True)
     if start is None:
         params = initial_params(setup.config, setup.model_config, setup.shardings.params)
         return setup.create_state(params), 0
     try:
         state, data_state = ckpt.restore(start, setup.abstract_state())
     except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer
-        reason = str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
         raise UsageError(
             f"checkpoint step {start} in {ckpt.directory} does not match this config (model, "
-            f"objective.projection_dim or optimizer differ): {reason}; use another --workdir "
+            f"objective.projection_dim or optimizer differ): {_first_line(e)}; use another --workdir "
             "or the config the run started with"
+        ) from None
+    except Exception as e:  # tensorstore could not read a file the step's file list did not cover
+        raise CheckpointError(
+            f"checkpoint step {start} in {ckpt.directory} cannot be read ({_first_line(e)}); move it "
+            "aside to resume from the step before it"
         ) from None
     data.set_state(data_state)
     logging.info("resumed from %s/%d", ckpt.directory, start)
     if main:
         print(f"resuming from checkpoint step {start} in {ckpt.directory}", flush=True)
     return state, start
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
 
 
 class Loop:
@@ -213,6 +232,7 @@ class Loop:
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""
+        self.ckpt.poll()  # a save that failed in the background stops the run here, one step later
         stop = self.preempted.agreed()
         # A save that falls on a non-finite step waits for the next finite one: checkpoints only
         # ever follow an applied update, so a run stopped for non-finite steps keeps its last good one.

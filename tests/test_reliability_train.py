@@ -1,0 +1,122 @@
+"""grit-train's own handling of checkpoint accidents, in subprocesses on the tiny model: Ctrl-C saves and
+exits cleanly, a damaged newest checkpoint is reported in one line and the run resumes from the one
+before, a save that fails stops the run in one line with the last good step."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow  # grit-train in subprocesses
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from grit_jax.data.demo import prepare_demo_data
+
+    return prepare_demo_data(str(tmp_path_factory.mktemp("data")), vocab_size=512)["data_dir"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _command(workdir, data_dir, *overrides):
+    return [
+        sys.executable,
+        "-m",
+        "grit_jax.programs.grit_train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.checkpoint.every_steps=5",
+        *overrides,
+    ]
+
+
+def _env(cache):
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+
+
+def _steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line)["step"] for line in open(path) if line.endswith("\n")]
+
+
+def test_ctrl_c_saves_then_a_damaged_newest_checkpoint_is_skipped(tmp_path, data_dir, cache):
+    workdir = str(tmp_path / "run")
+    process = subprocess.Popen(
+        _command(workdir, data_dir, "--config.num_steps=1000"),
+        cwd=ROOT,
+        env=_env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (_steps(workdir) and max(_steps(workdir)) >= 6 and os.path.isdir(f"{workdir}/checkpoints/5")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    saved = int(out.split("preempted: saved checkpoint step ")[1].split()[0])
+    assert saved > 5 and os.path.isdir(f"{workdir}/checkpoints/{saved}")
+
+    os.remove(f"{workdir}/checkpoints/{saved}/state/manifest.ocdbt")
+    result = subprocess.run(
+        _command(workdir, data_dir, f"--config.num_steps={saved}"),
+        cwd=ROOT,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"checkpoint step {saved} is damaged (state/manifest.ocdbt is missing)" in result.stdout
+    assert "resuming from checkpoint step 5 " in result.stdout
+    assert os.path.isdir(f"{workdir}/checkpoints/{saved}.damaged")
+    assert os.path.isdir(f"{workdir}/checkpoints/{saved}")  # saved again by the resumed run
+    assert _steps(workdir) == list(range(1, saved + 1))
+
+
+def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
+    """Writes over 400 kB fail (EFBIG, as a full disk fails them): step 5's checkpoint cannot be saved."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, resource.RLIM_INFINITY))
+
+    workdir = str(tmp_path / "run")
+    result = subprocess.run(
+        _command(workdir, data_dir, "--config.num_steps=40"),
+        cwd=ROOT,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("grit-train: stopped: checkpoint step 5 could not be saved"), result.stderr
+    assert "The last good checkpoint is none" in last
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 40, result.stderr
+    assert "done." not in result.stdout
+    assert max(_steps(workdir)) <= 10  # training did not go on after the save failed
