@@ -72,6 +72,9 @@ def test_ctrl_c_saves_then_a_damaged_newest_checkpoint_is_skipped(tmp_path, data
     while not (_steps(workdir) and max(_steps(workdir)) >= 6 and os.path.isdir(f"{workdir}/checkpoints/5")):
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.2)
+    second = _run(cache, _command(workdir, data_dir, "--config.num_steps=1000"))  # the same work dir
+    assert second.returncode == 2 and "is in use by another run" in second.stderr.splitlines()[-1]
+    assert f"pid {process.pid}" in second.stderr
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
@@ -80,20 +83,31 @@ def test_ctrl_c_saves_then_a_damaged_newest_checkpoint_is_skipped(tmp_path, data
     assert saved > 5 and os.path.isdir(f"{workdir}/checkpoints/{saved}")
 
     os.remove(f"{workdir}/checkpoints/{saved}/state/manifest.ocdbt")
-    result = subprocess.run(
-        _command(workdir, data_dir, f"--config.num_steps={saved}"),
-        cwd=ROOT,
-        env=_env(cache),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run(cache, _command(workdir, data_dir, f"--config.num_steps={saved}"))
     assert result.returncode == 0, result.stderr
     assert f"checkpoint step {saved} is damaged (state/manifest.ocdbt is missing)" in result.stdout
     assert "resuming from checkpoint step 5 " in result.stdout
     assert os.path.isdir(f"{workdir}/checkpoints/{saved}.damaged")
     assert os.path.isdir(f"{workdir}/checkpoints/{saved}")  # saved again by the resumed run
     assert _steps(workdir) == list(range(1, saved + 1))
+
+    config = open(f"{workdir}/config.json").read()
+    refused = _run(
+        cache,
+        _command(
+            workdir,
+            data_dir,
+            f"--config.num_steps={saved + 5}",
+            "--config.seed=1",
+            "--config.objective.projection_dim=8",
+        ),
+    )
+    assert refused.returncode == 2 and "does not match this config" in refused.stderr
+    assert open(f"{workdir}/config.json").read() == config  # the work dir still describes its run
+
+
+def _run(cache, command):
+    return subprocess.run(command, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=300)
 
 
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):

@@ -4,9 +4,10 @@ resumed) -> steps.
     python -m grit_jax.programs.grit_train --config configs/demo.py --workdir runs/demo [--config.a.b=value
     ...]
 
-A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step) and
-tb/ (TensorBoard). Starting in a work directory that has checkpoints resumes from the latest complete
-one; SIGTERM (how TPU VMs are preempted) saves a checkpoint and exits cleanly.
+A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step), tb/
+(TensorBoard) and run.lock (one run at a time: grit_jax.train.workdir_lock). Starting in a work directory
+that has checkpoints resumes from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C
+saves a checkpoint and exits cleanly.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import global_batch, make_train_step
+from grit_jax.train.workdir_lock import WorkdirLock
 from grit_jax.weights.loader import initial_params
 from grit_jax.weights.orbax_checkpoint import Checkpoints
 
@@ -252,10 +254,34 @@ class Loop:
         return stop
 
 
+def lock_workdir(workdir: str) -> WorkdirLock:
+    """The work dir's lock, taken by process 0; every host stops when it is refused."""
+    lock, refused = WorkdirLock(workdir), None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except UsageError as e:
+            refused = e
+    if jax.process_count() > 1:
+        if np.any(multihost_utils.process_allgather(np.array(refused is not None))) and refused is None:
+            raise UsageError(f"--workdir {workdir}: process 0 could not take {lock.path}")
+    if refused is not None:
+        raise refused
+    return lock
+
+
 def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
     check_workdir(workdir)
+    lock = lock_workdir(workdir)  # before anything in the work dir is read or written
+    try:
+        return _train(config, workdir, preempted)
+    finally:
+        lock.release()
+
+
+def _train(config, workdir, preempted: Preempted) -> dict:
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
@@ -269,7 +295,6 @@ def train(config, workdir) -> dict:
         )
     main = jax.process_index() == 0
     if main:
-        storage.write_text(storage.join(workdir, "config.json"), config_json)
         if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
             print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
     data = make_train_iterator(
@@ -277,6 +302,8 @@ def train(config, workdir) -> dict:
     )
     ckpt = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
     state, start = initial_state(setup, ckpt, data, main)
+    if main:  # only once the checkpoint matched: a refused resume leaves the run's own config.json
+        storage.write_text(storage.join(workdir, "config.json"), config_json)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
     try:
