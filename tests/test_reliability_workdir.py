@@ -80,3 +80,17 @@ def test_a_second_run_on_a_gcs_work_dir_is_refused_then_a_stale_lock_taken_over(
     again = WorkdirLock(workdir)
     again.acquire()  # released: free
     again.release()
+
+
+def test_a_resume_keeps_every_metrics_line_up_to_its_step_around_a_damaged_one(tmp_path, capsys):
+    from grit_jax.train.metrics_log import MetricsLog
+
+    lines = [json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in range(1, 41)]
+    lines[3] = '{"step": 4, "loss": 0.2\n'  # damaged in the middle
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 41, "lo')  # cut short by a kill
+    log = MetricsLog(str(tmp_path), 100, True, start_step=30)
+    log.close()
+    kept = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert kept == [1, 2, 3] + list(range(5, 31))
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{tmp_path}/metrics.jsonl:4: a damaged line (not a JSON record with a step); dropped"]
