@@ -4,9 +4,11 @@ TFDS array_record datasets (one per source file, no TensorFlow needed).
 Layout of a prepared directory `OUT`:
   OUT/manifest.json                     sources, counts, limits, tokenizer fingerprint, length stats
   OUT/tokenizer.model or tokenizer.json  copy of the tokenizer used (a tokenizer.json with its config)
-  OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
+  OUT/<split>/<kind>/<name>.<hash>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
                                         kind: embedding | generative; grit_jax.data.tfds_io)
-  OUT/<split>/<kind>/<name>/lengths.npz  every example's token lengths (grit_jax.data.lengths)
+  OUT/<split>/<kind>/<name>.<hash>/lengths.npz  every example's token lengths (grit_jax.data.lengths)
+Each source goes into a new directory per content, then manifest.json is replaced in one step: a failed
+or killed prepare leaves the previous dataset whole (grit_jax.data.prepared_files).
 Stored per embedding record: query [Lq] int32, query_instruction_len, passages (flat int32),
 passage_lens, passage_instruction_lens, num_pos (positives first). Per generative record:
 tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of the last trained turn).
@@ -27,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from grit_jax.data import format as fmt
-from grit_jax.data import tfds_io
+from grit_jax.data import prepared_files, tfds_io
 from grit_jax.data.lengths import write_lengths
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError
 
 MANIFEST = "manifest.json"
+_GROUPS = [(split, kind) for split in ("train", "eval") for kind in ("embedding", "generative")]
 ENCODE_CHUNK = 2048
 FORMAT_REVISION = 2  # part of each source's hash: data prepared by older rules is built again
 
@@ -243,9 +246,11 @@ def build_sources(
     limits: dict,
     skip_bad: bool,
     previous: dict,
-    plain_strings: str = "raw",
+    plain_strings: str,
+    built: list[str],
 ) -> list[dict]:
-    """Validates, tokenizes and writes every file of one kind; returns one manifest entry each."""
+    """Validates, tokenizes and writes every file of one kind (each new directory into `built`);
+    returns one manifest entry each."""
     entries = []
     parse = parse_embedding if kind == "embedding" else parse_generative
     tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
@@ -284,10 +289,12 @@ def build_sources(
             "dropped": [f"{path}:{line}" for line in dropped[:100]],
         }
         if examples:
-            target = os.path.join(out_dir, subdir, name)
+            target = os.path.join(out_dir, subdir, f"{name}.{key}")
             shutil.rmtree(target, ignore_errors=True)
+            built.append(target)
             entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
             entry["lengths"] = _length_index(kind, out_dir, entry["dir"], target)
+            entry["files"] = prepared_files.sizes(out_dir, entry["dir"])
             entry.update(_example_stats(kind, examples))
         entries.append(entry)
     return entries
@@ -353,7 +360,6 @@ def prepare(
         old = read_manifest(out_dir)
     except DataError:
         old = {}
-    tokenizer.copy_to(out_dir)
     manifest = {
         "version": tfds_io.TFDS_VERSION,
         "limits": limits,
@@ -364,22 +370,24 @@ def prepare(
         "pad_id": tokenizer.pad_id,
         "vocab_size": tokenizer.vocab_size,
     }
-    for split, groups in (("train", (embedding, generative)), ("eval", (eval_embedding, eval_generative))):
-        for kind, paths in zip(("embedding", "generative"), groups):
+    built: list[str] = []  # new source directories: removed again if anything fails
+    try:
+        groups = {"train": (embedding, generative), "eval": (eval_embedding, eval_generative)}
+        for split, kind in _GROUPS:
+            paths = groups[split][kind == "generative"]
             previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
             manifest.setdefault(split, {})[kind] = build_sources(
-                expand_paths(paths),
-                kind,
-                tokenizer,
-                out_dir,
-                os.path.join(split, kind),
-                limits,
-                skip_bad,
-                previous,
-                plain_strings,
-            )
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+                expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
+                previous, plain_strings, built,
+            )  # fmt: skip
+        tokenizer.copy_to(out_dir)
+        tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+        os.replace(tmp, os.path.join(out_dir, MANIFEST))  # the swap: the new dataset, whole
+    except BaseException:
+        for directory in built:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    prepared_files.remove_unused(out_dir, old, manifest)
     return manifest
