@@ -249,8 +249,7 @@ def build_sources(
     plain_strings: str,
     built: list[str],
 ) -> list[dict]:
-    """Validates, tokenizes and writes every file of one kind (each new directory into `built`);
-    returns one manifest entry each."""
+    """Validates, tokenizes and writes every file of one kind (new directories into `built`)."""
     entries = []
     parse = parse_embedding if kind == "embedding" else parse_generative
     tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
