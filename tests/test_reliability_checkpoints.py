@@ -119,3 +119,21 @@ def test_a_failed_save_stops_with_the_last_good_step(tmp_path, file_size_limit, 
     ckpt.close()  # the failure was raised already: closing does not raise it again
     file_size_limit(resource.RLIM_INFINITY)
     assert Checkpoints(str(tmp_path), keep=3, async_save=False).latest_step() == 1
+
+
+def test_exporting_or_embedding_a_work_dir_uses_its_newest_intact_step(tmp_path, saved):
+    import dataclasses
+    import json
+
+    from grit_jax.errors import CheckpointError
+    from grit_jax.model.model_config import ModelConfig
+    from grit_jax.weights.orbax_checkpoint import resolve_checkpoint
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(saved, workdir)
+    with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(ModelConfig.preset("tiny")), f)
+    DAMAGE["truncated data file"](os.path.join(workdir, "checkpoints", "3"))
+    assert resolve_checkpoint(workdir).pytree_dir == os.path.join(workdir, "checkpoints", "2", "state")
+    with pytest.raises(CheckpointError, match="a damaged checkpoint"):
+        resolve_checkpoint(workdir, step=3)

@@ -265,6 +265,16 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
     )
 
 
+def _newest_intact(directory: str, steps: list[tuple[int, str]]) -> str:
+    """The newest step dir whose files are intact (checkpoint_files); the damaged ones newer are said."""
+    for number, step_dir in reversed(steps):
+        damaged = checkpoint_files.problem(step_dir, (STATE,))
+        if damaged is None:
+            return step_dir
+        logging.warning("checkpoint step %d in %s is damaged (%s); not used", number, directory, damaged)
+    raise CheckpointError(f"{directory}: every checkpoint step is damaged; see the warnings above")
+
+
 def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
     """An hf-to-orbax dir, a training step dir, `workdir/checkpoints` or `workdir` (latest or `step`)."""
     path = os.fspath(storage.as_path(path))
@@ -276,9 +286,12 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
     for candidate in (storage.join(path, "checkpoints"), path):
         steps = _step_dirs(candidate)
         if steps and not _is_pytree_dir(path):
-            chosen = dict(steps).get(step) if step is not None else steps[-1][1]
+            chosen = dict(steps).get(step) if step is not None else _newest_intact(candidate, steps)
             if chosen is None:
                 raise CheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
+            damaged = checkpoint_files.problem(chosen, (STATE,))
+            if damaged:
+                raise CheckpointError(f"{chosen}: a damaged checkpoint ({damaged}); choose another --step")
             return resolve_checkpoint(chosen)
     item = next(
         (storage.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(storage.join(path, n))),
