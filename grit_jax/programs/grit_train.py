@@ -31,7 +31,7 @@ from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
-from grit_jax.run_config import batch_lengths, num_batch_shapes, profile_steps
+from grit_jax.run_config import batch_lengths, check_numbers, num_batch_shapes, profile_steps
 from grit_jax.train import flops
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
@@ -273,6 +273,7 @@ def lock_workdir(workdir: str) -> WorkdirLock:
 def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
+    check_numbers(config)  # before the work dir is created or locked (TrainSetup checks the rest)
     check_workdir(workdir)
     lock = lock_workdir(workdir)  # before anything in the work dir is read or written
     try:
