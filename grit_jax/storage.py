@@ -101,6 +101,8 @@ def move(path, target) -> None:
         return
     fs, remote = _filesystem(os.fspath(path))
     fs.mv(remote.rstrip("/"), _filesystem(os.fspath(target))[1].rstrip("/"), recursive=True)
+    for client in type(fs)._cache.values():  # every client's listings of the old name are stale (orbax
+        client.invalidate_cache()  # and etils.epath hold clients of their own)
 
 
 def read_range(path, start: int, end: int) -> bytes:

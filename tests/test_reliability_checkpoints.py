@@ -137,3 +137,27 @@ def test_exporting_or_embedding_a_work_dir_uses_its_newest_intact_step(tmp_path,
     assert resolve_checkpoint(workdir).pytree_dir == os.path.join(workdir, "checkpoints", "2", "state")
     with pytest.raises(CheckpointError, match="a damaged checkpoint"):
         resolve_checkpoint(workdir, step=3)
+
+
+def test_a_damaged_step_in_a_bucket_is_set_aside_and_saved_again(tmp_path):
+    """The same on gs:// (the GCS emulator): listing, renaming and saving the step again in one process."""
+    import fsspec
+
+    from tests import gcs_emulator
+
+    server, env = gcs_emulator.start(str(tmp_path))
+    try:
+        workdir = f"gs://{gcs_emulator.BUCKET}/run"
+        ckpt = Checkpoints(workdir, keep=3)
+        for step in (1, 2):
+            ckpt.save(step, _state(step), {"position": step}, force=True)
+        ckpt.close()
+        fsspec.filesystem("gs").rm(f"{gcs_emulator.BUCKET}/run/checkpoints/2/state/manifest.ocdbt")
+        ckpt = Checkpoints(workdir, keep=3)
+        assert ckpt.latest_step() == 1 and "checkpoint step 2 is damaged" in ckpt.damaged[0]
+        assert ckpt.restore(1, _abstract())[1] == {"position": 1}
+        ckpt.save(2, _state(2), {"position": 2}, force=True)
+        ckpt.close()
+        assert Checkpoints(workdir, keep=3).latest_step() == 2
+    finally:
+        gcs_emulator.stop(server, env)
