@@ -259,7 +259,8 @@ def build_sources(
         old = previous.get(name)
         if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
             if not old.get("lengths"):  # prepared before the length index existed
-                old["lengths"] = _length_index(kind, out_dir, old["dir"], os.path.join(out_dir, subdir, name))
+                root = old["dir"].split(os.sep)[:3]  # <split>/<kind>/<its directory>
+                old["lengths"] = _length_index(kind, out_dir, old["dir"], os.path.join(out_dir, *root))
             entries.append(old)
             continue
         bad, records, dropped = [], [], []
@@ -288,9 +289,8 @@ def build_sources(
             "dropped": [f"{path}:{line}" for line in dropped[:100]],
         }
         if examples:
-            target = os.path.join(out_dir, subdir, f"{name}.{key}")
+            built.append(target := os.path.join(out_dir, subdir, f"{name}.{key}"))  # a new dir per content
             shutil.rmtree(target, ignore_errors=True)
-            built.append(target)
             entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
             entry["lengths"] = _length_index(kind, out_dir, entry["dir"], target)
             entry["files"] = prepared_files.sizes(out_dir, entry["dir"])
