@@ -19,7 +19,6 @@ import glob
 import json
 import logging
 import os
-import sys
 
 import jax
 import ml_collections
@@ -178,19 +177,6 @@ def _reason(error: Exception) -> str:
     return text[:300]
 
 
-def _ignore_closed_loop_errors():
-    """After a failed save, tensorstore still completes writes that orbax gave up on, into the asyncio
-    loop orbax closed: each prints a "RuntimeError: Event loop is closed" traceback through
-    sys.excepthook. Those say nothing the RunStopped line does not."""
-    previous = sys.excepthook
-
-    def hook(kind, value, traceback):
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            previous(kind, value, traceback)
-
-    sys.excepthook = hook
-
-
 class _DropTracebacks(logging.Filter):
     """Orbax logs each failed background save with a traceback per thread (hundreds of lines); the
     error is raised again on the main thread, where it ends as RunStopped's one line."""
@@ -206,7 +192,6 @@ def quiet_orbax_tracebacks():
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _DropTracebacks) for f in logger.filters):
         logger.addFilter(_DropTracebacks())
-        _ignore_closed_loop_errors()
 
 
 # the model group's fields that say how a model runs, not what it is
