@@ -32,6 +32,9 @@ def run_command(program: str, main: Callable[[], int | None], error_status: int 
         return main() or 0
     except (GritError, OSError) as e:
         return report(program, e, error_status)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -101,6 +101,68 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Every number of the config and where it must lie: (lowest, highest, integer); a bound in a list is
+# excluded ([0] means > 0). Checked first by validate_config; tests/test_reliability_inputs.py walks
+# DEFAULTS and fails for a number without a range here.
+_POSITIVE, _COUNT, _SIZE = (1, None, True), (0, None, True), ([0], None, False)
+NUMBER_RANGES: dict[str, tuple] = {
+    "seed": _COUNT,
+    "num_steps": _POSITIVE,
+    "max_nonfinite_steps": _POSITIVE,
+    **{f"data.{k}": _POSITIVE for k in ("embedding_batch_size", "generative_batch_size", "query_max_len")},
+    **{f"data.{k}": _POSITIVE for k in ("passage_max_len", "generative_max_len", "train_group_size")},
+    **{f"data.{k}": _POSITIVE for k in ("num_threads", "prefetch_buffer_size")},
+    "data.seed": _COUNT,
+    "data.demo_vocab_size": _POSITIVE,  # enough for the corpus' characters: data/tokenizer.py says
+    "objective.temperature": _SIZE,
+    "objective.projection_dim": _COUNT,
+    "objective.loss_gen_factor": (0, None, False),
+    "objective.router_aux_loss_coef": (0, None, False),
+    "objective.embedding_chunk_size": _COUNT,
+    "objective.generative_accumulation_steps": _POSITIVE,
+    "objective.reference_world_size": _COUNT,
+    "optimizer.learning_rate": _SIZE,
+    "optimizer.warmup_ratio": (0, 1, False),
+    "optimizer.weight_decay": (0, None, False),
+    "optimizer.b1": (0, [1], False),
+    "optimizer.b2": (0, [1], False),
+    "optimizer.eps": _SIZE,
+    "optimizer.max_grad_norm": (0, None, False),
+    **{f"mesh.{a}": (-1, None, True) for a in ("data", "fsdp", "tensor", "expert")},  # 0: sharding.py
+    "checkpoint.every_steps": _POSITIVE,
+    "checkpoint.keep": _POSITIVE,
+    "log.every_steps": _POSITIVE,
+    "log.eval_every_steps": _COUNT,
+    "log.eval_max_queries": _POSITIVE,
+    "log.peak_flops_per_device": (0, None, False),
+}
+
+
+def _check_number(name: str, value, rule: tuple) -> None:
+    low, high, integer = rule
+    bounds = [f">= {low}" if not isinstance(low, list) else f"> {low[0]}"]
+    if high is not None:
+        bounds.append(f"<= {high}" if not isinstance(high, list) else f"< {high[0]}")
+    wanted = f"{'an integer' if integer else 'a finite number'} {' and '.join(bounds)}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    if ok and low is not None:
+        ok = value > low[0] if isinstance(low, list) else value >= low
+    if ok and high is not None:
+        ok = value < high[0] if isinstance(high, list) else value <= high
+    if not ok:
+        raise UsageError(f"{name}={value!r}: expected {wanted}")
+
+
+def check_numbers(config) -> None:
+    """UsageError naming the first number of the config outside its range (NUMBER_RANGES)."""
+    for name, rule in NUMBER_RANGES.items():
+        group, _, field = name.rpartition(".")
+        node = config[group] if group else config
+        if field in node:
+            _check_number(name, node[field], rule)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """A fresh copy of every group with its defaults."""
     return ml_collections.ConfigDict(DEFAULTS)
@@ -144,6 +206,7 @@ def data_parallel_size(mesh_shape: Mapping[str, int]) -> int:
 
 def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
     """Raise UsageError, naming the field to change, for anything that would fail inside jit."""
+    check_numbers(config)
     for group, field in (("model", "hf_dir"), ("model", "init_checkpoint"), ("data", "data_dir")):
         if config[group][field]:
             storage.as_path(config[group][field], f"{group}.{field}")  # local or gs://, nothing else

@@ -85,6 +85,26 @@ def _filesystem(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+def file_sizes(path) -> dict[str, int]:
+    """{path relative to `path`: size in bytes} of every file under a local or gs:// directory (one
+    listing request on GCS, not one per file)."""
+    fs, root = _filesystem(os.fspath(as_path(path)))
+    root = root.rstrip("/")
+    found = fs.find(root, detail=True).items()
+    return {name[len(root) + 1 :]: int(info["size"]) for name, info in found if info["type"] == "file"}
+
+
+def move(path, target) -> None:
+    """Renames a file or directory tree (on GCS: copies then deletes, object by object)."""
+    if not is_url(path):
+        os.rename(as_path(path), as_path(target))
+        return
+    fs, remote = _filesystem(os.fspath(path))
+    fs.mv(remote.rstrip("/"), _filesystem(os.fspath(target))[1].rstrip("/"), recursive=True)
+    for client in type(fs)._cache.values():  # every client's listings of the old name are stale (orbax
+        client.invalidate_cache()  # and etils.epath hold clients of their own)
+
+
 def read_range(path, start: int, end: int) -> bytes:
     """Bytes [start, end) of a gs:// object: one ranged request, no open handle or read-ahead left."""
     fs, remote = _filesystem(os.fspath(path))

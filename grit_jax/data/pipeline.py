@@ -23,7 +23,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from grit_jax.data import sampling, sources, tfds_io
+from grit_jax.data import prepared_files, sampling, sources, tfds_io
 from grit_jax.data.lengths import load_lengths, per_row
 from grit_jax.data.padding import right_pad
 from grit_jax.data.sampling import epoch_plan, sample_negatives, steps_per_epoch  # noqa: F401 (re-exported)
@@ -257,7 +257,7 @@ def _fingerprint(config, manifest: dict, mode: str) -> str:
     described.update(
         mode=mode,
         sources=[
-            [e["name"], e.get("hash")]
+            [e["name"], e.get("hash")] + ([e["files"]] if e.get("files") else [])
             for kind in ("embedding", "generative")
             for e in manifest["train"].get(kind, [])
         ],
@@ -327,6 +327,7 @@ def make_train_iterator(
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
         raise DataError(f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}")
+    prepared_files.check(config.data_dir, manifest)
     batches = HostBatches(
         config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count
     )

@@ -4,9 +4,11 @@ TFDS array_record datasets (one per source file, no TensorFlow needed).
 Layout of a prepared directory `OUT`:
   OUT/manifest.json                     sources, counts, limits, tokenizer fingerprint, length stats
   OUT/tokenizer.model or tokenizer.json  copy of the tokenizer used (a tokenizer.json with its config)
-  OUT/<split>/<kind>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
+  OUT/<split>/<kind>/<name>.<hash>/grit_source/<name>/1.0.0/*.array_record  (split: train | eval;
                                         kind: embedding | generative; grit_jax.data.tfds_io)
-  OUT/<split>/<kind>/<name>/lengths.npz  every example's token lengths (grit_jax.data.lengths)
+  OUT/<split>/<kind>/<name>.<hash>/lengths.npz  every example's token lengths (grit_jax.data.lengths)
+Each source goes into a new directory per content, then manifest.json is replaced in one step: a failed
+or killed prepare leaves the previous dataset whole (grit_jax.data.prepared_files).
 Stored per embedding record: query [Lq] int32, query_instruction_len, passages (flat int32),
 passage_lens, passage_instruction_lens, num_pos (positives first). Per generative record:
 tokens [L] int32, targets [L] uint8 (1 = trained token), last_start (start of the last trained turn).
@@ -25,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from grit_jax.data import hub_formats, tfds_io
+from grit_jax.data import hub_formats, prepared_files, tfds_io
 from grit_jax.data import prompts as fmt
 from grit_jax.data.lengths import write_lengths
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError
 
 MANIFEST = "manifest.json"
+_GROUPS = [(split, kind) for split in ("train", "eval") for kind in ("embedding", "generative")]
 ENCODE_CHUNK = 2048
 FORMAT_REVISION = 2  # part of each source's hash: data prepared by older rules is built again
 
@@ -224,6 +227,18 @@ def _file_hash(path: str, extra: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _read_records(path: str, parse) -> tuple[list, list]:
+    """(bad records, [(line, record)]) of one JSONL or parquet file."""
+    bad, records = [], []
+    read = hub_formats.read_parquet if hub_formats.is_parquet(path) else read_jsonl
+    for line, record, error in read(path, parse):
+        if error:
+            bad.append(BadRecord(path, line, error))
+        else:
+            records.append((line, record))
+    return bad, records
+
+
 def build_sources(
     files: Sequence[str],
     kind: str,
@@ -233,9 +248,10 @@ def build_sources(
     limits: dict,
     skip_bad: bool,
     previous: dict,
-    plain_strings: str = "raw",
+    plain_strings: str,
+    built: list[str],
 ) -> list[dict]:
-    """Validates, tokenizes and writes every file of one kind; returns one manifest entry each."""
+    """Validates, tokenizes and writes every file of one kind (new directories into `built`)."""
     entries = []
     parse = parse_embedding if kind == "embedding" else parse_generative
     tokenize = tokenize_embedding if kind == "embedding" else tokenize_generative
@@ -245,16 +261,11 @@ def build_sources(
         old = previous.get(name)
         if old and old.get("hash") == key and os.path.isdir(os.path.join(out_dir, old["dir"])):
             if not old.get("lengths"):  # prepared before the length index existed
-                old["lengths"] = _length_index(kind, out_dir, old["dir"], os.path.join(out_dir, subdir, name))
+                root = old["dir"].split(os.sep)[:3]  # <split>/<kind>/<its directory>
+                old["lengths"] = _length_index(kind, out_dir, old["dir"], os.path.join(out_dir, *root))
             entries.append(old)
             continue
-        bad, records, dropped = [], [], []
-        read = hub_formats.read_parquet if hub_formats.is_parquet(path) else read_jsonl
-        for line, record, error in read(path, parse):
-            if error:
-                bad.append(BadRecord(path, line, error))
-            else:
-                records.append((line, record))
+        (bad, records), dropped = _read_records(path, parse), []
         examples = tokenize(tokenizer, records, limits, path, bad, dropped, plain_strings)
         bad.sort(key=lambda b: b.line)
         if bad and not skip_bad:
@@ -275,10 +286,11 @@ def build_sources(
             "dropped": [f"{path}:{line}" for line in dropped[:100]],
         }
         if examples:
-            target = os.path.join(out_dir, subdir, name)
+            built.append(target := os.path.join(out_dir, subdir, f"{name}.{key}"))  # a new dir per content
             shutil.rmtree(target, ignore_errors=True)
             entry["dir"] = os.path.relpath(tfds_io.write_tfds(examples, kind, name, target), out_dir)
             entry["lengths"] = _length_index(kind, out_dir, entry["dir"], target)
+            entry["files"] = prepared_files.sizes(out_dir, entry["dir"])
             entry.update(_example_stats(kind, examples))
         entries.append(entry)
     return entries
@@ -344,7 +356,6 @@ def prepare(
         old = read_manifest(out_dir)
     except DataError:
         old = {}
-    tokenizer.copy_to(out_dir)
     manifest = {
         "version": tfds_io.TFDS_VERSION,
         "limits": limits,
@@ -355,22 +366,24 @@ def prepare(
         "pad_id": tokenizer.pad_id,
         "vocab_size": tokenizer.vocab_size,
     }
-    for split, groups in (("train", (embedding, generative)), ("eval", (eval_embedding, eval_generative))):
-        for kind, paths in zip(("embedding", "generative"), groups):
+    built: list[str] = []  # new source directories: removed again if anything fails
+    try:
+        groups = {"train": (embedding, generative), "eval": (eval_embedding, eval_generative)}
+        for split, kind in _GROUPS:
+            paths = groups[split][kind == "generative"]
             previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
             manifest.setdefault(split, {})[kind] = build_sources(
-                expand_paths(paths),
-                kind,
-                tokenizer,
-                out_dir,
-                os.path.join(split, kind),
-                limits,
-                skip_bad,
-                previous,
-                plain_strings,
-            )
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+                expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
+                previous, plain_strings, built,
+            )  # fmt: skip
+        tokenizer.copy_to(out_dir)
+        tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+        os.replace(tmp, os.path.join(out_dir, MANIFEST))  # the swap: the new dataset, whole
+    except BaseException:
+        for directory in built:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    prepared_files.remove_unused(out_dir, old, manifest)
     return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 
@@ -144,29 +145,38 @@ def train_tokenizer(
     normalisation, byte fallback, no dummy prefix); ids: unk 0, bos 1, eos 2, pad 3 (Llama layout + pad).
     The markers and "\\n" are user-defined symbols so prompts stay short; they are still plain text."""
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts)),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=1.0,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        split_by_whitespace=True,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        user_defined_symbols=list(user_defined_symbols) + ["\n"],
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        max_sentence_length=1 << 16,
-        hard_vocab_limit=False,
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(texts)),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=1.0,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            split_by_whitespace=True,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            user_defined_symbols=list(user_defined_symbols) + ["\n"],
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=3,
+            max_sentence_length=1 << 16,
+            hard_vocab_limit=False,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:  # sentencepiece: "... smaller than required_chars. 256 vs 366. ..."
+        needed = re.search(r"required_chars\. \d+ vs (\d+)", str(e))
+        if not needed:
+            raise
+        raise UsageError(
+            f"vocab_size={vocab_size} is too small for these texts: their characters, the markers and the "
+            f"special tokens alone need {needed.group(1)}; use a vocab_size of at least {needed.group(1)}"
+        ) from None
     tmp = f"{model_path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(model.getvalue())

@@ -153,6 +153,34 @@ def converted_to(out: str, convert) -> str:
     return os.fspath(storage.as_path(out))
 
 
+# what an earlier export left that a loader would read instead of (or beside) the new weights
+EXPORT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin*", "model.safetensors*")
+EXPORT_DIRS = (PARAMS_ITEM, PARAMS_ITEM + ".partial")
+
+
+def check_out(out: str, overwrite: bool, sources: list[str]) -> None:
+    """Refuses a training work dir, a source, or a non-empty --out without --overwrite; with it, removes
+    the earlier export's weight files and index first, so a loader never mixes two exports."""
+    target = storage.as_path(out, "--out")
+    if any(s and storage.as_path(s) == target for s in sources):
+        raise UsageError(f"--out {out} is the checkpoint being converted; choose another --out")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    names = {p.name for p in target.iterdir()}
+    if names & {"checkpoints", "metrics.jsonl", "run.lock"}:
+        raise UsageError(f"--out {out} is a training work dir (it holds checkpoints/); choose another --out")
+    if not overwrite:
+        raise UsageError(
+            f"--out {out} is not empty ({len(names)} entries, e.g. {sorted(names)[0]}); pass --overwrite to "
+            "replace an earlier export (its weight files and index are removed first) or choose a new --out"
+        )
+    for path in {p for pattern in EXPORT_FILES for p in target.glob(pattern)}:
+        path.unlink()
+    for name in EXPORT_DIRS:
+        if (target / name).is_dir():
+            (target / name).rmtree()
+
+
 def parse_args(argv):
     parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +208,12 @@ def parse_args(argv):
         help="tokenizer.model or tokenizer.json to ship (default: found next to the checkpoint)",
     )
     b.add_argument("--pooling_method", default=None, choices=POOLINGS)
+    for command in (a, b):
+        command.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an earlier export in --out (its weight files and index are removed first)",
+        )
     b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))
     return parser.parse_args(argv)
 
@@ -193,6 +227,7 @@ def run(argv=None) -> int:
         for flag in ("hf_dir", "ckpt", "out", "tokenizer"):
             if getattr(args, flag, None):
                 storage.as_path(getattr(args, flag), f"--{flag}")  # local or gs://, nothing else
+        check_out(args.out, args.overwrite, [getattr(args, "hf_dir", None), getattr(args, "ckpt", None)])
         if args.command == "hf-to-orbax":
             out = converted_to(args.out, lambda out: hf_to_orbax(args.hf_dir, out, args.dtype))
         else:

@@ -74,6 +74,7 @@ def _run(args):
     model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
     settings = dict(
         model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
+        model_weights=weights_fingerprint(model),  # another checkpoint in the same place: not resumed
         inputs=[[os.path.abspath(p), os.path.getsize(p)] for p in args.input],
         instruction=args.instruction,
         field=args.field,
@@ -99,6 +100,21 @@ def _run(args):
             f"on this host, {skipped.count} bad records skipped",
             flush=True,
         )
+
+
+def weights_fingerprint(model) -> str:
+    """A hash of the first values of every parameter: changes with any training step, costs nothing."""
+    import hashlib
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model.model, nnx.Param)):
+        head = np.asarray(jax.device_get(leaf[(0,) * (leaf.ndim - 1)][:16]), np.float32)
+        digest.update(jax.tree_util.keystr(path).encode() + head.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _windows(records, size):

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"text before each document (default {DEFAULT_DOC_INSTRUCTION!r}: no instruction)",
     )
+    r.add_argument(
+        "--drop_missing",
+        action="store_true",
+        help="drop qrels judgements of documents not in the corpus (counted); without it they are an error",
+    )
     r.add_argument("--batch_size", type=int, default=64)
     r.add_argument("--max_length", type=int, default=512)
     r.add_argument("--dtype", default="float32")
@@ -86,7 +91,7 @@ def _run(args):
     from grit_jax.retrieval.ranking import evaluate_retrieval, load_beir
 
     mesh = local_mesh(args.mesh)
-    beir = load_beir(args.data, args.split)  # bad data fails before the model loads
+    beir = load_beir(args.data, args.split, args.drop_missing)  # bad data fails before the model loads
     model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
     result, ranking = evaluate_retrieval(
         model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length

@@ -4,9 +4,10 @@ resumed) -> steps.
     python -m grit_jax.programs.grit_train --config configs/demo.py --workdir runs/demo [--config.a.b=value
     ...]
 
-A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step) and
-tb/ (TensorBoard). Starting in a work directory that has checkpoints resumes from the latest complete
-one; SIGTERM (how TPU VMs are preempted) saves a checkpoint and exits cleanly.
+A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step), tb/
+(TensorBoard) and run.lock (one run at a time: grit_jax.train.workdir_lock). Starting in a work directory
+that has checkpoints resumes from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C
+saves a checkpoint and exits cleanly.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from jax.experimental import multihost_utils
 from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
-from grit_jax.errors import RunStopped, UsageError
+from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
-from grit_jax.run_config import batch_lengths, num_batch_shapes, profile_steps
+from grit_jax.run_config import batch_lengths, check_numbers, num_batch_shapes, profile_steps
 from grit_jax.train import flops
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
@@ -38,6 +39,7 @@ from grit_jax.train.metrics_log import MetricsLog
 from grit_jax.train.run_summary import StepTimes, check_weights, summary
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
+from grit_jax.train.workdir_lock import WorkdirLock
 from grit_jax.weights.orbax_checkpoint import Checkpoints
 
 _CONFIG = cli.define_config_flag()
@@ -45,14 +47,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, me
 
 
 class Preempted:
-    """Remembers a SIGTERM so the loop can save and exit at the next step boundary."""
+    """Remembers a SIGTERM (or a Ctrl-C) so the loop can save and exit at the next step boundary;
+    a second Ctrl-C stops at once (cli.run_command reports it in one line)."""
 
     def __init__(self):
         self.requested = False
         signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and exiting after this step")
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        logging.warning("%s: saving a checkpoint and exiting after this step", name)
+        if signum == signal.SIGINT and jax.process_index() == 0:
+            print("Ctrl-C: saving a checkpoint after this step (Ctrl-C again: stop now)", flush=True)
         self.requested = True
 
     def agreed(self) -> bool:
@@ -113,23 +122,35 @@ def local_data(config):
 def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
     """(state, step): restored from the latest checkpoint with the data position, or created at step 0."""
     start = ckpt.latest_step()
+    for line in ckpt.damaged:
+        logging.warning(line)
+        if main:
+            print(line, flush=True)
     if start is None:
         params = initial_params(setup.config, setup.model_config, setup.shardings.params)
         return setup.create_state(params), 0
     try:
         state, data_state = ckpt.restore(start, setup.abstract_state())
     except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer
-        reason = str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
         raise UsageError(
             f"checkpoint step {start} in {ckpt.directory} does not match this config (model, "
-            f"objective.projection_dim or optimizer differ): {reason}; use another --workdir "
+            f"objective.projection_dim or optimizer differ): {_first_line(e)}; use another --workdir "
             "or the config the run started with"
+        ) from None
+    except Exception as e:  # tensorstore could not read a file the step's file list did not cover
+        raise CheckpointError(
+            f"checkpoint step {start} in {ckpt.directory} cannot be read ({_first_line(e)}); move it "
+            "aside to resume from the step before it"
         ) from None
     data.set_state(data_state)
     logging.info("resumed from %s/%d", ckpt.directory, start)
     if main:
         print(f"resuming from checkpoint step {start} in {ckpt.directory}", flush=True)
     return state, start
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300].rstrip(": ") if str(e).strip() else type(e).__name__
 
 
 class Loop:
@@ -216,6 +237,7 @@ class Loop:
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""
+        self.ckpt.poll()  # a save that failed in the background stops the run here, one step later
         stop = self.preempted.agreed()
         # A save that falls on a non-finite step waits for the next finite one: checkpoints only
         # ever follow an applied update, so a run stopped for non-finite steps keeps its last good one.
@@ -235,11 +257,36 @@ class Loop:
         return stop
 
 
+def lock_workdir(workdir: str) -> WorkdirLock:
+    """The work dir's lock, taken by process 0; every host stops when it is refused."""
+    lock, refused = WorkdirLock(workdir), None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except UsageError as e:
+            refused = e
+    if jax.process_count() > 1:
+        if np.any(multihost_utils.process_allgather(np.array(refused is not None))) and refused is None:
+            raise UsageError(f"--workdir {workdir}: process 0 could not take {lock.path}")
+    if refused is not None:
+        raise refused
+    return lock
+
+
 def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
+    check_numbers(config)  # before the work dir is created or locked (TrainSetup checks the rest)
     check_workdir(workdir)
     check_weights(config)
+    lock = lock_workdir(workdir)  # before anything in the work dir is read or written
+    try:
+        return _train(config, workdir, preempted)
+    finally:
+        lock.release()
+
+
+def _train(config, workdir, preempted: Preempted) -> dict:
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
@@ -253,7 +300,6 @@ def train(config, workdir) -> dict:
         )
     main = jax.process_index() == 0
     if main:
-        storage.write_text(storage.join(workdir, "config.json"), config_json)
         if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
             print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
     data = make_train_iterator(
@@ -265,6 +311,8 @@ def train(config, workdir) -> dict:
         resume = ckpt.latest_step()
         print(summary(config, setup, manifest, resume, ckpt.directory, compile_cache.directory), flush=True)
     state, start = initial_state(setup, ckpt, data, main)
+    if main:  # only once the checkpoint matched: a refused resume leaves the run's own config.json
+        storage.write_text(storage.join(workdir, "config.json"), config_json)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,10 +38,23 @@ def record_text(record: dict, text_field: str) -> str:
     return f"{title} {text}" if isinstance(title, str) and title else text
 
 
+def check_id(rid) -> str:
+    """The id as a string, or ValueError when it cannot be written one per line and read back the same
+    (embedding_store's .ids files, TREC run files): empty, whitespace or control characters."""
+    if rid is None or str(rid) == "":
+        raise ValueError("missing 'id' (or BEIR '_id')")
+    rid = str(rid)
+    if any(c.isspace() or not c.isprintable() for c in rid):
+        raise ValueError(f"id {rid!r} holds whitespace or a control character (ids are written one per line)")
+    return rid
+
+
 def read_records(
     paths: list[str], text_field: str = "text", skip_bad: bool = False, skipped: Skipped | None = None
 ) -> Iterator[tuple[str, str]]:
-    """(id, text) of every record of the JSONL files in order; blank lines are ignored."""
+    """(id, text) of every record of the JSONL files in order; blank lines are ignored. Ids must be
+    unique across the files and round-trip through a line of text (check_id)."""
+    seen: set[str] = set()
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
@@ -52,9 +66,9 @@ def read_records(
                     record = json.loads(line)
                     if not isinstance(record, dict):
                         raise ValueError("not a JSON object")
-                    rid = record.get("id", record.get("_id"))
-                    if rid is None or str(rid) == "" or "\n" in str(rid):
-                        raise ValueError("missing 'id' (or BEIR '_id')")
+                    rid = check_id(record.get("id", record.get("_id")))
+                    if rid in seen:
+                        raise ValueError(f"duplicate id {rid!r} (an earlier record has it)")
                     text = record_text(record, text_field)
                 except ValueError as e:  # json.JSONDecodeError is a ValueError
                     message = f"{path}:{number}: {e}"
@@ -65,7 +79,8 @@ def read_records(
                     if skipped is not None:
                         skipped.add(message)
                     continue
-                yield str(rid), text
+                seen.add(rid)
+                yield rid, text
 
 
 def count_lines(paths: list[str]) -> int:
@@ -92,7 +107,11 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
             try:
                 if len(cols) != 3:
                     raise ValueError(f"expected 3 tab-separated columns, got {len(cols)}")
-                qrels.setdefault(cols[0], {})[cols[1]] = int(float(cols[2]))
+                if not re.fullmatch(r"-?\d+", cols[2].strip()):
+                    raise ValueError(f"relevance {cols[2]!r} is not an integer")
+                qrels.setdefault(cols[0], {})[cols[1]] = int(cols[2])
             except ValueError as e:
                 raise DataError(f"{path}:{number}: {e}") from None
+    if not qrels:
+        raise DataError(f"{path}: no judgements (empty qrels)")
     return qrels

@@ -1,21 +1,22 @@
 """Embedding many texts: length-sorted batches, and the on-disk store that grit-embed writes.
 
 The store is plain numpy: `DIR/part-NNNNN.npy` (float32 [n, D]) beside `DIR/part-NNNNN.ids` (one id per
-line, the same order) and `DIR/manifest.json`, which lists the complete parts and the settings that made
-them. Part k holds window k of the input (k-th run of `window` good records, in input order); every file
-is written to a temporary name and renamed, and a part enters the manifest only once both files are in
-place, so a killed run resumes at the first part the manifest lacks, losing and repeating nothing.
-
-    import json, numpy as np
-    m = json.load(open("DIR/manifest.json"))
-    vectors = np.concatenate([np.load(f"DIR/{p['name']}.npy") for p in m["parts"]])
-    ids = [i for p in m["parts"] for i in open(f"DIR/{p['name']}.ids").read().splitlines()]
+line, the same order; grit_jax.retrieval.corpus.check_id keeps every id on one line) and
+`DIR/manifest.json`, which lists the complete parts, each with its files' sizes and checksums, and the
+settings that made them (the model's weights fingerprint among them). Part k holds window k of the input
+(k-th run of `window` good records, in input order); every file is written to a temporary name and
+renamed, and a part enters the manifest only once both files are in place, so a killed run resumes at
+the first part the manifest lacks, losing and repeating nothing; a part whose files are not those written
+is embedded again. Read a store with `load_embeddings(DIR)` (ids and vectors checked, aligned).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -61,6 +62,25 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}"
 
 
+def _written(data: bytes) -> list:
+    return [len(data), hashlib.sha256(data).hexdigest()]
+
+
+def _part_files(part: dict) -> dict[str, bytes]:
+    """{suffix: bytes} of a part's files, DataError when one is missing or not what was written."""
+    out = {}
+    for suffix, (size, digest) in part["files"].items():
+        try:
+            with open(part["path"] + suffix, "rb") as f:
+                data = f.read()
+        except OSError:
+            raise DataError(f"{part['path']}{suffix}: missing") from None
+        if _written(data) != [size, digest]:
+            raise DataError(f"{part['path']}{suffix}: {len(data)} bytes, not the {size} bytes written")
+        out[suffix] = data
+    return out
+
+
 def _atomic(path: str, write: Callable):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -95,7 +115,19 @@ class EmbeddingStore:
                     f"{out} holds embeddings made with other settings ({', '.join(changed)} differ); "
                     "use a new --out directory, or the same arguments to resume"
                 )
+        self.manifest["parts"] = [p for p in self.manifest["parts"] if self._intact(p)]
         self.done = {p["name"] for p in self.manifest["parts"]}
+
+    def _intact(self, part: dict) -> bool:
+        """Whether a listed part's files are those written; a damaged one is said and embedded again."""
+        if "files" not in part:
+            return True
+        try:
+            _part_files({**part, "path": os.path.join(self.out, part["name"])})
+            return True
+        except DataError as e:
+            print(f"grit-embed: {e} (damaged: embedding it again)", file=sys.stderr, flush=True)
+            return False
 
     def has(self, index: int) -> bool:
         return part_name(index) in self.done
@@ -103,9 +135,12 @@ class EmbeddingStore:
     def write_part(self, index: int, ids: list[str], vectors: np.ndarray, skipped_total: int):
         name = part_name(index)
         base = os.path.join(self.out, name)
-        _atomic(base + ".ids", lambda f: f.write("".join(i + "\n" for i in ids).encode("utf-8")))
-        _atomic(base + ".npy", lambda f: np.save(f, vectors.astype(np.float32)))
-        self.manifest["parts"].append({"name": name, "count": len(ids)})
+        ids_bytes, npy = "".join(i + "\n" for i in ids).encode("utf-8"), io.BytesIO()
+        np.save(npy, vectors.astype(np.float32))
+        _atomic(base + ".ids", lambda f: f.write(ids_bytes))
+        _atomic(base + ".npy", lambda f: f.write(npy.getvalue()))
+        files = {".ids": _written(ids_bytes), ".npy": _written(npy.getvalue())}
+        self.manifest["parts"].append({"name": name, "count": len(ids), "files": files})
         self.manifest["parts"].sort(key=lambda p: p["name"])
         self.manifest["dim"] = int(vectors.shape[1])
         self.manifest["skipped"] = skipped_total
@@ -154,13 +189,25 @@ def merge_hosts(out: str, process_count: int) -> dict:
 
 
 def load_embeddings(out: str) -> tuple[list[str], np.ndarray]:
-    """(ids, float32 [n, D]) of every complete part of a grit-embed directory, in part order."""
+    """(ids, float32 [n, D]) of every complete part of a grit-embed directory, in part order; each
+    part's files are checked against the manifest and its ids against its rows (DataError if not)."""
     manifest = read_manifest(os.path.join(out, MANIFEST))
     ids, vectors = [], []
     for part in manifest["parts"]:
         base = os.path.join(out, part["name"])
-        with open(base + ".ids", encoding="utf-8") as f:
-            ids.extend(f.read().splitlines())
-        vectors.append(np.load(base + ".npy"))
+        if "files" in part:
+            files = _part_files({**part, "path": base})
+            part_ids = files[".ids"].decode("utf-8").split("\n")[:-1]
+            rows = np.load(io.BytesIO(files[".npy"]))
+        else:  # written before the manifest held sizes and checksums
+            with open(base + ".ids", encoding="utf-8", newline="\n") as f:
+                part_ids = f.read().split("\n")[:-1]
+            rows = np.load(base + ".npy")
+        if not len(part_ids) == len(rows) == part["count"]:
+            raise DataError(
+                f"{base}: {len(part_ids)} ids, {len(rows)} vectors, the manifest says {part['count']}"
+            )
+        ids.extend(part_ids)
+        vectors.append(rows)
     dim = manifest.get("dim") or 0
     return ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)

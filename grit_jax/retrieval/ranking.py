@@ -8,6 +8,7 @@ non-relevant scores 0 on every metric; queries absent from the qrels are not ran
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -34,19 +35,41 @@ def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 1
     return out
 
 
-def load_beir(data: str, split: str = "test"):
+def load_beir(data: str, split: str = "test", drop_missing: bool = False):
     """(corpus [(id, text)], queries [(id, text)] with qrels, qrels) of a BEIR directory; documents are
-    title + " " + text, as the reference joins them."""
+    title + " " + text, as the reference joins them. Judgements that name a document not in the corpus
+    are an error (they would score as misses), or with drop_missing dropped and counted on stderr."""
     paths = {n: os.path.join(data, n) for n in ("corpus.jsonl", "queries.jsonl")}
     for path in paths.values():
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file (the BEIR layout: corpus.jsonl, queries.jsonl, qrels/)")
-    qrels = read_qrels(os.path.join(data, "qrels", f"{split}.tsv"))
+    qrels_path = os.path.join(data, "qrels", f"{split}.tsv")
+    qrels = read_qrels(qrels_path)
     corpus = list(read_records([paths["corpus.jsonl"]], "title+text"))
+    if not corpus:
+        raise DataError(f"{paths['corpus.jsonl']}: no documents")
+    doc_ids = {d for d, _ in corpus}
+    missing = sorted({d for judged in qrels.values() for d in judged} - doc_ids)
+    if missing and not drop_missing:
+        raise DataError(
+            f"{qrels_path}: judges {len(missing)} document(s) that {paths['corpus.jsonl']} lacks, e.g. "
+            f"{missing[:3]}; fix the data or pass --drop_missing to drop those judgements"
+        )
+    if missing:
+        judged = sum(len(j) for j in qrels.values())
+        qrels = {q: kept for q, j in qrels.items() if (kept := {d: r for d, r in j.items() if d in doc_ids})}
+        left = sum(len(j) for j in qrels.values())
+        print(
+            f"{qrels_path}: dropped {judged - left} judgement(s) of {len(missing)} document(s) not in "
+            f"the corpus; {len(qrels)} queries left",
+            file=sys.stderr,
+        )
     queries = [(q, t) for q, t in read_records([paths["queries.jsonl"]], "text") if q in qrels]
     missing = sorted(set(qrels) - {q for q, _ in queries})
     if missing:
         raise DataError(f"{paths['queries.jsonl']}: qrels name queries it lacks: {missing[:5]}")
+    if not queries:
+        raise DataError(f"{qrels_path}: no query left to evaluate")
     return corpus, queries, qrels
 
 

@@ -1,7 +1,8 @@
 """metrics.jsonl, TensorBoard and a console progress line of a training run, written by process 0 only.
 
-On resume, the lines a killed run wrote after the checkpoint it resumes from are dropped first: they are
-logged again, so the file reads as one uninterrupted run.
+On resume, the lines a killed run wrote after the checkpoint it resumes from are dropped first, by step
+number: they are logged again, so the file reads as one uninterrupted run. A damaged line is reported
+with its line number and dropped alone.
 
 A gs:// work directory gets the same files: a GCS object cannot be appended to, so they are written to
 a local directory and uploaded whole (at most every SYNC_SECONDS, at every checkpoint, and at the end):
@@ -42,21 +43,23 @@ class MetricsLog:
             )
 
     def _truncate(self, start_step):
-        """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone)."""
+        """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone), by
+        step number; a damaged line is reported and dropped alone, never the good lines around it."""
         if not os.path.exists(self.local_path):
             return
         with open(self.local_path, encoding="utf-8") as f:
             lines = f.readlines()
         kept = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
-                step = json.loads(line)["step"]
+                step = int(json.loads(line)["step"])
             except (ValueError, KeyError, TypeError):
-                break  # a line cut short by the kill: it and everything after it are redone
-            if start_step == 0 or step > start_step:
-                break
-            kept.append(line)
-        if len(kept) < len(lines):
+                if line.endswith("\n"):  # not the last line cut short by a kill: say so
+                    print(f"{self.path}:{number}: a damaged line (not a JSON record with a step); dropped")
+                continue
+            if start_step and step <= start_step:
+                kept.append(line)
+        if kept != lines:
             with open(self.local_path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(kept)
             os.replace(self.local_path + ".tmp", self.local_path)

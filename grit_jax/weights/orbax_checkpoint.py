@@ -23,10 +23,12 @@ import os
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from grit_jax import storage
-from grit_jax.errors import CheckpointError
+from grit_jax.errors import CheckpointError, RunStopped, one_line
 from grit_jax.model.model_config import ModelConfig
+from grit_jax.weights import checkpoint_files
 from grit_jax.weights import hf_names as hf
 
 STATE, DATA = "state", "data"
@@ -47,7 +49,9 @@ logging.getLogger("absl").addFilter(_NoMissingItemMetadata())  # orbax logs thro
 
 
 class Checkpoints:
-    """The training run's checkpoints, saved asynchronously and restored onto any mesh."""
+    """The training run's checkpoints, saved asynchronously and restored onto any mesh. Each step is
+    verified before it is restored (grit_jax.weights.checkpoint_files); a save that fails raises
+    RunStopped naming the last good step, at the latest one step after it failed (`poll`)."""
 
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
         self.directory = storage.join(workdir, "checkpoints")
@@ -57,7 +61,15 @@ class Checkpoints:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=False,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
+        self.items = (STATE, DATA)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=self.items)
+        self.saving: list[int] = []  # saved by this run, not yet finished and listed in checkpoint_files
+        self.failure: RunStopped | None = None
+        self.damaged: list[str] = []  # one line per damaged step set aside by latest_step
+        quiet_orbax_tracebacks()
+
+    def step_dir(self, step: int) -> str:
+        return storage.join(self.directory, str(step))
 
     def incomplete(self) -> list[str]:
         """Directories of saves that never finished (left by a crash or a kill): orbax renames a local
@@ -71,16 +83,72 @@ class Checkpoints:
         return sorted(os.fspath(p) for p in steps if not (p / "commit_success.txt").exists())
 
     def latest_step(self) -> int | None:
+        """The newest intact step. Newer damaged steps are renamed <step>.damaged (kept, never loaded)
+        and described in self.damaged."""
         for path in self.incomplete():
             logging.warning(
                 "ignoring incomplete checkpoint %s (a save that never finished; not loaded, not deleted)",
                 path,
             )
-        return self.manager.latest_step()
+        found, damaged = None, []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            what = checkpoint_files.problem(self.step_dir(step), self.items)
+            if what is None:
+                found = step
+                break
+            damaged.append((step, what))
+        if damaged:
+            _sync("grit_jax checkpoints verified")  # every host read the steps before any is renamed
+            for step, what in damaged:
+                aside = self.step_dir(step) + checkpoint_files.DAMAGED
+                if jax.process_index() == 0:
+                    aside = checkpoint_files.set_aside(self.step_dir(step))
+                self.damaged.append(f"checkpoint step {step} is damaged ({what}); not used, kept as {aside}")
+            _sync("grit_jax damaged checkpoints set aside")
+            self.manager.reload()
+        return found
 
     def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
+        self._finish()  # the previous save: a failure stops the run before another save starts
         items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state or {})}
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # the synchronous part: creating the step's directory, the first writes
+            raise self._failed(step, e) from None
+        if saved:
+            self.saving.append(step)
+        return saved
+
+    def poll(self):
+        """Raises RunStopped when a save running in the background failed (at no cost otherwise)."""
+        if self.saving and not self.manager.is_saving_in_progress():
+            self._finish()
+
+    def _finish(self):
+        """Waits for this run's saves; lists each finished step's files, or raises RunStopped."""
+        if self.failure is not None:
+            raise self.failure
+        if not self.saving:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(self.saving[-1], e) from None
+        if jax.process_index() == 0:
+            for step in self.saving:
+                checkpoint_files.seal(self.step_dir(step))
+        self.saving = []
+
+    def _failed(self, step: int, error: Exception) -> RunStopped:
+        failed = set(self.saving) | {step}
+        good = [s for s in self.manager.all_steps() if s not in failed]
+        last = f"step {max(good)}" if good else "none"
+        self.failure = RunStopped(
+            f"checkpoint step {step} could not be saved in {self.directory} ({_reason(error)}); the run "
+            f"stops here. The last good checkpoint is {last}; fix the storage (space, permissions) and "
+            "rerun to resume"
+        )
+        return self.failure
 
     def restore(self, step: int, abstract_state):
         """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state."""
@@ -89,11 +157,53 @@ class Checkpoints:
         return restored[STATE], restored[DATA] or None
 
     def wait(self):
-        self.manager.wait_until_finished()
+        self._finish()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save (RunStopped if it failed, unless a failure was already raised)."""
+        reported = self.failure is not None
+        try:
+            if not reported:
+                self._finish()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # the failure it repeats was raised already
+                if not reported and self.failure is None:
+                    raise
+
+
+def _sync(name: str):
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _reason(error: Exception) -> str:
+    """The cause of a failed save in a few words: the OS error, else the error's first line."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    text = one_line(error)
+    for marker in ("No space left on device", "Permission denied", "File too large", "Quota exceeded"):
+        if marker in text:
+            return marker
+    return text[:300]
+
+
+class _DropTracebacks(logging.Filter):
+    """Orbax logs each failed background save with a traceback per thread (hundreds of lines); the
+    error is raised again on the main thread, where it ends as RunStopped's one line."""
+
+    def filter(self, record):
+        if "orbax" in record.pathname and record.levelno >= logging.ERROR:
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = " ".join(record.getMessage().split())[:200], None
+        return True
+
+
+def quiet_orbax_tracebacks():
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropTracebacks) for f in logger.filters):
+        logger.addFilter(_DropTracebacks())
 
 
 # the model group's fields that say how a model runs, not what it is
@@ -152,6 +262,16 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
     )
 
 
+def _newest_intact(directory: str, steps: list[tuple[int, str]]) -> str:
+    """The newest step dir whose files are intact (checkpoint_files); the damaged ones newer are said."""
+    for number, step_dir in reversed(steps):
+        damaged = checkpoint_files.problem(step_dir, (STATE,))
+        if damaged is None:
+            return step_dir
+        logging.warning("checkpoint step %d in %s is damaged (%s); not used", number, directory, damaged)
+    raise CheckpointError(f"{directory}: every checkpoint step is damaged; see the warnings above")
+
+
 def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
     """An hf-to-orbax dir, a training step dir, `workdir/checkpoints` or `workdir` (latest or `step`)."""
     path = os.fspath(storage.as_path(path))
@@ -163,9 +283,12 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
     for candidate in (storage.join(path, "checkpoints"), path):
         steps = _step_dirs(candidate)
         if steps and not _is_pytree_dir(path):
-            chosen = dict(steps).get(step) if step is not None else steps[-1][1]
+            chosen = dict(steps).get(step) if step is not None else _newest_intact(candidate, steps)
             if chosen is None:
                 raise CheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
+            damaged = checkpoint_files.problem(chosen, (STATE,))
+            if damaged:
+                raise CheckpointError(f"{chosen}: a damaged checkpoint ({damaged}); choose another --step")
             return resolve_checkpoint(chosen)
     item = next(
         (storage.join(path, n) for n in ("state", "default", "") if _is_pytree_dir(storage.join(path, n))),
