@@ -114,7 +114,7 @@ def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
     """(state, step): restored from the latest checkpoint with the data position, or created at step 0."""
     start = ckpt.latest_step()
     if start is None:
-        params = initial_params(setup.config, setup.model_config, setup.shardings.params)
+        params = initial_params(setup.config, setup.model_config, setup.base_shardings)
         return setup.create_state(params), 0
     try:
         state, data_state = ckpt.restore(start, setup.abstract_state())

@@ -93,6 +93,8 @@ def model_config(config) -> ModelConfig:
     checkpoint (its own model config), with our overrides of how it runs (RUN_FIELDS)."""
     m = config.model
     overrides = {k: m[k] for k in RUN_FIELDS if k in m}
+    if "lora" in m:  # LoRA is how this run trains, not what the model is
+        overrides.update(lora_rank=m.lora.rank, lora_alpha=m.lora.alpha, lora_targets=tuple(m.lora.targets))
     if m.get("init_checkpoint"):
         return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):
