@@ -67,11 +67,14 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
+        state = _without_frozen(state)  # a LoRA run's base is not saved (grit_jax/weights/lora_base.py)
         items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state or {})}
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state):
-        """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state."""
+        """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state.
+        A LoRA run's state comes back without its frozen base (state.frozen None)."""
+        abstract_state = _without_frozen(abstract_state)
         items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored[STATE], restored[DATA] or None
@@ -82,6 +85,10 @@ class Checkpoints:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _without_frozen(state):
+    return state.replace(frozen=None) if getattr(state, "frozen", None) is not None else state
 
 
 # the model group's fields that say how a model runs, not what it is
