@@ -38,7 +38,8 @@ DEFAULTS: dict[str, Any] = {
         "moe_impl": "auto",  # grit_jax.choices.MOE_IMPLS: how a Mixtral / Qwen3-MoE runs its experts
         # LoRA adapters on a frozen base (kept in param_dtype; the adapters train in float32): rank 0 =
         # full fine-tuning; targets as PEFT names them (grit_jax.choices.LORA_TARGETS); scale alpha / rank.
-        "lora": {"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS},
+        # init_adapter: a PEFT LoRA dir to start from (its r, lora_alpha and target_modules must be these).
+        "lora": {"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS, "init_adapter": ""},
     },
     "data": {
         "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)

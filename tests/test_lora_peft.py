@@ -11,12 +11,12 @@ import pytest
 import torch
 from flax import nnx
 
-from grit_jax import sharding
-from grit_jax.errors import CheckpointError
+from grit_jax import GritLM, sharding
+from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
-from grit_jax.train import step
+from grit_jax.train import lora_base, step
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.synthetic import synthetic_batch
 from grit_jax.weights import peft_adapter
@@ -93,6 +93,35 @@ def test_peft_export_gives_our_logits(tmp_path, tokenizer_model, kind):
     for module, (a, b) in trained.items():
         np.testing.assert_array_equal(arrays[module][0], a)
         np.testing.assert_array_equal(arrays[module][1], b)
+    if kind == "mistral":
+        check_gritlm_and_starting_point(setup, hf_dir, adapter, merged, trained, tokens, theirs)
+
+
+def check_gritlm_and_starting_point(setup, hf_dir, adapter, merged, trained, tokens, peft_logits):
+    """GritLM(base, adapter=) computes the PEFT logits and encodes as the merged export; a run started
+    from the PEFT dir (model.lora.init_adapter) holds the trained adapters; a PEFT dir of another rank is
+    refused in one line."""
+    with_adapter = GritLM.from_pretrained(hf_dir, adapter=adapter)
+    model = with_adapter.model
+    logits = model.logits(model(jnp.asarray(tokens), make_attn_mask(np.ones((2, 10), bool), "causal")).hidden)
+    np.testing.assert_allclose(np.asarray(logits), peft_logits, atol=1e-4)
+    texts = ["hello world", "a b c d"]
+    np.testing.assert_allclose(
+        with_adapter.encode(texts), GritLM.from_pretrained(merged).encode(texts), atol=1e-5
+    )
+    c = setup.config.copy_and_resolve_references()
+    c.model.lora.init_adapter = adapter
+    started = TrainSetup(c, sharding.make_mesh(c.mesh))
+    state = lora_base.start_adapters(
+        started, started.create_state(initial_params(c, started.model_config, started.base_shardings))
+    )
+    for module, (a, b) in peft_adapter.adapter_arrays(jax.device_get(state.params)).items():
+        np.testing.assert_array_equal(a, trained[module][0])
+        np.testing.assert_array_equal(b, trained[module][1])
+    c.model.lora.rank = 8
+    other = TrainSetup(c, sharding.make_mesh(c.mesh))
+    with pytest.raises(UsageError, match="init_adapter=.*r=4"):
+        lora_base.start_adapters(other, other.abstract)
 
 
 def test_unsupported_peft_configs_are_refused(tmp_path):

@@ -90,6 +90,7 @@ class GritLM:
         dtype="float32",
         tokenizer=None,
         step=None,
+        adapter=None,
         **kwargs,
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
@@ -99,9 +100,10 @@ class GritLM:
         over and split encode batches across (grit_jax.inference.placement); each weight is read straight
         into its
         shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then makes
-        the same calls and gets the same results."""
+        the same calls and gets the same results. `adapter`: a PEFT LoRA directory (grit-convert
+        lora-to-peft's, or peft's) trained on this base, merged into its weights as they load."""
         kwargs["mesh"] = placement.resolve_mesh(kwargs.get("mesh"))
-        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, kwargs["mesh"])
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, kwargs["mesh"], adapter)
 
         def pick(given, key):
             return settings[key] if given is None else given

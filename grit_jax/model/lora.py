@@ -55,7 +55,7 @@ def delta(x, a, b, scale: float):
 
 def merged_kernel(kernel, a, b, scale: float):
     """W + scale * A B in float32 (kernel [..., in..., out...], with A and B stacked alike)."""
-    lead = kernel.ndim - (a.ndim - 1) - (b.ndim - 1) + 1  # leading stacked axes (layers)
+    lead = a.ndim + b.ndim - kernel.ndim - 2  # leading stacked axes (layers)
     in_shape, out_shape = a.shape[lead:-1], b.shape[lead + 1 :]
     a2 = a.reshape(*a.shape[:lead], math.prod(in_shape), a.shape[-1]).astype(jnp.float32)
     b2 = b.reshape(*b.shape[: lead + 1], math.prod(out_shape)).astype(jnp.float32)

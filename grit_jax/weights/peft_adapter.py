@@ -14,13 +14,14 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from grit_jax import storage
 from grit_jax.choices import LORA_TARGETS
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig
+from grit_jax.model import ModelConfig, Transformer, lora
 from grit_jax.weights import hf_names as hf
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -150,3 +151,20 @@ def merged(entry: hf.Entry, position, value: np.ndarray, arrays, scale: float) -
     a, b = a[position[0]], b[position[0]]
     update = a.reshape(-1, a.shape[-1]) @ b.reshape(b.shape[0], -1)
     return (value.astype(np.float32) + scale * update.reshape(value.shape)).astype(value.dtype)
+
+
+def merge_into(model: Transformer, path: str) -> Transformer:
+    """`model` (a loaded base, on any mesh) with the PEFT LoRA adapter at `path` merged into its kernels,
+    each kept in its dtype and sharding: it then encodes as the merged export does."""
+    cfg, arrays = read_adapter(path, model.config.replace(lora_rank=0))
+    scale = cfg.lora_alpha / cfg.lora_rank
+    for module, (a, b) in arrays.items():
+        linear = model
+        for name in module.split("."):
+            linear = getattr(linear, name)
+        kernel = linear.kernel[...]
+        merge = jax.jit(
+            lambda w, a, b: lora.merged_kernel(w, a, b, scale).astype(w.dtype), out_shardings=kernel.sharding
+        )
+        linear.kernel.set_value(merge(kernel, a, b))
+    return model

@@ -20,6 +20,7 @@ from grit_jax.errors import CheckpointError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights.loader import load_model, stored_param_dtype
 from grit_jax.weights.orbax_checkpoint import CheckpointSource, resolve_checkpoint
+from grit_jax.weights.peft_adapter import merge_into
 from grit_jax.weights.reader import CheckpointParams, HFParams
 
 GRIT_CONFIG = "grit_config.json"
@@ -132,13 +133,19 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
 
 
 def load_pretrained(
-    path: str, dtype: str = "float32", step: int | None = None, tokenizer=None, mesh: Mesh | None = None
+    path: str,
+    dtype: str = "float32",
+    step: int | None = None,
+    tokenizer=None,
+    mesh: Mesh | None = None,
+    adapter: str | None = None,
 ):
     """(Transformer with the weights, Tokenizer, GRIT settings) of a Hugging Face directory (config.json +
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
-    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device."""
+    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device.
+    `adapter`: a PEFT LoRA directory merged into the weights (grit_jax.weights.peft_adapter)."""
     path = os.fspath(storage.as_path(path))  # a local path or gs://
     if not storage.isdir(path):
         raise CheckpointError(
@@ -161,4 +168,5 @@ def load_pretrained(
     if isinstance(tokenizer, str):
         tokenizer = Tokenizer(find_tokenizer([], tokenizer))
     source.config = source.config.replace(param_dtype=stored_param_dtype(source))
-    return load_model(source, mesh), tokenizer, settings
+    model = load_model(source, mesh)
+    return (model if adapter is None else merge_into(model, adapter)), tokenizer, settings
