@@ -65,7 +65,7 @@ def _train(workdir, data_dir, cache, *overrides):
         env=_env(8, cache),
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=1200,
     )
 
 
@@ -80,7 +80,7 @@ def _metrics(workdir):
     return {r["step"]: {k: v for k, v in r.items() if k not in TIMING} for r in records}
 
 
-def _wait_for(predicate, process, timeout=400):
+def _wait_for(predicate, process, timeout=1200):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -146,7 +146,7 @@ def test_two_hosts_log_what_one_host_logs(tmp_path, reference, data_dir, cache):
     env = dict(_env(4, cache), PYTHON=sys.executable, DEVICES_PER_HOST="4")
     env.pop("LOG_DIR", None)
     command = ["bash", "launch/local.sh", "2", *_args(workdir, data_dir)]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     two, one = _metrics(workdir), _metrics(reference)
     assert sorted(two) == sorted(one)
