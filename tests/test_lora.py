@@ -135,3 +135,19 @@ def test_unknown_target_is_refused():
     c.model.lora.targets = ("q_proj", "qkv")
     with pytest.raises(UsageError, match="qkv"):
         TrainSetup(c, sharding.make_mesh(ONE))
+
+
+def test_base_fingerprint_is_the_same_on_any_mesh_and_differs_for_another_base(run):
+    from grit_jax.train import lora_base
+
+    c, base, _ = run
+    prints = []
+    for axes in (ONE, dict(data=2, fsdp=4, tensor=1, expert=1)):
+        setup = TrainSetup(c, sharding.make_mesh(axes))
+        prints.append(lora_base.fingerprint(setup, jax.device_put(base, setup.base_shardings)))
+    assert prints[0] == prints[1]
+    other = jax.tree.map(lambda x: x, base)
+    embedding = other["embed_tokens"]["embedding"]
+    embedding.set_value(np.asarray(embedding.get_value()).copy())
+    embedding.get_value()[0, 0] += 1e-3
+    assert lora_base.fingerprint(setup, jax.device_put(other, setup.base_shardings)) != prints[0]
