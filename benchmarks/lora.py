@@ -54,12 +54,16 @@ def state_bytes(variant: str) -> str:
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1, "expert": 1})
     lora = TrainSetup(get_config(variant), mesh).abstract
     full = TrainSetup(full_config(get_config(variant)), mesh).abstract
+    bf16 = full_config(get_config(variant))
+    bf16.model.param_dtype = "bfloat16"
+    bf16 = TrainSetup(bf16, mesh).abstract
     trainable = _bytes((lora.params, lora.projection))
     return (
         f"base (bf16) {_bytes(lora.frozen) / GiB:.2f} GiB + adapters {trainable / GiB:.3f} GiB + AdamW "
         f"{_bytes(lora.opt_state) / GiB:.3f} GiB = {_bytes(lora) / GiB:.2f} GiB; full fine-tuning "
         f"(fp32 weights + AdamW) {_bytes(full) / GiB:.1f} GiB, plus its fp32 gradients "
-        f"{_bytes(full.params) / GiB:.1f} GiB during the step"
+        f"{_bytes(full.params) / GiB:.1f} GiB during the step; with bf16 weights and AdamW moments "
+        f"{_bytes(bf16) / GiB:.1f} GiB + {_bytes(bf16.params) / GiB:.1f} GiB of gradients"
     )
 
 
