@@ -67,7 +67,3 @@ def split_adapters(state: nnx.State) -> tuple[nnx.State, nnx.State]:
     """(adapters, base) of a model's state: the LoRAParam leaves, and everything else."""
     adapters, base = nnx.split_state(state, nnx.LoRAParam, ...)
     return adapters, base
-
-
-def scale_of(cfg: ModelConfig) -> float:
-    return cfg.lora_alpha / cfg.lora_rank
