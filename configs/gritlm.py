@@ -65,7 +65,8 @@ VARIANTS["qwen2.5-0.5b"] = dict(
 
 # One host (v5e-8, v4-8, v6e-8): LoRA on a frozen bf16 base (model.lora; README "Fine-tuning GRIT on one
 # host"), a smaller batch than the paper's, the paper's objective and lengths; FSDP over the 8 chips.
-# grit-aot sizes (benchmarks/RESULTS.md, "LoRA on one host"): see there for GiB per chip and hours.
+# The state is 1.75-2 GiB per v5e chip (benchmarks/RESULTS.md, "LoRA on one host"); check the step's
+# activations with `grit-aot --config configs/gritlm.py:7b-lora --topology v5e-8` (v4-8: 4 chips, 32 GiB).
 LORA = dict(
     embedding_batch_size=256,
     generative_batch_size=32,
