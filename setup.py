@@ -34,6 +34,7 @@ setup(
             "pytest>=8",
             "torch==2.13.0",
             "transformers>=4.56",
+            "peft>=0.21",  # loads our LoRA exports (tests/test_lora_peft.py)
             "ruff==0.17.6",
             "pytrec-eval-terrier>=0.5.6",
             "mteb>=2.0",

@@ -4,7 +4,8 @@ recipe also on Llama-3.1-8B and Qwen3-8B, the 8x7B one on Qwen3-30B-A3B, and a s
     grit-train --config configs/gritlm.py:VARIANT[,MODE] --workdir gs://.../run \
         --config.model.hf_dir=/path/to/Mistral-7B-v0.1 --config.data.data_dir=/path/to/prepared
 
-VARIANT is 7b, 8x7b, llama3.1-8b, qwen3-8b, qwen3-30b-a3b or qwen2.5-0.5b (model.hf_dir: the matching
+VARIANT is 7b, 8x7b, llama3.1-8b, qwen3-8b, qwen3-30b-a3b or qwen2.5-0.5b, or 7b-lora, llama3.1-8b-lora,
+qwen3-8b-lora (LoRA on one host: v5e-8, v4-8, v6e-8) (model.hf_dir: the matching
 Hugging Face directory, which grit-data prepare also takes as --tokenizer); MODE is unified (default),
 embedding or generative. Instead of model.hf_dir,
 --config.model.init_checkpoint=DIR takes a `grit-convert hf-to-orbax` output or another run's checkpoint.
@@ -73,6 +74,22 @@ VARIANTS["qwen2.5-0.5b"] = dict(
     generative_accumulation_steps=1,
 )
 
+# One host (v5e-8, v4-8, v6e-8): LoRA on a frozen bf16 base (model.lora; README "Fine-tuning GRIT on one
+# host"), a smaller batch than the paper's, the paper's objective and lengths; FSDP over the 8 chips.
+# The state is 1.75-2 GiB per v5e chip (benchmarks/RESULTS.md, "LoRA on one host"); check the step's
+# activations with `grit-aot --config configs/gritlm.py:7b-lora --topology v5e-8` (v4-8: 4 chips, 32 GiB).
+LORA = dict(
+    embedding_batch_size=256,
+    generative_batch_size=32,
+    embedding_chunk_size=32,
+    generative_accumulation_steps=4,
+    mesh=dict(data=1, fsdp=-1, tensor=1, expert=1),
+    reference_world_size=0,
+    lora=dict(rank=16, alpha=32.0),
+)
+for _name, _preset in (("7b", "mistral_7b"), ("llama3.1-8b", "llama3.1_8b"), ("qwen3-8b", "qwen3_8b")):
+    VARIANTS[f"{_name}-lora"] = dict(VARIANTS["7b"], preset=_preset, **LORA)
+
 
 def get_config(arg="7b"):
     variant, mode = (arg.split(",") + ["unified"])[:2]
@@ -115,6 +132,10 @@ def get_config(arg="7b"):
     config.optimizer.update(
         learning_rate=2e-5, schedule="linear", warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0
     )
+    if "lora" in v:  # the base frozen in bfloat16; the adapters train in float32, at LoRA's usual rate
+        config.model.update(param_dtype="bfloat16")
+        config.model.lora.update(v["lora"])
+        config.optimizer.learning_rate = 1e-4
     config.mesh.update(v["mesh"])
     config.checkpoint.update(every_steps=100, keep=3)
     config.log.update(every_steps=1, eval_every_steps=0)

@@ -38,3 +38,6 @@ MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
 MOE_IMPLS = ("auto", "dense", "ragged")
 # "llama3": Llama 3.1's frequency-dependent scaling of the rotary frequencies.
 ROPE_TYPES = ("default", "llama3")
+# model.lora.targets: the projections that may carry LoRA adapters, named as PEFT names them. On Mixtral
+# and Qwen3-MoE the MLP names have no dense MLP to adapt (the experts stay frozen; grit_jax/model/lora.py).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

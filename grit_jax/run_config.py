@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from grit_jax import storage
-from grit_jax.choices import ATTENTIONS, BATCH_AXES, LOSS_GEN_TYPES, MODES, POOLINGS, SCHEDULES
+from grit_jax.choices import ATTENTIONS, BATCH_AXES, LORA_TARGETS, LOSS_GEN_TYPES, MODES, POOLINGS, SCHEDULES
 from grit_jax.errors import UsageError
 
 # Sizes are the tiny model's, so that a bare base_config() runs anywhere; configs/gritlm.py sets the paper's.
@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
         # training's attention kernel (ATTENTION_IMPLS): auto = splash on TPU, cudnn on GPU, dense on CPU
         "attention_impl": "auto",
         "moe_impl": "auto",  # grit_jax.choices.MOE_IMPLS: how a Mixtral / Qwen3-MoE runs its experts
+        # LoRA adapters on a frozen base (kept in param_dtype; the adapters train in float32): rank 0 =
+        # full fine-tuning; targets as PEFT names them (grit_jax.choices.LORA_TARGETS); scale alpha / rank.
+        # init_adapter: a PEFT LoRA dir to start from (its r, lora_alpha and target_modules must be these).
+        "lora": {"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS, "init_adapter": ""},
     },
     "data": {
         "data_dir": "",  # prepared by `grit-data prepare` (holds manifest.json and the tokenizer)

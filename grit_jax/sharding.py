@@ -46,6 +46,7 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "norm": (),
     "experts": ("expert",),
     "experts_router": (),
+    "lora_rank": (),  # LoRA adapters' rank (grit_jax/model/lora.py): small, replicated
     # activations: the batch is split over every axis that does not split the model's features
     "batch": BATCH_AXES,
     "length": (),

@@ -93,6 +93,7 @@ class GritLM:
         step=None,
         embed_eos="",
         mesh=None,
+        adapter=None,
     ) -> GritLM:
         """From a Hugging Face directory (config.json + safetensors) or an orbax checkpoint (grit-convert
         hf-to-orbax dir, training step dir or work dir). Settings left None come from the dir's
@@ -100,10 +101,12 @@ class GritLM:
         jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights over and
         split encode batches across (grit_jax.inference.placement); each weight is read straight into its
         shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then
-        makes the same calls and gets the same results. Unknown keyword arguments raise TypeError."""
+        makes the same calls and gets the same results. `adapter`: a PEFT LoRA directory (grit-convert
+        lora-to-peft's, or peft's) trained on this base, merged into its weights as they load. Unknown
+        keyword arguments raise TypeError."""
         hardware.quiet_platform()  # no libtpu errors on a machine without a TPU (unless JAX has started)
         mesh = placement.resolve_mesh(mesh)
-        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh)
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh, adapter)
 
         def pick(given, key):
             return settings[key] if given is None else given

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from grit_jax.model import lora
 from grit_jax.model.attention import AttentionSpec, attend
 from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.rope import apply_rotary
@@ -65,12 +66,15 @@ class Attention(nnx.Module):
         )
         common = dict(rngs=rngs, dtype=pdt, stack=stack)
         qkv_bias = cfg.attention_bias
-        self.q_proj = Linear(shape=(d, n, h), names=("embed", "heads", "head_dim"), bias=qkv_bias, **common)
+        q_names, kv_names = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        self.q_proj = Linear(
+            shape=(d, n, h), names=q_names, bias=qkv_bias, **common, **lora.options(cfg, "q_proj")
+        )
         self.k_proj = Linear(
-            shape=(d, k, h), names=("embed", "kv_heads", "head_dim"), bias=qkv_bias, **common
+            shape=(d, k, h), names=kv_names, bias=qkv_bias, **common, **lora.options(cfg, "k_proj")
         )
         self.v_proj = Linear(
-            shape=(d, k, h), names=("embed", "kv_heads", "head_dim"), bias=qkv_bias, **common
+            shape=(d, k, h), names=kv_names, bias=qkv_bias, **common, **lora.options(cfg, "v_proj")
         )
         self.o_proj = Linear(
             shape=(n, h, d),
@@ -78,6 +82,7 @@ class Attention(nnx.Module):
             in_ndim=2,
             bias=cfg.attention_out_bias,
             **common,
+            **lora.options(cfg, "o_proj"),
         )
         norm = dict(dim=h, eps=cfg.rms_norm_eps, dtype=pdt, stack=stack)
         self.q_norm = RMSNorm(**norm) if cfg.qk_norm else None
@@ -136,7 +141,8 @@ class Linear(nnx.Module):
     over the kernel's output axes (those after the first `in_ndim`).
 
     Called with an einsum equation between the input and the kernel: the kernel is cast to the input's
-    (compute) dtype, so bf16 compute runs over fp32 master weights.
+    (compute) dtype, so bf16 compute runs over fp32 master weights. With `lora_rank` > 0 it also holds
+    LoRA adapters lora_a, lora_b (grit_jax/model/lora.py) and adds their scaled product.
     """
 
     def __init__(
@@ -149,8 +155,16 @@ class Linear(nnx.Module):
         stack: int | None = None,
         in_ndim: int = 1,
         bias: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
     ):
         self.kernel = make_param(shape, names, dtype=dtype, rngs=rngs, stack=stack)
+        self.lora_a, self.lora_b = (
+            lora.adapter_params(shape, names, in_ndim=in_ndim, rank=lora_rank, rngs=rngs, stack=stack)
+            if lora_rank
+            else (None, None)
+        )
+        self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
         self.bias = (
             make_param(shape[in_ndim:], names[in_ndim:], dtype=dtype, stack=stack, init="zeros")
             if bias
@@ -159,6 +173,8 @@ class Linear(nnx.Module):
 
     def __call__(self, equation: str, x):
         y = contract(equation, x, self.kernel[...].astype(x.dtype))
+        if self.lora_a is not None:
+            y = y + lora.delta(x, self.lora_a[...], self.lora_b[...], self.lora_scale)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
@@ -178,9 +194,13 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, f = cfg.hidden_size, cfg.intermediate_size
         common = dict(rngs=rngs, dtype=cfg.param_dtype, stack=stack, bias=cfg.mlp_bias)
-        self.gate_proj = Linear(shape=(d, f), names=("embed", "mlp"), **common)
-        self.up_proj = Linear(shape=(d, f), names=("embed", "mlp"), **common)
-        self.down_proj = Linear(shape=(f, d), names=("mlp", "embed"), **common)
+        self.gate_proj = Linear(
+            shape=(d, f), names=("embed", "mlp"), **common, **lora.options(cfg, "gate_proj")
+        )
+        self.up_proj = Linear(shape=(d, f), names=("embed", "mlp"), **common, **lora.options(cfg, "up_proj"))
+        self.down_proj = Linear(
+            shape=(f, d), names=("mlp", "embed"), **common, **lora.options(cfg, "down_proj")
+        )
 
     def __call__(self, x):
         gate = self.gate_proj("btd,df->btf", x)

@@ -10,6 +10,7 @@ from typing import Any
 from grit_jax.choices import (
     ATTENTION_IMPLS,
     DTYPES,
+    LORA_TARGETS,
     MODEL_TYPES,
     MOE_IMPLS,
     MOE_MODEL_TYPES,
@@ -60,6 +61,10 @@ class ModelConfig:
     remat_policy: str = "none"
     attention_impl: str = "auto"  # choices.ATTENTION_IMPLS: the kernel of training's attention
     moe_impl: str = "auto"  # choices.MOE_IMPLS
+    # LoRA adapters (grit_jax/model/lora.py) on a frozen base: rank 0 = none; scale lora_alpha / lora_rank.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -93,6 +98,12 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise UsageError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if self.lora_rank < 0 or unknown:
+            raise UsageError(
+                f"LoRA: rank must be >= 0 (got {self.lora_rank}), targets in {LORA_TARGETS} (got {unknown})"
+            )
         if self.num_local_experts and not 0 < self.num_experts_per_tok <= self.num_local_experts:
             raise UsageError(
                 f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_local_experts "

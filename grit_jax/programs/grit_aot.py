@@ -81,7 +81,7 @@ class Report:
     chips: int
     mesh: dict
     hbm_bytes: int
-    parameter_bytes: int  # per chip: model parameters (+ projection)
+    parameter_bytes: int  # per chip: model parameters (+ projection; with LoRA the frozen base too)
     optimizer_bytes: int  # per chip: optimizer state
     argument_bytes: int  # per chip, from the compiled program (state + batch)
     output_bytes: int
@@ -197,7 +197,9 @@ def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: in
     ]
     consumers += state_consumers(state)
     return dict(
-        parameter_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection))),
+        parameter_bytes=sum(
+            _shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection, state.frozen))
+        ),
         optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
         argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes,

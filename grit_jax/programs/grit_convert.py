@@ -3,6 +3,8 @@
     grit-convert hf-to-orbax --hf_dir D --out C [--dtype bfloat16]
     grit-convert orbax-to-hf --ckpt C --out D [--step N] [--dtype bfloat16] [--max_shard_size 2GB]
         [--tokenizer F] [--pooling_method mean] [--attn bbcc]
+    grit-convert lora-to-peft --ckpt WORKDIR --out A [--step N]      (a LoRA run -> a PEFT adapter dir)
+    grit-convert merge-adapter --base D --adapter A --out M [--max_shard_size 2GB]  (-> merged HF dir)
 
 Checkpoint layouts: grit_jax.weights.orbax_checkpoint. Memory: both directions move one Hugging Face tensor
 (one layer,
@@ -34,6 +36,7 @@ from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import open_weights
+from grit_jax.weights.lora_export import lora_to_peft, merge_adapter
 from grit_jax.weights.model_card import write_model_card
 from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM
 from grit_jax.weights.pretrained import (
@@ -181,6 +184,28 @@ def check_out(out: str, overwrite: bool, sources: list[str]) -> None:
             (target / name).rmtree()
 
 
+LORA_COMMANDS = ("lora-to-peft", "merge-adapter")
+
+
+def add_lora_commands(sub):
+    c = sub.add_parser("lora-to-peft", help="a LoRA training run's adapters -> a PEFT adapter dir")
+    c.add_argument("--ckpt", required=True, help="the LoRA run's work dir or one of its step dirs")
+    c.add_argument("--out", required=True)
+    c.add_argument("--step", type=int, default=None, help="with a work dir: the step (default: latest)")
+    d = sub.add_parser("merge-adapter", help="Hugging Face base + PEFT LoRA adapter -> merged HF dir")
+    d.add_argument("--base", required=True, help="the Hugging Face directory the adapter was trained on")
+    d.add_argument("--adapter", required=True, help="a PEFT LoRA adapter dir (lora-to-peft's, or peft's)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--max_shard_size", default="2GB")
+
+
+def run_lora_command(args) -> str:
+    if args.command == "lora-to-peft":
+        return converted_to(args.out, lambda out: lora_to_peft(args.ckpt, out, args.step))
+    size = parse_size(args.max_shard_size)
+    return converted_to(args.out, lambda out: merge_adapter(args.base, args.adapter, out, size))
+
+
 def parse_args(argv):
     parser = ArgumentParser(prog="grit-convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +240,7 @@ def parse_args(argv):
             help="replace an earlier export in --out (its weight files and index are removed first)",
         )
     b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))
+    add_lora_commands(sub)
     return parser.parse_args(argv)
 
 
@@ -224,11 +250,13 @@ def run(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
 
     def main():
-        for flag in ("hf_dir", "ckpt", "out", "tokenizer"):
+        for flag in ("hf_dir", "ckpt", "out", "tokenizer", "base", "adapter"):
             if getattr(args, flag, None):
                 storage.as_path(getattr(args, flag), f"--{flag}")  # local or gs://, nothing else
         check_out(args.out, args.overwrite, [getattr(args, "hf_dir", None), getattr(args, "ckpt", None)])
-        if args.command == "hf-to-orbax":
+        if args.command in LORA_COMMANDS:
+            out = run_lora_command(args)
+        elif args.command == "hf-to-orbax":
             out = converted_to(args.out, lambda out: hf_to_orbax(args.hf_dir, out, args.dtype))
         else:
             grit = dict(pooling_method=args.pooling_method, attn=args.attn)

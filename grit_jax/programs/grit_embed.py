@@ -28,6 +28,9 @@ from grit_jax.retrieval.embedding_store import EmbeddingStore, embed_token_rows,
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="grit-embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, metavar="PATH", help="Hugging Face dir or orbax checkpoint")
+    p.add_argument(
+        "--adapter", default=None, metavar="DIR", help="a PEFT LoRA adapter dir trained on --model"
+    )
     p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="JSONL files")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
@@ -71,7 +74,9 @@ def _run(args):
     index, count = jax.process_index(), jax.process_count()
     total = count_lines(args.input)  # also checks that every input exists before the model loads
     mesh = local_mesh(args.mesh)
-    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
+    model = GritLM.from_pretrained(
+        args.model, mode="embedding", dtype=args.dtype, mesh=mesh, adapter=args.adapter
+    )
     settings = dict(
         model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
         model_weights=weights_fingerprint(model),  # another checkpoint in the same place: not resumed

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     r = commands.add_parser("retrieval", help="nDCG@10, MRR@10, recall@100 on a BEIR directory")
     r.add_argument("--model", required=True, metavar="PATH", help="Hugging Face dir or orbax checkpoint")
+    r.add_argument(
+        "--adapter", default=None, metavar="DIR", help="a PEFT LoRA adapter dir trained on --model"
+    )
     r.add_argument("--data", required=True, metavar="DIR", help="corpus.jsonl, queries.jsonl, qrels/")
     r.add_argument("--split", default="test", help="the qrels file: qrels/SPLIT.tsv")
     r.add_argument(
@@ -92,7 +95,9 @@ def _run(args):
 
     mesh = local_mesh(args.mesh)
     beir = load_beir(args.data, args.split, args.drop_missing)  # bad data fails before the model loads
-    model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=mesh)
+    model = GritLM.from_pretrained(
+        args.model, mode="embedding", dtype=args.dtype, mesh=mesh, adapter=args.adapter
+    )
     result, ranking = evaluate_retrieval(
         model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
     )

@@ -32,7 +32,7 @@ from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
 from grit_jax.run_config import batch_lengths, check_numbers, num_batch_shapes, profile_steps
-from grit_jax.train import flops
+from grit_jax.train import flops, lora_base
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
@@ -126,9 +126,13 @@ def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
         logging.warning(line)
         if main:
             print(line, flush=True)
+    workdir = os.fspath(storage.as_path(ckpt.directory).parent)
     if start is None:
-        params = initial_params(setup.config, setup.model_config, setup.shardings.params)
-        return setup.create_state(params), 0
+        state = setup.create_state(initial_params(setup.config, setup.model_config, setup.base_shardings))
+        if setup.lora:
+            lora_base.record(setup, workdir, state.frozen)
+            state = lora_base.start_adapters(setup, state)
+        return state, 0
     try:
         state, data_state = ckpt.restore(start, setup.abstract_state())
     except (ValueError, KeyError, TypeError) as e:  # the checkpoint holds another model or optimizer
@@ -142,6 +146,12 @@ def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
             f"checkpoint step {start} in {ckpt.directory} cannot be read ({_first_line(e)}); move it "
             "aside to resume from the step before it"
         ) from None
+    if setup.lora:  # checkpoints hold the adapters: the frozen base is loaded again, and checked
+        base = setup.create_state(
+            initial_params(setup.config, setup.model_config, setup.base_shardings)
+        ).frozen
+        lora_base.check(setup, workdir, base)
+        state = state.replace(frozen=base)
     data.set_state(data_state)
     logging.info("resumed from %s/%d", ckpt.directory, start)
     if main:

@@ -69,7 +69,7 @@ class Evaluator:
             rows = [a[chosen][:, :width] if a.ndim == 2 else a[chosen] for a in arrays]
             pad = ENCODE_ROWS - len(rows[0])
             rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
-            emb = self._encode(state.params, state.projection, *map(self._put, rows))
+            emb = self._encode(state.model_params, state.projection, *map(self._put, rows))
             out.append(np.asarray(jax.device_get(emb))[: ENCODE_ROWS - pad])
         embeddings = np.empty_like(np.concatenate(out))
         embeddings[order] = np.concatenate(out)
@@ -84,7 +84,7 @@ class Evaluator:
             total = count = 0.0
             for batch in self.gen_batches:
                 t, c = self._generative(
-                    state.params,
+                    state.model_params,
                     *map(self._put, (batch["gen_tokens"], batch["gen_mask"], batch["gen_loss_mask"])),
                 )
                 total, count = total + float(t), count + float(c)

@@ -177,13 +177,16 @@ def generative_loss(graphdef, params, batch, objective):
     return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
 
 
-def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective):
-    """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict).
+def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, frozen=None):
+    """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict);
+    frozen: None, or the LoRA base (the rest of the model's state, grit_jax/model/lora.py).
 
     mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
     of them. Metrics are named as the reference names them where it has a name.
     """
     params, projection = trainable
+    if frozen is not None:
+        params = nnx.merge_state(frozen, params)
     zero = jnp.zeros((), jnp.float32)
     metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
     loss = zero

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grit_jax import sharding
 from grit_jax.choices import BATCH_AXES
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer, abstract_model
+from grit_jax.model import ModelConfig, Transformer, abstract_model, lora
 from grit_jax.model.attention import check_platform
 from grit_jax.run_config import batch_shapes, validate_config
 from grit_jax.train.optimizer import make_optimizer
@@ -29,18 +29,26 @@ from grit_jax.weights.orbax_checkpoint import model_config
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything the step changes. params: the Transformer's nnx.State; projection: {} or
-    {kernel [D,P], bias [P]}; opt_state over (params, projection); step; rng (uint32 key data)."""
+    """Everything the step changes. params: the Transformer's nnx.State (with LoRA: its adapters only);
+    projection: {} or {kernel [D,P], bias [P]}; opt_state over (params, projection); step; rng (uint32
+    key data); frozen: with LoRA the frozen base (the rest of the model's state, never differentiated and
+    not saved in checkpoints), else None."""
 
     params: Any
     projection: Any
     opt_state: Any
     step: jax.Array
     rng: jax.Array
+    frozen: Any = None
 
     @property
     def trainable(self):
         return (self.params, self.projection)
+
+    @property
+    def model_params(self):
+        """The whole model's nnx.State (base and adapters)."""
+        return self.params if self.frozen is None else nnx.merge_state(self.frozen, self.params)
 
 
 def _init_projection(config, hidden_size, key):
@@ -77,16 +85,20 @@ class TrainSetup:
         self.model_config = model_cfg or model_config(config)
         check_platform(self.model_config.attention_impl, mesh.devices.flat[0].platform)
         self.graphdef, abstract_params = abstract_model(self.model_config)
+        self.lora = self.model_config.lora_rank > 0
         self.tx, self.schedule = make_optimizer(config)
         replicated = NamedSharding(mesh, PartitionSpec())
-        param_sh = sharding.named_shardings(sharding.param_specs(abstract_params, mesh), mesh)
+        model_sh = sharding.named_shardings(sharding.param_specs(abstract_params, mesh), mesh)
+        param_sh, frozen_sh = lora.split_adapters(model_sh) if self.lora else (model_sh, None)
+        # where the base weights go: grit_jax.train.state.initial_params loads them there
+        self.base_shardings = frozen_sh if self.lora else param_sh
         proj_sh = {k: replicated for k in ("kernel", "bias")} if config.objective.projection_dim else {}
         self.abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0), None)
         flat_params = jax.tree_util.tree_flatten_with_path((param_sh, proj_sh))[0]
         flat_shapes = jax.tree.leaves((self.abstract.params, self.abstract.projection))
         by_path = {tuple(p): (s, tuple(a.shape)) for (p, s), a in zip(flat_params, flat_shapes)}
         opt_sh = _opt_state_shardings(self.abstract.opt_state, by_path, replicated)
-        self.shardings = TrainState(param_sh, proj_sh, opt_sh, replicated, replicated)
+        self.shardings = TrainState(param_sh, proj_sh, opt_sh, replicated, replicated, frozen_sh)
         self.replicated = replicated
         # Every batch array is split along its first dimension over the batch mesh axes.
         self.batch_sharding = NamedSharding(
@@ -95,13 +107,18 @@ class TrainSetup:
         self.batch_shapes = batch_shapes(config)
 
     def _init(self, key, given_params):
+        """given_params: the base's weights (with LoRA: without adapters) or None (random)."""
         k_model, k_proj, k_state = jax.random.split(key, 3)
-        if given_params is None:
+        params, frozen = given_params, None
+        if given_params is None or self.lora:
             with nnx.use_eager_sharding(False):
-                given_params = nnx.split(Transformer(self.model_config, rngs=nnx.Rngs(k_model)))[1]
+                params = nnx.split(Transformer(self.model_config, rngs=nnx.Rngs(k_model)))[1]
+            if self.lora:  # fresh adapters (the model equals the base); a random base unless given
+                params, frozen = lora.split_adapters(params)
+                frozen = frozen if given_params is None else given_params
         projection = _init_projection(self.config, self.model_config.hidden_size, k_proj)
-        opt_state = self.tx.init((given_params, projection))
-        return TrainState(given_params, projection, opt_state, jnp.zeros((), jnp.int32), k_state)
+        opt_state = self.tx.init((params, projection))
+        return TrainState(params, projection, opt_state, jnp.zeros((), jnp.int32), k_state, frozen)
 
     def abstract_state(self) -> TrainState:
         """TrainState of ShapeDtypeStructs carrying their NamedShardings (restore / AOT target)."""
@@ -120,13 +137,14 @@ class TrainSetup:
             fn = jax.jit(lambda k: self._init(k, None), out_shardings=self.shardings)
             with sharding.use_mesh(self.mesh):
                 return fn(key)
-        params = jax.device_put(self._checked_params(params), self.shardings.params)
+        params = jax.device_put(self._checked_params(params), self.base_shardings)
         fn = jax.jit(self._init, out_shardings=self.shardings, donate_argnums=(1,))
         return fn(key, params)
 
     def _checked_params(self, params) -> nnx.State:
+        base = self.abstract.frozen if self.lora else self.abstract.params
         if not isinstance(params, nnx.State):
-            template = jax.tree.map(lambda a: a, self.abstract.params)
+            template = jax.tree.map(lambda a: a, base)
             nnx.replace_by_pure_dict(template, params)
             params = template
 
@@ -135,7 +153,7 @@ class TrainSetup:
                 return "missing"
             return f"{np.shape(value)} {np.dtype(value.dtype)}"
 
-        pairs = zip(nnx.to_flat_state(params), nnx.to_flat_state(self.abstract.params))
+        pairs = zip(nnx.to_flat_state(params), nnx.to_flat_state(base))
         wrong = [
             f"{'.'.join(map(str, k))}: {described(v.get_value())} (want {a.shape} {np.dtype(a.dtype)})"
             for (k, v), (_, a) in pairs

@@ -49,16 +49,18 @@ def _tokens(batch):
 
 
 def _loss_and_grad(setup: TrainSetup):
-    """(trainable, batch) -> ((loss, metrics), grads) of the global batch, traced under the mesh.
+    """(trainable, batch, frozen) -> ((loss, metrics), grads) of the global batch, traced under the mesh.
 
     Gradients are constrained to their parameters' shardings (a reduce-scatter under FSDP).
     """
     mesh, objective, state_sh = setup.mesh, setup.config.objective, setup.shardings
 
-    def fn(trainable, batch):
+    def fn(trainable, batch, frozen=None):
         with sharding.use_mesh(mesh):
+            # Differentiated with respect to `trainable` only: a frozen LoRA base is a constant of the
+            # loss, so no gradient of a base weight is ever computed.
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            out, grads = grad_fn(trainable, setup.graphdef, batch, objective)
+            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, frozen)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
 
@@ -66,15 +68,18 @@ def _loss_and_grad(setup: TrainSetup):
 
 
 def make_loss_and_grad(setup: TrainSetup):
-    """Jitted ``(state.trainable, batch) -> ((loss, metrics), grads)``: the step without the update."""
+    """Jitted ``(state.trainable, batch, state.frozen) -> ((loss, metrics), grads)``: the step without the
+    update (frozen: the LoRA base, None without LoRA)."""
     state_sh = setup.shardings
-    return jax.jit(
+    jitted = jax.jit(
         _loss_and_grad(setup),
         in_shardings=(
             (state_sh.params, state_sh.projection),
             {k: setup.batch_sharding for k in setup.batch_shapes},
+            state_sh.frozen,
         ),
     )
+    return lambda trainable, batch, frozen=None: jitted(trainable, batch, frozen)
 
 
 def make_train_step(setup: TrainSetup):
@@ -90,7 +95,7 @@ def make_train_step(setup: TrainSetup):
         return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
     def step(state: TrainState, batch):
-        (loss, metrics), grads = loss_and_grad(state.trainable, batch)
+        (loss, metrics), grads = loss_and_grad(state.trainable, batch, state.frozen)
         with sharding.use_mesh(setup.mesh):
             grad_norm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
@@ -100,7 +105,7 @@ def make_train_step(setup: TrainSetup):
                 finite, (params, projection, opt_state), (*state.trainable, state.opt_state)
             )
             new_state = TrainState(
-                params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0]
+                params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0], state.frozen
             )
             metrics.update(
                 grad_norm=grad_norm,

@@ -110,6 +110,7 @@ class Checkpoints:
 
     def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
         self._finish()  # the previous save: a failure stops the run before another save starts
+        state = _without_frozen(state)  # a LoRA run's base is not saved (grit_jax/weights/lora_base.py)
         items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state or {})}
         try:
             saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -151,7 +152,9 @@ class Checkpoints:
         return self.failure
 
     def restore(self, step: int, abstract_state):
-        """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state."""
+        """The state at `step`, laid out as `abstract_state` says (any mesh), and the data iterator state.
+        A LoRA run's state comes back without its frozen base (state.frozen None)."""
+        abstract_state = _without_frozen(abstract_state)
         items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored[STATE], restored[DATA] or None
@@ -206,6 +209,10 @@ def quiet_orbax_tracebacks():
         logger.addFilter(_DropTracebacks())
 
 
+def _without_frozen(state):
+    return state.replace(frozen=None) if getattr(state, "frozen", None) is not None else state
+
+
 # the model group's fields that say how a model runs, not what it is
 RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "moe_impl")
 
@@ -215,6 +222,8 @@ def model_config(config) -> ModelConfig:
     checkpoint (its own model config), with our overrides of how it runs (RUN_FIELDS)."""
     m = config.model
     overrides = {k: m[k] for k in RUN_FIELDS if k in m}
+    if "lora" in m:  # LoRA is how this run trains, not what the model is
+        overrides.update(lora_rank=m.lora.rank, lora_alpha=m.lora.alpha, lora_targets=tuple(m.lora.targets))
     if m.get("init_checkpoint"):
         return resolve_checkpoint(m.init_checkpoint).config.replace(**overrides)
     if m.get("hf_dir"):

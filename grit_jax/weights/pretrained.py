@@ -19,6 +19,7 @@ from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
 from grit_jax.weights.model_weights import open_weights
 from grit_jax.weights.orbax_checkpoint import CheckpointSource
+from grit_jax.weights.peft_adapter import merge_into
 
 GRIT_CONFIG = "grit_config.json"
 TOKENIZER_FILES = (
@@ -130,13 +131,19 @@ def grit_settings(source: CheckpointSource | None, **overrides) -> dict:
 
 
 def load_pretrained(
-    path: str, dtype: str = "float32", step: int | None = None, tokenizer=None, mesh: Mesh | None = None
+    path: str,
+    dtype: str = "float32",
+    step: int | None = None,
+    tokenizer=None,
+    mesh: Mesh | None = None,
+    adapter: str | None = None,
 ):
     """(Transformer with the weights, Tokenizer, GRIT settings) of a Hugging Face directory (config.json +
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
-    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device."""
+    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device.
+    `adapter`: a PEFT LoRA directory merged into the weights (grit_jax.weights.peft_adapter)."""
     weights = open_weights(path, step=step, dtype=dtype)
     checkpoint, hint = weights.checkpoint, None
     if checkpoint is None:  # a Hugging Face directory
@@ -148,4 +155,5 @@ def load_pretrained(
     tokenizer = tokenizer or Tokenizer(find_tokenizer(search, hint=hint))
     if isinstance(tokenizer, str):
         tokenizer = Tokenizer(find_tokenizer([], tokenizer))
-    return weights.model(mesh, param_dtype=weights.stored_param_dtype()), tokenizer, settings
+    model = weights.model(mesh, param_dtype=weights.stored_param_dtype())
+    return (model if adapter is None else merge_into(model, adapter)), tokenizer, settings

@@ -26,12 +26,14 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
 # configs/gritlm.py:VARIANT[,MODE]; the others take no argument.
 RECIPES = [(v, m) for v in ("7b", "8x7b") for m in (None, "unified", "embedding", "generative")]
 RECIPES += [(v, None) for v in ("llama3.1-8b", "qwen3-8b", "qwen3-30b-a3b", "qwen2.5-0.5b")]
+RECIPES += [(v, None) for v in ("7b-lora", "llama3.1-8b-lora", "qwen3-8b-lora")]  # LoRA on one host
 CASES = [(c, None) for c in CONFIGS if c != "configs/gritlm.py"] + [
     ("configs/gritlm.py", v + (f",{m}" if m else "")) for v, m in RECIPES
 ]
 # Mistral-7B, Mixtral-8x7B, and the published sizes of Llama-3.1-8B, Qwen3-8B and Qwen2.5-0.5B.
 PARAMS = {"7b": 7.24e9, "8x7b": 46.7e9, "llama3.1-8b": 8.03e9, "qwen3-8b": 8.19e9, "qwen2.5-0.5b": 0.494e9}
 PARAMS["qwen3-30b-a3b"] = 30.5e9
+PARAMS.update({f"{v}-lora": PARAMS[v] for v in ("7b", "llama3.1-8b", "qwen3-8b")})
 
 
 def parse(path, arg=None):
@@ -58,7 +60,7 @@ def test_config_builds_abstract_sharded_state(path, arg):
     leaves = jax.tree.leaves(state)
     assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # nothing materialised
     assert all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh for x in leaves)
-    params = jax.tree.leaves(state.params)
+    params = jax.tree.leaves(state.params if state.frozen is None else state.frozen)  # LoRA: the base
     count = sum(int(np.prod(x.shape)) for x in params)
     assert count == model_config(config).num_params()
     if variant in PARAMS:

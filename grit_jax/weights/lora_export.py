@@ -1,0 +1,77 @@
+"""What `grit-convert lora-to-peft` and `merge-adapter` do: a LoRA run's adapters -> a PEFT adapter
+directory, and a Hugging Face base + a PEFT adapter -> merged Hugging Face weights (W + alpha/r * A B),
+streamed one tensor at a time as `orbax-to-hf` streams (grit_jax/programs/grit_convert.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from grit_jax import storage
+from grit_jax.errors import CheckpointError
+from grit_jax.weights import hf_names as hf
+from grit_jax.weights import peft_adapter
+from grit_jax.weights.orbax_checkpoint import CheckpointSource, checkpoint_leaves, resolve_checkpoint
+from grit_jax.weights.reader import HFParams, iter_tensors
+from grit_jax.weights.safetensors_io import ShardWriter
+from grit_jax.weights.tensorstore_io import leaf_opener
+
+WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
+
+
+def checkpoint_adapters(ckpt: str, step: int | None = None) -> tuple[CheckpointSource, dict]:
+    """(source, {module: (A, B)}) of a LoRA training run's checkpoint (work dir or step dir)."""
+    source = resolve_checkpoint(ckpt, step)
+    if not source.config.lora_rank:
+        raise CheckpointError(f"{ckpt}: not a LoRA run (its model.lora.rank is 0); use orbax-to-hf")
+    leaves, read = checkpoint_leaves(source), leaf_opener(source.pytree_dir)
+    arrays = {}
+    for name, (keys, *_) in sorted(leaves.items()):
+        if name.endswith(".lora_a"):
+            module = name.removesuffix(".lora_a")
+            b_keys = leaves[f"{module}.lora_b"][0]
+            a, b = (np.asarray(read(k).read().result(), np.float32) for k in (keys, b_keys))
+            arrays[module] = (a, b)
+    if not arrays:
+        raise CheckpointError(f"{source.pytree_dir}: no LoRA adapters in this checkpoint")
+    return source, arrays
+
+
+def base_of(source: CheckpointSource) -> str:
+    """The base model a training run's adapters belong to (its model.hf_dir or model.init_checkpoint)."""
+    model = (source.training_config or {}).get("model") or {}
+    return model.get("hf_dir") or model.get("init_checkpoint") or ""
+
+
+def lora_to_peft(ckpt: str, out: str, step: int | None = None) -> str:
+    source, arrays = checkpoint_adapters(ckpt, step)
+    return peft_adapter.write_adapter(out, arrays, source.config, base_of(source))
+
+
+def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str:
+    """A Hugging Face directory of `base` with the PEFT adapter `adapter` merged into its weights (stored
+    in the base's dtypes); the base's config, tokenizer and grit_config.json are copied."""
+    if not storage.isdir(base):
+        raise CheckpointError(f"{base}: no such directory (expected the adapter's Hugging Face base)")
+    cfg, arrays = peft_adapter.read_adapter(adapter, hf.read_hf_config(base))
+    params, scale = HFParams(base, cfg), cfg.lora_alpha / cfg.lora_rank
+    shapes = hf.param_shapes(cfg)
+    plan = [
+        (name, hf.hf_shape(entry, shapes[entry.path]), str(params.stored_dtype(entry)))
+        for entry in hf.name_map(cfg)
+        for _, name in hf.hf_names(entry, cfg)
+    ]
+    os.makedirs(out, exist_ok=True)
+    writer = ShardWriter(out, max_shard_size, plan)
+    for entry, _, position, name, value in iter_tensors(params):  # one layer at a time
+        writer.add(name, hf.to_hf(entry, peft_adapter.merged(entry, position, value, arrays, scale)))
+        del value
+    writer.close()
+    local = storage.local_copy(base, "base")
+    for name in sorted(os.listdir(local)):
+        if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES):
+            shutil.copyfile(os.path.join(local, name), os.path.join(out, name))
+    return out
