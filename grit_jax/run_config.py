@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
         # last): each global batch is padded to the smallest that holds its longest row. () = always max_len.
         # On TPU use multiples of 128 (the attention tiles). Each combination used compiles once.
         "length_buckets": {"query": (), "passage": (), "generative": ()},
+        # Pack several sequences per row (grit_jax.packing): no compute on padding. Rows of *_max_len.
+        "packing": False,
         "seed": 0,
         "shuffle": True,  # False keeps file order (tests)
         "use_unique_indices": True,  # generative stream drawn without replacement, refilled when exhausted

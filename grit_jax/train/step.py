@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from grit_jax import sharding
+from grit_jax.packing import packed_batch_shapes, packed_rows, validate_packed_batch
 from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
 from grit_jax.train import objective as objective_lib
 from grit_jax.train.state import TrainSetup, TrainState
@@ -23,9 +24,16 @@ from grit_jax.train.state import TrainSetup, TrainState
 def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
     """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh.
 
-    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan)."""
-    validate_batch(setup.config, host_batch, num_hosts=jax.process_count())
-    shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
+    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan);
+    with data.packing its row counts are (grit_jax.packing)."""
+    hosts = jax.process_count()
+    if setup.packing:
+        validate_packed_batch(setup.packing, host_batch, num_hosts=hosts)
+        rows = {f: r * hosts for f, r in packed_rows(setup.packing, host_batch).items()}
+        shapes = packed_batch_shapes(setup.packing, rows)
+    else:
+        validate_batch(setup.config, host_batch, num_hosts=hosts)
+        shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
     return {
         k: jax.make_array_from_process_local_data(
             setup.batch_sharding, np.asarray(host_batch[k], dtype), shape
@@ -36,16 +44,22 @@ def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
 
 def abstract_batch(setup: TrainSetup, lengths=None) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for ahead-of-time compilation); lengths {field: bucket}
-    as in config.batch_shapes, by default every field's max_len (the largest shapes)."""
+    as in config.batch_shapes, by default every field's max_len (the largest shapes); with data.packing,
+    lengths are {field: rows} (default: the largest, one sequence a row)."""
+    shapes = (
+        packed_batch_shapes(setup.packing, lengths) if setup.packing else batch_shapes(setup.config, lengths)
+    )
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
-        for k, (shape, dtype) in batch_shapes(setup.config, lengths).items()
+        for k, (shape, dtype) in shapes.items()
     }
 
 
-def _tokens(batch):
-    keys = [k for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
-    return sum(jnp.sum(batch[k].astype(jnp.int32)) for k in keys)
+def _token_counts(batch):
+    """(real tokens, computed positions) of a padded or packed batch."""
+    real = [batch[k] for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
+    real += [batch[k] > 0 for k in ("query_segments", "passage_segments", "gen_segments") if k in batch]
+    return sum(jnp.sum(m.astype(jnp.int32)) for m in real), sum(m.size for m in real)
 
 
 def _loss_and_grad(setup: TrainSetup):
@@ -106,7 +120,8 @@ def make_train_step(setup: TrainSetup):
                 grad_norm=grad_norm,
                 param_norm=optax.tree.norm((params, projection)),
                 learning_rate=schedule(state.step),
-                tokens=_tokens(batch),
+                tokens=_token_counts(batch)[0],
+                positions=jnp.asarray(_token_counts(batch)[1], jnp.int32),
                 nonfinite=1 - finite.astype(jnp.int32),
             )
         return new_state, metrics
@@ -121,7 +136,10 @@ def make_train_step(setup: TrainSetup):
 
     def train_step(state, batch):
         # Says what is wrong before anything compiles; each length bucket compiles (and is cached) once.
-        validate_batch(setup.config, batch)
+        if setup.packing:
+            validate_packed_batch(setup.packing, batch)
+        else:
+            validate_batch(setup.config, batch)
         return jitted(state, batch)
 
     train_step.lower = jitted.lower
