@@ -126,7 +126,7 @@ def validate_packed_batch(layout: Mapping[str, FieldPacking], batch: Mapping, nu
     expected = packed_batch_shapes(layout)
     if set(batch) != set(expected):
         raise UsageError(f"a packed batch (data.packing) holds {sorted(expected)}, not {sorted(batch)}")
-    for field, f in layout.items():
+    for _field, f in layout.items():
         rows = int(batch[f"{f.prefix}_tokens"].shape[0]) * num_hosts
         if rows not in f.row_grid():
             raise UsageError(f"batch[{f.prefix + '_tokens'!r}] has {rows} rows, not one of {f.row_grid()}")

@@ -166,6 +166,7 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
         )
     profile_steps(config)  # a malformed log.profile_steps fails here, before anything compiles
     _validate_buckets(config.data)
+    _validate_packing(config.data)
     if config.optimizer.schedule not in SCHEDULES:
         raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
     w = data_parallel_size(mesh_shape)
@@ -194,6 +195,15 @@ def _validate_buckets(data) -> None:
                 f"data.length_buckets.{field}={tuple(given)}: {bad[0]!r} is not a length in "
                 f"1..data.{limit}={data[limit]} (the largest bucket is always data.{limit})"
             )
+
+
+def _validate_packing(data) -> None:
+    bucketed = [f for f in LENGTH_FIELDS if data.length_buckets[f]]
+    if data.packing and bucketed:
+        raise UsageError(
+            f"data.packing packs rows of *_max_len: drop data.length_buckets.{bucketed[0]} (packing leaves "
+            "less padding than buckets) or set data.packing=False"
+        )
 
 
 def profile_steps(config) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ import optax
 from grit_jax import sharding
 from grit_jax.packing import packed_batch_shapes, packed_rows, validate_packed_batch
 from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
+from grit_jax.train import flops
 from grit_jax.train import objective as objective_lib
 from grit_jax.train.state import TrainSetup, TrainState
 
@@ -60,6 +61,19 @@ def _token_counts(batch):
     real = [batch[k] for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
     real += [batch[k] > 0 for k in ("query_segments", "passage_segments", "gen_segments") if k in batch]
     return sum(jnp.sum(m.astype(jnp.int32)) for m in real), sum(m.size for m in real)
+
+
+def _packed_counts(setup: TrainSetup, batch) -> dict:
+    """{field: (real tokens, attended (query, key) pairs)} of a packed batch, for its model FLOPs: a
+    token at position p attends to p + 1 keys (causal) or to its whole sequence (sum over a sequence of
+    n tokens of 2p + 1 = n * n)."""
+    counts = {}
+    for field, f in setup.packing.items():
+        real = (batch[f"{f.prefix}_segments"] > 0).astype(jnp.float32)
+        pos = batch[f"{f.prefix}_positions"].astype(jnp.float32)
+        causal = field == "generative" or setup.config.objective.attn == "cccc"
+        counts[field] = (jnp.sum(real), jnp.sum(real * (pos + 1 if causal else 2 * pos + 1)))
+    return counts
 
 
 def _loss_and_grad(setup: TrainSetup):
@@ -124,6 +138,9 @@ def make_train_step(setup: TrainSetup):
                 positions=jnp.asarray(_token_counts(batch)[1], jnp.int32),
                 nonfinite=1 - finite.astype(jnp.int32),
             )
+            if setup.packing:
+                counts = _packed_counts(setup, batch)
+                metrics["model_flops"] = flops.packed_step_flops(setup.config, setup.model_config, counts)
         return new_state, metrics
 
     shapes = setup.batch_shapes

@@ -1,0 +1,99 @@
+"""Packed host batches (data.packing): the sequences grit_jax.data.pipeline would pad, packed into rows.
+
+Every host finds the lengths of every sequence of the GLOBAL batch from the length index (and, for the
+passages, the same sampling as the padded pipeline), packs every host's share to count the rows the
+fullest (host, group) needs, and takes the smallest row count of the grid that holds it
+(grit_jax.packing): all hosts agree, so all compile the same shapes. Then it packs its own share into its
+rows. Nothing is cut beyond the field's *_max_len, as padded; a step's batch depends only on the step, so
+a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from grit_jax.data import sampling
+from grit_jax.data.lengths import load_lengths, per_row
+from grit_jax.data.packing import field_sequences, pack_host, rows_needed
+from grit_jax.data.pipeline import HostBatches, make_train_iterator
+from grit_jax.errors import UsageError
+from grit_jax.packing import FieldPacking
+
+
+class PackedHostBatches(HostBatches):
+    """HostBatches whose fields are packed (layout: grit_jax.packing.packing_layout)."""
+
+    def __init__(self, config, manifest, data_dir, pad_id, mode, process_index, process_count, layout):
+        self.layout: dict[str, FieldPacking] = layout
+        self.host, self.hosts = process_index, process_count
+        super().__init__(config, manifest, data_dir, pad_id, mode, process_index, process_count)
+        for f in layout.values():
+            if (f.sequences // process_count) % f.groups or f.unit % process_count:
+                raise UsageError(
+                    f"data.packing: {process_count} hosts cannot each take whole {f.field} chunks; use a "
+                    "data-parallel size that is a multiple of the number of hosts"
+                )
+
+    def _length_index(self, kind, data_dir, entries, opened):
+        return [load_lengths(kind, data_dir, e, s) for e, s in zip(entries, opened)]  # always needed
+
+    def _pack(self, field: str, sequences, global_lengths, extra=None) -> dict[str, np.ndarray]:
+        f = self.layout[field]
+        share = len(global_lengths) // self.hosts
+        per_host = [global_lengths[p * share : (p + 1) * share] for p in range(self.hosts)]
+        rows = f.rows_for(rows_needed(per_host, f), self.hosts)
+        return pack_host(sequences, f, rows, self.host, self.hosts, extra, self.pad_id)
+
+    def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
+        padded = super().embedding_batch(step)
+        epoch, j = divmod(step, self.epoch_steps)
+        with self._plan_lock:
+            plan = self._plan(epoch)[j]
+        out = {}
+        for field, lengths in (
+            ("query", self._query_lengths(plan)),
+            ("passage", self._passage_lengths(step, plan)),
+        ):
+            tokens, _ = field_sequences(padded, field)
+            out.update(self._pack(field, tokens, lengths))
+            out[f"{field}_instruction_len"] = padded[f"{field}_instruction_len"]
+        return out
+
+    def _query_lengths(self, plan) -> np.ndarray:
+        return np.minimum(per_row(self.opened["embedding"].lengths, "query", plan), self.config.query_max_len)
+
+    def _passage_lengths(self, step: int, plan) -> np.ndarray:
+        """Lengths of the passages every global row samples (grit_jax.data.sampling), in batch order."""
+        config, out = self.config, []
+        for row, (source, index) in enumerate(plan):
+            lengths = self.opened["embedding"].lengths[source]
+            first, end = lengths["passage_offsets"][int(index) : int(index) + 2]
+            num_pos = int(lengths["num_pos"][index])
+            chosen = sampling.chosen_passages(
+                config.seed, config.train_group_size, step, row, num_pos, int(end - first)
+            )
+            out.append(lengths["passage_lens"][first + np.asarray(chosen)])
+        return np.minimum(np.concatenate(out), config.passage_max_len)
+
+    def generative_batch(self, step: int) -> dict[str, np.ndarray]:
+        padded = super().generative_batch(step)
+        rows = range(self.config.generative_batch_size)
+        lengths = np.asarray([int(self.gen_token_lens[self.generative_index(step, r)]) for r in rows])
+        tokens, extra = field_sequences(padded, "gen")
+        return self._pack("generative", tokens, np.minimum(lengths, self.config.generative_max_len), extra)
+
+
+def packed_train_iterator(config, layout, tokenizer=None, process_index=0, process_count=1, mode="unified"):
+    """make_train_iterator (grit_jax.data.pipeline) with packed fields (layout: grit_jax.packing)."""
+
+    def host_batches(*args):
+        return PackedHostBatches(*args, layout)
+
+    return make_train_iterator(config, tokenizer, process_index, process_count, mode, host_batches)
+
+
+def train_iterator(config, layout, tokenizer=None, process_index=0, process_count=1, mode="unified"):
+    """Packed batches when ``layout`` (data.packing) is not empty, else padded ones."""
+    if layout:
+        return packed_train_iterator(config, layout, tokenizer, process_index, process_count, mode)
+    return make_train_iterator(config, tokenizer, process_index, process_count, mode)
