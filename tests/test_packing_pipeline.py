@@ -4,7 +4,6 @@ each host the rows of its own sequences with the row count every host picks; a r
 continues exactly; two hosts' rows together give the loss and gradients of one host's."""
 
 import json
-import os
 
 import jax
 import numpy as np
