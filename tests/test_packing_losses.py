@@ -10,7 +10,6 @@ import pytest
 from grit_jax import sharding
 from grit_jax.data.packing import best_fit, pack_padded_batch
 from grit_jax.model import pooling
-from grit_jax.model.model_config import ModelConfig
 from grit_jax.packing import packing_layout
 from grit_jax.run_config import base_config
 from grit_jax.train import step
@@ -55,8 +54,8 @@ def padded_batch(c, seed=0):
     return {k: v for k, v in out.items() if k.split("_")[0] in keep[c.objective.mode]}
 
 
-def loss_and_grads(c, mesh_axes, batch, state, model_cfg=None):
-    setup = TrainSetup(c, sharding.make_mesh(mesh_axes), model_cfg=model_cfg)
+def loss_and_grads(c, mesh_axes, batch, state):
+    setup = TrainSetup(c, sharding.make_mesh(mesh_axes))
     placed = jax.device_put(state, setup.shardings)
     out = step.make_loss_and_grad(setup)(placed.trainable, step.global_batch(setup, batch))
     return jax.device_get(out)
@@ -72,26 +71,27 @@ def assert_same(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * max(np.abs(w).max(), 1e-30))
 
 
-CASES = {
-    "unified, chunks and micro-batches, 1 device": (
-        "unified",
+LASTTOKEN = dict(pooling="lasttoken", projection_dim=8)
+CHUNKED = dict(embedding_chunk_size=16, generative_accumulation_steps=2)
+CASES = {  # (mode, mesh, objective, model preset)
+    "unified, chunks and micro-batches, 1 device": ("unified", ONE, CHUNKED, "tiny"),
+    "unified, chunks and micro-batches, 2x4": ("unified", MESH_2X4, CHUNKED, "tiny"),
+    "embedding, lasttoken, projection": ("embedding", ONE, LASTTOKEN, "tiny"),
+    # Mixtral: the load-balancing loss of each micro-batch sees the same real tokens packed
+    "generative, Mixtral, token loss, micro-batches": (
+        "generative",
         ONE,
-        dict(embedding_chunk_size=16, generative_accumulation_steps=2),
+        dict(loss_gen_type="token", generative_accumulation_steps=2),
+        "tiny_moe",
     ),
-    "unified, chunks and micro-batches, 2x4": (
-        "unified",
-        MESH_2X4,
-        dict(embedding_chunk_size=16, generative_accumulation_steps=2),
-    ),
-    "embedding, lasttoken, 2x4": ("embedding", MESH_2X4, dict(pooling="lasttoken", projection_dim=8)),
-    "generative, token loss, 1 device": ("generative", ONE, dict(loss_gen_type="token")),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_packed_equals_padded(case):
-    mode, mesh_axes, objective = CASES[case]
+    mode, mesh_axes, objective, preset = CASES[case]
     padded_config, packed_config = config(mode, False, **objective), config(mode, True, **objective)
+    padded_config.model.preset = packed_config.model.preset = preset
     batch = padded_batch(padded_config, seed=len(case))
     layout = packing_layout(packed_config, sharding.make_mesh(mesh_axes).size)
     packed = pack_padded_batch(batch, layout)
@@ -100,24 +100,8 @@ def test_packed_equals_padded(case):
         assert packed[f"{f.prefix}_tokens"].shape[0] < f.sequences, f.field
     state = TrainSetup(padded_config, sharding.make_mesh(ONE)).create_state()
     want = loss_and_grads(padded_config, mesh_axes, batch, state)
+    assert preset != "tiny_moe" or want[0][1]["loss_router"] > 0
     assert_same(loss_and_grads(packed_config, mesh_axes, packed, state), want)
-
-
-def test_router_loss_over_real_tokens_in_micro_batches():
-    """Mixtral: the load-balancing loss per accumulation micro-batch sees the same tokens packed."""
-    cfg = ModelConfig.preset("tiny_moe")
-    objective = dict(generative_accumulation_steps=2)
-    padded_config, packed_config = (
-        config("generative", False, **objective),
-        config("generative", True, **objective),
-    )
-    padded_config.model.preset = packed_config.model.preset = "tiny_moe"
-    batch = padded_batch(padded_config, seed=7)
-    packed = pack_padded_batch(batch, packing_layout(packed_config, 1))
-    state = TrainSetup(padded_config, sharding.make_mesh(ONE), model_cfg=cfg).create_state()
-    want = loss_and_grads(padded_config, ONE, batch, state, cfg)
-    assert want[0][1]["loss_router"] > 0
-    assert_same(loss_and_grads(packed_config, ONE, packed, state, cfg), want)
 
 
 @pytest.mark.parametrize("method", ["mean", "weightedmean", "lasttoken", "cls"])
