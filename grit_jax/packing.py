@@ -10,8 +10,10 @@ R, the number of rows, is one of a short grid of multiples of ``unit`` (so every
 GradCache chunk / accumulation micro-batch gets whole rows); each global batch takes the smallest that
 holds it, which every host computes alike from the length index (grit_jax.data.pipeline). The largest,
 R = N, holds any batch (one sequence a row), so a batch never needs to be cut.
-Sequences are packed per host and per ``group`` (chunk or micro-batch): the rows of micro-batch j hold
-exactly the sequences an unpacked micro-batch j holds, so per-micro-batch terms (the router loss) match.
+A GradCache chunk or accumulation micro-batch of a packed field is at most as many rows as an unpacked
+one (``chunk_rows``: the same memory or less); a batch of R rows takes as many chunks as that needs.
+Only the router loss of a mixture of experts is not a sum over tokens: there sequences are packed per
+host and per micro-batch (``groups``), so packed micro-batch j holds exactly the unpacked one's sequences.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ class FieldPacking:
     field: str
     sequences: int
     length: int
-    groups: int
+    groups: int  # > 1: sequences packed per micro-batch (the router loss), one chunk each
     unit: int  # every row count is a multiple: data-parallel size x groups
     slots: int  # most sequences per row (embedding fields); 0 = unlimited
+    chunk_rows: int = 0  # rows per chunk or micro-batch at most (groups == 1); 0 = one pass
 
     @property
     def prefix(self) -> str:
@@ -49,9 +52,20 @@ class FieldPacking:
         """The row counts a batch may have, ascending; the last is N."""
         counts, k = set(), 0
         while not counts or min(counts) > self.unit:
-            counts.add(math.ceil(self.sequences * 2 ** (-k / GRID_STEPS_PER_HALVING) / self.unit) * self.unit)
+            rows = math.ceil(self.sequences * 2 ** (-k / GRID_STEPS_PER_HALVING) / self.unit) * self.unit
+            counts.add(rows)
             k += 1
         return tuple(sorted(counts))
+
+    def chunks(self, rows: int) -> int:
+        """Chunks (micro-batches) of a batch of ``rows`` rows: the fewest that split every batch shard's
+        rows evenly into chunks of at most chunk_rows rows in all."""
+        if self.groups > 1:
+            return self.groups
+        if not self.chunk_rows or rows <= self.chunk_rows:
+            return 1
+        per_shard, most = rows // self.unit, self.chunk_rows // self.unit
+        return next(c for c in range(1, per_shard + 1) if per_shard % c == 0 and per_shard // c <= most)
 
     def rows_for(self, rows_per_group: int, hosts: int) -> int:
         """The smallest row count of the grid that gives every (host, group) ``rows_per_group`` rows."""
@@ -69,41 +83,32 @@ class FieldPacking:
         return shapes
 
 
-def embedding_groups(config, sequences: int) -> int:
-    """GradCache chunks of an embedding field of ``sequences`` (chunks of embedding_chunk_size each)."""
-    chunk = config.objective.embedding_chunk_size
-    return sequences // chunk if chunk and chunk < sequences else 1
-
-
-def packing_layout(config, data_parallel: int) -> dict[str, FieldPacking]:
-    """{field: FieldPacking} of every field the objective trains, or {} without data.packing."""
-    data, mode = config.data, config.objective.mode
+def packing_layout(config, data_parallel: int, moe: bool = False) -> dict[str, FieldPacking]:
+    """{field: FieldPacking} of every field the objective trains, or {} without data.packing.
+    moe: the model has a router loss (generative sequences are then packed per micro-batch)."""
+    data, objective = config.data, config.objective
     if not data.packing:
         return {}
-    fields = {}
-    if mode in ("unified", "embedding"):
-        b = data.embedding_batch_size
+    fields, w = {}, data_parallel
+    if objective.mode in ("unified", "embedding"):
+        b, chunk = data.embedding_batch_size, objective.embedding_chunk_size
         for field, n in (("query", b), ("passage", b * data.train_group_size)):
-            groups = embedding_groups(config, n)
-            fields[field] = FieldPacking(
-                field,
-                n,
-                data[LIMITS[field]],
-                groups,
-                data_parallel * groups,
-                min(data[LIMITS[field]], MAX_SLOTS),
-            )
-    if mode in ("unified", "generative"):
-        groups = max(int(config.objective.generative_accumulation_steps), 1)
-        n = data.generative_batch_size
-        fields["generative"] = FieldPacking(
-            "generative", n, data.generative_max_len, groups, data_parallel * groups, 0
-        )
+            length = data[LIMITS[field]]
+            chunk_rows = chunk if chunk and chunk < n else 0
+            fields[field] = FieldPacking(field, n, length, 1, w, min(length, MAX_SLOTS), chunk_rows)
+    if objective.mode in ("unified", "generative"):
+        steps, n = max(int(objective.generative_accumulation_steps), 1), data.generative_batch_size
+        if moe and steps > 1:
+            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, steps, w * steps, 0)
+        else:
+            chunk_rows = n // steps if steps > 1 else 0
+            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, 1, w, 0, chunk_rows)
     for f in fields.values():
-        if f.sequences % f.unit:
+        if f.sequences % f.unit or (f.chunk_rows and f.chunk_rows % f.unit):
             raise UsageError(
                 f"data.packing: the {f.sequences} {f.field} sequences of a batch do not split into "
-                f"{data_parallel} batch shards x {f.groups} chunks of whole rows; change the batch size"
+                f"{data_parallel} batch shards x {f.groups} micro-batches of whole rows; change the batch "
+                "size"
             )
     return fields
 

@@ -93,7 +93,7 @@ def test_packed_equals_padded(case):
     padded_config, packed_config = config(mode, False, **objective), config(mode, True, **objective)
     padded_config.model.preset = packed_config.model.preset = preset
     batch = padded_batch(padded_config, seed=len(case))
-    layout = packing_layout(packed_config, sharding.make_mesh(mesh_axes).size)
+    layout = packing_layout(packed_config, sharding.make_mesh(mesh_axes).size, moe=preset == "tiny_moe")
     packed = pack_padded_batch(batch, layout)
     # fewer rows than sequences: padding really left out
     for f in layout.values():

@@ -128,9 +128,9 @@ def encode(model, projection, tokens, mask, instruction_len, objective):
     return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
 
 
-def packed_embeddings(graphdef, params, projection, batch, prefix, objective):
+def packed_embeddings(graphdef, params, projection, batch, prefix, objective, num_chunks):
     """Embeddings [N,D or P] of a packed field (grit_jax.packing), in the batch's sequence order: each
-    sequence pooled from its segment, the rows encoded in as many GradCache chunks as unpacked."""
+    sequence pooled from its segment, the rows encoded in ``num_chunks`` GradCache chunks."""
     tokens, slot = batch[f"{prefix}_tokens"], batch[f"{prefix}_slot"]
     rows, length = tokens.shape
     slots = min(length, MAX_SLOTS)
@@ -145,8 +145,6 @@ def packed_embeddings(graphdef, params, projection, batch, prefix, objective):
             project(hidden, projection), seg, pos, inst, objective.pooling, objective.normalize
         )
 
-    chunk = objective.embedding_chunk_size
-    num_chunks = slot.shape[0] // chunk if chunk and chunk < slot.shape[0] else 1
     inputs = (
         tokens,
         batch[f"{prefix}_segments"],
@@ -157,8 +155,9 @@ def packed_embeddings(graphdef, params, projection, batch, prefix, objective):
     return pooled.reshape(rows * slots, -1)[slot]
 
 
-def embedding_loss(graphdef, params, projection, batch, objective):
-    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks."""
+def embedding_loss(graphdef, params, projection, batch, objective, packed_chunks=None):
+    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks (packed fields:
+    packed_chunks {prefix: chunks}, grit_jax.packing)."""
 
     def encode_rows(rows):
         tokens, mask, inst = rows
@@ -166,8 +165,10 @@ def embedding_loss(graphdef, params, projection, batch, objective):
 
     chunk = objective.embedding_chunk_size
     if "query_segments" in batch:
-        q = packed_embeddings(graphdef, params, projection, batch, "query", objective)
-        p = packed_embeddings(graphdef, params, projection, batch, "passage", objective)
+        q = packed_embeddings(graphdef, params, projection, batch, "query", objective, packed_chunks["query"])
+        p = packed_embeddings(
+            graphdef, params, projection, batch, "passage", objective, packed_chunks["passage"]
+        )
     else:
         q = map_chunks(
             encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk
@@ -185,7 +186,7 @@ def embedding_loss(graphdef, params, projection, batch, objective):
     return loss, {"loss_emb": loss, "accuracy": accuracy}
 
 
-def generative_loss(graphdef, params, batch, objective):
+def generative_loss(graphdef, params, batch, objective, packed_chunks=None):
     """(loss, metrics) of next-token prediction on the generative batch, in accumulation micro-batches.
 
     loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``); for Mixtral
@@ -211,7 +212,11 @@ def generative_loss(graphdef, params, batch, objective):
             aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, m)
         return total, aux
 
-    steps = max(int(objective.generative_accumulation_steps), 1)
+    steps = (
+        max(int(objective.generative_accumulation_steps), 1)
+        if num_sequences is None
+        else packed_chunks["gen"]
+    )
     if steps == 1:
         total, aux = micro(rows)
     else:
@@ -222,21 +227,22 @@ def generative_loss(graphdef, params, batch, objective):
     return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
 
 
-def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective):
+def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, packed_chunks=None):
     """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict).
 
     mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
-    of them. Metrics are named as the reference names them where it has a name.
+    of them. Metrics are named as the reference names them where it has a name. A packed batch
+    (grit_jax.packing) comes with packed_chunks {prefix: chunks or micro-batches of its rows}.
     """
     params, projection = trainable
     zero = jnp.zeros((), jnp.float32)
     metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
     loss = zero
     if objective.mode in ("unified", "embedding"):
-        emb, m = embedding_loss(graphdef, params, projection, batch, objective)
+        emb, m = embedding_loss(graphdef, params, projection, batch, objective, packed_chunks)
         loss, metrics = loss + emb, {**metrics, **m}
     if objective.mode in ("unified", "generative"):
-        gen, m = generative_loss(graphdef, params, batch, objective)
+        gen, m = generative_loss(graphdef, params, batch, objective, packed_chunks)
         loss, metrics = loss + gen, {**metrics, **m}
     metrics["loss"] = loss
     return loss, metrics

@@ -100,7 +100,7 @@ class TrainSetup:
             mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape))
         )
         # data.packing: the largest packed shapes (grit_jax.packing); a batch may have fewer rows
-        self.packing = packing_layout(config, data_parallel_size(dict(mesh.shape)))
+        self.packing = packing_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
         self.batch_shapes = packed_batch_shapes(self.packing) if self.packing else batch_shapes(config)
 
     def _init(self, key, given_params):

@@ -81,12 +81,13 @@ def _loss_and_grad(setup: TrainSetup):
 
     Gradients are constrained to their parameters' shardings (a reduce-scatter under FSDP).
     """
-    mesh, objective, state_sh = setup.mesh, setup.config.objective, setup.shardings
+    mesh, objective, state_sh, packing = setup.mesh, setup.config.objective, setup.shardings, setup.packing
 
     def fn(trainable, batch):
         with sharding.use_mesh(mesh):
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            out, grads = grad_fn(trainable, setup.graphdef, batch, objective)
+            chunks = {f.prefix: f.chunks(batch[f"{f.prefix}_tokens"].shape[0]) for f in packing.values()}
+            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, chunks or None)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
 
