@@ -26,7 +26,7 @@ import numpy as np
 
 from grit_jax.errors import UsageError
 
-MAX_SLOTS = 64  # most sequences pooled per embedding row: the pooling's one-hot is [R, slots, L]
+MAX_SLOTS = 256  # most sequences pooled per embedding row: the pooling's one-hot is [R, slots, L]
 GRID_STEPS_PER_HALVING = 8  # row counts N * 2**(-k/8): a batch takes at most ~9% more rows than it needs
 PREFIXES = {"query": "query", "passage": "passage", "generative": "gen"}
 LIMITS = {"query": "query_max_len", "passage": "passage_max_len", "generative": "generative_max_len"}
