@@ -11,7 +11,7 @@ import pytest
 
 from grit_jax import sharding
 from grit_jax.data import pipeline, sources
-from grit_jax.data.packed_pipeline import packed_train_iterator
+from grit_jax.data.packed_pipeline import packed_train_iterator, planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.packing import packing_layout
 from grit_jax.run_config import base_config
@@ -151,3 +151,16 @@ def test_packing_config_checks():
     c.data.length_buckets.passage = (32,)
     with pytest.raises(UsageError, match="data.packing packs rows of"):
         TrainSetup(c, sharding.make_mesh(dict(data=1)))
+
+
+def test_planned_counts_are_what_the_pipeline_packs(data_dir):
+    """grit-aot and benchmarks/packing.py count real tokens and packed positions from the length index
+    alone: the same as the packed batches hold."""
+    c = data_config(data_dir)
+    layout = packing_layout(c, 2)
+    planned = planned_counts(c.data, layout, 3)
+    batches = packed_steps(c, 3)
+    for field, f in layout.items():
+        real = sum(int((b[f"{f.prefix}_segments"] > 0).sum()) for b in batches)
+        positions = sum(b[f"{f.prefix}_segments"].size for b in batches)
+        assert planned[field][:2] == [real, positions], field

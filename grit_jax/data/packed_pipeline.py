@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grit_jax.data import sampling
+from grit_jax.data import sampling, sources
 from grit_jax.data.lengths import load_lengths, per_row
 from grit_jax.data.packing import field_sequences, pack_host, rows_needed
 from grit_jax.data.pipeline import HostBatches, make_train_iterator
@@ -37,12 +37,28 @@ class PackedHostBatches(HostBatches):
     def _length_index(self, kind, data_dir, entries, opened):
         return [load_lengths(kind, data_dir, e, s) for e, s in zip(entries, opened)]  # always needed
 
-    def _pack(self, field: str, sequences, global_lengths, extra=None) -> dict[str, np.ndarray]:
+    def row_count(self, field: str, global_lengths) -> int:
+        """The global row count of a field whose sequences (all hosts') have ``global_lengths``."""
         f = self.layout[field]
         share = len(global_lengths) // self.hosts
         per_host = [global_lengths[p * share : (p + 1) * share] for p in range(self.hosts)]
-        rows = f.rows_for(rows_needed(per_host, f), self.hosts)
-        return pack_host(sequences, f, rows, self.host, self.hosts, extra, self.pad_id)
+        return f.rows_for(rows_needed(per_host, f), self.hosts)
+
+    def _pack(self, field: str, sequences, global_lengths, extra=None) -> dict[str, np.ndarray]:
+        rows = self.row_count(field, global_lengths)
+        return pack_host(sequences, self.layout[field], rows, self.host, self.hosts, extra, self.pad_id)
+
+    def global_lengths(self, step: int) -> dict[str, np.ndarray]:
+        """{field: lengths of all the step's sequences}, from the length index alone (no record read)."""
+        out = {}
+        if self.embed:
+            epoch, j = divmod(step, self.epoch_steps)
+            with self._plan_lock:
+                plan = self._plan(epoch)[j]
+            out.update(query=self._query_lengths(plan), passage=self._passage_lengths(step, plan))
+        if self.gen:
+            out["generative"] = self._generative_lengths(step)
+        return out
 
     def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
         padded = super().embedding_batch(step)
@@ -77,10 +93,13 @@ class PackedHostBatches(HostBatches):
 
     def generative_batch(self, step: int) -> dict[str, np.ndarray]:
         padded = super().generative_batch(step)
+        tokens, extra = field_sequences(padded, "gen")
+        return self._pack("generative", tokens, self._generative_lengths(step), extra)
+
+    def _generative_lengths(self, step: int) -> np.ndarray:
         rows = range(self.config.generative_batch_size)
         lengths = np.asarray([int(self.gen_token_lens[self.generative_index(step, r)]) for r in rows])
-        tokens, extra = field_sequences(padded, "gen")
-        return self._pack("generative", tokens, np.minimum(lengths, self.config.generative_max_len), extra)
+        return np.minimum(lengths, self.config.generative_max_len)
 
 
 def packed_train_iterator(config, layout, tokenizer=None, process_index=0, process_count=1, mode="unified"):
@@ -97,3 +116,19 @@ def train_iterator(config, layout, tokenizer=None, process_index=0, process_coun
     if layout:
         return packed_train_iterator(config, layout, tokenizer, process_index, process_count, mode)
     return make_train_iterator(config, tokenizer, process_index, process_count, mode)
+
+
+def planned_counts(config, layout, steps: int, hosts: int = 1, mode: str = "unified") -> dict:
+    """{field: [real tokens, packed positions, attended pairs (bidirectional)]} summed over the first
+    ``steps`` steps of prepared data (``config``: the data group), from its length index alone: what
+    packing computes on it, for ``hosts`` hosts (benchmarks/packing.py, grit-aot)."""
+    manifest = sources.read_manifest(config.data_dir)
+    batches = PackedHostBatches(config, manifest, config.data_dir, 0, mode, 0, hosts, layout)
+    totals = {field: [0, 0, 0] for field in layout}
+    for step in range(steps):
+        for field, lengths in batches.global_lengths(step).items():
+            lengths = lengths.astype(np.int64)
+            totals[field][0] += int(lengths.sum())
+            totals[field][1] += batches.row_count(field, lengths) * layout[field].length
+            totals[field][2] += int((lengths * lengths).sum())
+    return totals
