@@ -2,6 +2,7 @@
 
     python -m benchmarks.packing tokens [--steps 20]
     python -m benchmarks.packing steps [--steps 6]
+    python -m benchmarks.packing data --data_dir DIR [--config configs/gritlm.py:7b] [--shards 64 --hosts 16]
 
 tokens: real tokens / computed positions per field and overall, padded to max_len, with length buckets and
 packed: (1) the demo corpus through the real pipeline at configs/demo.py's sizes; (2) the synthetic
@@ -10,6 +11,8 @@ E5/MEDI + Tulu-like mix of benchmarks/length_buckets.py (ASSUMED percentiles) at
 16 hosts), the row counts decided exactly as the pipeline decides them (grit_jax.data.packing).
 steps: seconds per train step of configs/demo.py on this machine, padded and packed, on the same examples
 (the padded batches of the pipeline, and the same sequences packed), after compiling every shape.
+data: the real share that packing reaches on YOUR prepared data (`grit-data prepare` output) with a
+recipe's batch on a slice of ``shards`` batch shards and ``hosts`` hosts, from its length index alone.
 """
 
 from __future__ import annotations
@@ -171,13 +174,39 @@ def steps(args):
     )
 
 
+def data(args):
+    import importlib
+
+    from grit_jax.data.packed_pipeline import planned_counts
+
+    path, _, arg = args.config.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    config = module.get_config(arg) if arg else module.get_config()
+    config.data.update(data_dir=args.data_dir, packing=True)
+    layout = packing_layout(config, args.shards)
+    totals = planned_counts(config.data, layout, args.steps, args.hosts, config.objective.mode)
+    padded = {f: [t[0], layout[f].sequences * layout[f].length * args.steps, t[1]] for f, t in totals.items()}
+    print(
+        _table(
+            f"{args.data_dir}, {args.config} batch, {args.shards} batch shards on {args.hosts} hosts, "
+            f"{args.steps} steps",
+            padded,
+            ("max_len", "packed"),
+        )
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("tokens", "steps"))
-    parser.add_argument("--steps", type=int, default=0, help="steps (tokens: 20, steps: 6)")
+    parser.add_argument("what", choices=("tokens", "steps", "data"))
+    parser.add_argument("--steps", type=int, default=0, help="steps (tokens, data: 20, steps: 6)")
+    parser.add_argument("--data_dir", default="", help="data: a grit-data prepare output")
+    parser.add_argument("--config", default="configs/gritlm.py:7b", help="data: the recipe (its batch)")
+    parser.add_argument("--shards", type=int, default=64, help="data: batch shards (data-parallel size)")
+    parser.add_argument("--hosts", type=int, default=16, help="data: hosts")
     args = parser.parse_args()
-    args.steps = args.steps or (20 if args.what == "tokens" else 6)
-    tokens(args) if args.what == "tokens" else steps(args)
+    args.steps = args.steps or (6 if args.what == "steps" else 20)
+    {"tokens": tokens, "steps": steps, "data": data}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from grit_jax.data.packed_pipeline import packed_train_iterator, planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.packing import packing_layout
 from grit_jax.run_config import base_config
-from grit_jax.train import step
+from grit_jax.train import flops, step
 from grit_jax.train.state import TrainSetup
 from tests.grit_fixtures import make_tokenizer, tokenizer_texts
 
@@ -164,3 +164,22 @@ def test_planned_counts_are_what_the_pipeline_packs(data_dir):
         real = sum(int((b[f"{f.prefix}_segments"] > 0).sum()) for b in batches)
         positions = sum(b[f"{f.prefix}_segments"].size for b in batches)
         assert planned[field][:2] == [real, positions], field
+
+
+def test_mfu_counts_real_tokens():
+    """A packed step's model FLOPs count its real tokens and the pairs within each sequence: rows that
+    each hold one full-length sequence cost what the padded step costs (bidirectional embedding)."""
+    c = data_config("")
+    c.objective.update(mode="embedding", embedding_chunk_size=0)
+    setup = TrainSetup(c, sharding.make_mesh(dict(data=1)))
+    batch = {}
+    for f in setup.packing.values():
+        batch[f"{f.prefix}_segments"] = np.ones((f.sequences, f.length), np.int32)
+        batch[f"{f.prefix}_positions"] = np.broadcast_to(np.arange(f.length), (f.sequences, f.length))
+    counts = step._packed_counts(setup, batch)
+    full = flops.packed_step_flops(c, setup.model_config, counts)
+    np.testing.assert_allclose(full, flops.train_step_flops(c, setup.model_config), rtol=1e-6)
+    for f in setup.packing.values():  # half of each row: a quarter of the attention, half of the rest
+        batch[f"{f.prefix}_segments"][:, f.length // 2 :] = 0
+    half = flops.packed_step_flops(c, setup.model_config, step._packed_counts(setup, batch))
+    assert full / 2 > half > full / 4
