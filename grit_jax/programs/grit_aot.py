@@ -276,7 +276,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         compile_seconds=seconds,
         settings=settings,
         **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top),
-        **_time_fields(setup, devices[0], mfu, len({d.process_index for d in devices})),
+        **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 
 
