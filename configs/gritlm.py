@@ -112,6 +112,7 @@ def get_config(arg="7b"):
         embedding_batch_size=v["embedding_batch_size"],
         generative_batch_size=v["generative_batch_size"],
         train_group_size=2,
+        packing=True,  # several sequences per row: no compute on padding (README "Packing")
         **PAPER_LENGTHS,
     )
     config.objective.update(

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
         # last): each global batch is padded to the smallest that holds its longest row. () = always max_len.
         # On TPU use multiples of 128 (the attention tiles). Each combination used compiles once.
         "length_buckets": {"query": (), "passage": (), "generative": ()},
+        # Pack several sequences per row (grit_jax.packed_batch): no compute on padding. Rows of *_max_len.
+        "packing": False,
         "seed": 0,
         "shuffle": True,  # False keeps file order (tests)
         "use_unique_indices": True,  # generative stream drawn without replacement, refilled when exhausted
@@ -235,6 +237,7 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
         )
     profile_steps(config)  # a malformed log.profile_steps fails here, before anything compiles
     _validate_buckets(config.data)
+    _validate_packing(config.data)
     if config.optimizer.schedule not in SCHEDULES:
         raise UsageError(f"optimizer.schedule={config.optimizer.schedule!r}: expected one of {SCHEDULES}")
     w = data_parallel_size(mesh_shape)
@@ -263,6 +266,15 @@ def _validate_buckets(data) -> None:
                 f"data.length_buckets.{field}={tuple(given)}: {bad[0]!r} is not a length in "
                 f"1..data.{limit}={data[limit]} (the largest bucket is always data.{limit})"
             )
+
+
+def _validate_packing(data) -> None:
+    bucketed = [f for f in LENGTH_FIELDS if data.length_buckets[f]]
+    if data.packing and bucketed:
+        raise UsageError(
+            f"data.packing packs rows of *_max_len: drop data.length_buckets.{bucketed[0]} (packing leaves "
+            "less padding than buckets) or set data.packing=False"
+        )
 
 
 def profile_steps(config) -> tuple[int, int] | None:

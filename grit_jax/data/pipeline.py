@@ -102,9 +102,7 @@ class HostBatches:
             self.epoch_steps = steps_per_epoch(self.opened["embedding"].sizes, config.embedding_batch_size)
         if self.gen:
             self.gen_offsets = np.cumsum([0] + self.opened["generative"].sizes)
-            if self.opened[
-                "generative"
-            ].lengths:  # indexed like gen_offsets: every source's lengths, concatenated
+            if self.opened["generative"].lengths:  # indexed like gen_offsets: every source's, concatenated
                 self.gen_token_lens = np.concatenate([n["tokens"] for n in self.opened["generative"].lengths])
         self._plan_lock = threading.Lock()
 
@@ -319,16 +317,18 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     mode: str = "unified",
+    host_batches=HostBatches,
 ) -> TrainIterator:
     """This host's share of each global batch of prepared data in `config.data_dir`.
 
-    mode: "unified" (embedding and generative fields), "embedding" or "generative"."""
+    mode: "unified" (embedding and generative fields), "embedding" or "generative"; host_batches: the
+    HostBatches class (grit_jax.data.packed_pipeline's for data.packing)."""
     manifest = sources.read_manifest(config.data_dir)
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
         raise DataError(f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}")
     prepared_files.check(config.data_dir, manifest)
-    batches = HostBatches(
+    batches = host_batches(
         config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count
     )
     return TrainIterator(batches, config, _fingerprint(config, manifest, mode))

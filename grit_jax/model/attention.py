@@ -1,7 +1,8 @@
 """Training attention as a structured spec, run by a fused kernel where one can express it.
 
-Training needs only causal or bidirectional attention over right-padded rows, optionally within a
-sliding window. ``AttentionSpec`` says exactly that (kind, which tokens are real, window), so a kernel
+Training needs only causal or bidirectional attention over right-padded rows, or over packed rows of
+several sequences (segment ids: attention stays within a sequence), optionally within a sliding window.
+``AttentionSpec`` says exactly that (kind, which tokens are real, segments, window), so a kernel
 never materialises the [B,K,G,T,S] scores: Pallas splash attention on TPU, cuDNN flash attention on
 GPU. The dense [B,T,S] mask of grit_jax.model.masks stays for inference and is the oracle of the tests.
 
@@ -35,25 +36,32 @@ _logged: set[str] = set()
 @struct.dataclass
 class AttentionSpec:
     """Who attends to whom without a cache: ``kind`` (causal | bidirectional) over the real tokens
-    ``valid`` [B,T] (right padding: real tokens first), within ``window`` positions if not None."""
+    ``valid`` [B,T] (right padding: real tokens first), within ``window`` positions if not None.
+    ``segments`` [B,T] int32 (packed rows: 0 = padding, 1.. = the sequences of a row) or None (one
+    sequence per row): a token attends only to its own segment."""
 
     valid: jax.Array
+    segments: jax.Array | None = None
     kind: str = struct.field(pytree_node=False, default="causal")
     window: int | None = struct.field(pytree_node=False, default=None)
     impl: str = struct.field(pytree_node=False, default="auto")
 
     def dense_mask(self):
         """The same attention as a boolean [B,T,T] mask (grit_jax.model.masks): the oracle."""
-        return masks.make_attn_mask(self.valid, self.kind, sliding_window=self.window)
+        return masks.make_attn_mask(self.valid, self.kind, sliding_window=self.window, segments=self.segments)
 
 
-def attention_spec(padding, kind: str, sliding_window: int | None, impl: str) -> AttentionSpec:
-    """The spec of a right-padded batch; a window no shorter than the sequence cuts nothing: dropped."""
+def attention_spec(padding, kind: str, sliding_window: int | None, impl: str, segments=None) -> AttentionSpec:
+    """The spec of a right-padded batch (padding [B,T] bool), or of packed rows (segments [B,T] int,
+    0 = padding; padding is then segments > 0); a window no shorter than the row cuts nothing: dropped."""
     if kind not in ("causal", "bidirectional"):
         raise ValueError(f"an AttentionSpec is causal or bidirectional, not {kind!r}")
+    if segments is not None:
+        segments = jnp.asarray(segments, jnp.int32)
+        padding = segments > 0
     length = padding.shape[1]
     window = sliding_window if sliding_window is not None and sliding_window < length else None
-    return AttentionSpec(jnp.asarray(padding, bool), kind, window, impl)
+    return AttentionSpec(jnp.asarray(padding, bool), segments, kind, window, impl)
 
 
 def check_platform(impl: str, platform: str) -> None:
@@ -105,6 +113,8 @@ def cudnn_limits(spec: AttentionSpec, q_shape, dtype) -> str:
         return f"head_dim {q_shape[-1]} (a multiple of 8, at most 128)"
     if spec.window is not None and spec.kind == "bidirectional":
         return "a bidirectional sliding window (cuDNN windows are causal)"
+    if spec.segments is not None:
+        return "packed rows (jax.nn.dot_product_attention takes no segment ids)"
     return ""
 
 
@@ -192,7 +202,8 @@ def splash_attention(spec: AttentionSpec, q, k, v, interpret: bool = False):
     if repeat > 1:
         k, v = jnp.repeat(k, repeat, axis=2), jnp.repeat(v, repeat, axis=2)
     q = q * jnp.asarray(1.0 / h**0.5, q.dtype)  # splash does not scale the scores
-    segments = spec.valid.astype(jnp.int32)  # padding = segment 0: real tokens never see it
+    # padding = segment 0: real tokens never see it; packed rows: each sequence its own segment
+    segments = spec.valid.astype(jnp.int32) if spec.segments is None else spec.segments
     local_heads = n // (dict(mesh.shape)["tensor"] if head_axis else 1)
     kernel, segment_ids = splash_kernel(spec.kind, t, spec.window, local_heads, interpret)
 

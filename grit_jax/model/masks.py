@@ -37,8 +37,14 @@ def mask_from_positions(
     return mask
 
 
-def make_attn_mask(padding, kind="causal", prefix_len=None, sliding_window=None):
-    """A [B,T,T] mask for a batch without cache; padding [B,T] is True on real tokens (on either side)."""
+def make_attn_mask(padding, kind="causal", prefix_len=None, sliding_window=None, segments=None):
+    """A [B,T,T] mask for a batch without cache; padding [B,T] is True on real tokens (on either side).
+
+    segments [B,T] int (packed rows, grit_jax.data.packing): a token attends only within its own segment;
+    segments are contiguous, so causality and the window over row indices are those within the segment."""
     padding = jnp.asarray(padding, bool)
     positions = jnp.broadcast_to(jnp.arange(padding.shape[1]), padding.shape)
-    return mask_from_positions(positions, positions, padding, kind, prefix_len, sliding_window)
+    mask = mask_from_positions(positions, positions, padding, kind, prefix_len, sliding_window)
+    if segments is not None:
+        mask = mask & (segments[:, :, None] == segments[:, None, :])
+    return mask

@@ -29,6 +29,7 @@ import jax
 from absl import flags
 
 from grit_jax import cli, hardware, sharding
+from grit_jax.data.packed_pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
 from grit_jax.run_config import num_batch_shapes
@@ -91,7 +92,7 @@ class Report:
     peak_bytes: int  # the compiler's peak, when it reports one (0 otherwise)
     total_bytes: int  # what the chip must hold
     fits: bool
-    step_flops: float  # analytic model FLOPs of one step, whole slice
+    step_flops: float  # analytic model FLOPs of one step, whole slice (packed with data: real tokens')
     peak_flops_per_chip: float
     mfu: float
     step_seconds: float  # at ``mfu``
@@ -101,6 +102,7 @@ class Report:
     top: list = dataclasses.field(default_factory=list)  # (what, per-chip bytes, detail)
     settings: dict = dataclasses.field(default_factory=dict)
     compiler_error: str = ""  # XLA's out-of-memory message when it refused to compile
+    real_share: float = 0.0  # data.packing with data.data_dir: real tokens / computed positions
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -214,10 +216,26 @@ def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: in
     )
 
 
-def _time_fields(setup: TrainSetup, device, mfu: float) -> dict:
+def packed_flops(setup: TrainSetup, hosts: int, steps: int = 20) -> tuple[float, float]:
+    """(model FLOPs per step, real share of the computed positions) of a packed config, from the real
+    tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.packed_pipeline)."""
+    config = setup.config
+    totals = planned_counts(config.data, setup.packing, steps, hosts, config.objective.mode)
+    counts = {}
+    for field, (real, _, squares) in totals.items():
+        causal = field == "generative" or config.objective.attn == "cccc"
+        counts[field] = (real / steps, (squares + real) / 2 / steps if causal else squares / steps)
+    share = sum(t[0] for t in totals.values()) / max(sum(t[1] for t in totals.values()), 1)
+    return flops.packed_step_flops(config, setup.model_config, counts), share
+
+
+def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     config = setup.config
     peak_flops = hardware.device_peak_flops(device)
     step_flops = flops.train_step_flops(config, setup.model_config)
+    real_share = 0.0
+    if setup.packing and config.data.data_dir:  # hours from the data's real tokens, not padded rows
+        step_flops, real_share = packed_flops(setup, hosts)
     chips = setup.mesh.devices.size
     step_seconds = step_flops / (chips * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
     return dict(
@@ -227,6 +245,7 @@ def _time_fields(setup: TrainSetup, device, mfu: float) -> dict:
         step_seconds=step_seconds,
         num_steps=int(config.num_steps),
         hours=step_seconds * int(config.num_steps) / 3600,
+        real_share=real_share,
     )
 
 
@@ -245,6 +264,10 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     )
     if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
         settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
+    if setup.packing:  # the largest packed shape (one sequence a row) is what is compiled here
+        settings["packing"] = "largest shape" + (
+            "" if config.data.data_dir else "; FLOPs as padded (no data)"
+        )
     return Report(
         accelerator=accelerator.name,
         topology=accelerator.topology,
@@ -255,7 +278,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         compile_seconds=seconds,
         settings=settings,
         **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top),
-        **_time_fields(setup, devices[0], mfu),
+        **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 
 
@@ -283,7 +306,12 @@ def format_report(r: Report) -> str:
         + (f"  (compiler peak {_gib(r.peak_bytes)})" if r.peak_bytes else ""),
         "top consumers per chip:",
         *(f"  {_gib(b):>12}  {what}  [{detail}]" for what, b, detail in r.top),
-        f"FLOPs      {r.step_flops:.3e} model FLOPs per step (analytic, no rematerialisation)",
+        f"FLOPs      {r.step_flops:.3e} model FLOPs per step (analytic, no rematerialisation)"
+        + (
+            f", of the data's real tokens ({r.real_share:.0%} of the packed positions)"
+            if r.real_share
+            else ""
+        ),
     ]
     if r.compiler_error:
         lines.insert(1, f"XLA:TPU   {r.compiler_error}")

@@ -28,7 +28,8 @@ from jax.experimental import multihost_utils
 
 from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
-from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
+from grit_jax.data.packed_pipeline import train_iterator
+from grit_jax.data.pipeline import load_tokenizer
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
 from grit_jax.run_config import batch_lengths, check_numbers, num_batch_shapes, profile_steps
@@ -173,7 +174,7 @@ class Loop:
         device_peak = self.config.log.peak_flops_per_device or hardware.device_peak_flops(jax.devices()[0])
         self.peak = device_peak * jax.device_count()
         self.last, self.nonfinite_in_a_row, self.save_due = {}, 0, False
-        self.t0, self.tokens, self.flops = time.perf_counter(), 0.0, 0.0  # since the last log
+        self.t0, self.tokens, self.positions, self.flops = time.perf_counter(), 0.0, 0.0, 0.0  # since the log
         self.profile_steps = profile_steps(self.config)
         self.step_times = StepTimes()  # for the ETA: steps that compiled are left out
 
@@ -186,14 +187,18 @@ class Loop:
             self._profile(step, starting=True)
             started = time.perf_counter()
             batch = global_batch(self.setup, next(self.data))
-            # Model FLOPs of this batch's shapes: with data.length_buckets they change from step to step.
-            lengths = batch_lengths(config, batch)
-            self.flops += flops.train_step_flops(config, self.setup.model_config, lengths)
+            if not self.setup.packing:  # model FLOPs of the padded shapes (bucketed: step to step)
+                self.flops += flops.train_step_flops(
+                    config, self.setup.model_config, batch_lengths(config, batch)
+                )
             state, metrics = self.train_step(state, batch)
             metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
             self._profile(step, starting=False)
-            self.step_times.add(time.perf_counter() - started, tuple(sorted(lengths.items())))
-            self.tokens += float(metrics["tokens"])
+            shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))  # step times per compiled shape
+            self.step_times.add(time.perf_counter() - started, shapes)
+            self.tokens += float(metrics["tokens"])  # real tokens (packed or not)
+            self.positions += float(metrics["positions"])
+            self.flops += float(metrics.get("model_flops", 0.0))  # packed: FLOPs of the real tokens
             self._count_nonfinite(step, metrics)
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
                 self._log(step, state, metrics)
@@ -235,7 +240,11 @@ class Loop:
         config, every = self.config, self.config.log.every_steps
         elapsed = time.perf_counter() - self.t0
         seconds = elapsed / every if step % every == 0 else elapsed
-        metrics.update(step_time=seconds, tokens_per_second=self.tokens / max(elapsed, 1e-9))
+        metrics.update(
+            step_time=seconds,
+            tokens_per_second=self.tokens / max(elapsed, 1e-9),  # real tokens, not padding
+            real_share=self.tokens / max(self.positions, 1.0),  # real tokens / computed positions
+        )
         if self.peak:  # unknown on a CPU: benchmarks/train_step.py measures a peak instead
             metrics["mfu"] = self.flops / max(elapsed, 1e-9) / self.peak
         eval_every = config.log.eval_every_steps
@@ -243,7 +252,8 @@ class Loop:
             metrics.update(self.evaluator(state))
         self.log.write(step, metrics)
         self.log.progress(step, metrics, seconds, self.step_times.per_step())
-        self.last, self.t0, self.tokens, self.flops = {"step": step, **metrics}, time.perf_counter(), 0.0, 0.0
+        self.last, self.t0 = {"step": step, **metrics}, time.perf_counter()
+        self.tokens, self.positions, self.flops = 0.0, 0.0, 0.0
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""
@@ -312,8 +322,8 @@ def _train(config, workdir, preempted: Preempted) -> dict:
     if main:
         if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
             print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
-    data = make_train_iterator(
-        config.data, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
+    data = train_iterator(
+        config.data, setup.packing, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
     )
     ckpt = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
     if main:

@@ -9,16 +9,33 @@ from __future__ import annotations
 from grit_jax.model import ModelConfig
 
 
-def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_logits: bool) -> float:
+def token_flops(cfg: ModelConfig, with_logits: bool) -> float:
+    """Forward FLOPs of one token, attention aside (projections, MLP or experts, router, logits)."""
     d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     n, k = cfg.num_attention_heads, cfg.num_key_value_heads
     experts = cfg.num_experts_per_tok if cfg.is_moe else 1
     f = cfg.expert_intermediate_size if cfg.is_moe else f
     per_token = 2 * d * h * (2 * n + 2 * k) + 2 * 3 * d * f * experts + 2 * d * cfg.num_local_experts
+    return float(cfg.num_hidden_layers * per_token + (2 * d * cfg.vocab_size if with_logits else 0))
+
+
+def pair_flops(cfg: ModelConfig) -> float:
+    """Forward FLOPs of one (query, key) pair of attention: scores and weighted values, every layer."""
+    return float(cfg.num_hidden_layers * 2 * 2 * cfg.num_attention_heads * cfg.head_dim)
+
+
+def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_logits: bool) -> float:
     keys = length / 2 if causal else length
-    attention = 2 * 2 * keys * n * h  # scores and weighted values, per query token
-    total = cfg.num_hidden_layers * (per_token + attention) + (2 * d * cfg.vocab_size if with_logits else 0)
-    return float(batch * length * total)
+    return float(batch * length * (token_flops(cfg, with_logits) + keys * pair_flops(cfg)))
+
+
+def packed_step_flops(config, cfg: ModelConfig, counts) -> float:
+    """Model FLOPs of one packed step (data.packing) from its real tokens: counts {field: (tokens,
+    attended pairs)} (grit_jax.train.step counts them: within each sequence, causal keys up to the query)."""
+    flops = 0.0
+    for field, (tokens, pairs) in counts.items():
+        flops = flops + tokens * token_flops(cfg, field == "generative") + pairs * pair_flops(cfg)
+    return 3.0 * flops
 
 
 def train_step_flops(config, cfg: ModelConfig, lengths=None) -> float:

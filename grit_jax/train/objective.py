@@ -22,7 +22,8 @@ from grit_jax import sharding
 from grit_jax.choices import ATTENTIONS
 from grit_jax.model import load_balancing_loss
 from grit_jax.model.attention import attention_spec
-from grit_jax.model.pooling import pool, project
+from grit_jax.model.pooling import pool, pool_segments, project
+from grit_jax.packed_batch import MAX_SLOTS
 
 # ----------------------------------------------------------------------------- losses
 
@@ -59,18 +60,20 @@ def token_cross_entropy(logits, tokens, loss_mask):
     return jnp.sum(nll * weight), jnp.sum(weight)
 
 
-def generative_normalizer(loss_mask, loss_gen_type):
+def generative_normalizer(loss_mask, loss_gen_type, num_sequences=None):
     """What the summed token loss is divided by, over the GLOBAL generative batch.
 
     ``mixed``: the number of labelled targets. The reference takes the mean over each device's tokens
     and then averages over devices; the global mean over tokens is the exact form of what it
     approximates, and the two agree when every device holds the same number of labelled tokens.
     ``token``: the number of sequences (reference: per-device sum / per-device sequences, averaged
-    over devices, which equals global sum / global sequences).
+    over devices, which equals global sum / global sequences). Packed rows hold several sequences each:
+    ``num_sequences`` is their number (default: one a row).
     """
     if loss_gen_type == "mixed":
         return jnp.maximum(jnp.sum(loss_mask[:, 1:].astype(jnp.float32)), 1.0)
-    return jnp.asarray(loss_mask.shape[0], jnp.float32)  # token
+    count = loss_mask.shape[0] if num_sequences is None else num_sequences
+    return jnp.asarray(count, jnp.float32)  # token
 
 
 def scale_gradient(x, factor):
@@ -111,11 +114,12 @@ def map_chunks(fn, inputs, chunk_size):
     return jax.tree.map(_unchunked, out)
 
 
-def training_attention(model, mask, kind):
-    """The attention of a right-padded training batch (mask [B,T]) as a spec: a kernel runs it where
-    model.config.attention_impl and the platform allow (grit_jax.model.attention), else the dense mask."""
+def training_attention(model, mask, kind, segments=None):
+    """The attention of a right-padded training batch (mask [B,T]), or of packed rows (segments [B,T],
+    grit_jax.packed_batch), as a spec: a kernel runs it where model.config.attention_impl and the platform
+    allow (grit_jax.model.attention), else the dense mask."""
     cfg = model.config
-    return attention_spec(mask, kind, cfg.sliding_window, cfg.attention_impl)
+    return attention_spec(mask, kind, cfg.sliding_window, cfg.attention_impl, segments=segments)
 
 
 def encode(model, projection, tokens, mask, instruction_len, objective):
@@ -124,20 +128,56 @@ def encode(model, projection, tokens, mask, instruction_len, objective):
     return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
 
 
-def embedding_loss(graphdef, params, projection, batch, objective):
-    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks."""
+def packed_embeddings(graphdef, params, projection, batch, prefix, objective, num_chunks):
+    """Embeddings [N,D or P] of a packed field (grit_jax.packed_batch), in the batch's sequence order: each
+    sequence pooled from its segment, the rows encoded in ``num_chunks`` GradCache chunks."""
+    tokens, slot = batch[f"{prefix}_tokens"], batch[f"{prefix}_slot"]
+    rows, length = tokens.shape
+    slots = min(length, MAX_SLOTS)
+    instruction = jnp.zeros(rows * slots, jnp.int32).at[slot].set(batch[f"{prefix}_instruction_len"])
+
+    def encode_rows(chunk):
+        tok, seg, pos, inst = chunk
+        model = nnx.merge(graphdef, params)
+        kind = ATTENTIONS[objective.attn]
+        hidden = model(tok, training_attention(model, None, kind, seg), positions=pos).hidden
+        return pool_segments(
+            project(hidden, projection), seg, pos, inst, objective.pooling, objective.normalize
+        )
+
+    inputs = (
+        tokens,
+        batch[f"{prefix}_segments"],
+        batch[f"{prefix}_positions"],
+        instruction.reshape(rows, slots),
+    )
+    pooled = map_chunks(encode_rows, inputs, rows // num_chunks if num_chunks > 1 else 0)
+    return pooled.reshape(rows * slots, -1)[slot]
+
+
+def embedding_loss(graphdef, params, projection, batch, objective, packed_chunks=None):
+    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks (packed fields:
+    packed_chunks {prefix: chunks}, grit_jax.packed_batch)."""
 
     def encode_rows(rows):
         tokens, mask, inst = rows
         return encode(nnx.merge(graphdef, params), projection, tokens, mask, inst, objective)
 
     chunk = objective.embedding_chunk_size
-    q = map_chunks(
-        encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk
-    )
-    p = map_chunks(
-        encode_rows, (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]), chunk
-    )
+    if "query_segments" in batch:
+        q = packed_embeddings(graphdef, params, projection, batch, "query", objective, packed_chunks["query"])
+        p = packed_embeddings(
+            graphdef, params, projection, batch, "passage", objective, packed_chunks["passage"]
+        )
+    else:
+        q = map_chunks(
+            encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk
+        )
+        p = map_chunks(
+            encode_rows,
+            (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]),
+            chunk,
+        )
     loss, accuracy = contrastive_loss(q, p, objective.temperature)
     if objective.reference_world_size:
         # The reference all-gathers reps without gradient and averages gradients over its W GPUs: its
@@ -146,27 +186,37 @@ def embedding_loss(graphdef, params, projection, batch, objective):
     return loss, {"loss_emb": loss, "accuracy": accuracy}
 
 
-def generative_loss(graphdef, params, batch, objective):
+def generative_loss(graphdef, params, batch, objective, packed_chunks=None):
     """(loss, metrics) of next-token prediction on the generative batch, in accumulation micro-batches.
 
     loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``); for Mixtral
     loss_router = router_aux_loss_coef * the load-balancing loss (mean over micro-batches).
     """
-    tokens, mask, loss_mask = batch["gen_tokens"], batch["gen_mask"], batch["gen_loss_mask"]
-    normalizer = generative_normalizer(loss_mask, objective.loss_gen_type)
+    tokens, loss_mask = batch["gen_tokens"], batch["gen_loss_mask"]
+    if "gen_segments" in batch:  # packed rows: no target at a sequence's first token (nothing precedes it)
+        segments, positions = batch["gen_segments"], batch["gen_positions"]
+        loss_mask = loss_mask & (positions > 0) & (segments > 0)
+        num_sequences = jnp.sum((positions == 0) & (segments > 0))
+        rows = (tokens, segments > 0, loss_mask, segments, positions)
+    else:
+        num_sequences, rows = None, (tokens, batch["gen_mask"], loss_mask, None, None)
+    normalizer = generative_normalizer(loss_mask, objective.loss_gen_type, num_sequences)
 
     def micro(rows):
-        tok, m, lm = rows
+        tok, m, lm, seg, pos = rows
         model = nnx.merge(graphdef, params)
-        out = model(tok, training_attention(model, m, "causal"))
+        out = model(tok, training_attention(model, m, "causal", seg), positions=pos)
         total, _ = token_cross_entropy(model.logits(out.hidden), tok, lm)
         aux = jnp.zeros((), jnp.float32)
         if out.router_logits is not None:
             aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, m)
         return total, aux
 
-    steps = max(int(objective.generative_accumulation_steps), 1)
-    rows = (tokens, mask, loss_mask)
+    steps = (
+        max(int(objective.generative_accumulation_steps), 1)
+        if num_sequences is None
+        else packed_chunks["gen"]
+    )
     if steps == 1:
         total, aux = micro(rows)
     else:
@@ -177,12 +227,13 @@ def generative_loss(graphdef, params, batch, objective):
     return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
 
 
-def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, frozen=None):
+def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, packed_chunks=None, frozen=None):
     """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict);
     frozen: None, or the LoRA base (the rest of the model's state, grit_jax/model/lora.py).
 
     mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
-    of them. Metrics are named as the reference names them where it has a name.
+    of them. Metrics are named as the reference names them where it has a name. A packed batch
+    (grit_jax.packed_batch) comes with packed_chunks {prefix: chunks or micro-batches of its rows}.
     """
     params, projection = trainable
     if frozen is not None:
@@ -191,10 +242,10 @@ def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, frozen=Non
     metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
     loss = zero
     if objective.mode in ("unified", "embedding"):
-        emb, m = embedding_loss(graphdef, params, projection, batch, objective)
+        emb, m = embedding_loss(graphdef, params, projection, batch, objective, packed_chunks)
         loss, metrics = loss + emb, {**metrics, **m}
     if objective.mode in ("unified", "generative"):
-        gen, m = generative_loss(graphdef, params, batch, objective)
+        gen, m = generative_loss(graphdef, params, batch, objective, packed_chunks)
         loss, metrics = loss + gen, {**metrics, **m}
     metrics["loss"] = loss
     return loss, metrics

@@ -22,7 +22,8 @@ from grit_jax.choices import BATCH_AXES
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer, abstract_model, lora
 from grit_jax.model.attention import check_platform
-from grit_jax.run_config import batch_shapes, validate_config
+from grit_jax.packed_batch import packed_batch_shapes, packing_layout
+from grit_jax.run_config import batch_shapes, data_parallel_size, validate_config
 from grit_jax.train.optimizer import make_optimizer
 from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import model_config
@@ -104,7 +105,9 @@ class TrainSetup:
         self.batch_sharding = NamedSharding(
             mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape))
         )
-        self.batch_shapes = batch_shapes(config)
+        # data.packing: the largest packed shapes (grit_jax.packed_batch); a batch may have fewer rows
+        self.packing = packing_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
+        self.batch_shapes = packed_batch_shapes(self.packing) if self.packing else batch_shapes(config)
 
     def _init(self, key, given_params):
         """given_params: the base's weights (with LoRA: without adapters) or None (random)."""

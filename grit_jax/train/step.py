@@ -15,7 +15,9 @@ import numpy as np
 import optax
 
 from grit_jax import sharding
+from grit_jax.packed_batch import packed_batch_shapes, packed_rows, validate_packed_batch
 from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
+from grit_jax.train import flops
 from grit_jax.train import objective as objective_lib
 from grit_jax.train.state import TrainSetup, TrainState
 
@@ -23,9 +25,16 @@ from grit_jax.train.state import TrainSetup, TrainState
 def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
     """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh.
 
-    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan)."""
-    validate_batch(setup.config, host_batch, num_hosts=jax.process_count())
-    shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
+    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan);
+    with data.packing its row counts are (grit_jax.packed_batch)."""
+    hosts = jax.process_count()
+    if setup.packing:
+        validate_packed_batch(setup.packing, host_batch, num_hosts=hosts)
+        rows = {f: r * hosts for f, r in packed_rows(setup.packing, host_batch).items()}
+        shapes = packed_batch_shapes(setup.packing, rows)
+    else:
+        validate_batch(setup.config, host_batch, num_hosts=hosts)
+        shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
     return {
         k: jax.make_array_from_process_local_data(
             setup.batch_sharding, np.asarray(host_batch[k], dtype), shape
@@ -36,16 +45,35 @@ def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
 
 def abstract_batch(setup: TrainSetup, lengths=None) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for ahead-of-time compilation); lengths {field: bucket}
-    as in config.batch_shapes, by default every field's max_len (the largest shapes)."""
+    as in config.batch_shapes, by default every field's max_len (the largest shapes); with data.packing,
+    lengths are {field: rows} (default: the largest, one sequence a row)."""
+    shapes = (
+        packed_batch_shapes(setup.packing, lengths) if setup.packing else batch_shapes(setup.config, lengths)
+    )
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
-        for k, (shape, dtype) in batch_shapes(setup.config, lengths).items()
+        for k, (shape, dtype) in shapes.items()
     }
 
 
-def _tokens(batch):
-    keys = [k for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
-    return sum(jnp.sum(batch[k].astype(jnp.int32)) for k in keys)
+def _token_counts(batch):
+    """(real tokens, computed positions) of a padded or packed batch."""
+    real = [batch[k] for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
+    real += [batch[k] > 0 for k in ("query_segments", "passage_segments", "gen_segments") if k in batch]
+    return sum(jnp.sum(m.astype(jnp.int32)) for m in real), sum(m.size for m in real)
+
+
+def _packed_counts(setup: TrainSetup, batch) -> dict:
+    """{field: (real tokens, attended (query, key) pairs)} of a packed batch, for its model FLOPs: a
+    token at position p attends to p + 1 keys (causal) or to its whole sequence (sum over a sequence of
+    n tokens of 2p + 1 = n * n)."""
+    counts = {}
+    for field, f in setup.packing.items():
+        real = (batch[f"{f.prefix}_segments"] > 0).astype(jnp.float32)
+        pos = batch[f"{f.prefix}_positions"].astype(jnp.float32)
+        causal = field == "generative" or setup.config.objective.attn == "cccc"
+        counts[field] = (jnp.sum(real), jnp.sum(real * (pos + 1 if causal else 2 * pos + 1)))
+    return counts
 
 
 def _loss_and_grad(setup: TrainSetup):
@@ -53,14 +81,15 @@ def _loss_and_grad(setup: TrainSetup):
 
     Gradients are constrained to their parameters' shardings (a reduce-scatter under FSDP).
     """
-    mesh, objective, state_sh = setup.mesh, setup.config.objective, setup.shardings
+    mesh, objective, state_sh, packing = setup.mesh, setup.config.objective, setup.shardings, setup.packing
 
     def fn(trainable, batch, frozen=None):
         with sharding.use_mesh(mesh):
             # Differentiated with respect to `trainable` only: a frozen LoRA base is a constant of the
             # loss, so no gradient of a base weight is ever computed.
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, frozen)
+            chunks = {f.prefix: f.chunks(batch[f"{f.prefix}_tokens"].shape[0]) for f in packing.values()}
+            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, chunks or None, frozen)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
 
@@ -111,9 +140,13 @@ def make_train_step(setup: TrainSetup):
                 grad_norm=grad_norm,
                 param_norm=optax.tree.norm((params, projection)),
                 learning_rate=schedule(state.step),
-                tokens=_tokens(batch),
+                tokens=_token_counts(batch)[0],
+                positions=jnp.asarray(_token_counts(batch)[1], jnp.int32),
                 nonfinite=1 - finite.astype(jnp.int32),
             )
+            if setup.packing:
+                counts = _packed_counts(setup, batch)
+                metrics["model_flops"] = flops.packed_step_flops(setup.config, setup.model_config, counts)
         return new_state, metrics
 
     shapes = setup.batch_shapes
@@ -126,7 +159,10 @@ def make_train_step(setup: TrainSetup):
 
     def train_step(state, batch):
         # Says what is wrong before anything compiles; each length bucket compiles (and is cached) once.
-        validate_batch(setup.config, batch)
+        if setup.packing:
+            validate_packed_batch(setup.packing, batch)
+        else:
+            validate_batch(setup.config, batch)
         return jitted(state, batch)
 
     train_step.lower = jitted.lower

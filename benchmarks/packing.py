@@ -1,0 +1,213 @@
+"""Packing (data.packing): real tokens / computed positions, and train-step time packed vs padded.
+
+    python -m benchmarks.packing tokens [--steps 20]
+    python -m benchmarks.packing steps [--steps 6]
+    python -m benchmarks.packing data --data_dir DIR [--config configs/gritlm.py:7b] [--shards 64 --hosts 16]
+
+tokens: real tokens / computed positions per field and overall, padded to max_len, with length buckets and
+packed: (1) the demo corpus through the real pipeline at configs/demo.py's sizes; (2) the synthetic
+E5/MEDI + Tulu-like mix of benchmarks/length_buckets.py (ASSUMED percentiles) at the 7B recipe's batch
+(configs/gritlm.py: 2048 queries x 256, 4096 passages x 2048, 256 chats x 2048) on v5e-64 (64 batch shards,
+16 hosts), the row counts decided exactly as the pipeline decides them (grit_jax.data.packing).
+steps: seconds per train step of configs/demo.py on this machine, padded and packed, on the same examples
+(the padded batches of the pipeline, and the same sequences packed), after compiling every shape.
+data: the real share that packing reaches on YOUR prepared data (`grit-data prepare` output) with a
+recipe's batch on a slice of ``shards`` batch shards and ``hosts`` hosts, from its length index alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.length_buckets import E5_LIKE, TPU_BUCKETS, TULU_LIKE, _paper_data, draw
+from grit_jax.data import demo, pipeline
+from grit_jax.data.packed_pipeline import packed_train_iterator
+from grit_jax.data.packing import rows_needed
+from grit_jax.packed_batch import packing_layout
+from grit_jax.run_config import bucket_length, length_buckets
+
+FIELDS = {"query": "query", "passage": "passage", "generative": "gen"}
+
+
+def _gritlm_7b():
+    import importlib
+
+    config = importlib.import_module("configs.gritlm").get_config("7b")
+    return config
+
+
+def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0) -> dict:
+    """{field: [real, max_len, buckets, packed]} positions summed over ``steps`` 7B-recipe batches."""
+    rng, data = np.random.default_rng(seed), _paper_data(TPU_BUCKETS)
+    config = _gritlm_7b()
+    layout = packing_layout(config, shards)
+    names = list(E5_LIKE)
+    weights = np.asarray([E5_LIKE[n][0] for n in names])
+    totals = {f: [0, 0, 0, 0] for f in FIELDS}
+    for _ in range(steps):
+        source = E5_LIKE[names[rng.choice(len(names), p=weights / weights.sum())]][1]
+        drawn = {f: draw(source[f], layout[f].sequences, rng) for f in ("query", "passage")}
+        drawn["generative"] = draw(TULU_LIKE["generative"], layout["generative"].sequences, rng)
+        for field, lengths in drawn.items():
+            f = layout[field]
+            lengths = np.minimum(lengths, f.length)
+            share = len(lengths) // hosts
+            rows = f.rows_for(
+                rows_needed([lengths[h * share : (h + 1) * share] for h in range(hosts)], f), hosts
+            )
+            width = bucket_length(length_buckets(data, field), int(lengths.max()))
+            for k, n in enumerate(
+                (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * f.length)
+            ):
+                totals[field][k] += int(n)
+    return totals
+
+
+def pipeline_positions(data_dir: str, config, steps: int) -> dict:
+    """{field: [real, max_len (= padded), packed]} over ``steps`` batches of the real pipeline."""
+    layout = packing_layout(config, 1)
+    padded = pipeline.make_train_iterator(config.data)
+    packed = packed_train_iterator(config.data, layout)
+    totals = {f: [0, 0, 0] for f in FIELDS}
+    for _ in range(steps):
+        full, pack = next(padded), next(packed)
+        for field, prefix in FIELDS.items():
+            mask = full[f"{prefix}_mask"]
+            assert int((pack[f"{prefix}_segments"] > 0).sum()) == int(mask.sum())  # the same tokens
+            for k, n in enumerate((mask.sum(), mask.size, pack[f"{prefix}_segments"].size)):
+                totals[field][k] += int(n)
+    padded.close()
+    packed.close()
+    return totals
+
+
+def _table(title: str, totals: dict, columns: tuple[str, ...]) -> str:
+    head = " | ".join(f"real / {c}" for c in columns)
+    rows = [title, f"| field | real tokens | {head} |", "|---" * (2 + len(columns)) + "|"]
+    sums = np.zeros(len(columns) + 1)
+    for field, values in totals.items():
+        sums += values
+        rows.append(
+            f"| {field} | {values[0]:,} | " + " | ".join(f"{values[0] / v:.1%}" for v in values[1:]) + " |"
+        )
+    rows.append(f"| all | {int(sums[0]):,} | " + " | ".join(f"{sums[0] / v:.1%}" for v in sums[1:]) + " |")
+    return "\n".join(rows)
+
+
+def _demo_config(data_dir: str):
+    import importlib
+
+    config = importlib.import_module("configs.demo").get_config()
+    config.data.update(data_dir=data_dir, demo_corpus=False)
+    return config
+
+
+def tokens(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=1024)["data_dir"]
+        config = _demo_config(data_dir)
+        d = config.data
+        print(
+            _table(
+                f"demo corpus, configs/demo.py ({d.embedding_batch_size} queries x {d.query_max_len}, "
+                f"{d.embedding_batch_size * d.train_group_size} passages x {d.passage_max_len}, "
+                f"{d.generative_batch_size} chats x {d.generative_max_len}), {args.steps} steps",
+                pipeline_positions(data_dir, config, args.steps),
+                ("max_len", "packed"),
+            )
+        )
+    print(
+        _table(
+            f"synthetic E5/MEDI + Tulu-like mix (assumed percentiles), configs/gritlm.py 7b batch on v5e-64, "
+            f"buckets {TPU_BUCKETS}, {args.steps} steps",
+            synthetic_mix(args.steps),
+            ("max_len", "buckets", "packed"),
+        )
+    )
+
+
+def _time(train_step, state, batches):
+    import jax
+
+    for batch in batches:  # compile every shape (not timed)
+        state, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for batch in batches:
+        state, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - start) / len(batches), state
+
+
+def steps(args):
+    from grit_jax import hardware
+
+    hardware.quiet_platform()  # before jax starts: no libtpu probing on a CPU machine
+    from grit_jax import sharding
+    from grit_jax.data.packing import pack_padded_batch
+    from grit_jax.train import step
+    from grit_jax.train.state import TrainSetup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = demo.prepare_demo_data(os.path.join(tmp, "demo"), vocab_size=1024)["data_dir"]
+        config = _demo_config(data_dir)
+        config.data.packing = False
+        iterator = pipeline.make_train_iterator(config.data)
+        host_batches = [next(iterator) for _ in range(args.steps)]
+        iterator.close()
+    timings = {}
+    for packing in (False, True):
+        config.data.packing = packing
+        setup = TrainSetup(config, sharding.make_mesh(config.mesh))
+        batches = [pack_padded_batch(b, setup.packing) if packing else b for b in host_batches]
+        batches = [step.global_batch(setup, b) for b in batches]
+        timings[packing], _ = _time(step.make_train_step(setup), setup.create_state(), batches)
+    print(
+        f"configs/demo.py on this CPU, {args.steps} steps on the same examples: "
+        f"padded {timings[False]:.3f} s/step, packed {timings[True]:.3f} s/step: "
+        f"{timings[False] / timings[True]:.2f}x"
+    )
+
+
+def data(args):
+    import importlib
+
+    from grit_jax.data.packed_pipeline import planned_counts
+
+    path, _, arg = args.config.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    config = module.get_config(arg) if arg else module.get_config()
+    config.data.update(data_dir=args.data_dir, packing=True)
+    layout = packing_layout(config, args.shards)
+    totals = planned_counts(config.data, layout, args.steps, args.hosts, config.objective.mode)
+    padded = {f: [t[0], layout[f].sequences * layout[f].length * args.steps, t[1]] for f, t in totals.items()}
+    print(
+        _table(
+            f"{args.data_dir}, {args.config} batch, {args.shards} batch shards on {args.hosts} hosts, "
+            f"{args.steps} steps",
+            padded,
+            ("max_len", "packed"),
+        )
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("tokens", "steps", "data"))
+    parser.add_argument("--steps", type=int, default=0, help="steps (tokens, data: 20, steps: 6)")
+    parser.add_argument("--data_dir", default="", help="data: a grit-data prepare output")
+    parser.add_argument("--config", default="configs/gritlm.py:7b", help="data: the recipe (its batch)")
+    parser.add_argument("--shards", type=int, default=64, help="data: batch shards (data-parallel size)")
+    parser.add_argument("--hosts", type=int, default=16, help="data: hosts")
+    args = parser.parse_args()
+    args.steps = args.steps or (6 if args.what == "steps" else 20)
+    {"tokens": tokens, "steps": steps, "data": data}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
