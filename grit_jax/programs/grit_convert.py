@@ -233,14 +233,14 @@ def parse_args(argv):
         help="tokenizer.model or tokenizer.json to ship (default: found next to the checkpoint)",
     )
     b.add_argument("--pooling_method", default=None, choices=POOLINGS)
-    for command in (a, b):
+    b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))
+    add_lora_commands(sub)
+    for command in sub.choices.values():  # every command writes --out: the same rule for all
         command.add_argument(
             "--overwrite",
             action="store_true",
             help="replace an earlier export in --out (its weight files and index are removed first)",
         )
-    b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))
-    add_lora_commands(sub)
     return parser.parse_args(argv)
 
 
@@ -253,7 +253,8 @@ def run(argv=None) -> int:
         for flag in ("hf_dir", "ckpt", "out", "tokenizer", "base", "adapter"):
             if getattr(args, flag, None):
                 storage.as_path(getattr(args, flag), f"--{flag}")  # local or gs://, nothing else
-        check_out(args.out, args.overwrite, [getattr(args, "hf_dir", None), getattr(args, "ckpt", None)])
+        sources = [getattr(args, name, None) for name in ("hf_dir", "ckpt", "base", "adapter")]
+        check_out(args.out, args.overwrite, sources)
         if args.command in LORA_COMMANDS:
             out = run_lora_command(args)
         elif args.command == "hf-to-orbax":
