@@ -114,6 +114,8 @@ _POSITIVE, _COUNT, _SIZE = (1, None, True), (0, None, True), ([0], None, False)
 NUMBER_RANGES: dict[str, tuple] = {
     "seed": _COUNT,
     "num_steps": _POSITIVE,
+    "model.lora.rank": _COUNT,  # 0: no adapters
+    "model.lora.alpha": _SIZE,
     "max_nonfinite_steps": _POSITIVE,
     **{f"data.{k}": _POSITIVE for k in ("embedding_batch_size", "generative_batch_size", "query_max_len")},
     **{f"data.{k}": _POSITIVE for k in ("passage_max_len", "generative_max_len", "train_group_size")},
