@@ -6,8 +6,9 @@ die on a file the other removed. The lock says who holds it (host, pid, start ti
 Local: an flock on run.lock, which the operating system releases when the holder exits in any way,
 so a crashed run never blocks the next one. gs://: GCS has no locks, but an object can be created only
 if absent (ifGenerationMatch=0); the holder rewrites it every HEARTBEAT_SECONDS, and a lock not
-rewritten for STALE_SECONDS is a crashed run's: it is deleted only in the generation that was read
-(so two runs taking it over at once cannot both win) and created again.
+rewritten for STALE_SECONDS is a crashed run's, and so is one whose holder ran on this host and is gone
+(a run killed and resumed in place): it is deleted only in the generation that was read (so two runs
+taking it over at once cannot both win) and created again.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ class WorkdirLock:
         except FileExistsError:
             fs.invalidate_cache()
             info = fs.info(key)
-            age = time.time() - _timestamp(info)
-            if age < self.stale_seconds:
-                self._refuse(_parse(fs.cat_file(key).decode()), f", last seen {age:.0f} s ago")
+            age, holder = time.time() - _timestamp(info), _parse(fs.cat_file(key).decode())
+            if age < self.stale_seconds and not _ended_here(holder):
+                self._refuse(holder, f", last seen {age:.0f} s ago")
             bucket, name = key.split("/", 1)  # a crashed run's: delete exactly what was read, then take it
             try:
                 fs.call("DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=str(info["generation"]))
@@ -109,6 +110,20 @@ class WorkdirLock:
             except OSError:
                 pass
             self.key = None
+
+
+def _ended_here(holder: dict) -> bool:
+    """The holder ran on this host and its process is gone (killed, preempted and restarted here): its lock
+    can be taken at once instead of after STALE_SECONDS."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _parse(text: str) -> dict:

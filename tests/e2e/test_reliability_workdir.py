@@ -4,6 +4,7 @@ crashed holder does not block the next run."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,24 @@ def test_a_second_run_on_a_gcs_work_dir_is_refused_then_a_stale_lock_taken_over(
     again = WorkdirLock(workdir)
     again.acquire()  # released: free
     again.release()
+
+
+def test_a_gcs_lock_of_a_process_gone_from_this_host_is_taken_at_once(gcs):
+    """A run killed and resumed on the same host (SIGKILL, then the same command) does not wait 10 minutes."""
+    import fsspec
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    holder = {"host": socket.gethostname(), "pid": int(gone.stdout), "started": "earlier"}
+    workdir = f"{gcs}/killed"
+    fs, key = fsspec.core.url_to_fs(f"{workdir}/run.lock")
+    fs.pipe_file(key, json.dumps(holder).encode(), mode="create")
+    lock = WorkdirLock(workdir)
+    lock.acquire()  # its holder's process is gone from this host: no need to wait for STALE_SECONDS
+    with pytest.raises(UsageError, match="is in use by another run"):
+        WorkdirLock(workdir).acquire()  # a live holder (this process) still refuses
+    lock.release()
 
 
 def test_a_resume_keeps_every_metrics_line_up_to_its_step_around_a_damaged_one(tmp_path, capsys):
