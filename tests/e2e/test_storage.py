@@ -11,9 +11,9 @@ from grit_jax import storage
 from grit_jax.errors import UsageError
 from tests import gcs_emulator
 from tests.gcs_emulator import BUCKET
+from tests.grit_fixtures import ROOT as ROOT_DIR  # the repository
 
 ROOT = f"gs://{BUCKET}/test_storage"
-ROOT_DIR = ROOT
 
 
 @pytest.fixture(scope="module")
