@@ -32,9 +32,11 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.6",  # one test worker per core (pytest.ini)
+            "filelock>=3.12",  # session fixtures built once for all workers (tests/conftest.py)
             "torch==2.13.0",
             "transformers>=4.56",
-            "peft>=0.21",  # loads our LoRA exports (tests/test_lora_peft.py)
+            "peft>=0.21",  # loads our LoRA exports (tests/integration/test_lora_peft.py)
             "ruff==0.17.6",
             "pytrec-eval-terrier>=0.5.6",
             "mteb>=2.0",

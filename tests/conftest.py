@@ -2,49 +2,70 @@
 (session-scoped: each is built once per run)."""
 
 import os
+import shutil
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from tests.grit_fixtures import make_tokenizer, xla_flags  # imports no jax
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402 (after the device flags)
+from filelock import FileLock  # noqa: E402
 
-from tests.grit_fixtures import make_tokenizer  # noqa: E402
 from tests.train_runs import ok, run_train  # noqa: E402
+
+
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """`name`'s directory, built by `build(directory)` once per run: the first pytest-xdist worker that needs
+    it builds it while the others wait, then all use it (without xdist, the one process builds it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, shared by its workers
+    path, built = base / name, base / f"{name}.built"
+    with FileLock(base / f"{name}.lock"):
+        if not built.exists():  # a build that failed is tried again
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(str(path))
+            built.touch()
+    return str(path)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_model(tmp_path_factory):
     """The tests' sentencepiece tokenizer (tests/grit_fixtures.py), as a file path."""
-    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
-    make_tokenizer(path)
-    return path
+    directory = built_once(tmp_path_factory, "tokenizer", lambda d: make_tokenizer(f"{d}/tokenizer.model"))
+    return f"{directory}/tokenizer.model"
+
+
+def _demo_data(vocab_size):
+    def build(directory):
+        from grit_jax.data.demo import prepare_demo_data
+
+        prepare_demo_data(directory, vocab_size=vocab_size)
+
+    return build
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    from grit_jax.data.demo import prepare_demo_data
-
-    return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data")), vocab_size=512)["data_dir"]
+    """The demo corpus prepared with a vocabulary of 512 (the tiny model's)."""
+    return built_once(tmp_path_factory, "demo_data", _demo_data(512))
 
 
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory):
     """The corpus as configs/demo.py prepares it (vocabulary 1024); ~2 s to build."""
-    from grit_jax.data.demo import prepare_demo_data
-
-    return prepare_demo_data(str(tmp_path_factory.mktemp("demo_data_1024")))["data_dir"]
+    return built_once(tmp_path_factory, "demo_data_1024", _demo_data(1024))
 
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
+    """JAX's persistent compilation cache for the tests' subprocesses, shared by the xdist workers."""
+    return built_once(tmp_path_factory, "jax_cache", lambda d: None)
 
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, data_dir, compile_cache):
     """An uninterrupted 8-device run: its work directory."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    ok(run_train(workdir, data_dir, compile_cache))
-    return workdir
+    return built_once(tmp_path_factory, "reference", lambda d: ok(run_train(d, data_dir, compile_cache)))

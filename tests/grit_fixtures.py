@@ -14,6 +14,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 VOCAB = 512  # the models' vocabulary; the tokenizer's is at most this
 N_DOCS, N_QUERIES = 130, 12  # write_beir's sizes: more documents than recall@100 looks at
+# Compiling dominates the tests' tiny programs: LLVM at -O0 compiles them ~1.7x faster (no fast math at
+# either level; every tolerance holds). Every JAX process the tests start gets it.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test's JAX process on `devices` faked CPU devices."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
 
 
 def tokenizer_texts():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.grit_fixtures import ROOT
+from tests.grit_fixtures import ROOT, xla_flags
 
 TIMING = {"step_time", "tokens_per_second", "mfu"}  # wall-clock fields: differ run to run
 
@@ -21,7 +21,7 @@ def train_env(devices, cache):
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_COMPILATION_CACHE_DIR=cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.bucket_data import BUCKETS, LIMITS, data_config, prepare_mixed, take_steps
-from tests.grit_fixtures import ROOT
+from tests.grit_fixtures import ROOT, xla_flags
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_grit_train_with_buckets_logs_the_losses_of_a_run_without(tmp_path, data
     ]
     assert shapes == [(32, 64), (16, 64), (16, 32), (32, 64)], "not the short batches this test is about"
     root = ROOT
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2))
     logged = []
     for name, buckets in (("plain", {}), ("buckets", BUCKETS)):
         workdir = tmp_path / name

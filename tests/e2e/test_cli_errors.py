@@ -16,7 +16,7 @@ import pytest
 
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
-from tests.grit_fixtures import ROOT, bad_inputs
+from tests.grit_fixtures import ROOT, bad_inputs, xla_flags
 
 PROGRAMS = {
     "grit-train": "grit_jax.programs.grit_train",
@@ -53,7 +53,7 @@ def inputs(tmp_path_factory):
 
 def run(program, *args, cwd=ROOT):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = xla_flags(4)
     return subprocess.run(
         [sys.executable, "-m", PROGRAMS[program], *map(str, args)],
         cwd=cwd,

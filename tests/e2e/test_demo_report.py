@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grit_jax.retrieval.demo_report import bm25_mrr
-from tests.grit_fixtures import ROOT
+from tests.grit_fixtures import ROOT, xla_flags
 
 
 def test_bm25_mrr_on_token_ids():
@@ -52,7 +52,7 @@ def test_the_demo_ends_with_the_comparison_and_an_example(tmp_path):
     ]
     command += ["--config.data.query_max_len=32", "--config.data.passage_max_len=32"]
     command += ["--config.data.generative_max_len=48", "--config.checkpoint.every_steps=4"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from grit_jax import distributed
 from grit_jax.errors import UsageError
-from tests.grit_fixtures import ROOT
+from tests.grit_fixtures import ROOT, xla_flags
 
 REPO = Path(ROOT)
 
@@ -84,7 +84,7 @@ def test_two_processes_make_one_cluster(tmp_path):
                 GRIT_PROCESS_ID=str(i),
                 GRIT_COORDINATOR=f"localhost:{port}",
                 JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                XLA_FLAGS=xla_flags(4),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -109,7 +109,7 @@ def test_local_launcher_runs_the_cluster(tmp_path):
         PYTHON=sys.executable,
         GRIT_LOCAL_MODULE="worker_module",
         LOG_DIR=str(log_dir),
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=xla_flags(8),
     )  # local.sh's 4 must win
     env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
     proc = subprocess.run(

@@ -144,7 +144,7 @@ def test_two_hosts_each_embed_their_share(setup, tmp_path):
     docs = _docs(50)
     corpus = _write(tmp_path / "hosts.jsonl", docs)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_")}
     env.update(PYTHON=sys.executable, DEVICES_PER_HOST="2", GRIT_LOCAL_MODULE="grit_jax.programs.grit_embed")
     env["LOG_DIR"] = str(tmp_path / "logs")  # not ./logs in the repository
     args = ["--model", path, "--input", corpus, "--out", str(out), "--window", "8", "--batch_size", "4"]

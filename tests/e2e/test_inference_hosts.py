@@ -22,7 +22,7 @@ REPO = Path(ROOT)
 def test_two_hosts_load_encode_and_generate_like_one(tmp_path):
     make_tokenizer(tmp_path / "tokenizer.model")
     _, path = make_hf_dir(tmp_path / "hf", tmp_path / "tokenizer.model")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_")}
     env.update(
         PYTHON=sys.executable,
         DEVICES_PER_HOST="4",

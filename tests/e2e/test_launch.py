@@ -282,7 +282,7 @@ if sys.argv[1] != "ok":
 def local(tmp_path):
     (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
     (tmp_path / "marks").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "XLA_FLAGS"}
     env.update(
         PYTHON=sys.executable,
         GRIT_LOCAL_MODULE="fake_train",

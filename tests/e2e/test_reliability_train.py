@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.grit_fixtures import ROOT
+from tests.grit_fixtures import ROOT, xla_flags
 
 pytestmark = pytest.mark.slow  # grit-train in subprocesses
 
@@ -47,7 +47,7 @@ def _env(cache):
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS=xla_flags(1),
         JAX_COMPILATION_CACHE_DIR=cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
@@ -151,4 +151,5 @@ def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
     rest = re.sub(LOOP_CLOSED, "", result.stderr)
     assert "Traceback" not in rest and len(rest.splitlines()) < 40, rest
     assert "done." not in result.stdout
-    assert max(_steps(workdir)) <= int(failed.group(1)) + 1  # training did not go on after the save failed
+    # The save runs in the background: the run stops when it fails, and at the latest before the next save
+    assert max(_steps(workdir)) < int(failed.group(1)) + 5

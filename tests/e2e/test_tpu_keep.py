@@ -3,6 +3,7 @@ which re-creates a preempted Spot slice and resumes; against a scripted fake `gc
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -262,4 +263,6 @@ def test_keep_does_not_restart_a_failed_run_and_needs_a_bucket(gcloud):
 def test_fake_scenario_is_strict(gcloud):
     """The fake fails a loop that asks for more states than scripted (so the tests above can fail)."""
     proc, _ = gcloud("create", *WHERE, "--type", "v5p-8", "--poll", "0", "--timeout", "1", states=[])
-    assert proc.returncode == 2 and "queued resource n not ACTIVE after 1 s" in proc.stderr
+    # tpu.sh gives up (timeout or repeated describe failures, whichever comes first on this machine)
+    assert proc.returncode == 2 and "scenario has no more states" in proc.stderr
+    assert re.search(r"not ACTIVE after 1 s|could not describe queued resource n 10 times", proc.stderr)
