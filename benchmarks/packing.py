@@ -1,6 +1,7 @@
 """Packing (data.packing): real tokens / computed positions, and train-step time packed vs padded.
 
     python -m benchmarks.packing tokens [--steps 20]
+    python -m benchmarks.packing cost [--steps 20]
     python -m benchmarks.packing steps [--steps 6]
     python -m benchmarks.packing data --data_dir DIR [--config configs/gritlm.py:7b] [--shards 64 --hosts 16]
 
@@ -9,6 +10,8 @@ packed: (1) the demo corpus through the real pipeline at configs/demo.py's sizes
 E5/MEDI + Tulu-like mix of benchmarks/length_buckets.py (ASSUMED percentiles) at the 7B recipe's batch
 (configs/gritlm.py: 2048 queries x 256, 4096 passages x 2048, 256 chats x 2048) on v5e-64 (64 batch shards,
 16 hosts), the row counts decided exactly as the pipeline decides them (grit_jax.data.packing).
+cost: model FLOPs per step and per real token, and hours for 1253 steps at 50% MFU on v5e-64, of the 7B
+recipe padded and packed on that synthetic mix (analytic: grit_jax.train.flops; attention within sequences).
 steps: seconds per train step of configs/demo.py on this machine, padded and packed, on the same examples
 (the padded batches of the pipeline, and the same sequences packed), after compiling every shape.
 data: the real share that packing reaches on YOUR prepared data (`grit-data prepare` output) with a
@@ -42,13 +45,14 @@ def _gritlm_7b():
 
 
 def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0) -> dict:
-    """{field: [real, max_len, buckets, packed]} positions summed over ``steps`` 7B-recipe batches."""
+    """{field: [real, max_len, buckets, packed, attended pairs]} summed over ``steps`` 7B-recipe batches:
+    positions, then the (query, key) pairs attention needs within each sequence (causal: half)."""
     rng, data = np.random.default_rng(seed), _paper_data(TPU_BUCKETS)
     config = _gritlm_7b()
     layout = packing_layout(config, shards)
     names = list(E5_LIKE)
     weights = np.asarray([E5_LIKE[n][0] for n in names])
-    totals = {f: [0, 0, 0, 0] for f in FIELDS}
+    totals = {f: [0, 0, 0, 0, 0] for f in FIELDS}
     for _ in range(steps):
         source = E5_LIKE[names[rng.choice(len(names), p=weights / weights.sum())]][1]
         drawn = {f: draw(source[f], layout[f].sequences, rng) for f in ("query", "passage")}
@@ -61,8 +65,10 @@ def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0) 
                 rows_needed([lengths[h * share : (h + 1) * share] for h in range(hosts)], f), hosts
             )
             width = bucket_length(length_buckets(data, field), int(lengths.max()))
+            squares = (lengths.astype(np.int64) ** 2).sum()
+            pairs = (squares + lengths.sum()) // 2 if field == "generative" else squares
             for k, n in enumerate(
-                (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * f.length)
+                (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * f.length, pairs)
             ):
                 totals[field][k] += int(n)
     return totals
@@ -125,10 +131,45 @@ def tokens(args):
         _table(
             f"synthetic E5/MEDI + Tulu-like mix (assumed percentiles), configs/gritlm.py 7b batch on v5e-64, "
             f"buckets {TPU_BUCKETS}, {args.steps} steps",
-            synthetic_mix(args.steps),
+            {f: t[:4] for f, t in synthetic_mix(args.steps).items()},
             ("max_len", "buckets", "packed"),
         )
     )
+
+
+def cost(args):
+    """Model FLOPs per real token and hours for the 7B recipe on v5e-64, padded vs packed (analytic)."""
+    from grit_jax import hardware
+    from grit_jax.train import flops
+    from grit_jax.weights.orbax_checkpoint import model_config
+
+    config = _gritlm_7b()
+    cfg = model_config(config)
+    totals = synthetic_mix(args.steps)
+    real = sum(t[0] for t in totals.values()) / args.steps
+
+    def computed(positions: int) -> float:  # every computed position; attention within each sequence
+        counts = {f: (t[positions] / args.steps, t[4] / args.steps) for f, t in totals.items()}
+        return flops.packed_step_flops(config, cfg, counts)
+
+    chips, peak, mfu = 64, hardware.PEAK_FLOPS["TPU v5e"], 0.5
+    rows = [
+        ("padded to max_len (today's recipe without packing)", flops.train_step_flops(config, cfg)),
+        ("packed (data.packing, the recipe's default)", computed(3)),
+        ("real tokens only (no padding at all)", computed(0)),
+    ]
+    print(
+        f"7B recipe (configs/gritlm.py:7b) on v5e-64 at {mfu:.0%} MFU, synthetic E5/Tulu-like mix, "
+        f"{args.steps} steps; {real:,.0f} real tokens per step"
+    )
+    print(
+        f"| computed | model FLOPs per step | per real token | s per step | hours, {config.num_steps} steps |"
+    )
+    print("|---|---|---|---|---|")
+    for name, step_flops in rows:
+        seconds = step_flops / (chips * peak * mfu)
+        hours = seconds * config.num_steps / 3600
+        print(f"| {name} | {step_flops:.3e} | {step_flops / real:.3e} | {seconds:.1f} | {hours:.1f} |")
 
 
 def _time(train_step, state, batches):
@@ -198,7 +239,7 @@ def data(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("tokens", "steps", "data"))
+    parser.add_argument("what", choices=("tokens", "cost", "steps", "data"))
     parser.add_argument("--steps", type=int, default=0, help="steps (tokens, data: 20, steps: 6)")
     parser.add_argument("--data_dir", default="", help="data: a grit-data prepare output")
     parser.add_argument("--config", default="configs/gritlm.py:7b", help="data: the recipe (its batch)")
@@ -206,7 +247,7 @@ def main():
     parser.add_argument("--hosts", type=int, default=16, help="data: hosts")
     args = parser.parse_args()
     args.steps = args.steps or (6 if args.what == "steps" else 20)
-    {"tokens": tokens, "steps": steps, "data": data}[args.what](args)
+    {"tokens": tokens, "cost": cost, "steps": steps, "data": data}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ TIMING = {"step_time", "tokens_per_second", "mfu"}  # wall-clock fields: differ 
 STEPS, EVERY = 30, 4  # the reference run: 30 steps, a checkpoint every 4 (tiny keeps the last 3)
 
 
-def train_env(devices, cache):
+def train_env(devices, cache, fast_compile=True):
+    """fast_compile=False for runs long enough that LLVM's optimisations pay for themselves."""
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=xla_flags(devices),
+        XLA_FLAGS=xla_flags(devices) if fast_compile else f"--xla_force_host_platform_device_count={devices}",
         JAX_COMPILATION_CACHE_DIR=cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
@@ -41,11 +42,13 @@ def train_command(workdir, data_dir, *overrides, config="configs/tiny.py"):
     ]
 
 
-def run_train(workdir, data_dir, cache, *overrides, devices=8, config="configs/tiny.py", timeout=240):
+def run_train(
+    workdir, data_dir, cache, *overrides, devices=8, config="configs/tiny.py", timeout=240, fast_compile=True
+):
     return subprocess.run(
         train_command(workdir, data_dir, *overrides, config=config),
         cwd=ROOT,
-        env=train_env(devices, cache),
+        env=train_env(devices, cache, fast_compile),
         capture_output=True,
         text=True,
         timeout=timeout,

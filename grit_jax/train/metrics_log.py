@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
-
-from tensorboardX import SummaryWriter
 
 from grit_jax import storage
 
 SYNC_SECONDS = 30.0
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever it is
+    installed (2-3 s at every start), and writing scalars needs none of it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX allows for
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsLog:
@@ -38,7 +51,7 @@ class MetricsLog:
                     f.write(storage.read_text(self.path))
             self._truncate(start_step)
             self.file = open(self.local_path, "a", encoding="utf-8")
-            self.tb = SummaryWriter(
+            self.tb = _summary_writer()(
                 os.path.join(self.local_dir, "tb"), purge_step=start_step + 1 if start_step else None
             )
 

@@ -176,6 +176,7 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
             config="configs/demo.py",
             devices=1,
             timeout=600,  # measured 147 s wall, 142 CPU seconds (2 cores, load ~5); room for a busier machine
+            fast_compile=False,  # 150 steps of the demo model: -O0 would double the step time
         )
     )
     metrics = read_metrics(workdir)
