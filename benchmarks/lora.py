@@ -18,13 +18,13 @@ import platform
 
 import jax
 
-from benchmarks.results_table import add_row
+from benchmarks.common import add_row
 from configs.gritlm import get_config
 from grit_jax import sharding
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import abstract_batch, make_train_step
 
-HEADING = "## LoRA on one host"
+HEADING = "LoRA on one host"
 PREAMBLE = (
     "`python -m benchmarks.lora state|flops|aot` (configs/gritlm.py *-lora: rank 16, alpha 32, all seven\n"
     "projections, base frozen in bfloat16, adapters and AdamW in float32, FSDP over 8 chips).\n\n"

@@ -21,7 +21,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.results_table import add_row
+from benchmarks.common import add_row
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import train_tokenizer
 
@@ -93,7 +93,8 @@ def main():
         )
         print(row)
         add_row(
-            "## grit-data prepare: hub-layout throughput and disk",
+            "Data pipeline",
+            "### grit-data prepare: hub-layout throughput and disk\n\n"
             "Parquet shards in the hub's layout (MEDI2-like: query + 1 pos + 1 neg with instructions, "
             "~15/80/80 words; tulu2-like `messages`: ~60-word question, ~150-word answer), 32k SentencePiece "
             "tokenizer, `python -m benchmarks.prepare_throughput`. GiB per 1M examples scales the measured "

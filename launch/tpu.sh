@@ -85,7 +85,7 @@ x() {
 # gcloud's accelerator type and default runtime version per generation, from Google's "Create Cloud TPU
 # VMs" guide (https://cloud.google.com/tpu/docs/create-tpu-vm: ACCELERATOR_TYPE=v5litepod-8,
 # VERSION=v2-alpha-tpuv5-lite) and its TPU software versions page
-# (https://cloud.google.com/tpu/docs/runtimes); see /work/shared/MEASURED.md "Cloud TPU facts".
+# (https://cloud.google.com/tpu/docs/runtimes).
 # v5e is the common name, v5litepod the one gcloud takes. Sets ACCEL and DEFAULT_VERSION.
 accelerator() {
   local size=${1##*-}
