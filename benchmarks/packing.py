@@ -4,6 +4,7 @@
     python -m benchmarks.packing cost [--steps 20]
     python -m benchmarks.packing steps [--steps 6]
     python -m benchmarks.packing data --data_dir DIR [--config configs/gritlm.py:7b] [--shards 64 --hosts 16]
+    python -m benchmarks.packing aot --variant padded|packed|largest [--topology v5e-64]
 
 tokens: real tokens / computed positions per field and overall, padded to max_len, with length buckets and
 packed: (1) the demo corpus through the real pipeline at configs/demo.py's sizes; (2) the synthetic
@@ -16,6 +17,10 @@ steps: seconds per train step of configs/demo.py on this machine, padded and pac
 (the padded batches of the pipeline, and the same sequences packed), after compiling every shape.
 data: the real share that packing reaches on YOUR prepared data (`grit-data prepare` output) with a
 recipe's batch on a slice of ``shards`` batch shards and ``hosts`` hosts, from its length index alone.
+aot: the 7B recipe's step compiled for a TPU slice by libtpu (the aot extra): padded to max_len, packed at
+the grid's row counts at or above the synthetic mix's mean, or at its largest shape (one sequence a row);
+per-chip GiB and XLA's compiled FLOPs per step and per real token of the mix. One variant per process
+(5-10 CPU-minutes each on a 2-core machine); each writes its row to RESULTS.md "Packing".
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ def _gritlm_7b():
     return config
 
 
-def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0) -> dict:
+def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0, row_counts=None) -> dict:
     """{field: [real, max_len, buckets, packed, attended pairs]} summed over ``steps`` 7B-recipe batches:
-    positions, then the (query, key) pairs attention needs within each sequence (causal: half)."""
+    positions, then the (query, key) pairs attention needs within each sequence (causal: half).
+    row_counts: a dict that gets {field: [the packed row count of every step]}."""
     rng, data = np.random.default_rng(seed), _paper_data(TPU_BUCKETS)
     config = _gritlm_7b()
     layout = packing_layout(config, shards)
@@ -71,6 +77,8 @@ def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0) 
                 (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * f.length, pairs)
             ):
                 totals[field][k] += int(n)
+            if row_counts is not None:
+                row_counts.setdefault(field, []).append(rows)
     return totals
 
 
@@ -237,17 +245,75 @@ def data(args):
     )
 
 
+AOT_PREAMBLE = (
+    "### `python -m benchmarks.packing aot`: the 7B step compiled for TPU, padded vs packed\n\n"
+    "configs/gritlm.py:7b (splash attention, full remat, GradCache chunks of 256, 4 generative "
+    "micro-batches) compiled by libtpu for the slice. Per real token: XLA's compiled FLOPs (remat included) "
+    "over the real tokens of an average step of the synthetic E5/Tulu-like mix (the tokens table above). "
+    "packed: per field the grid's row count at or above the mix's mean; largest: one sequence a row, the "
+    "most a packed batch can take.\n\n"
+    "| variant | slice | rows: query, passage, generative | GiB per chip (arguments + temporaries) | "
+    "compiled FLOPs per step | per real token | compile | machine, date |\n"
+    "|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def aot(args):
+    """The 7B step compiled for a TPU slice: per-chip memory and compiled FLOPs per real token."""
+    from benchmarks.common import add_row, machine, today
+    from grit_jax import sharding
+    from grit_jax.hardware import GiB, parse_accelerator
+    from grit_jax.programs.grit_aot import topology_devices, total_bytes
+    from grit_jax.train.state import TrainSetup
+    from grit_jax.train.step import abstract_batch, make_train_step
+
+    accelerator = parse_accelerator(args.topology)
+    devices = topology_devices(accelerator)
+    config = _gritlm_7b()
+    config.data.packing = args.variant != "padded"
+    setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
+    row_counts: dict = {}
+    totals = synthetic_mix(args.steps, len(devices), args.hosts, row_counts=row_counts)
+    real = sum(t[0] for t in totals.values()) / args.steps
+    data = config.data
+    rows = {  # padded and largest: one sequence a row
+        "query": data.embedding_batch_size,
+        "passage": data.embedding_batch_size * data.train_group_size,
+        "generative": data.generative_batch_size,
+    }
+    if args.variant == "packed":  # per field, the grid's row count at or above the mix's mean
+        grids = {f: setup.packing[f].row_grid() for f in row_counts}
+        rows = {f: min(r for r in grids[f] if r >= np.mean(counts)) for f, counts in row_counts.items()}
+    start = time.perf_counter()
+    batch = abstract_batch(setup, rows if setup.packing else None)
+    compiled = make_train_step(setup).lower(setup.abstract_state(), batch).compile()
+    minutes = (time.perf_counter() - start) / 60
+    cost = compiled.cost_analysis()
+    step_flops = float((cost[0] if isinstance(cost, list) else cost)["flops"]) * len(devices)
+    memory = compiled.memory_analysis()
+    row = (
+        f"| {args.variant} | {accelerator.name} | {rows['query']}, {rows['passage']}, {rows['generative']} | "
+        f"{total_bytes(memory)[0] / GiB:.2f} ({memory.argument_size_in_bytes / GiB:.2f} + "
+        f"{memory.temp_size_in_bytes / GiB:.2f}) | {step_flops:.3e} | {step_flops / real:.3e} | "
+        f"{minutes:.0f} min | {machine()}, {today()} |\n"
+    )
+    print(row, end="")
+    add_row("Packing", AOT_PREAMBLE, row)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("tokens", "cost", "steps", "data"))
+    parser.add_argument("what", choices=("tokens", "cost", "steps", "data", "aot"))
     parser.add_argument("--steps", type=int, default=0, help="steps (tokens, data: 20, steps: 6)")
     parser.add_argument("--data_dir", default="", help="data: a grit-data prepare output")
     parser.add_argument("--config", default="configs/gritlm.py:7b", help="data: the recipe (its batch)")
     parser.add_argument("--shards", type=int, default=64, help="data: batch shards (data-parallel size)")
-    parser.add_argument("--hosts", type=int, default=16, help="data: hosts")
+    parser.add_argument("--hosts", type=int, default=16, help="data, aot: hosts")
+    parser.add_argument("--topology", default="v5e-64", help="aot: the TPU slice")
+    parser.add_argument("--variant", default="packed", choices=("padded", "packed", "largest"), help="aot")
     args = parser.parse_args()
     args.steps = args.steps or (6 if args.what == "steps" else 20)
-    {"tokens": tokens, "cost": cost, "steps": steps, "data": data}[args.what](args)
+    {"tokens": tokens, "cost": cost, "steps": steps, "data": data, "aot": aot}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def _out_of_memory(error: Exception, arguments) -> tuple[Any, str]:
     return memory, first.strip()
 
 
-def _total_bytes(memory) -> tuple[int, int]:
+def total_bytes(memory) -> tuple[int, int]:
     """(needed, compiler peak): arguments + outputs not aliased to them + temporaries + code."""
     needed = (
         memory.argument_size_in_bytes
@@ -189,7 +189,7 @@ def compile_step(setup: TrainSetup):
 
 def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, top: int) -> dict:
     state = setup.abstract_state()
-    total, peak = _total_bytes(memory)
+    total, peak = total_bytes(memory)
     consumers = [
         (
             "temporaries (activations, gradients, workspace)",

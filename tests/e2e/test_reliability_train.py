@@ -2,6 +2,7 @@
 exits cleanly, a damaged newest checkpoint is reported in one line and the run resumes from the one
 before, a save that fails stops the run in one line with the last good step."""
 
+import fnmatch
 import json
 import os
 import re
@@ -118,6 +119,28 @@ def _run(cache, command):
     return subprocess.run(command, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=300)
 
 
+CLOSED_LOOP_TRACEBACK = (  # tensorstore's, for a write completing into asyncio's closed loop
+    "Traceback (most recent call last):",
+    'File "*/asyncio/base_events.py", line *, in call_soon_threadsafe',
+    "self._check_closed()",
+    'File "*/asyncio/base_events.py", line *, in _check_closed',
+    "raise RuntimeError('Event loop is closed')",
+    "RuntimeError: Event loop is closed",
+)
+
+
+def _without_closed_loop_tracebacks(lines: list[str]) -> list[str]:
+    rest, i, n = [], 0, len(CLOSED_LOOP_TRACEBACK)
+    while i < len(lines):
+        block = [line.strip() for line in lines[i : i + n]]
+        if len(block) == n and all(map(fnmatch.fnmatchcase, block, CLOSED_LOOP_TRACEBACK)):
+            i += n
+        else:
+            rest.append(lines[i])
+            i += 1
+    return rest
+
+
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
     """Writes over 400 kB fail (EFBIG, as a full disk fails them): step 5's checkpoint cannot be saved."""
 
@@ -143,13 +166,9 @@ def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
     assert failed and "The last good checkpoint is none" in last, result.stderr
     # Known noise: tensorstore prints a traceback for each write that completes into the asyncio loop
     # orbax closed after the failure ("RuntimeError: Event loop is closed"), interleaved with orbax's
-    # logged errors. Any other traceback names another file or ends in another error.
-    lines = result.stderr.splitlines()
-    known = sum("RuntimeError: Event loop is closed" in line for line in lines)
-    assert sum("Traceback (most recent call last)" in line for line in lines) == known, result.stderr
-    files = [line for line in lines if line.lstrip().startswith('File "')]
-    assert all("asyncio/base_events.py" in line for line in files), result.stderr
-    assert len(lines) - 5 * known < 40, result.stderr
+    # logged errors. Without those exact blocks, no traceback is left and the rest is short.
+    rest = _without_closed_loop_tracebacks(result.stderr.splitlines())
+    assert not any("Traceback" in line for line in rest) and len(rest) < 40, result.stderr
     assert "done." not in result.stdout
     # The save runs in the background: the run stops when it fails, and at the latest before the next save
     assert max(_steps(workdir)) < int(failed.group(1)) + 5
