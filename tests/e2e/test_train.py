@@ -165,7 +165,7 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
     generative loss falls. On the clean corpus shorter sequences or the 512 vocabulary barely learn to
     retrieve in 200 steps (benchmarks/RESULTS.md "Demo recipe"), so only the step count is cut."""
     workdir = str(tmp_path)
-    ok(
+    result = ok(
         run_train(
             workdir,
             demo_data_dir,
@@ -191,6 +191,23 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
     # 0.015), and a fall of 1 nat/token.
     assert trained["eval_mrr@10"] > max(2 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.05)
     assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 1.0
+    _check_demo_printout(result.stdout, trained["eval_mrr@10"], untrained["eval_mrr@10"])
+
+
+def _check_demo_printout(out: str, trained: float, untrained: float) -> None:
+    """The quick start's final printout: held-out MRR@10 trained / untrained / BM25 on the same queries
+    (the first two as the evaluation logged them), an example query with its top 3 passages, an answer."""
+    figures = re.search(
+        r"held-out MRR@10 on (\d+) queries: trained ([\d.]+), untrained ([\d.]+), BM25 ([\d.]+)", out
+    )
+    assert figures, out[-3000:]
+    assert int(figures[1]) > 10
+    assert float(figures[2]) == pytest.approx(trained, abs=1e-3)
+    assert float(figures[3]) == pytest.approx(untrained, abs=1e-3)
+    assert 0.1 < float(figures[4]) <= 1  # BM25 on docstrings finds something
+    lines = out[out.index("example query:") :].splitlines()
+    assert [line[:5] for line in lines[1:4]] == ["  1. ", "  2. ", "  3. "]
+    assert lines[4].startswith("generated: What does `")
 
 
 def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir, compile_cache):
