@@ -23,11 +23,8 @@ MODULES = (
     "optparse pdb pickle pickletools pkgutil plistlib poplib profile pstats py_compile pydoc quopri "
     "reprlib runpy selectors signal smtplib socket socketserver sqlite3 ssl stat symtable sysconfig "
     "tabnanny trace tracemalloc urllib.request wave xml.dom.minidom xml.etree.ElementTree zipapp "
-    "zipimport zoneinfo"
-).split()
-# Training data only (grit_jax.data.demo holds none of their names out): more pairs to learn from while
-# the held-out set, drawn from MODULES alone, stays the same. Submodules whose members name them.
-TRAIN_ONLY_MODULES = (
+    "zipimport zoneinfo "
+    # more modules, and submodules whose members carry their own module's name
     "array asyncio.base_events asyncio.events asyncio.locks asyncio.protocols asyncio.queues "
     "asyncio.streams asyncio.tasks asyncio.transports bdb bz2 cmath collections.abc "
     "concurrent.futures._base email.charset email.generator email.header email.headerregistry "
@@ -42,7 +39,7 @@ def _signature(obj) -> str:
     try:
         # default values like <object object at 0x7f...> would change from run to run
         return re.sub(r" at 0x[0-9a-f]+>", ">", str(inspect.signature(obj)))
-    except (TypeError, ValueError):
+    except Exception:
         return "(...)"
 
 
@@ -73,8 +70,8 @@ def collect() -> dict:
 
 def _collect_entries() -> dict[str, list[tuple[str, str, str, str, str]]]:
     found = {"functions": [], "classes": []}
-    seen = set()  # MODULES first: a text they hold is never also a training-only entry
-    for module_name in MODULES + TRAIN_ONLY_MODULES:
+    seen = set()  # a docstring shared by several members is kept once, at its first
+    for module_name in MODULES:
         try:
             module = importlib.import_module(module_name)
         except ImportError:

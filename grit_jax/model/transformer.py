@@ -77,7 +77,7 @@ class Transformer(nnx.Module):
             param_dtype=cfg.param_dtype,
             rngs=rngs,
             embedding_init=nnx.with_partitioning(
-                nnx.initializers.normal(0.02), ("vocab", "embed"), eager_sharding=False
+                nnx.initializers.normal(cfg.embedding_init_std), ("vocab", "embed"), eager_sharding=False
             ),
         )
         self.layers = DecoderLayer(cfg, rngs=rngs, stack=cfg.num_hidden_layers)

@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import sharding
-from grit_jax.data.pipeline import eval_generative_batches, eval_retrieval_arrays
+from grit_jax.data.heldout_sets import eval_generative_batches, eval_retrieval_arrays
 from grit_jax.retrieval.metrics import retrieval_metrics
 from grit_jax.run_config import bucket_length, length_buckets
 from grit_jax.train import objective as objective_lib

@@ -198,15 +198,18 @@ def _check_demo_printout(out: str, trained: float, untrained: float) -> None:
     """The quick start's final printout: held-out MRR@10 trained / untrained / BM25 on the same queries
     (the first two as the evaluation logged them), an example query with its top 3 passages, an answer."""
     figures = re.search(
-        r"held-out MRR@10 on (\d+) queries: trained ([\d.]+), untrained ([\d.]+), BM25 ([\d.]+)", out
+        r"held-out MRR@10 on (\d+) queries \(Python [\d.]+'s docstrings\): trained ([\d.]+), "
+        r"untrained ([\d.]+), BM25 ([\d.]+)",
+        out,
     )
     assert figures, out[-3000:]
-    assert int(figures[1]) > 10
+    assert int(figures[1]) > 250
     assert float(figures[2]) == pytest.approx(trained, abs=1e-3)
     assert float(figures[3]) == pytest.approx(untrained, abs=1e-3)
     assert 0.1 < float(figures[4]) <= 1  # BM25 on docstrings finds something
     lines = out[out.index("example query:") :].splitlines()
     assert [line[:5] for line in lines[1:4]] == ["  1. ", "  2. ", "  3. "]
+    assert len({line[5:].removesuffix(" (the answer)") for line in lines[1:4]}) == 3  # no passage twice
     assert lines[4].startswith("generated: What does `")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grit_jax import sharding
-from grit_jax.data import lengths, pipeline, sources
+from grit_jax.data import heldout_sets, lengths, pipeline, sources
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
 from grit_jax.run_config import batch_lengths, bucket_length, length_buckets, num_batch_shapes
@@ -141,8 +141,8 @@ def test_length_index_is_written_at_prepare_and_rebuilt_for_older_data(data_dir)
 
 
 def test_eval_batches_are_bucketed_and_score_alike(data_dir):
-    plain = pipeline.eval_generative_batches(data_config(data_dir).data, batch_size=2)
-    cut = pipeline.eval_generative_batches(data_config(data_dir, BUCKETS).data, batch_size=2)
+    plain = heldout_sets.eval_generative_batches(data_config(data_dir).data, batch_size=2)
+    cut = heldout_sets.eval_generative_batches(data_config(data_dir, BUCKETS).data, batch_size=2)
     assert {b["gen_tokens"].shape[1] for b in plain} == {64}
     assert {b["gen_tokens"].shape[1] for b in cut} == {32, 64}
     for full, short in zip(plain, cut):
