@@ -37,8 +37,10 @@ MODULES = (
 
 def _signature(obj) -> str:
     try:
-        # default values like <object object at 0x7f...> would change from run to run
-        return re.sub(r" at 0x[0-9a-f]+>", ">", str(inspect.signature(obj)))
+        # default values like <object object at 0x7f...> would change from run to run, and one default
+        # (platform.architecture's executable) is the interpreter's path, which differs per clone
+        text = re.sub(r" at 0x[0-9a-f]+>", ">", str(inspect.signature(obj)))
+        return text.replace(repr(sys.executable), "sys.executable")
     except Exception:
         return "(...)"
 

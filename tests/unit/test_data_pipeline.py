@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -212,12 +213,14 @@ def test_demo_is_cached(config):
     assert time.time() - start < 1.0
 
 
-def test_demo_corpus_depends_on_the_python_version_alone():
+def test_demo_corpus_depends_on_the_python_version_alone(tmp_path):
     """The stdlib corpus is collected by a fresh interpreter and holds no object addresses: the same in a
-    process that imported torch and jax (which touch stdlib modules) as in any other, and from run to run."""
+    process that imported torch and jax (which touch stdlib modules) as in any other, from run to run, and
+    from an interpreter at another path (another clone's venv: platform.architecture's default is it)."""
     import subprocess
     import sys
 
+    from grit_jax.data import demo
     from grit_jax.data.demo import stdlib_entries
 
     here = stdlib_entries()
@@ -233,6 +236,12 @@ def test_demo_corpus_depends_on_the_python_version_alone():
         check=True,
     )
     assert json.loads(elsewhere.stdout.strip().splitlines()[-1]) == here
+    interpreter = tmp_path / "other_clone" / "python3"
+    interpreter.parent.mkdir()
+    interpreter.symlink_to(sys.executable)
+    script = os.path.join(os.path.dirname(demo.__file__), "stdlib_docs.py")
+    moved = subprocess.run([str(interpreter), "-I", "-S", script], capture_output=True, text=True, check=True)
+    assert json.loads(moved.stdout) == here
     assert " at 0x" not in json.dumps(here) and len(here["functions"]) > 300 and len(here["modules"]) > 50
 
 
