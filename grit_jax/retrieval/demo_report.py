@@ -28,7 +28,7 @@ def _terms(tokens, mask, skip) -> list[list[str]]:
 
 
 def bm25_mrr(retrieval: dict) -> float:
-    """MRR@10 of BM25 over the held-out arrays (evaluate.Evaluator's), on the same token ids."""
+    """MRR@10 of BM25 over the held-out arrays (data/heldout_sets.py), on the same token ids."""
     passages = _terms(
         retrieval["passage_tokens"], retrieval["passage_mask"], retrieval["passage_instruction_len"]
     )

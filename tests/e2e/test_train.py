@@ -160,10 +160,9 @@ def test_bad_command_lines_end_with_one_line(tmp_path, data_dir, compile_cache, 
 
 
 def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
-    """The demo (configs/demo.py: its vocabulary of 1024, 64-token queries and passages, 3 hard negatives)
-    shortened to 150 steps: held-out retrieval MRR@10 rises well above its untrained value and the held-out
-    generative loss falls. On the clean corpus shorter sequences or the 512 vocabulary barely learn to
-    retrieve in 200 steps (benchmarks/RESULTS.md "Demo recipe"), so only the step count is cut."""
+    """The demo (configs/demo.py: its corpus, vocabulary, lengths and 3 hard negatives) shortened to 150
+    steps: held-out retrieval MRR@10 rises well above its untrained value and the held-out generative loss
+    falls; the final printout is the quick start's."""
     workdir = str(tmp_path)
     result = ok(
         run_train(
@@ -175,7 +174,7 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
             "--config.checkpoint.every_steps=1000",
             config="configs/demo.py",
             devices=1,
-            timeout=600,  # measured 147 s wall, 142 CPU seconds (2 cores, load ~5); room for a busier machine
+            timeout=600,  # measured 153 s wall alone on 2 cores; room for a busier machine
             fast_compile=False,  # 150 steps of the demo model: -O0 would double the step time
         )
     )
@@ -185,11 +184,11 @@ def test_demo_learns(tmp_path, demo_data_dir, compile_cache):
         f"demo (150 steps): MRR@10 {untrained['eval_mrr@10']:.3f} -> {trained['eval_mrr@10']:.3f}, "
         f"eval loss_gen {untrained['eval_loss_gen']:.3f} -> {trained['eval_loss_gen']:.3f}"
     )
-    # measured on the clean corpus (2-core CPU; deterministic): MRR@10 0.051 -> 0.158 at step 150, eval
-    # loss_gen 6.955 -> 5.585. The same recipe cut to 100 steps reached only 0.091 (and would fail here);
-    # 200 steps reached 0.212. Assert at least 2x and +0.05 (65 queries: one query's rank is worth up to
-    # 0.015), and a fall of 1 nat/token.
-    assert trained["eval_mrr@10"] > max(2 * untrained["eval_mrr@10"], untrained["eval_mrr@10"] + 0.05)
+    # The untrained model is a bag of random token vectors (embedding_init_std 0.25): MRR@10 ~0.16 on the
+    # 304 held-out queries (standard error ~0.02). Measured (2-core CPU, deterministic): 0.165 -> 0.300 at
+    # step 150, eval loss_gen 6.949 -> 4.841 (the full 500-step recipe: 0.366 and 3.864, benchmarks/RESULTS.md
+    # "Demo and quick start"); assert a gain of 0.08 and a fall of 1 nat/token.
+    assert trained["eval_mrr@10"] > untrained["eval_mrr@10"] + 0.08
     assert trained["eval_loss_gen"] < untrained["eval_loss_gen"] - 1.0
     _check_demo_printout(result.stdout, trained["eval_mrr@10"], untrained["eval_mrr@10"])
 
