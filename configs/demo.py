@@ -1,7 +1,7 @@
 """The quick-start run: a small GRIT model trained on the Python standard library's docstrings.
 
 Builds the corpus and a sentencepiece tokenizer into WORKDIR/data, then trains both objectives on a
-2-core CPU in about ten minutes; held-out retrieval MRR@10 and generative loss are logged as it learns.
+2-core CPU in about six minutes; held-out retrieval MRR@10 and generative loss are logged as it learns.
 """
 
 from grit_jax.run_config import base_config
@@ -9,7 +9,7 @@ from grit_jax.run_config import base_config
 
 def get_config():
     config = base_config()
-    # 500 steps fit the quick start's ten minutes on 2 cores; the held-out MRR@10 is flat after ~300
+    # 500 steps: the quick start takes ~6 minutes on 2 cores; the held-out MRR@10 is flat from step ~400
     # (benchmarks/RESULTS.md "Demo and quick start"), the generative loss still falls.
     config.num_steps = 500
     config.model.preset = "demo"
