@@ -2,12 +2,12 @@
 held-out sets) trained in unified, embedding-only and generative-only mode, and the embedding ablations
 the paper reports that fit here, each with several seeds; held-out MRR@10 and generative loss per run.
 
-    python -m benchmarks.paper_claims [--seeds 3] [--steps 400] [--runs unified,embedding,...] [--write]
+    python -m benchmarks.paper_claims [--seeds 3] [--steps 200] [--runs unified,embedding,...] [--write]
 
 Every run is `grit-train --config configs/demo.py` in its own work dir, on one prepared copy of the demo
 data (the no-instruction ablation prepares its own, the same texts with empty instructions). A seed
 changes the initial weights and the data order. --write puts the table first in benchmarks/RESULTS.md,
-"Paper claims at small scale". Runs one at a time (2 cores: ~3-5 min each at 400 steps).
+"Paper claims at small scale". Runs one at a time (2 cores: 42 min for 6 runs x 3 seeds at 200 steps).
 """
 
 from __future__ import annotations
@@ -49,13 +49,12 @@ def prepare_data(root: str, instructions: bool) -> str:
     every query and passage instruction is empty: the same texts, formatted without one."""
     from configs.demo import get_config
     from grit_jax.data import demo, sources
-    from grit_jax.data.demo import prepare_demo_data
     from grit_jax.data.tokenizer import Tokenizer
 
     config = get_config()
     out = os.path.join(root, "data" if instructions else "data_no_instructions")
     with_instructions = os.path.join(root, "data")
-    prepare_demo_data(with_instructions, vocab_size=config.data.demo_vocab_size)
+    demo.prepare_demo_data(with_instructions, vocab_size=config.data.demo_vocab_size)
     if instructions:
         return out
     files = demo.build_jsonl(os.path.join(out, "jsonl"))
@@ -95,7 +94,7 @@ def train(run: str, seed: int, steps: int, data_dir: str, workdir: str) -> dict:
         f"--config.compile_cache_dir={os.path.join(os.path.dirname(workdir), 'compile_cache')}",  # shared
         *RUNS[run][1],
     ]
-    log = os.path.join(workdir + ".log")
+    log = workdir + ".log"
     with open(log, "w") as out:
         done = subprocess.run(
             module_command("grit_jax.programs.grit_train", *args), cwd=ROOT, stdout=out, stderr=out
@@ -132,7 +131,7 @@ def table(results: dict, seeds: int, steps: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
     parser.add_argument("--workdir", default="", help="keep the runs here (default: a temporary dir)")
     parser.add_argument("--write", action="store_true", help="put the table first in RESULTS.md")

@@ -23,13 +23,15 @@ CLASS_INSTRUCTION = "Retrieve the documentation of this class or method"
 PREPARE_LIMITS = (128, 512, 512)  # stored lengths; training may truncate further
 NUM_NEGATIVES = 3
 HELD_OUT_ONE_IN = 5  # Python 3.11.7: 304 held-out queries of 1,662 functions and classes
+STDLIB_DOCS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stdlib_docs.py")
 
 
 def stdlib_entries() -> dict[str, list]:
     """{'functions' | 'classes': [(module, name, signature, summary, rest)], 'modules': [(module, doc)]},
     collected by a fresh interpreter (see stdlib_docs.py) so that only the Python version decides it."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stdlib_docs.py")
-    result = subprocess.run([sys.executable, "-I", "-S", script], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", STDLIB_DOCS_SCRIPT], capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout)
 
 

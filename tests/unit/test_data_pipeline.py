@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import os
 
 import numpy as np
 import pytest
@@ -220,7 +219,6 @@ def test_demo_corpus_depends_on_the_python_version_alone(tmp_path):
     import subprocess
     import sys
 
-    from grit_jax.data import demo
     from grit_jax.data.demo import stdlib_entries
 
     here = stdlib_entries()
@@ -239,8 +237,9 @@ def test_demo_corpus_depends_on_the_python_version_alone(tmp_path):
     interpreter = tmp_path / "other_clone" / "python3"
     interpreter.parent.mkdir()
     interpreter.symlink_to(sys.executable)
-    script = os.path.join(os.path.dirname(demo.__file__), "stdlib_docs.py")
-    moved = subprocess.run([str(interpreter), "-I", "-S", script], capture_output=True, text=True, check=True)
+    moved = subprocess.run(
+        [str(interpreter), "-I", "-S", demo.STDLIB_DOCS_SCRIPT], capture_output=True, text=True, check=True
+    )
     assert json.loads(moved.stdout) == here
     assert " at 0x" not in json.dumps(here) and len(here["functions"]) > 300 and len(here["modules"]) > 50
 
