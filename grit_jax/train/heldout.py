@@ -6,6 +6,8 @@ query is ranked against all of them with the embedding pass the model is trained
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -32,13 +34,15 @@ class Evaluator:
         self.replicated = NamedSharding(mesh, PartitionSpec())
         objective = config.objective
 
-        @jax.jit
+        # Outputs replicated: every host reads whole embeddings and losses (a batch-sharded output spans
+        # other hosts' devices, which a host cannot fetch).
+        @functools.partial(jax.jit, out_shardings=self.replicated)
         def encode(params, projection, tokens, mask, instruction_len):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
                 return objective_lib.encode(model, projection, tokens, mask, instruction_len, objective)
 
-        @jax.jit
+        @functools.partial(jax.jit, out_shardings=self.replicated)
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)

@@ -215,8 +215,9 @@ def _check_demo_printout(out: str, trained: float, untrained: float) -> None:
 def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir, compile_cache):
     """Training from a bf16 HF directory and from its `grit-convert hf-to-orbax` checkpoint starts from the
     same weights, loaded into their shards (data=2 x fsdp=4) as float32 master weights: the runs log
-    identical values, two hosts through launch/local.sh log the same within gloo's summation order, the
-    first checkpoint holds float32 parameters and optimizer state, and no run equals one from scratch."""
+    identical values, two hosts through launch/local.sh log the same within gloo's summation order (the
+    held-out evaluation too: every host ranks the same held-out set), the first checkpoint holds float32
+    parameters and optimizer state, and no run equals one from scratch."""
     import orbax.checkpoint as ocp
     import torch
 
@@ -227,7 +228,12 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
     hf_dir = save(model.to(torch.bfloat16), tmp_path / "hf")  # as real checkpoints are stored
     shutil.copyfile(os.path.join(data_dir, "tokenizer.model"), os.path.join(hf_dir, "tokenizer.model"))
     converted = hf_to_orbax(hf_dir, str(tmp_path / "converted"))
-    mesh = ("--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.num_steps=2")
+    mesh = (
+        "--config.mesh.data=2",
+        "--config.mesh.fsdp=4",
+        "--config.num_steps=2",
+        "--config.log.eval_every_steps=2",
+    )
     runs = {}
     for name, override in (
         ("hf", f"--config.model.hf_dir={hf_dir}"),
@@ -252,7 +258,10 @@ def test_start_from_hugging_face_dir_or_converted_checkpoint(tmp_path, data_dir,
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     two_hosts = read_metrics(workdir)
-    assert_close_runs(two_hosts, runs["hf"], runs["hf"], rtol=1e-5)
+    assert_close_runs(two_hosts, runs["hf"], (1, 2), rtol=1e-5)
+    for step in (0, 2):
+        for key in ("eval_mrr@10", "eval_loss_gen"):
+            np.testing.assert_allclose(two_hosts[step][key], runs["hf"][step][key], rtol=1e-5, err_msg=key)
     metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(workdir, "checkpoints", "2", "state"))
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
     weights = {k: leaf for k, leaf in tree_leaves(tree) if k.split(".")[0] in ("params", "opt_state")}
