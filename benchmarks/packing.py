@@ -9,8 +9,8 @@
 tokens: real tokens / computed positions per field and overall, padded to max_len, with length buckets and
 packed: (1) the demo corpus through the real pipeline at configs/demo.py's sizes; (2) the synthetic
 E5/MEDI + Tulu-like mix of benchmarks/length_buckets.py (ASSUMED percentiles) at the 7B recipe's batch
-(configs/gritlm.py: 2048 queries x 256, 4096 passages x 2048, 256 chats x 2048) on v5e-64 (64 batch shards,
-16 hosts), the row counts decided exactly as the pipeline decides them (grit_jax.data.packing).
+(configs/gritlm.py: 2048 queries x 256, 4096 passages x 2048, 256 chats x 2048) on v5e-64 and v5e-8 (64 and
+8 batch shards), the shapes decided exactly as the pipeline decides them (grit_jax.data.packing).
 cost: model FLOPs per step and per real token, and hours for 1253 steps at 50% MFU on v5e-64, of the 7B
 recipe padded and packed on that synthetic mix (analytic: grit_jax.train.flops; attention within sequences).
 steps: seconds per train step of configs/demo.py on this machine, padded and packed, on the same examples
@@ -35,7 +35,7 @@ import numpy as np
 from benchmarks.length_buckets import E5_LIKE, TPU_BUCKETS, TULU_LIKE, _paper_data, draw
 from grit_jax.data import demo, pipeline
 from grit_jax.data.packed_pipeline import packed_train_iterator
-from grit_jax.data.packing import rows_needed
+from grit_jax.data.packing import plan_field
 from grit_jax.packed_batch import packing_layout
 from grit_jax.run_config import bucket_length, length_buckets
 
@@ -49,10 +49,10 @@ def _gritlm_7b():
     return config
 
 
-def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0, row_counts=None) -> dict:
+def synthetic_mix(steps: int, shards: int = 64, seed: int = 0, shapes=None) -> dict:
     """{field: [real, max_len, buckets, packed, attended pairs]} summed over ``steps`` 7B-recipe batches:
     positions, then the (query, key) pairs attention needs within each sequence (causal: half).
-    row_counts: a dict that gets {field: [the packed row count of every step]}."""
+    shapes: a dict that gets {field: [the packed (rows, row length) of every step]}."""
     rng, data = np.random.default_rng(seed), _paper_data(TPU_BUCKETS)
     config = _gritlm_7b()
     layout = packing_layout(config, shards)
@@ -66,19 +66,16 @@ def synthetic_mix(steps: int, shards: int = 64, hosts: int = 16, seed: int = 0, 
         for field, lengths in drawn.items():
             f = layout[field]
             lengths = np.minimum(lengths, f.length)
-            share = len(lengths) // hosts
-            rows = f.rows_for(
-                rows_needed([lengths[h * share : (h + 1) * share] for h in range(hosts)], f), hosts
-            )
+            rows, row_length = plan_field(lengths, f).shape
             width = bucket_length(length_buckets(data, field), int(lengths.max()))
             squares = (lengths.astype(np.int64) ** 2).sum()
             pairs = (squares + lengths.sum()) // 2 if field == "generative" else squares
             for k, n in enumerate(
-                (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * f.length, pairs)
+                (lengths.sum(), f.length * len(lengths), width * len(lengths), rows * row_length, pairs)
             ):
                 totals[field][k] += int(n)
-            if row_counts is not None:
-                row_counts.setdefault(field, []).append(rows)
+            if shapes is not None:
+                shapes.setdefault(field, []).append((rows, row_length))
     return totals
 
 
@@ -135,14 +132,15 @@ def tokens(args):
                 ("max_len", "packed"),
             )
         )
-    print(
-        _table(
-            f"synthetic E5/MEDI + Tulu-like mix (assumed percentiles), configs/gritlm.py 7b batch on v5e-64, "
-            f"buckets {TPU_BUCKETS}, {args.steps} steps",
-            {f: t[:4] for f, t in synthetic_mix(args.steps).items()},
-            ("max_len", "buckets", "packed"),
+    for shards, slice_name in ((64, "v5e-64"), (8, "v5e-8")):
+        print(
+            _table(
+                f"synthetic E5/MEDI + Tulu-like mix (assumed percentiles), configs/gritlm.py 7b batch on "
+                f"{slice_name} ({shards} batch shards), buckets {TPU_BUCKETS}, {args.steps} steps",
+                {f: t[:4] for f, t in synthetic_mix(args.steps, shards).items()},
+                ("max_len", "buckets", "packed"),
+            )
         )
-    )
 
 
 def cost(args):
@@ -248,12 +246,14 @@ def data(args):
 AOT_PREAMBLE = (
     "### `python -m benchmarks.packing aot`: the 7B step compiled for TPU, padded vs packed\n\n"
     "configs/gritlm.py:7b (splash attention, full remat, GradCache chunks of 256, 4 generative "
-    "micro-batches) compiled by libtpu for the slice: per-chip memory of the compiled step. packed: per "
-    "field the grid's row count at or above the mean of the synthetic E5/Tulu-like mix (the tokens table "
-    "above); largest: one sequence a row, the most a packed batch can take. FLOPs: the cost table above "
-    "(analytic): XLA's cost analysis counts a loop body once (the scanned layers, the GradCache chunks), so "
-    "it does not give this step's FLOPs.\n\n"
-    "| variant | slice | rows: query, passage, generative | GiB per chip: total (arguments + temporaries) "
+    "micro-batches) compiled by libtpu for the slice: per-chip memory of the compiled step. padded: one "
+    "sequence a row of max_len; packed: per field the shape of most positions met on 20 steps of the "
+    "synthetic E5/Tulu-like mix (the tokens table above); largest: per field the shape of the largest "
+    "GradCache chunk or micro-batch a packed batch can take (grit_jax/packed_batch.py). FLOPs: the cost "
+    "table above (analytic): XLA's cost analysis counts a loop body once (the scanned layers, the GradCache "
+    "chunks), so it does not give this step's FLOPs.\n\n"
+    "| variant | slice | rows x length: query, passage, generative | GiB per chip: total (arguments + "
+    "temporaries) "
     "| of HBM | compile | machine, date |\n"
     "|---|---|---|---|---|---|---|\n"
 )
@@ -265,32 +265,33 @@ def aot(args):
     from grit_jax import sharding
     from grit_jax.hardware import GiB, parse_accelerator
     from grit_jax.programs.grit_aot import topology_devices, total_bytes
+    from grit_jax.run_config import data_parallel_size
     from grit_jax.train.state import TrainSetup
     from grit_jax.train.step import abstract_batch, make_train_step
 
     accelerator = parse_accelerator(args.topology)
-    devices = topology_devices(accelerator)
     config = _gritlm_7b()
-    config.data.packing = args.variant != "padded"
-    setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
-    data = config.data
-    rows = {  # padded and largest: one sequence a row
-        "query": data.embedding_batch_size,
-        "passage": data.embedding_batch_size * data.train_group_size,
-        "generative": data.generative_batch_size,
+    mesh = sharding.make_mesh(config.mesh, devices=topology_devices(accelerator))
+    layout = packing_layout(config, data_parallel_size(dict(mesh.shape)))
+    shapes = {  # padded: one sequence a row of max_len; largest: the shape of the largest chunk
+        field: f.largest_shape() if args.variant == "largest" else (f.sequences, f.length)
+        for field, f in layout.items()
     }
-    if args.variant == "packed":  # per field, the grid's row count at or above the mix's mean
-        row_counts: dict = {}
-        synthetic_mix(args.steps, len(devices), args.hosts, row_counts=row_counts)
-        grids = {f: setup.packing[f].row_grid() for f in row_counts}
-        rows = {f: min(r for r in grids[f] if r >= np.mean(counts)) for f, counts in row_counts.items()}
+    if args.variant == "packed":  # per field, the shape of most positions met on the synthetic mix
+        met: dict = {}
+        synthetic_mix(args.steps, data_parallel_size(dict(mesh.shape)), shapes=met)
+        shapes = {f: max(s, key=lambda s: (s[0] * s[1], s[1])) for f, s in met.items()}
+    config.data.packing = args.variant != "padded"
+    setup = TrainSetup(config, mesh)
     start = time.perf_counter()
-    batch = abstract_batch(setup, rows if setup.packing else None)
+    batch = abstract_batch(setup, shapes if setup.packing else None)
     memory = make_train_step(setup).lower(setup.abstract_state(), batch).compile().memory_analysis()
     minutes = (time.perf_counter() - start) / 60
     total = total_bytes(memory)[0]
     row = (
-        f"| {args.variant} | {accelerator.name} | {rows['query']}, {rows['passage']}, {rows['generative']} | "
+        f"| {args.variant} | {accelerator.name} | "
+        + ", ".join(f"{r} x {n}" for r, n in (shapes[f] for f in ("query", "passage", "generative")))
+        + " | "
         f"{total / GiB:.2f} ({memory.argument_size_in_bytes / GiB:.2f} + "
         f"{memory.temp_size_in_bytes / GiB:.2f}) | {total / accelerator.hbm_bytes:.0%} | "
         f"{minutes:.0f} min | {machine()}, {today()} |\n"
@@ -306,7 +307,7 @@ def main():
     parser.add_argument("--data_dir", default="", help="data: a grit-data prepare output")
     parser.add_argument("--config", default="configs/gritlm.py:7b", help="data: the recipe (its batch)")
     parser.add_argument("--shards", type=int, default=64, help="data: batch shards (data-parallel size)")
-    parser.add_argument("--hosts", type=int, default=16, help="data, aot: hosts")
+    parser.add_argument("--hosts", type=int, default=16, help="data: hosts (each takes whole rows)")
     parser.add_argument("--topology", default="v5e-64", help="aot: the TPU slice")
     parser.add_argument("--variant", default="packed", choices=("padded", "packed", "largest"), help="aot")
     args = parser.parse_args()

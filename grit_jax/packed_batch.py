@@ -1,19 +1,24 @@
 """Packed (padding-free) batches: their static shapes, decided without jax (data.packing).
 
-With data.packing every field's sequences (queries, passages, chats) are packed into rows of the field's
-*_max_len instead of one padded row each (grit_jax.data.packing builds them). A field's arrays, global:
+With data.packing every field's sequences (queries, passages, chats) of the GLOBAL batch are packed
+together into rows instead of one padded row each (grit_jax.data.packing builds them). A field's arrays,
+global:
   {prefix}_tokens, {prefix}_segments (0 = padding, 1.. = the sequences of a row), {prefix}_positions
   (restarting at each sequence) [R, L]; embedding fields also {prefix}_instruction_len and {prefix}_slot
-  [N] per sequence in the batch's order (slot = row * slots + segment - 1: where its embedding is pooled);
-  generative also gen_loss_mask [R, L].
-R, the number of rows, is one of a short grid of multiples of ``unit`` (so every batch shard and every
-GradCache chunk / accumulation micro-batch gets whole rows); each global batch takes the smallest that
-holds it, which every host computes alike from the length index (grit_jax.data.pipeline). The largest,
-R = N, holds any batch (one sequence a row), so a batch never needs to be cut.
-A GradCache chunk or accumulation micro-batch of a packed field is at most as many rows as an unpacked
-one (``chunk_rows``: the same memory or less); a batch of R rows takes as many chunks as that needs.
+  [N] per sequence in the batch's order (slot = row * slots(L) + segment - 1: where its embedding is
+  pooled); generative also gen_loss_mask [R, L].
+The shape (R, L) is one of a short grid (``shape_grid``): R a multiple of ``unit`` (so every batch shard
+and every GradCache chunk / accumulation micro-batch gets whole rows) from a geometric ladder, L the
+field's *_max_len M, or longer (up to 1.5 M, in steps of M/8 rounded to 128) where the next row count is
+further away than that: where a batch shard holds few rows. 256 chats of ~510 tokens on 64 shards fill one
+row of 2048 per shard by ~99%, so with rows of M only they need two (50% real); one row of 2304 takes them.
+Each global batch takes the shape of fewest positions that holds it, which every host computes alike from
+the length index (grit_jax.data.packing). R = N, L = M holds any batch (one sequence a row): nothing is
+ever cut. A GradCache chunk or accumulation micro-batch holds at most the positions of an unpacked one per
+batch shard, or one row where a row is longer (``chunks``); ``largest_shape`` is the shape whose chunk is
+the largest, which grit-aot compiles.
 Only the router loss of a mixture of experts is not a sum over tokens: there sequences are packed per
-host and per micro-batch (``groups``), so packed micro-batch j holds exactly the unpacked one's sequences.
+micro-batch (``groups``), so packed micro-batch j holds exactly the unpacked one's sequences.
 """
 
 from __future__ import annotations
@@ -28,25 +33,35 @@ from grit_jax.errors import UsageError
 
 MAX_SLOTS = 256  # most sequences pooled per embedding row: the pooling's one-hot is [R, slots, L]
 GRID_STEPS_PER_HALVING = 8  # row counts N * 2**(-k/8): a batch takes at most ~9% more rows than it needs
+LONGER_ROWS = (1, 9 / 8, 10 / 8, 11 / 8, 12 / 8)  # row lengths, times the field's max_len
+LENGTH_MULTIPLE = 128  # splash attention's smallest block (a max_len that is not a multiple keeps its own)
 PREFIXES = {"query": "query", "passage": "passage", "generative": "gen"}
 LIMITS = {"query": "query_max_len", "passage": "passage_max_len", "generative": "generative_max_len"}
 
 
 @dataclasses.dataclass(frozen=True)
 class FieldPacking:
-    """How one field packs: N sequences into rows of ``length``, in ``groups`` groups per host."""
+    """How one field packs: N sequences of at most ``length`` tokens, in ``groups`` groups."""
 
     field: str
     sequences: int
-    length: int
+    length: int  # the field's max_len: sequences are cut there, as unpacked
     groups: int  # > 1: sequences packed per micro-batch (the router loss), one chunk each
     unit: int  # every row count is a multiple: data-parallel size x groups
-    slots: int  # most sequences per row (embedding fields); 0 = unlimited
-    chunk_rows: int = 0  # rows per chunk or micro-batch at most (groups == 1); 0 = one pass
+    chunk_rows: int = 0  # rows of max_len per chunk or micro-batch at most (groups == 1); 0 = one pass
 
     @property
     def prefix(self) -> str:
         return PREFIXES[self.field]
+
+    def slots(self, row_length: int) -> int:
+        """Most sequences in one row of ``row_length`` (embedding fields: pooled slots); 0 = unlimited."""
+        return 0 if self.field == "generative" else min(row_length, MAX_SLOTS)
+
+    def row_lengths(self) -> tuple[int, ...]:
+        """The row lengths a batch may have, ascending; the first is max_len."""
+        step = LENGTH_MULTIPLE if self.length % LENGTH_MULTIPLE == 0 else 1
+        return tuple(sorted({math.ceil(self.length * g / step) * step for g in LONGER_ROWS}))
 
     def row_grid(self) -> tuple[int, ...]:
         """The row counts a batch may have, ascending; the last is N."""
@@ -57,29 +72,48 @@ class FieldPacking:
             k += 1
         return tuple(sorted(counts))
 
-    def chunks(self, rows: int) -> int:
+    def shape_grid(self) -> tuple[tuple[int, int], ...]:
+        """Every (rows, row length) a batch may have, fewest positions first (then shorter rows): each
+        row count with rows of max_len, and with longer rows where those stay under the next row count's
+        positions (where whole rows per batch shard leave a gap wider than a longer row's step)."""
+        counts, m = self.row_grid(), self.length
+        shapes = [
+            (r, n)
+            for r, above in zip(counts, counts[1:] + (0,))
+            for n in self.row_lengths()
+            if n == m or r * n < above * m
+        ]
+        return tuple(sorted(shapes, key=lambda s: (s[0] * s[1], s[1])))
+
+    def chunks(self, rows: int, row_length: int | None = None) -> int:
         """Chunks (micro-batches) of a batch of ``rows`` rows: the fewest that split every batch shard's
-        rows evenly into chunks of at most chunk_rows rows in all."""
+        rows evenly into chunks of at most chunk_rows rows of max_len (in positions; one row at least)."""
         if self.groups > 1:
             return self.groups
-        if not self.chunk_rows or rows <= self.chunk_rows:
+        if not self.chunk_rows or rows <= self.chunk_rows and (row_length or self.length) <= self.length:
             return 1
-        per_shard, most = rows // self.unit, self.chunk_rows // self.unit
+        per_shard = rows // self.unit
+        most = max(1, self.chunk_rows // self.unit * self.length // (row_length or self.length))
         return next(c for c in range(1, per_shard + 1) if per_shard % c == 0 and per_shard // c <= most)
 
-    def rows_for(self, rows_per_group: int, hosts: int) -> int:
-        """The smallest row count of the grid that gives every (host, group) ``rows_per_group`` rows."""
-        need = rows_per_group * hosts * self.groups
-        return next(r for r in self.row_grid() if r >= need)
+    def chunk_positions(self, rows: int, row_length: int) -> int:
+        """Positions one batch shard computes in one chunk of a (rows, row_length) batch."""
+        return rows // self.unit // self.chunks(rows, row_length) * row_length
 
-    def shapes(self, rows: int | None = None) -> dict[str, tuple[tuple[int, ...], type]]:
-        """Global shape and dtype of this field's arrays with ``rows`` rows (default: the largest)."""
-        r, n, p = rows or self.sequences, self.sequences, self.prefix
-        shapes = {f"{p}_{name}": ((r, self.length), np.int32) for name in ("tokens", "segments", "positions")}
+    def largest_shape(self) -> tuple[int, int]:
+        """The shape of the grid with the largest chunk (the memory a step needs), then most positions."""
+        return max(self.shape_grid(), key=lambda s: (self.chunk_positions(*s), s[0] * s[1]))
+
+    def shapes(self, shape: tuple[int, int] | None = None) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Global shape and dtype of this field's arrays with ``shape`` (rows, row length); default the
+        largest."""
+        (r, n), p = shape or self.largest_shape(), self.prefix
+        shapes = {f"{p}_{name}": ((r, n), np.int32) for name in ("tokens", "segments", "positions")}
         if self.field == "generative":
-            shapes["gen_loss_mask"] = ((r, self.length), np.bool_)
+            shapes["gen_loss_mask"] = ((r, n), np.bool_)
         else:
-            shapes.update({f"{p}_instruction_len": ((n,), np.int32), f"{p}_slot": ((n,), np.int32)})
+            seqs = self.sequences
+            shapes.update({f"{p}_instruction_len": ((seqs,), np.int32), f"{p}_slot": ((seqs,), np.int32)})
         return shapes
 
 
@@ -95,14 +129,14 @@ def packing_layout(config, data_parallel: int, moe: bool = False) -> dict[str, F
         for field, n in (("query", b), ("passage", b * data.train_group_size)):
             length = data[LIMITS[field]]
             chunk_rows = chunk if chunk and chunk < n else 0
-            fields[field] = FieldPacking(field, n, length, 1, w, min(length, MAX_SLOTS), chunk_rows)
+            fields[field] = FieldPacking(field, n, length, 1, w, chunk_rows)
     if objective.mode in ("unified", "generative"):
         steps, n = max(int(objective.generative_accumulation_steps), 1), data.generative_batch_size
         if moe and steps > 1:
-            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, steps, w * steps, 0)
+            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, steps, w * steps)
         else:
             chunk_rows = n // steps if steps > 1 else 0
-            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, 1, w, 0, chunk_rows)
+            fields["generative"] = FieldPacking("generative", n, data.generative_max_len, 1, w, chunk_rows)
     for f in fields.values():
         if f.sequences % f.unit or (f.chunk_rows and f.chunk_rows % f.unit):
             raise UsageError(
@@ -113,17 +147,22 @@ def packing_layout(config, data_parallel: int, moe: bool = False) -> dict[str, F
     return fields
 
 
-def packed_batch_shapes(layout: Mapping[str, FieldPacking], rows: Mapping[str, int] | None = None) -> dict:
-    """Global shapes of a packed batch with ``rows`` {field: R} (default: each field's largest)."""
-    shapes = {}
+def packed_batch_shapes(layout: Mapping[str, FieldPacking], shapes: Mapping | None = None) -> dict:
+    """Global shapes of a packed batch with ``shapes`` {field: (rows, row length)} (default: each field's
+    largest)."""
+    out = {}
     for field, f in layout.items():
-        shapes.update(f.shapes((rows or {}).get(field)))
-    return shapes
+        out.update(f.shapes((shapes or {}).get(field)))
+    return out
 
 
-def packed_rows(layout: Mapping[str, FieldPacking], batch: Mapping) -> dict[str, int]:
-    """{field: R} of a (host's or global) packed batch, each checked against the field's layout."""
-    return {field: int(batch[f"{f.prefix}_tokens"].shape[0]) for field, f in layout.items()}
+def packed_shapes(layout: Mapping[str, FieldPacking], batch, num_hosts: int = 1) -> dict[str, tuple]:
+    """{field: (rows, row length)} of a global packed batch, or of one host's (num_hosts hosts)."""
+    out = {}
+    for field, f in layout.items():
+        rows, length = batch[f"{f.prefix}_tokens"].shape
+        out[field] = (int(rows) * num_hosts, int(length))
+    return out
 
 
 def validate_packed_batch(layout: Mapping[str, FieldPacking], batch: Mapping, num_hosts: int = 1) -> None:
@@ -131,11 +170,14 @@ def validate_packed_batch(layout: Mapping[str, FieldPacking], batch: Mapping, nu
     expected = packed_batch_shapes(layout)
     if set(batch) != set(expected):
         raise UsageError(f"a packed batch (data.packing) holds {sorted(expected)}, not {sorted(batch)}")
-    for _field, f in layout.items():
-        rows = int(batch[f"{f.prefix}_tokens"].shape[0]) * num_hosts
-        if rows not in f.row_grid():
-            raise UsageError(f"batch[{f.prefix + '_tokens'!r}] has {rows} rows, not one of {f.row_grid()}")
-        for name, (shape, _) in f.shapes(rows).items():
+    for field, shape in packed_shapes(layout, batch, num_hosts).items():
+        f = layout[field]
+        if shape not in f.shape_grid():
+            raise UsageError(
+                f"batch[{f.prefix + '_tokens'!r}] has shape {shape} globally, not one of (rows, length) "
+                f"{f.shape_grid()}"
+            )
+        for name, (want, _) in f.shapes(shape).items():
             got = tuple(batch[name].shape)
-            if (got[0] * num_hosts, *got[1:]) != shape:
-                raise UsageError(f"batch[{name!r}] has shape {got}, a packed batch needs {shape} globally")
+            if (got[0] * num_hosts, *got[1:]) != want:
+                raise UsageError(f"batch[{name!r}] has shape {got}, a packed batch needs {want} globally")

@@ -150,23 +150,17 @@ class HostBatches:
         return batch
 
     def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
-        config, group = self.config, self.config.train_group_size
         epoch, j = divmod(step, self.epoch_steps)
         with self._plan_lock:
             plan = self._plan(epoch)[j]
         queries, q_lens, passages, p_lens = [], [], [], []
         start, stop = self.rows["embedding"]
         for row in range(start, stop):
-            source, index = plan[row]
-            record = self.opened["embedding"].sources[source][int(index)]
-            num_pos, num_passages = int(record["num_pos"]), len(record["passage_lens"])
-            chosen = sampling.chosen_passages(config.seed, group, step, row, num_pos, num_passages)
-            ends = np.cumsum(record["passage_lens"])
-            queries.append(record["query"])
-            q_lens.append(record["query_instruction_len"])
-            for k in chosen:
-                passages.append(record["passages"][ends[k] - record["passage_lens"][k] : ends[k]])
-                p_lens.append(record["passage_instruction_lens"][k])
+            query, query_instruction_len, chosen, chosen_lens = self.embedding_row(step, plan, row)
+            queries.append(query)
+            q_lens.append(query_instruction_len)
+            passages += chosen
+            p_lens += chosen_lens
         query_len, passage_len = self._embedding_lengths(step, plan)
         query_tokens, query_mask = right_pad(queries, query_len, self.pad_id)
         passage_tokens, passage_mask = right_pad(passages, passage_len, self.pad_id)
@@ -178,6 +172,20 @@ class HostBatches:
             "passage_mask": passage_mask,
             "passage_instruction_len": np.asarray(p_lens, np.int32),
         }
+
+    def embedding_row(self, step: int, plan: np.ndarray, row: int) -> tuple:
+        """(query, its instruction length, [the train_group_size sampled passages], [their instruction
+        lengths]) of global row ``row`` of batch ``plan`` (read from its record)."""
+        source, index = plan[row]
+        record = self.opened["embedding"].sources[source][int(index)]
+        num_pos, num_passages = int(record["num_pos"]), len(record["passage_lens"])
+        chosen = sampling.chosen_passages(
+            self.config.seed, self.config.train_group_size, step, row, num_pos, num_passages
+        )
+        ends = np.cumsum(record["passage_lens"])
+        passages = [record["passages"][ends[k] - record["passage_lens"][k] : ends[k]] for k in chosen]
+        instruction_lens = [record["passage_instruction_lens"][k] for k in chosen]
+        return record["query"], record["query_instruction_len"], passages, instruction_lens
 
     def _embedding_lengths(self, step: int, plan: np.ndarray) -> tuple[int, int]:
         """Padded (query, passage) lengths of global batch ``plan``: the buckets of its longest query and
@@ -220,22 +228,22 @@ class HostBatches:
         return bucket_length(buckets, longest)
 
     def generative_batch(self, step: int) -> dict[str, np.ndarray]:
-        config = self.config
-        rows, targets = [], []
         start, stop = self.rows["generative"]
-        for row in range(start, stop):
-            index = self.generative_index(step, row)
-            source = int(np.searchsorted(self.gen_offsets, index, side="right") - 1)
-            record = self.opened["generative"].sources[source][index - int(self.gen_offsets[source])]
-            target = record["targets"].astype(bool)
-            if config.prefixlm:
-                target[: int(record["last_start"])] = False
-            rows.append(record["tokens"])
-            targets.append(target)
+        rows, targets = zip(*(self.generative_row(step, row) for row in range(start, stop)))
         length = self._generative_length(step)
         tokens, mask = right_pad(rows, length, self.pad_id)
         loss_mask, _ = right_pad(targets, length, False, bool)
         return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
+
+    def generative_row(self, step: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, loss mask) of global row ``row`` of the generative batch of ``step``."""
+        index = self.generative_index(step, row)
+        source = int(np.searchsorted(self.gen_offsets, index, side="right") - 1)
+        record = self.opened["generative"].sources[source][index - int(self.gen_offsets[source])]
+        target = record["targets"].astype(bool)
+        if self.config.prefixlm:
+            target[: int(record["last_start"])] = False
+        return record["tokens"], target
 
 
 def _fingerprint(config, manifest: dict, mode: str) -> str:

@@ -264,7 +264,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     )
     if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
         settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
-    if setup.packing:  # the largest packed shape (one sequence a row) is what is compiled here
+    if setup.packing:  # the packed shape of the largest chunk (grit_jax.packed_batch) is compiled here
         settings["packing"] = "largest shape" + (
             "" if config.data.data_dir else "; FLOPs as padded (no data)"
         )

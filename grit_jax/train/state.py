@@ -105,7 +105,7 @@ class TrainSetup:
         self.batch_sharding = NamedSharding(
             mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape))
         )
-        # data.packing: the largest packed shapes (grit_jax.packed_batch); a batch may have fewer rows
+        # data.packing: the packed shapes of the largest chunks (grit_jax.packed_batch); batches vary
         self.packing = packing_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
         self.batch_shapes = packed_batch_shapes(self.packing) if self.packing else batch_shapes(config)
 

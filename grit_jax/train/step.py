@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from grit_jax import sharding
-from grit_jax.packed_batch import packed_batch_shapes, packed_rows, validate_packed_batch
+from grit_jax.packed_batch import packed_batch_shapes, packed_shapes, validate_packed_batch
 from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
 from grit_jax.train import flops
 from grit_jax.train import objective as objective_lib
@@ -26,12 +26,11 @@ def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
     """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh.
 
     Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan);
-    with data.packing its row counts are (grit_jax.packed_batch)."""
+    with data.packing its (rows, row length) are (grit_jax.packed_batch)."""
     hosts = jax.process_count()
     if setup.packing:
         validate_packed_batch(setup.packing, host_batch, num_hosts=hosts)
-        rows = {f: r * hosts for f, r in packed_rows(setup.packing, host_batch).items()}
-        shapes = packed_batch_shapes(setup.packing, rows)
+        shapes = packed_batch_shapes(setup.packing, packed_shapes(setup.packing, host_batch, hosts))
     else:
         validate_batch(setup.config, host_batch, num_hosts=hosts)
         shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
@@ -46,7 +45,7 @@ def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
 def abstract_batch(setup: TrainSetup, lengths=None) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for ahead-of-time compilation); lengths {field: bucket}
     as in config.batch_shapes, by default every field's max_len (the largest shapes); with data.packing,
-    lengths are {field: rows} (default: the largest, one sequence a row)."""
+    lengths are {field: (rows, row length)} (default: the largest, grit_jax.packed_batch)."""
     shapes = (
         packed_batch_shapes(setup.packing, lengths) if setup.packing else batch_shapes(setup.config, lengths)
     )
@@ -88,7 +87,7 @@ def _loss_and_grad(setup: TrainSetup):
             # Differentiated with respect to `trainable` only: a frozen LoRA base is a constant of the
             # loss, so no gradient of a base weight is ever computed.
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            chunks = {f.prefix: f.chunks(batch[f"{f.prefix}_tokens"].shape[0]) for f in packing.values()}
+            chunks = {f.prefix: f.chunks(*batch[f"{f.prefix}_tokens"].shape) for f in packing.values()}
             out, grads = grad_fn(trainable, setup.graphdef, batch, objective, chunks or None, frozen)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads

@@ -129,16 +129,39 @@ CLOSED_LOOP_TRACEBACK = (  # tensorstore's, for a write completing into asyncio'
 )
 
 
+# An absl/glog line that another thread may print in the middle of such a traceback.
+LOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ")
+
+
 def _without_closed_loop_tracebacks(lines: list[str]) -> list[str]:
+    """``lines`` without the CLOSED_LOOP_TRACEBACK blocks (the log lines interleaved in them are kept)."""
     rest, i, n = [], 0, len(CLOSED_LOOP_TRACEBACK)
     while i < len(lines):
-        block = [line.strip() for line in lines[i : i + n]]
-        if len(block) == n and all(map(fnmatch.fnmatchcase, block, CLOSED_LOOP_TRACEBACK)):
-            i += n
+        j, matched, logs = i, 0, []
+        while j < len(lines) and matched < n:
+            line = lines[j].strip()
+            if LOG_LINE.match(line):
+                logs.append(lines[j])
+            elif fnmatch.fnmatchcase(line, CLOSED_LOOP_TRACEBACK[matched]):
+                matched += 1
+            else:
+                break
+            j += 1
+        if matched == n:
+            rest += logs
+            i = j
         else:
             rest.append(lines[i])
             i += 1
     return rest
+
+
+def test_closed_loop_tracebacks_are_found_between_interleaved_log_lines():
+    block = [f"  {line}" for line in CLOSED_LOOP_TRACEBACK]
+    log = "E1204 05:57:03.264188 139795825575616 future.py:387] another thread failed"
+    alone = "Traceback (most recent call last):"  # not followed by the closed loop's frames: kept
+    lines = ["first", *block[:4], log, *block[4:], *block, alone, "last"]
+    assert _without_closed_loop_tracebacks(lines) == ["first", log, alone, "last"]
 
 
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
