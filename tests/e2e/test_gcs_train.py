@@ -44,10 +44,12 @@ def _exists(env, name: str) -> bool:
         return False
 
 
-def test_two_hosts_with_everything_in_a_bucket_resume_exactly(tmp_path, emulator, reference, data_dir):  # noqa: F811
+def test_two_hosts_with_everything_in_a_bucket_resume_exactly(
+    tmp_path, emulator, reference, data_dir, compile_cache
+):  # noqa: F811
     bucket = f"gs://{BUCKET}"
     storage.upload_dir(data_dir, f"{bucket}/data")
-    workdir, cache = f"{bucket}/run", str(tmp_path / "compile_cache")
+    workdir, cache = f"{bucket}/run", compile_cache  # local: the gs:// cache is test_storage's
     env = dict(
         train_env(4, cache),
         **emulator,
