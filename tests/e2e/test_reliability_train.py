@@ -2,6 +2,7 @@
 exits cleanly, a damaged newest checkpoint is reported in one line and the run resumes from the one
 before, a save that fails stops the run in one line with the last good step."""
 
+import collections
 import fnmatch
 import json
 import os
@@ -135,27 +136,32 @@ LOG_RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\n]*\n?")
 
 
 def _without_noise(stderr: str) -> tuple[list[str], list[str]]:
-    """(the log records of ``stderr``, its other lines without the CLOSED_LOOP_TRACEBACK blocks)."""
+    """(the log records of ``stderr``, its other lines without the CLOSED_LOOP_TRACEBACK lines). Several
+    threads print those tracebacks at once, their lines interleaved, so they are taken out line by line,
+    and only when every line of the traceback appears equally often (each traceback whole): any other
+    traceback leaves its own lines, or its header, behind."""
     records = LOG_RECORD.findall(stderr)
-    lines = LOG_RECORD.sub("", stderr).splitlines()
-    rest, i, n = [], 0, len(CLOSED_LOOP_TRACEBACK)
-    while i < len(lines):
-        block = [line.strip() for line in lines[i : i + n]]
-        if len(block) == n and all(map(fnmatch.fnmatchcase, block, CLOSED_LOOP_TRACEBACK)):
-            i += n
-        else:
-            rest.append(lines[i])
-            i += 1
-    return records, rest
+    lines = [line for line in LOG_RECORD.sub("", stderr).splitlines() if line.strip()]
+
+    def pattern(line):
+        return next((p for p in CLOSED_LOOP_TRACEBACK if fnmatch.fnmatchcase(line.strip(), p)), None)
+
+    counts = collections.Counter(pattern(line) for line in lines)
+    if len({counts[p] for p in CLOSED_LOOP_TRACEBACK}) > 1:  # a traceback that is not all closed loop
+        return records, lines
+    return records, [line for line in lines if pattern(line) is None]
 
 
-def test_closed_loop_tracebacks_are_found_however_log_records_cut_into_them():
+def test_closed_loop_tracebacks_are_found_however_threads_interleave_them():
     block = [f"  {line}" for line in CLOSED_LOOP_TRACEBACK]
     record = "E1204 05:57:03.264188 139795825575616 future.py:387] another thread failed"
-    alone = "Traceback (most recent call last):"  # not followed by the closed loop's frames: kept
     cut = block[5].replace("RuntimeError", "RuntimeError" + record + "\n")  # a record inside a line
-    stderr = "\n".join(["first", *block[:4], record, *block[4:], *block[:5], cut, alone, "last"])
-    assert _without_noise(stderr) == ([record + "\n", record + "\n"], ["first", alone, "last"])
+    interleaved = [*block[:2], *block, *block[2:5], record, cut]  # two threads' tracebacks
+    stderr = "\n".join(["first", *interleaved, "last"])
+    assert _without_noise(stderr) == ([record + "\n", record + "\n"], ["first", "last"])
+    other = "\n".join(["first", *block, "Traceback (most recent call last):", "ValueError: x", "last"])
+    assert "ValueError: x" in _without_noise(other)[1]
+    assert "Traceback (most recent call last):" in _without_noise(other)[1]
 
 
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
