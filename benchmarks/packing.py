@@ -272,14 +272,15 @@ def aot(args):
     accelerator = parse_accelerator(args.topology)
     config = _gritlm_7b()
     mesh = sharding.make_mesh(config.mesh, devices=topology_devices(accelerator))
-    layout = packing_layout(config, data_parallel_size(dict(mesh.shape)))
+    shards = data_parallel_size(dict(mesh.shape))
+    layout = packing_layout(config, shards)
     shapes = {  # padded: one sequence a row of max_len; largest: the shape of the largest chunk
         field: f.largest_shape() if args.variant == "largest" else (f.sequences, f.length)
         for field, f in layout.items()
     }
     if args.variant == "packed":  # per field, the shape of most positions met on the synthetic mix
         met: dict = {}
-        synthetic_mix(args.steps, data_parallel_size(dict(mesh.shape)), shapes=met)
+        synthetic_mix(args.steps, shards, shapes=met)
         shapes = {f: max(s, key=lambda s: (s[0] * s[1], s[1])) for f, s in met.items()}
     config.data.packing = args.variant != "padded"
     setup = TrainSetup(config, mesh)

@@ -88,12 +88,13 @@ class FieldPacking:
     def chunks(self, rows: int, row_length: int | None = None) -> int:
         """Chunks (micro-batches) of a batch of ``rows`` rows: the fewest that split every batch shard's
         rows evenly into chunks of at most chunk_rows rows of max_len (in positions; one row at least)."""
+        row_length = row_length or self.length
         if self.groups > 1:
             return self.groups
-        if not self.chunk_rows or rows <= self.chunk_rows and (row_length or self.length) <= self.length:
+        if not self.chunk_rows or rows <= self.chunk_rows and row_length <= self.length:
             return 1
         per_shard = rows // self.unit
-        most = max(1, self.chunk_rows // self.unit * self.length // (row_length or self.length))
+        most = max(1, self.chunk_rows // self.unit * self.length // row_length)
         return next(c for c in range(1, per_shard + 1) if per_shard % c == 0 and per_shard // c <= most)
 
     def chunk_positions(self, rows: int, row_length: int) -> int:
