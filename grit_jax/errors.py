@@ -16,8 +16,9 @@ class GritError(Exception):
     label = "error"  # printed as `program: label: message`
 
 
-class UsageError(GritError):
-    """A command line or training configuration that cannot run."""
+class UsageError(GritError, ValueError):
+    """A command line, training configuration or API argument that cannot run (a ValueError, so that
+    ``except ValueError`` around a library call catches bad arguments too)."""
 
     exit_status = 2
 
