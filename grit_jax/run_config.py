@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "preset": "tiny",  # a ModelConfig preset, unless hf_dir or init_checkpoint is set
         "hf_dir": "",  # a Hugging Face directory: its config.json and weights
+        # A GGUF file (llama.cpp's format), or "package:MODULE/FILE" for one inside an installed Python
+        # package: converted once into WORKDIR/base_model, which is then model.hf_dir (configs/smollm2.py).
+        "gguf": "",
         "init_checkpoint": "",  # a `grit-convert hf-to-orbax` output or another run's checkpoint
         # The published model a recipe starts from (configs/gritlm.py); with it set, a run without hf_dir
         # or init_checkpoint refuses to start unless random_init is True (grit_jax/train/run_summary.py).
@@ -68,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
         "prefetch_buffer_size": 8,  # batches prefetched per host
         "demo_corpus": False,  # build the stdlib-docstring corpus into WORKDIR/data when data_dir is ""
         "demo_vocab_size": 1024,
+        # The demo corpus' tokenizer: "" = a sentencepiece one trained on the corpus (demo_vocab_size);
+        # "model" = model.hf_dir's own (a pretrained model must read the ids it was trained on).
+        "demo_tokenizer": "",
     },
     "objective": {
         "mode": "unified",  # MODES
@@ -218,6 +224,10 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
     for group, field in (("model", "hf_dir"), ("model", "init_checkpoint"), ("data", "data_dir")):
         if config[group][field]:
             storage.as_path(config[group][field], f"{group}.{field}")  # local or gs://, nothing else
+    if config.data.demo_tokenizer not in ("", "model"):
+        raise UsageError(f"data.demo_tokenizer={config.data.demo_tokenizer!r}: expected '' or 'model'")
+    if config.data.demo_tokenizer == "model" and not (config.model.hf_dir or config.model.gguf):
+        raise UsageError("data.demo_tokenizer='model' needs model.hf_dir or model.gguf (the model's tokenizer)")
     if storage.is_url(config.data.tokenizer):
         raise UsageError(
             f"data.tokenizer={config.data.tokenizer}: a URL; leave it empty to use the copy that "

@@ -16,7 +16,7 @@ import sys
 import zlib
 
 from grit_jax.data import sources
-from grit_jax.data.tokenizer import train_tokenizer
+from grit_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 FUNCTION_INSTRUCTION = "Retrieve the documentation of this function"
 CLASS_INSTRUCTION = "Retrieve the documentation of this class or method"
@@ -116,22 +116,28 @@ def prepare_demo_data(
     query_max_len: int = 128,
     passage_max_len: int = 512,
     generative_max_len: int = 512,
+    tokenizer: str | None = None,
 ) -> dict:
-    """Builds the stdlib corpus, a sentencepiece tokenizer and the TFDS datasets into out_dir (cached:
-    returns at once if out_dir already holds this exact build). Texts are stored at lengths of at least
-    PREPARE_LIMITS so that shorter training lengths share one build. Returns {"data_dir", "tokenizer"}."""
+    """Builds the stdlib corpus, a tokenizer and the TFDS datasets into out_dir (cached: returns at once if
+    out_dir already holds this exact build). tokenizer: a pretrained model's (a dir or file) instead of a
+    sentencepiece one trained on the corpus. Texts are stored at lengths of at least PREPARE_LIMITS so that
+    shorter training lengths share one build. Returns {"data_dir", "tokenizer"}."""
     limits = [max(n, m) for n, m in zip((query_max_len, passage_max_len, generative_max_len), PREPARE_LIMITS)]
     stamp = {"python": sys.version, "vocab_size": vocab_size, "limits": limits, "held_out": HELD_OUT_ONE_IN}
+    if tokenizer is not None:
+        tokenizer = Tokenizer(tokenizer)
+        stamp = {**stamp, "vocab_size": None, "tokenizer": tokenizer.fingerprint}
     stamp_path = os.path.join(out_dir, "demo.json")
-    result = {"data_dir": out_dir, "tokenizer": os.path.join(out_dir, "tokenizer.model")}
+    result = {"data_dir": out_dir, "tokenizer": out_dir}  # Tokenizer(directory) reads the copy there
     if os.path.isfile(stamp_path) and os.path.isfile(os.path.join(out_dir, sources.MANIFEST)):
         with open(stamp_path) as f:
             if json.load(f) == stamp:
                 return result
     files = build_jsonl(os.path.join(out_dir, "jsonl"))
-    tokenizer = train_tokenizer(
-        _training_texts(files), os.path.join(out_dir, "demo_tokenizer.model"), vocab_size=vocab_size
-    )
+    if tokenizer is None:
+        tokenizer = train_tokenizer(
+            _training_texts(files), os.path.join(out_dir, "demo_tokenizer.model"), vocab_size=vocab_size
+        )
     sources.prepare(
         out_dir,
         tokenizer,

@@ -41,6 +41,7 @@ from grit_jax.train.run_summary import StepTimes, check_weights, summary
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
 from grit_jax.train.workdir_lock import WorkdirLock
+from grit_jax.weights.gguf_base import converted_base
 from grit_jax.weights.orbax_checkpoint import Checkpoints
 
 _CONFIG = cli.define_config_flag()
@@ -93,6 +94,7 @@ def prepare_data(config, workdir):
             prepare_demo_data(
                 built,
                 vocab_size=config.data.demo_vocab_size,
+                tokenizer=config.model.hf_dir if config.data.demo_tokenizer == "model" else None,
                 query_max_len=config.data.query_max_len,
                 passage_max_len=config.data.passage_max_len,
                 generative_max_len=config.data.generative_max_len,
@@ -111,6 +113,22 @@ def prepare_data(config, workdir):
             f"data.data_dir={config.data.data_dir}: no manifest.json there; prepare it with "
             "`grit-data prepare ... --out DIR`"
         )
+
+
+def prepare_base(config, workdir):
+    """A recipe's GGUF base (model.gguf) converted into WORKDIR/base_model once; it becomes model.hf_dir."""
+    model = config.model
+    if not model.gguf or model.hf_dir or model.init_checkpoint:
+        return
+    base_dir = storage.join(workdir, "base_model")
+    if jax.process_index() == 0:
+        built = tempfile.mkdtemp() if storage.is_url(base_dir) else base_dir
+        converted_base(model.gguf, built)
+        if built != base_dir:
+            storage.upload_dir(built, base_dir)
+    multihost_utils.sync_global_devices("base model ready")
+    with config.unlocked():
+        model.hf_dir = base_dir
 
 
 def local_data(config):
@@ -308,6 +326,7 @@ def train(config, workdir) -> dict:
 
 def _train(config, workdir, preempted: Preempted) -> dict:
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
+    prepare_base(config, workdir)
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
     prepare_data(config, workdir)
     config_json = config.to_json(indent=2)  # with the data's URL; the hosts read their own copies
@@ -351,7 +370,8 @@ def _train(config, workdir, preempted: Preempted) -> dict:
             flush=True,
         )
         if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):
-            print(demo_report(workdir, config.data.data_dir, evaluator.retrieval), flush=True)
+            base_dir = config.model.hf_dir  # a pretrained start: its answers before GRIT too
+            print(demo_report(workdir, config.data.data_dir, evaluator.retrieval, base_dir), flush=True)
     return last
 
 

@@ -4,7 +4,9 @@ untrained model's on the same queries, one held-out query with its top 3 passage
 The trained and untrained figures are the run's own held-out evaluations (metrics.jsonl: the first and the
 last); BM25 (the `rank-bm25` package, in the `eval` extra) ranks the same passages for the same queries,
 with the tokenizer's pieces as terms and each text's instruction left out. The example loads the final
-checkpoint as a GritLM.
+checkpoint as a GritLM. A run that started from a pretrained model (configs/smollm2.py) says "before GRIT"
+for the untrained figure, adds the held-out generative loss before and after, and answers three held-out
+questions with the pretrained model and with the trained one instead of ranking passages.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ def bm25_mrr(retrieval: dict) -> float:
     return retrieval_metrics(scores, retrieval["relevant"])["eval_mrr@10"]
 
 
-def _first_and_last_eval(workdir: str) -> tuple[float | None, float | None]:
+def _first_and_last_eval(workdir: str, key="eval_mrr@10") -> tuple[float | None, float | None]:
     lines = storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
-    evals = [r["eval_mrr@10"] for r in map(json.loads, lines) if "eval_mrr@10" in r]
+    evals = [r[key] for r in map(json.loads, lines) if key in r]
     return (evals[0], evals[-1]) if evals else (None, None)
 
 
@@ -70,17 +72,41 @@ def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
     return lines
 
 
-def demo_report(workdir: str, data_dir: str, retrieval: dict | None) -> str:
+def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, questions=3, max_new_tokens=48):
+    """The first `questions` held-out functions asked about, answered by the base model and the trained one."""
+    from grit_jax.inference.gritlm import GritLM
+
+    with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
+        records = f.readlines()
+    spread = [records[i * len(records) // questions] for i in range(questions)]  # not all from one module
+    names = [json.loads(line)["query"][1].split("(")[0] for line in spread]
+    lines = []
+    for label, path in (("before", base_dir), ("after", workdir)):
+        model = GritLM.from_pretrained(path)
+        for name in names:
+            ids = model.generate([{"role": "user", "content": f"What does `{name}` do?"}], max_new_tokens)
+            answer = " ".join(model.tokenizer.decode(ids).split())[:200]
+            lines.append(f"{label:>6}: What does `{name}` do? -> {answer!r}")
+    return sorted(lines, key=lambda line: names.index(line.split("`")[1]))  # each question's pair together
+
+
+def _show(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def demo_report(workdir: str, data_dir: str, retrieval: dict | None, base_dir: str = "") -> str:
+    """base_dir: the pretrained model the run started from ("" for a run from random weights)."""
     untrained, trained = _first_and_last_eval(workdir)
     bm25 = bm25_mrr(retrieval) if retrieval is not None else None
-
-    def show(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
     n = 0 if retrieval is None else len(retrieval["query_tokens"])
     python = ".".join(map(str, sys.version_info[:3]))  # the corpus is this Python's standard library
+    start = "before GRIT" if base_dir else "untrained"
     lines = [
-        f"held-out MRR@10 on {n} queries (Python {python}'s docstrings): trained {show(trained)}, "
-        f"untrained {show(untrained)}, BM25 {show(bm25)}"
+        f"held-out MRR@10 on {n} queries (Python {python}'s docstrings): trained {_show(trained)}, "
+        f"{start} {_show(untrained)}, BM25 {_show(bm25)}"
     ]
-    return "\n".join(lines + example(workdir, data_dir))
+    if not base_dir:
+        return "\n".join(lines + example(workdir, data_dir))
+    before, after = _first_and_last_eval(workdir, "eval_loss_gen")
+    lines.append(f"held-out generative loss (nats per token): before GRIT {_show(before)}, trained {_show(after)}")
+    return "\n".join(lines + answers_before_and_after(workdir, data_dir, base_dir))

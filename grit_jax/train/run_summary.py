@@ -21,7 +21,7 @@ def check_weights(config) -> None:
     model.random_init=True said out loud."""
     model = config.model
     base = model.get("base_model", "")
-    if base and not (model.hf_dir or model.init_checkpoint or model.get("random_init", False)):
+    if base and not (model.hf_dir or model.init_checkpoint or model.gguf or model.get("random_init", False)):
         raise UsageError(
             f"this recipe starts from {base} but no weights are given: pass --config.model.hf_dir=DIR "
             f"(its Hugging Face download) or --config.model.init_checkpoint=DIR, or "
