@@ -227,7 +227,9 @@ def validate_config(config, mesh_shape: Mapping[str, int]) -> None:
     if config.data.demo_tokenizer not in ("", "model"):
         raise UsageError(f"data.demo_tokenizer={config.data.demo_tokenizer!r}: expected '' or 'model'")
     if config.data.demo_tokenizer == "model" and not (config.model.hf_dir or config.model.gguf):
-        raise UsageError("data.demo_tokenizer='model' needs model.hf_dir or model.gguf (the model's tokenizer)")
+        raise UsageError(
+            "data.demo_tokenizer='model' needs model.hf_dir or model.gguf (the model's tokenizer)"
+        )
     if storage.is_url(config.data.tokenizer):
         raise UsageError(
             f"data.tokenizer={config.data.tokenizer}: a URL; leave it empty to use the copy that "

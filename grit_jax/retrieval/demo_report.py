@@ -73,7 +73,7 @@ def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
 
 
 def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, questions=3, max_new_tokens=48):
-    """The first `questions` held-out functions asked about, answered by the base model and the trained one."""
+    """`questions` held-out functions asked about, answered by the base model and by the trained one."""
     from grit_jax.inference.gritlm import GritLM
 
     with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
@@ -108,5 +108,7 @@ def demo_report(workdir: str, data_dir: str, retrieval: dict | None, base_dir: s
     if not base_dir:
         return "\n".join(lines + example(workdir, data_dir))
     before, after = _first_and_last_eval(workdir, "eval_loss_gen")
-    lines.append(f"held-out generative loss (nats per token): before GRIT {_show(before)}, trained {_show(after)}")
+    lines.append(
+        f"held-out generative loss (nats per token): before GRIT {_show(before)}, trained {_show(after)}"
+    )
     return "\n".join(lines + answers_before_and_after(workdir, data_dir, base_dir))

