@@ -201,6 +201,7 @@ class Loop:
         config, every = self.config, self.config.log.every_steps
         if start == 0 and config.log.eval_every_steps and self.evaluator.enabled:
             self.log.write(0, self.evaluator(state))
+            self.log.write_items(0, self.evaluator.items)
         for step in range(start + 1, config.num_steps + 1):
             self._profile(step, starting=True)
             started = time.perf_counter()
@@ -268,6 +269,7 @@ class Loop:
         eval_every = config.log.eval_every_steps
         if eval_every and self.evaluator.enabled and (step % eval_every == 0 or step == config.num_steps):
             metrics.update(self.evaluator(state))
+            self.log.write_items(step, self.evaluator.items)
         self.log.write(step, metrics)
         self.log.progress(step, metrics, seconds, self.step_times.per_step())
         self.last, self.t0 = {"step": step, **metrics}, time.perf_counter()

@@ -19,11 +19,20 @@ def reciprocal_rank(first: int, k: int = 10) -> float:
     return 1.0 / (first + 1) if first < k else 0.0
 
 
-def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
-    """scores, relevant [Nq, Np] -> MRR@10 and recall@1 (a hit = any relevant passage)."""
+def first_relevant(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """scores, relevant [Nq, Np] -> [Nq]: the 0-based rank of the first relevant passage (Np: none)."""
     order = np.argsort(-scores, axis=1, kind="stable")
     hits = np.take_along_axis(relevant, order, axis=1)
-    first = np.where(hits.any(1), hits.argmax(1), scores.shape[1])
+    return np.where(hits.any(1), hits.argmax(1), scores.shape[1])
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """scores, relevant [Nq, Np] -> MRR@10 and recall@1 (a hit = any relevant passage)."""
+    return metrics_from_ranks(first_relevant(scores, relevant))
+
+
+def metrics_from_ranks(first: np.ndarray) -> dict[str, float]:
+    """MRR@10 and recall@1 from first_relevant's ranks."""
     return {
         "eval_mrr@10": float(np.mean([reciprocal_rank(f) for f in first])),
         "eval_recall@1": float((first == 0).mean()),

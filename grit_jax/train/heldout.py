@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.data.heldout_sets import eval_generative_batches, eval_retrieval_arrays
-from grit_jax.retrieval.metrics import retrieval_metrics
+from grit_jax.retrieval.metrics import first_relevant, metrics_from_ranks, reciprocal_rank
 from grit_jax.run_config import bucket_length, length_buckets
 from grit_jax.train import objective as objective_lib
 
@@ -47,8 +47,10 @@ class Evaluator:
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
                 out = model(tokens, objective_lib.training_attention(model, mask, "causal"))
-                total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
-                return total, count
+                per_row = jax.vmap(lambda *row: objective_lib.token_cross_entropy(*(x[None] for x in row)))
+                return per_row(
+                    model.logits(out.hidden), tokens, loss_mask
+                )  # [rows] loss sums, [rows] targets
 
         self._encode, self._generative = encode, generative
 
@@ -80,17 +82,23 @@ class Evaluator:
         return embeddings
 
     def __call__(self, state) -> dict[str, float]:
-        metrics = {}
+        """The held-out metrics; self.items then holds what they average, per held-out item: each query's
+        reciprocal rank, each chat's [loss sum, targets] (paired comparisons between runs: paper_claims)."""
+        metrics, self.items = {}, {}
         if self.retrieval is not None:
             q, p = self._embed(state, "query"), self._embed(state, "passage")
-            metrics.update(retrieval_metrics(q @ p.T, self.retrieval["relevant"]))
+            first = first_relevant(q @ p.T, self.retrieval["relevant"])
+            metrics.update(metrics_from_ranks(first))
+            self.items["reciprocal_rank"] = [reciprocal_rank(f) for f in first]
         if self.gen_batches:
-            total = count = 0.0
+            chats = []
             for batch in self.gen_batches:
-                t, c = self._generative(
+                totals, counts = self._generative(
                     state.model_params,
                     *map(self._put, (batch["gen_tokens"], batch["gen_mask"], batch["gen_loss_mask"])),
                 )
-                total, count = total + float(t), count + float(c)
-            metrics["eval_loss_gen"] = total / max(count, 1.0)
+                chats += [[float(t), float(c)] for t, c in zip(totals, counts) if c > 0]  # padding rows: none
+            total, count = np.sum(chats, axis=0) if chats else (0.0, 0.0)
+            metrics["eval_loss_gen"] = float(total) / max(float(count), 1.0)
+            self.items["chat_loss"] = chats
         return metrics

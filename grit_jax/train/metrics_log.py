@@ -1,4 +1,5 @@
-"""metrics.jsonl, TensorBoard and a console progress line of a training run, written by process 0 only.
+"""metrics.jsonl, TensorBoard and a console progress line of a training run, written by process 0 only;
+eval_items.jsonl beside them holds each held-out evaluation's per-item values (train/heldout.py).
 
 On resume, the lines a killed run wrote after the checkpoint it resumes from are dropped first, by step
 number: they are logged again, so the file reads as one uninterrupted run. A damaged line is reported
@@ -20,6 +21,7 @@ import time
 from grit_jax import storage
 
 SYNC_SECONDS = 30.0
+ITEMS_FILE = "eval_items.jsonl"
 
 
 def _summary_writer():
@@ -45,22 +47,25 @@ class MetricsLog:
         self.remote = storage.is_url(workdir)
         self.local_dir = tempfile.mkdtemp(prefix="grit_jax_metrics_") if self.remote else workdir
         self.local_path, self.synced = os.path.join(self.local_dir, "metrics.jsonl"), time.monotonic()
+        self.items_path = os.path.join(self.local_dir, ITEMS_FILE)
         if enabled:
-            if self.remote and storage.isfile(self.path):
-                with open(self.local_path, "w", encoding="utf-8") as f:
-                    f.write(storage.read_text(self.path))
-            self._truncate(start_step)
+            for name in ("metrics.jsonl", ITEMS_FILE):
+                remote = storage.join(workdir, name)
+                if self.remote and storage.isfile(remote):
+                    with open(os.path.join(self.local_dir, name), "w", encoding="utf-8") as f:
+                        f.write(storage.read_text(remote))
+                self._truncate(os.path.join(self.local_dir, name), start_step)
             self.file = open(self.local_path, "a", encoding="utf-8")
             self.tb = _summary_writer()(
                 os.path.join(self.local_dir, "tb"), purge_step=start_step + 1 if start_step else None
             )
 
-    def _truncate(self, start_step):
+    def _truncate(self, local_path, start_step):
         """Drop the lines a killed run wrote after the checkpoint we resume from (they are redone), by
         step number; a damaged line is reported and dropped alone, never the good lines around it."""
-        if not os.path.exists(self.local_path):
+        if not os.path.exists(local_path):
             return
-        with open(self.local_path, encoding="utf-8") as f:
+        with open(local_path, encoding="utf-8") as f:
             lines = f.readlines()
         kept = []
         for number, line in enumerate(lines, 1):
@@ -68,14 +73,18 @@ class MetricsLog:
                 step = int(json.loads(line)["step"])
             except (ValueError, KeyError, TypeError):
                 if line.endswith("\n"):  # not the last line cut short by a kill: say so
-                    print(f"{self.path}:{number}: a damaged line (not a JSON record with a step); dropped")
+                    name = os.path.basename(local_path)
+                    print(
+                        f"{storage.join(self.workdir, name)}:{number}: a damaged line (not a JSON record "
+                        "with a step); dropped"
+                    )
                 continue
             if start_step and step <= start_step:
                 kept.append(line)
         if kept != lines:
-            with open(self.local_path + ".tmp", "w", encoding="utf-8") as f:
+            with open(local_path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(kept)
-            os.replace(self.local_path + ".tmp", self.local_path)
+            os.replace(local_path + ".tmp", local_path)
 
     def write(self, step, metrics):
         if not self.enabled:
@@ -89,6 +98,12 @@ class MetricsLog:
         self.tb.flush()
         if time.monotonic() - self.synced > SYNC_SECONDS:
             self.sync()
+
+    def write_items(self, step, items: dict):
+        """One held-out evaluation's per-item values (lists), a line of eval_items.jsonl."""
+        if self.enabled and items:
+            with open(self.items_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **items}) + "\n")
 
     def sync(self):
         """Uploads metrics.jsonl and tb/ to a gs:// work directory (nothing to do for a local one)."""

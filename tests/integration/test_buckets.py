@@ -151,10 +151,17 @@ def test_eval_batches_are_bucketed_and_score_alike(data_dir):
     configs = [data_config(data_dir), data_config(data_dir, BUCKETS)]
     setup = TrainSetup(configs[0], sharding.make_mesh({"data": 8}))
     state, pad_id = setup.create_state(), pipeline.load_tokenizer(configs[0].data).pad_id
-    scores = [Evaluator(c, setup.mesh, setup.graphdef, pad_id)(state) for c in configs]
+    evaluators = [Evaluator(c, setup.mesh, setup.graphdef, pad_id) for c in configs]
+    scores = [evaluate(state) for evaluate in evaluators]
     assert scores[0].keys() == {"eval_mrr@10", "eval_recall@1", "eval_loss_gen"}
     for name, value in scores[0].items():
         np.testing.assert_allclose(scores[1][name], value, rtol=1e-5, err_msg=name)
+    # per held-out item (paper_claims' paired intervals): one reciprocal rank a query, one loss a chat
+    items = [e.items for e in evaluators]
+    assert len(items[0]["reciprocal_rank"]) == len(evaluators[0].retrieval["query_tokens"])
+    assert len(items[0]["chat_loss"]) == sum(int(b["gen_loss_mask"].any(1).sum()) for b in plain)
+    np.testing.assert_allclose(np.mean(items[0]["reciprocal_rank"]), scores[0]["eval_mrr@10"], rtol=1e-6)
+    np.testing.assert_allclose(items[1]["chat_loss"], items[0]["chat_loss"], rtol=1e-5)
 
 
 def test_preparing_older_data_again_adds_its_length_index(data_dir, tmp_path):
