@@ -54,23 +54,12 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     return hub_formats.expand_paths(paths)
 
 
-def _valid_unicode(texts: list[str], field: str) -> None:
-    """JSON's escaped "\\ud800" decodes to a lone surrogate, which no tokenizer can encode."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise DataError(
-                f"field {field!r} holds a lone surrogate {text[e.start]!r} (not valid Unicode)"
-            ) from None
-
-
 def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
     if isinstance(value, str):
-        _valid_unicode([value], field)
+        fmt.check_unicode([value], field)
         return value
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
-        _valid_unicode(value, field)
+        fmt.check_unicode(value, field)
         return value
     raise DataError(
         f"field {field!r} must be a string or an [instruction, text] pair of strings, "
@@ -106,7 +95,7 @@ def parse_generative(obj: Any) -> str | list[str]:
         raise DataError("missing field 'text'")
     text = obj["text"]
     if isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text)):
-        _valid_unicode([text] if isinstance(text, str) else text, "text")
+        fmt.check_unicode([text] if isinstance(text, str) else text, "text")
         return text
     raise DataError("field 'text' must be a string or a list of strings (user/assistant turns)")
 
@@ -398,8 +387,6 @@ def prepare(
     except BaseException:
         for directory in built:
             shutil.rmtree(directory, ignore_errors=True)
-        if os.path.exists(tmp := os.path.join(out_dir, MANIFEST + ".tmp")):
-            os.remove(tmp)
         raise
     prepared_files.remove_unused(out_dir, old, manifest)
     return manifest
