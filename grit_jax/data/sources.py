@@ -370,6 +370,7 @@ def prepare(
         "vocab_size": tokenizer.vocab_size,
     }
     built: list[str] = []  # new source directories: removed again if anything fails
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
     try:
         groups = {"train": (embedding, generative), "eval": (eval_embedding, eval_generative)}
         for split, kind in _GROUPS:
@@ -379,14 +380,12 @@ def prepare(
                 expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
                 previous, plain_strings, built,
             )  # fmt: skip
-        tmp = os.path.join(out_dir, MANIFEST + ".tmp")
         with open(tmp, "w") as f:  # a write that fails (disk full) fails here, before anything is replaced
             json.dump(manifest, f, indent=1)
         tokenizer.copy_to(out_dir)
         os.replace(tmp, os.path.join(out_dir, MANIFEST))  # the swap: the new dataset, whole
     except BaseException:
-        for directory in built:
-            shutil.rmtree(directory, ignore_errors=True)
+        prepared_files.remove_partial(built, tmp)
         raise
     prepared_files.remove_unused(out_dir, old, manifest)
     return manifest
