@@ -117,12 +117,13 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (the BEIR layout has qrels/test.tsv)")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            cols = line.rstrip("\n").split("\t")
-            if not line.strip() or (number == 1 and cols[0] in ("query-id", "query_id", "qid")):
-                continue
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
+                line = utf8_line(raw)
+                cols = line.rstrip("\r\n").split("\t")
+                if not line.strip() or (number == 1 and cols[0] in ("query-id", "query_id", "qid")):
+                    continue
                 if len(cols) != 3:
                     raise ValueError(f"expected 3 tab-separated columns, got {len(cols)}")
                 if not re.fullmatch(r"-?\d+", cols[2].strip()):

@@ -15,9 +15,10 @@ from flax import nnx
 from grit_jax import GritLM, storage
 from grit_jax.data import sources
 from grit_jax.data.tokenizer import Tokenizer
-from grit_jax.errors import UsageError
+from grit_jax.errors import DataError, UsageError
 from grit_jax.model import ModelConfig, Transformer
 from grit_jax.programs import grit_convert, grit_data, grit_embed
+from grit_jax.retrieval.corpus import read_qrels
 from grit_jax.retrieval.embedding_store import read_manifest
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import peft_adapter
@@ -72,6 +73,10 @@ def test_text_that_is_not_unicode_is_a_file_line_error_or_skipped_and_counted(
     manifest = read_manifest(str(tmp_path / "emb" / "manifest.json"))
     assert manifest["count"] == 2 and manifest["skipped"] == 2
     assert f"{corpus}:3: not UTF-8" in manifest["skipped_examples"][1]
+
+    qrels = _lines(tmp_path / "qrels.tsv", [b"q1\td0\t1", b"q\xe9\td1\t1"])
+    with pytest.raises(DataError, match=f"{qrels}:2: not UTF-8"):
+        read_qrels(qrels)
 
     with pytest.raises(ValueError, match="sentence 1 holds a lone surrogate '\\\\udfff' at character 2"):
         model.encode(["fine", "ab\udfff"])

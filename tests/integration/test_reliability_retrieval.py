@@ -14,12 +14,12 @@ import pytest
 import safetensors.numpy
 
 from grit_jax.errors import DataError
-from grit_jax.programs import grit_embed
+from grit_jax.programs import grit_embed, grit_eval
 from grit_jax.programs.grit_embed import run as embed
 from grit_jax.retrieval.corpus import read_qrels, read_records
 from grit_jax.retrieval.embedding_store import EmbeddingStore, load_embeddings
 from grit_jax.retrieval.ranking import load_beir
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
+from tests.grit_fixtures import make_hf_dir, make_tokenizer, write_beir
 
 
 def _write(path, lines):
@@ -121,6 +121,17 @@ def test_an_input_edited_in_place_with_the_same_size_is_not_resumed(tmp_path, mo
     assert _embed(models[0], corpus, out) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "inputs differ; an input file changed since (content hash)" in err
+
+
+def test_a_retrieval_result_names_the_weights_that_made_it(tmp_path, models):
+    write_beir(tmp_path / "beir", n_docs=20, n_queries=3)
+    corpus, result = str(tmp_path / "beir" / "corpus.jsonl"), tmp_path / "result.json"
+    assert _embed(models[0], corpus, str(tmp_path / "emb")) == 0
+    argv = ["retrieval", "--model", models[0], "--data", str(tmp_path / "beir"), "--out", str(result)]
+    assert grit_eval.run(argv) == 0
+    embedded = json.loads((tmp_path / "emb" / "manifest.json").read_text())["settings"]["model_weights"]
+    assert json.loads(result.read_text())["model_weights"] == embedded  # one fingerprint for one model
+    assert not list(tmp_path.glob("result.json.*")), "written under a temporary name, then renamed"
 
 
 @pytest.mark.parametrize("rid", ["a b", "x\ry", "tab\there", "u\u2028v", "bell\x07"])
