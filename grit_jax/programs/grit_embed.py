@@ -5,10 +5,11 @@ resumably.
 
 Records are `{"id", "text"}` or BEIR `{"_id", "title", "text"}`. The input is cut into windows of
 `--window` good records; within a window texts are batched by token length (little padding), and each
-window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`). Run
-it again
-with the same arguments after a kill and it continues at the first missing part. Several hosts
-(launch/local.sh, a TPU pod) each embed windows index % process_count == process_index.
+window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`).
+Run it again with the same arguments after a kill and it continues at the first missing part (the same
+weights and input contents: other ones are refused). One grit-embed writes an --out at a time
+(OUT/embed.lock). Several hosts (launch/local.sh, a TPU pod) each embed windows index % process_count ==
+process_index.
 """
 
 from __future__ import annotations
