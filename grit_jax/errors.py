@@ -2,7 +2,8 @@
 
 Every command catches ``GritError`` and prints ``program: error: message`` (grit_jax.cli) with the
 class's exit status: 2 for a bad command line or configuration (``UsageError``), 1 for input that
-cannot be read (``CheckpointError``, ``DataError``), 3 for a run that had to stop (``RunStopped``).
+cannot be read (``CheckpointError``, ``DataError``) or an output that cannot be right
+(``OutputError``), 3 for a run that had to stop (``RunStopped``).
 Anything else is a bug and keeps its traceback.
 """
 
@@ -29,6 +30,12 @@ class CheckpointError(GritError):
 
 class DataError(GritError):
     """Training or evaluation data that is missing or malformed (messages give ``file:line``)."""
+
+
+class OutputError(GritError):
+    """A model output that cannot be right (a non-finite or all-zero embedding, nothing left to pool after
+    the instruction, non-finite logits): found where it is made, naming the first bad row, never written
+    or scored."""
 
 
 class RunStopped(GritError):

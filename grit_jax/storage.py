@@ -1,6 +1,7 @@
 """The one place a user's path becomes a path object: a local path or a `gs://` URL alike.
 
-Local paths are made absolute; `gs://bucket/...` goes through etils.epath, whose gs:// backend without
+Local paths are made absolute (`gs:/bucket`, one slash, is refused: it would be a local dir for one
+library and a bucket for another); `gs://bucket/...` goes through etils.epath, whose gs:// backend without
 TensorFlow is fsspec's gcsfs (credentials from the machine, `STORAGE_EMULATOR_HOST` for an emulator).
 Arrays go through tensorstore's own kvstore (`kvstore()`: its `gcs` driver, `TENSORSTORE_GCS_HTTP_URL`
 for an emulator). Never `os.path` on a URL: `os.path.abspath("gs://b/r")` is a local `<cwd>/gs:/b/r`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
 
@@ -25,7 +27,15 @@ SCHEMES = ("gs",)  # what gcsfs and tensorstore's gcs driver both serve
 
 
 def is_url(path) -> bool:
-    return "://" in os.fspath(path)
+    """Whether a path is a URL; `gs:/bucket` (one slash) is refused, not read as a local dir `gs:`."""
+    text = os.fspath(path)
+    one_slash = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):/(?!/)", text)
+    if one_slash:
+        scheme = one_slash.group(1)
+        raise UsageError(
+            f"{text}: a URL needs two slashes ({scheme}://BUCKET/PATH); for a local path write ./{text}"
+        )
+    return "://" in text
 
 
 def as_path(path, what: str = "path") -> epath.Path:

@@ -1,6 +1,7 @@
 """The files of a prepared data directory (grit_jax.data.sources): each source's file sizes, recorded in
 manifest.json by grit-data prepare and checked by a training run, so data changed after it was prepared
-is refused, not trained on; and the removal of the sources a new manifest no longer names."""
+is refused, not trained on; and the removal of the sources a new manifest no longer names, and of what a
+failed prepare built."""
 
 from __future__ import annotations
 
@@ -53,3 +54,12 @@ def remove_unused(out_dir: str, old: dict, new: dict) -> None:
     """The directories of the previous manifest's sources that the new one no longer names."""
     for root in sorted(_source_roots(old) - _source_roots(new)):
         shutil.rmtree(os.path.join(out_dir, root), ignore_errors=True)
+
+
+def remove_partial(directories: list[str], manifest_tmp: str) -> None:
+    """What a failed prepare built (its new source directories, a manifest not swapped in): nothing of it
+    is left to be taken for a dataset."""
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+    if os.path.exists(manifest_tmp):
+        os.remove(manifest_tmp)

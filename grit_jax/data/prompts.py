@@ -25,6 +25,17 @@ CHARS_PER_TOKEN_CUT = 10
 PLAIN_STRINGS = ("raw", "formatted")  # the reference's raw text, or GRIT-formatted (grit_jax before)
 
 
+def check_unicode(texts: Sequence[str], field: str) -> None:
+    """DataError for a lone surrogate (JSON's escaped "\\ud800" decodes to one; no tokenizer encodes it)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(
+                f"field {field!r} holds a lone surrogate {text[e.start]!r} (not valid Unicode)"
+            ) from None
+
+
 def clean_instruction(instruction: str) -> str:
     """The reference strips surrounding tabs, newlines, spaces and colons from instructions."""
     return instruction.strip("\t\n :")

@@ -56,8 +56,10 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
 
 def _check_embed_text(value: Any, field: str) -> fmt.EmbedText:
     if isinstance(value, str):
+        fmt.check_unicode([value], field)
         return value
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        fmt.check_unicode(value, field)
         return value
     raise DataError(
         f"field {field!r} must be a string or an [instruction, text] pair of strings, "
@@ -93,6 +95,7 @@ def parse_generative(obj: Any) -> str | list[str]:
         raise DataError("missing field 'text'")
     text = obj["text"]
     if isinstance(text, str) or (isinstance(text, list) and all(isinstance(t, str) for t in text)):
+        fmt.check_unicode([text] if isinstance(text, str) else text, "text")
         return text
     raise DataError("field 'text' must be a string or a list of strings (user/assistant turns)")
 
@@ -367,6 +370,7 @@ def prepare(
         "vocab_size": tokenizer.vocab_size,
     }
     built: list[str] = []  # new source directories: removed again if anything fails
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
     try:
         groups = {"train": (embedding, generative), "eval": (eval_embedding, eval_generative)}
         for split, kind in _GROUPS:
@@ -376,14 +380,12 @@ def prepare(
                 expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
                 previous, plain_strings, built,
             )  # fmt: skip
-        tokenizer.copy_to(out_dir)
-        tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
+        with open(tmp, "w") as f:  # a write that fails (disk full) fails here, before anything is replaced
             json.dump(manifest, f, indent=1)
+        tokenizer.copy_to(out_dir)
         os.replace(tmp, os.path.join(out_dir, MANIFEST))  # the swap: the new dataset, whole
     except BaseException:
-        for directory in built:
-            shutil.rmtree(directory, ignore_errors=True)
+        prepared_files.remove_partial(built, tmp)
         raise
     prepared_files.remove_unused(out_dir, old, manifest)
     return manifest

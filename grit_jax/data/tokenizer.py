@@ -130,8 +130,14 @@ class Tokenizer:
         main = SENTENCEPIECE if isinstance(self._backend, _SentencePiece) else hf_tokenizer.TOKENIZER_JSON
         files = self.files()
         for src, name in zip(files, [main] + [os.path.basename(p) for p in files[1:]]):
-            if os.path.abspath(src) != os.path.abspath(os.path.join(out_dir, name)):
-                shutil.copyfile(src, os.path.join(out_dir, name))
+            target = os.path.join(out_dir, name)
+            if os.path.abspath(src) != os.path.abspath(target):
+                try:  # whole or not at all: a write that fails leaves the earlier copy
+                    shutil.copyfile(src, target + ".tmp")
+                    os.replace(target + ".tmp", target)
+                finally:
+                    if os.path.exists(target + ".tmp"):
+                        os.remove(target + ".tmp")
         return os.path.join(out_dir, main)
 
 

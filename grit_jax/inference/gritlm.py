@@ -26,7 +26,7 @@ from grit_jax.choices import MODES
 from grit_jax.data import prompts as fmt
 from grit_jax.data.padding import right_pad
 from grit_jax.errors import UsageError
-from grit_jax.inference import placement, rag
+from grit_jax.inference import arguments, output_checks, placement, rag
 from grit_jax.inference.decoding import _decode_pass, _encode_pass, _place, bucket, sample
 from grit_jax.inference.rag import Cache
 from grit_jax.model import KVCache, ModelConfig, Transformer, masks
@@ -71,6 +71,7 @@ class GritLM:
         )
         self.projection = projection
         self.config: ModelConfig = model.config
+        arguments.check_vocabulary(tokenizer.vocab_size, self.config.vocab_size)
         self.graphdef, self.state = nnx.split(model)
         self.mesh = placement.resolve_mesh(mesh)  # weights sharded as training shards them (placement.py)
         if self.mesh is not None:
@@ -148,6 +149,7 @@ class GritLM:
             )
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
+        arguments.check_sentences(sentences, instruction)
         if get_cache and len(sentences) > batch_size:
             raise UsageError("get_cache=True encodes one batch only: pass at most batch_size sentences")
         skip = self.instruction_length(instruction, embed_instruction, max_length, add_special_tokens)
@@ -157,7 +159,10 @@ class GritLM:
                 self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
                 for s in sentences[start : start + batch_size]
             ]
-            emb, cache = self.embed_rows(rows, skip, get_cache)
+            try:
+                emb, cache = self.embed_rows(rows, skip, get_cache)
+            except output_checks.BadRow as e:
+                raise e.shifted(start).named(f"sentence {e.row + start}") from None
             embeddings.append(emb)
         out = np.concatenate(embeddings, 0)
         out = out[0] if single else out
@@ -165,7 +170,9 @@ class GritLM:
 
     def embed_rows(self, rows: list[list[int]], skip: int = 0, with_cache=False):
         """Embeddings [len(rows),D] of token rows (BOS included) pooled after their first `skip` tokens,
-        and with_cache their Cache (else None): one batch of encode, for callers that tokenized already."""
+        and with_cache their Cache (else None): one batch of encode, for callers that tokenized already.
+        output_checks.BadRow names the first row with nothing to pool or a non-finite or all-zero result."""
+        output_checks.check_poolable(rows, skip)
         hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
         hidden = project(hidden, self.projection)
         lengths = np.full((valid.shape[0],), skip, np.int32)
@@ -175,7 +182,9 @@ class GritLM:
         cache = (
             Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)]) if with_cache else None
         )
-        return placement.to_host(emb)[: len(rows)], cache
+        emb = placement.to_host(emb)[: len(rows)]
+        output_checks.check_embeddings(emb)
+        return emb, cache
 
     def instruction_length(
         self, instruction: str, embed_instruction=False, max_length=None, add_special_tokens=True
@@ -251,12 +260,12 @@ class GritLM:
         )
         return out[0] if isinstance(query, str) else out
 
-    def _prompt_ids(self, prompt, continuing: bool) -> list[int]:
+    def _prompt_ids(self, prompt, continuing: bool, what: str) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenize(prompt, add_special_tokens=not continuing)
+            return self.tokenize(arguments.check_text(prompt, what), add_special_tokens=not continuing)
         if len(prompt) and isinstance(prompt[0], dict):
             return self.chat_prompt(prompt)
-        return [int(t) for t in prompt]
+        return arguments.check_token_ids(prompt, self.config.vocab_size, what)
 
     def generate(
         self,
@@ -280,6 +289,7 @@ class GritLM:
             raise UsageError(
                 "generate needs mode='unified' or 'generative' (this GritLM was loaded as 'embedding')"
             )
+        arguments.check_generation(max_new_tokens, do_sample, temperature, top_k, top_p)
         single = _is_single_prompt(inputs)
         prompts = [inputs] if single else list(inputs)
         cache = None
@@ -287,7 +297,8 @@ class GritLM:
             cache = Cache.concat(
                 past_key_values if isinstance(past_key_values, (list, tuple)) else [past_key_values]
             )
-        rows = [self._prompt_ids(p, continuing=cache is not None) for p in prompts]
+        rows = [self._prompt_ids(p, cache is not None, f"prompt {i}") for i, p in enumerate(prompts)]
+        arguments.check_prompt_rows(rows)
         eos = self.tokenizer.eos_id if eos_token_id is None else eos_token_id
         out = self._decode(
             rows,
@@ -341,7 +352,9 @@ class GritLM:
         batch = valid.shape[0]
         generated, done = [[] for _ in range(batch)], np.zeros(batch, bool)
         for step in range(max_new_tokens):
-            new = sample(placement.to_host(logits), rng, **sampling)
+            logits = placement.to_host(logits)
+            output_checks.check_logits(logits, step)  # names the first prompt with non-finite logits
+            new = sample(logits, rng, **sampling)
             for i in np.flatnonzero(~done):
                 generated[i].append(int(new[i]))
             done |= new == eos

@@ -5,15 +5,17 @@ resumably.
 
 Records are `{"id", "text"}` or BEIR `{"_id", "title", "text"}`. The input is cut into windows of
 `--window` good records; within a window texts are batched by token length (little padding), and each
-window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`). Run
-it again
-with the same arguments after a kill and it continues at the first missing part. Several hosts
-(launch/local.sh, a TPU pod) each embed windows index % process_count == process_index.
+window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`).
+Run it again with the same arguments after a kill and it continues at the first missing part (the same
+weights and input contents: other ones are refused). One grit-embed writes an --out at a time
+(OUT/embed.lock). Several hosts (launch/local.sh, a TPU pod) each embed windows index % process_count ==
+process_index.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -21,8 +23,10 @@ import time
 from grit_jax import hardware, storage
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.errors import UsageError
+from grit_jax.inference.output_checks import BadRow
 from grit_jax.retrieval.corpus import FIELDS, Skipped, count_lines, read_records
 from grit_jax.retrieval.embedding_store import EmbeddingStore, embed_token_rows, merge_hosts
+from grit_jax.train.workdir_lock import WorkdirLock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,19 +72,34 @@ def _run(args):
     distributed.initialize_from_env()
     import jax
 
-    from grit_jax.inference.gritlm import GritLM
-    from grit_jax.inference.placement import local_mesh
-
     index, count = jax.process_index(), jax.process_count()
     total = count_lines(args.input)  # also checks that every input exists before the model loads
+    if storage.is_url(args.out):
+        raise UsageError(
+            f"--out {args.out}: grit-embed writes a local directory (copy it to the bucket after)"
+        )
+    os.makedirs(args.out, exist_ok=True)
+    lock = WorkdirLock(args.out, name="embed.lock" if index == 0 else f"embed.host{index}.lock", flag="--out")
+    lock.acquire()  # one grit-embed per --out: a second one is refused, naming the first
+    try:
+        _embed_locked(args, index, count, total)
+    finally:
+        lock.release()
+
+
+def _embed_locked(args, index: int, count: int, total: int):
+    from grit_jax.inference.gritlm import GritLM
+    from grit_jax.inference.placement import local_mesh
+    from grit_jax.weights.fingerprint import model_fingerprint
+
     mesh = local_mesh(args.mesh)
     model = GritLM.from_pretrained(
         args.model, mode="embedding", dtype=args.dtype, mesh=mesh, adapter=args.adapter
     )
     settings = dict(
         model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
-        model_weights=weights_fingerprint(model),  # another checkpoint in the same place: not resumed
-        inputs=[[os.path.abspath(p), os.path.getsize(p)] for p in args.input],
+        model_weights=model_fingerprint(model),  # another checkpoint in the same place: not resumed
+        inputs=[[os.path.abspath(p), content_hash(p)] for p in args.input],  # an edit in place: not resumed
         instruction=args.instruction,
         field=args.field,
         max_length=args.max_length,
@@ -107,19 +126,13 @@ def _run(args):
         )
 
 
-def weights_fingerprint(model) -> str:
-    """A hash of the first values of every parameter: changes with any training step, costs nothing."""
-    import hashlib
-
-    import jax
-    import numpy as np
-    from flax import nnx
-
+def content_hash(path: str) -> str:
+    """sha256 of a file's bytes (read once more; embedding them costs far more)."""
     digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model.model, nnx.Param)):
-        head = np.asarray(jax.device_get(leaf[(0,) * (leaf.ndim - 1)][:16]), np.float32)
-        digest.update(jax.tree_util.keystr(path).encode() + head.tobytes())
-    return digest.hexdigest()[:16]
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _windows(records, size):
@@ -149,7 +162,10 @@ def embed_corpus(model, args, store: EmbeddingStore, skipped: Skipped, total: in
             model.tokenize(args.instruction + text + model.embed_eos, True, args.max_length)
             for _, text in window
         ]
-        vectors = embed_token_rows(model, rows, skip, args.batch_size)
+        try:
+            vectors = embed_token_rows(model, rows, skip, args.batch_size)
+        except BadRow as e:  # nothing of this window is written
+            raise e.named(f"document {window[e.row][0]!r}") from None
         store.write_part(w, [rid for rid, _ in window], vectors, skipped.count)
         embedded += len(window)
         seen += len(window)

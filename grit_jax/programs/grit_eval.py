@@ -101,8 +101,11 @@ def _run(args):
     result, ranking = evaluate_retrieval(
         model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
     )
+    from grit_jax.weights.fingerprint import model_fingerprint
+
     result.update(
         model=os.fspath(storage.as_path(args.model)),  # a gs:// model stays a URL
+        model_weights=model_fingerprint(model),  # which weights these figures belong to
         data=os.path.abspath(args.data),
         query_instruction=query_instruction,
         doc_instruction=doc_instruction,
@@ -111,8 +114,7 @@ def _run(args):
     print(text, flush=True)
     for path, content in ((args.out, text), (args.run_out, json.dumps(ranking))):
         if path:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(content + "\n")
+            storage.write_text(path, content + "\n")  # whole or not at all
 
 
 def _mteb(args):

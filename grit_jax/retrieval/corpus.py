@@ -28,6 +28,24 @@ class Skipped:
             self.examples.append(message)
 
 
+def utf8_line(raw: bytes) -> str:
+    """A line of a file as text; ValueError when its bytes are not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def valid_text(text: str, what: str) -> str:
+    """The text, or ValueError when it holds a lone surrogate (JSON's escaped "\\ud800" decodes to one,
+    and no tokenizer can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds a lone surrogate {text[e.start]!r} (not valid Unicode)") from None
+    return text
+
+
 def record_text(record: dict, text_field: str) -> str:
     """The text to embed: `text`, or with title+text the title, a space and the text (as the reference joins
     BEIR documents; a missing or empty title gives the text alone)."""
@@ -35,7 +53,7 @@ def record_text(record: dict, text_field: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("missing or empty 'text'")
     title = record.get("title") if text_field == "title+text" else None
-    return f"{title} {text}" if isinstance(title, str) and title else text
+    return valid_text(f"{title} {text}" if isinstance(title, str) and title else text, "the text")
 
 
 def check_id(rid) -> str:
@@ -58,12 +76,12 @@ def read_records(
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(utf8_line(raw))
                     if not isinstance(record, dict):
                         raise ValueError("not a JSON object")
                     rid = check_id(record.get("id", record.get("_id")))
@@ -99,12 +117,13 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (the BEIR layout has qrels/test.tsv)")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            cols = line.rstrip("\n").split("\t")
-            if not line.strip() or (number == 1 and cols[0] in ("query-id", "query_id", "qid")):
-                continue
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
+                line = utf8_line(raw)
+                cols = line.rstrip("\r\n").split("\t")
+                if not line.strip() or (number == 1 and cols[0] in ("query-id", "query_id", "qid")):
+                    continue
                 if len(cols) != 3:
                     raise ValueError(f"expected 3 tab-separated columns, got {len(cols)}")
                 if not re.fullmatch(r"-?\d+", cols[2].strip()):

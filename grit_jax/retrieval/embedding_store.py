@@ -3,11 +3,12 @@
 The store is plain numpy: `DIR/part-NNNNN.npy` (float32 [n, D]) beside `DIR/part-NNNNN.ids` (one id per
 line, the same order; grit_jax.retrieval.corpus.check_id keeps every id on one line) and
 `DIR/manifest.json`, which lists the complete parts, each with its files' sizes and checksums, and the
-settings that made them (the model's weights fingerprint among them). Part k holds window k of the input
-(k-th run of `window` good records, in input order); every file is written to a temporary name and
-renamed, and a part enters the manifest only once both files are in place, so a killed run resumes at
-the first part the manifest lacks, losing and repeating nothing; a part whose files are not those written
-is embedded again. Read a store with `load_embeddings(DIR)` (ids and vectors checked, aligned).
+settings that made them (the model's weights fingerprint and the inputs' content hashes among them).
+Part k holds window k of the input (k-th run of `window` good records, in input order); every file is
+written to a temporary name and renamed, and a part enters the manifest only once both files are in
+place, so a killed run resumes at the first part the manifest lacks, losing and repeating nothing; a part
+whose files are not those written is embedded again. Read a store with `load_embeddings(DIR)` (ids and
+vectors checked, aligned; refused until the run that writes it has finished).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from grit_jax.errors import DataError, UsageError
+from grit_jax.inference.output_checks import BadRow
 
 MANIFEST = "manifest.json"
 FORMAT = "grit-embed/1"
@@ -49,9 +51,13 @@ def embed_texts(model, texts: list[str], instruction: str = "", batch_size: int 
 
 
 def embed_token_rows(model, rows: list[list[int]], skip: int, batch_size: int) -> np.ndarray:
+    """The embeddings of token rows in their order; a bad output (BadRow) names its index in `rows`."""
     out = None
     for batch in sorted_batches([len(r) for r in rows], batch_size):
-        emb, _ = model.embed_rows([rows[i] for i in batch], skip)
+        try:
+            emb, _ = model.embed_rows([rows[i] for i in batch], skip)
+        except BadRow as e:
+            raise e.shifted(batch) from None
         if out is None:
             out = np.empty((len(rows), emb.shape[1]), np.float32)
         out[batch] = emb
@@ -111,9 +117,10 @@ class EmbeddingStore:
                     for k in set(settings) | set(self.manifest.get("settings", {}))
                     if settings.get(k) != self.manifest.get("settings", {}).get(k)
                 )
+                why = "; an input file changed since (content hash)" if "inputs" in changed else ""
                 raise UsageError(
-                    f"{out} holds embeddings made with other settings ({', '.join(changed)} differ); "
-                    "use a new --out directory, or the same arguments to resume"
+                    f"{out} holds embeddings made with other settings ({', '.join(changed)} differ{why}); "
+                    "use a new --out directory, or the same model, inputs and arguments to resume"
                 )
         self.manifest["parts"] = [p for p in self.manifest["parts"] if self._intact(p)]
         self.done = {p["name"] for p in self.manifest["parts"]}
@@ -189,9 +196,15 @@ def merge_hosts(out: str, process_count: int) -> dict:
 
 
 def load_embeddings(out: str) -> tuple[list[str], np.ndarray]:
-    """(ids, float32 [n, D]) of every complete part of a grit-embed directory, in part order; each
-    part's files are checked against the manifest and its ids against its rows (DataError if not)."""
+    """(ids, float32 [n, D]) of every part of a finished grit-embed directory, in part order; each part's
+    files are checked against the manifest and its ids against its rows (DataError if not, or if the run
+    that writes it has not finished)."""
     manifest = read_manifest(os.path.join(out, MANIFEST))
+    if not manifest.get("complete"):
+        raise DataError(
+            f"{out}: incomplete (its manifest says complete=false: the grit-embed run writing it stopped or "
+            "is still running); run grit-embed again with the same arguments to finish it"
+        )
     ids, vectors = [], []
     for part in manifest["parts"]:
         base = os.path.join(out, part["name"])

@@ -21,6 +21,7 @@ from mteb.types import PromptType
 
 from grit_jax.retrieval.embedding_store import embed_texts
 from grit_jax.retrieval.instructions import task_instructions
+from grit_jax.weights.fingerprint import model_fingerprint
 
 
 class GritMTEB(AbsEncoder):
@@ -36,7 +37,7 @@ class GritMTEB(AbsEncoder):
         self.mteb_model_meta = ModelMeta.create_empty(
             dict(
                 name=f"grit_jax/{name or 'gritlm'}",
-                revision="local",
+                revision=model_fingerprint(model),  # results are tied to these weights (mteb_run)
                 similarity_fn_name=ScoringFunction.COSINE,
                 embed_dim=model.config.hidden_size,
                 use_instructions=True,

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from grit_jax.errors import DataError
+from grit_jax.inference.output_checks import BadRow
 from grit_jax.retrieval.corpus import read_qrels, read_records
 from grit_jax.retrieval.embedding_store import embed_texts
 from grit_jax.retrieval.instructions import GENERIC_RETRIEVAL, gritlm_format
@@ -83,10 +84,20 @@ def evaluate_retrieval(
 ):
     """({metric: value, counts}, run) of a GritLM on `load_beir`'s (corpus, queries, qrels)."""
     corpus, queries, qrels = beir
-    docs = embed_texts(model, [t for _, t in corpus], doc_instruction, batch_size, max_length)
-    q = embed_texts(model, [t for _, t in queries], query_instruction, batch_size, max_length)
+    docs = _embed(model, corpus, "document", doc_instruction, batch_size, max_length)
+    q = _embed(model, queries, "query", query_instruction, batch_size, max_length)
     hits = search(q, docs, [d for d, _ in corpus], k=100)
     run = {qid: h for (qid, _), h in zip(queries, hits)}
     result = score_run(run, qrels)
     result.update(queries=len(queries), documents=len(corpus))
     return result, run
+
+
+def _embed(
+    model, items: list[tuple[str, str]], kind: str, instruction: str, batch_size: int, max_length: int
+):
+    """embed_texts of (id, text) items; a degenerate embedding is an error naming the item's id."""
+    try:
+        return embed_texts(model, [t for _, t in items], instruction, batch_size, max_length)
+    except BadRow as e:
+        raise e.named(f"{kind} {items[e.row][0]!r}") from None

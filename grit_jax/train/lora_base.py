@@ -3,27 +3,24 @@ recorded in WORKDIR/lora_base.json when the run starts, checked
 when it resumes (checkpoints hold adapters, optimizer state, step, RNG and data position, not the base:
 grit_jax/weights/orbax_checkpoint.py), so adapters are never resumed onto another base.
 
-The fingerprint hashes the first and last rows of every base tensor (exact values, read from the sharded
-arrays without gathering them), so it is the same on any mesh and any number of hosts and differs for
-another checkpoint of the same architecture.
+The fingerprint (grit_jax.weights.fingerprint) hashes the first and last rows of every base tensor (exact
+values, read from the sharded arrays without gathering them), so it is the same on any mesh and any number
+of hosts and differs for another checkpoint of the same architecture.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from grit_jax import storage
 from grit_jax.errors import UsageError
+from grit_jax.weights import fingerprint as weights_fingerprint
 from grit_jax.weights import peft_adapter
 
 RECORD = "lora_base.json"
-ROW = 64  # values sampled from each end of each tensor
 
 
 def base_path(config) -> str:
@@ -32,19 +29,8 @@ def base_path(config) -> str:
 
 
 def fingerprint(setup, base: nnx.State) -> str:
-    """A hex digest of samples of every tensor of the frozen base (global arrays on setup's mesh)."""
-    flat = [(".".join(map(str, k)), v.get_value()) for k, v in nnx.to_flat_state(base)]
-
-    def ends(x):
-        first, last = x[(0,) * (x.ndim - 1)][:ROW], x[(-1,) * (x.ndim - 1)][-ROW:]
-        return jnp.concatenate([first, last]).astype(jnp.float32)
-
-    samples = jax.jit(lambda xs: [ends(x) for x in xs], out_shardings=setup.replicated)([v for _, v in flat])
-    digest = hashlib.sha256()
-    for (name, value), sample in zip(flat, samples):
-        digest.update(f"{name}{value.shape}{value.dtype}".encode())
-        digest.update(np.asarray(jax.device_get(sample)).tobytes())
-    return digest.hexdigest()[:16]
+    """A hex digest of samples of every tensor of the frozen base (grit_jax.weights.fingerprint)."""
+    return weights_fingerprint.fingerprint(base, setup.replicated)
 
 
 def record(setup, workdir: str, base: nnx.State) -> None:

@@ -38,15 +38,16 @@ def _describe(holder: dict) -> str:
 class WorkdirLock:
     """Taken by `acquire` (UsageError naming the holder when another run has it), given back by `release`."""
 
-    def __init__(self, workdir: str, stale_seconds: float = STALE_SECONDS):
-        self.workdir, self.path = workdir, storage.join(workdir, LOCK)
+    def __init__(self, workdir: str, stale_seconds: float = STALE_SECONDS, name=LOCK, flag="--workdir"):
+        """name: the lock file; flag: how the directory is named in the refusal (grit-embed: --out)."""
+        self.workdir, self.path, self.flag = workdir, storage.join(workdir, name), flag
         self.stale_seconds, self.me = stale_seconds, _holder()
         self.file, self.stop = None, threading.Event()
 
     def _refuse(self, holder: dict, extra: str = ""):
         raise UsageError(
-            f"--workdir {self.workdir} is in use by another run: {_describe(holder)}{extra}; wait for it to "
-            "end or use another --workdir"
+            f"{self.flag} {self.workdir} is in use by another run: {_describe(holder)}{extra}; wait for it "
+            f"to end or use another {self.flag}"
         )
 
     def acquire(self) -> None:

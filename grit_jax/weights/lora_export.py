@@ -5,13 +5,15 @@ streamed one tensor at a time as `orbax-to-hf` streams (grit_jax/programs/grit_c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 
 import numpy as np
 
 from grit_jax import storage
-from grit_jax.errors import CheckpointError
+from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import peft_adapter
 from grit_jax.weights.orbax_checkpoint import CheckpointSource, checkpoint_leaves, resolve_checkpoint
@@ -19,6 +21,7 @@ from grit_jax.weights.reader import HFParams, iter_tensors
 from grit_jax.weights.safetensors_io import ShardWriter
 from grit_jax.weights.tensorstore_io import leaf_opener
 
+MERGED = "grit_merged_adapters.json"  # the adapters merge-adapter merged into a dir: none is merged twice
 WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
 
 
@@ -57,6 +60,12 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
     if not storage.isdir(base):
         raise CheckpointError(f"{base}: no such directory (expected the adapter's Hugging Face base)")
     cfg, arrays = peft_adapter.read_adapter(adapter, hf.read_hf_config(base))
+    merged_before, digest = merged_adapters(base), adapter_digest(arrays)
+    if digest in [m["sha256"] for m in merged_before]:
+        raise UsageError(
+            f"--base {base}: adapter {adapter} is already merged into it ({MERGED}); merging it again would "
+            "add it twice: give the base the adapter was trained on"
+        )
     params, scale = HFParams(base, cfg), cfg.lora_alpha / cfg.lora_rank
     shapes = hf.param_shapes(cfg)
     plan = [
@@ -74,4 +83,21 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
     for name in sorted(os.listdir(local)):
         if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES):
             shutil.copyfile(os.path.join(local, name), os.path.join(out, name))
+    record = {"adapters": merged_before + [{"adapter": adapter, "sha256": digest}]}
+    storage.write_text(os.path.join(out, MERGED), json.dumps(record, indent=1))
     return out
+
+
+def adapter_digest(arrays: dict) -> str:
+    """sha256 of an adapter's tensors (names and values): the same adapter read from any copy of it."""
+    digest = hashlib.sha256()
+    for module in sorted(arrays):
+        for value in arrays[module]:
+            digest.update(module.encode() + np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def merged_adapters(model_dir: str) -> list[dict]:
+    """What merge-adapter recorded as merged into a Hugging Face dir (none for any other dir)."""
+    path = storage.join(model_dir, MERGED)
+    return json.loads(storage.read_text(path))["adapters"] if storage.isfile(path) else []

@@ -51,7 +51,7 @@ def test_shards_equal_encode(setup, capsys):
     manifest = json.load(open(os.path.join(out, MANIFEST)))
     assert manifest["complete"] and manifest["count"] == 23 and len(manifest["parts"]) == 4
     assert sorted(os.listdir(out)) == sorted(
-        [MANIFEST] + [f"part-{i:05d}.{e}" for i in range(4) for e in ("npy", "ids")]
+        [MANIFEST, "embed.lock"] + [f"part-{i:05d}.{e}" for i in range(4) for e in ("npy", "ids")]
     )
     # Run again: nothing to do, nothing changes; other settings in the same dir are refused.
     assert run(args + ["--field", "title+text"]) == 0

@@ -1,9 +1,13 @@
 """`grit-eval mteb` runs a retrieval task (built here, no download) with the reference's instructions to
-mteb's own result files, on a mesh, and a second run resumes: the finished task is not run again."""
+mteb's own result files, on a mesh, and a second run resumes: the finished task is not run again. Results
+belong to the weights that made them: a cut result file is run again, and so is a newer export's task."""
 
+import glob
 import json
+import shutil
 
 import pytest
+import safetensors.numpy
 from datasets import Dataset
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
@@ -87,7 +91,8 @@ def test_mteb_program_writes_mteb_results_and_resumes(hf_dir, tmp_path, monkeypa
     ]
     assert grit_eval.run(argv) == 0
     first = capsys.readouterr().out
-    [result] = list(out.glob("results/grit_jax__tiny/local/NFCorpus.json"))  # mteb's layout
+    [result] = list(out.glob("results/grit_jax__tiny/*/NFCorpus.json"))  # mteb's layout
+    assert result.parent.name in first  # the revision is the weights fingerprint, said at the start
     saved = json.loads(result.read_text())
     assert saved["task_name"] == "NFCorpus" and "ndcg_at_10" in saved["scores"]["test"][0]
     assert saved["scores"]["test"][0]["main_score"] == saved["scores"]["test"][0]["ndcg_at_10"]
@@ -110,3 +115,31 @@ def test_unknown_task_fails_before_loading(capsys):
     assert grit_eval.run(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("grit-eval: error: --tasks") and "SciFactt" in err[0]
+
+
+@pytest.mark.slow
+def test_results_belong_to_the_weights_that_made_them(hf_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mteb_run, "resolve_tasks", lambda names, benchmark: [LocalNFCorpus()])
+    model, out = tmp_path / "model", tmp_path / "results"
+    shutil.copytree(hf_dir, model)
+    argv = ["mteb", "--model", str(model), "--tasks", "NFCorpus", "--out", str(out), "--name", "tiny"]
+    assert grit_eval.run(argv) == 0
+    [first] = list(out.glob("results/grit_jax__tiny/*/NFCorpus.json"))
+    score = json.loads(first.read_text())["scores"]["test"][0]["main_score"]
+
+    first.write_text(first.read_text()[:200])  # cut mid-write
+    capsys.readouterr()
+    assert grit_eval.run(argv) == 0
+    captured = capsys.readouterr()
+    [warning] = [line for line in captured.err.splitlines() if "damaged" in line]  # (mteb's bars aside)
+    assert warning.startswith(f"grit-eval: {first}: damaged (") and "Traceback" not in captured.err
+    assert "already in results" not in captured.out and f"ndcg_at_10 {score:.4f}" in captured.out
+    assert json.loads(first.read_text())["scores"]["test"][0]["main_score"] == score
+    assert first.with_name("NFCorpus.json.damaged").exists()
+
+    for file in glob.glob(str(model / "*.safetensors")):  # a newer export into the same dir
+        tensors = safetensors.numpy.load_file(file)
+        safetensors.numpy.save_file({k: v + 1e-2 for k, v in tensors.items()}, file, {"format": "pt"})
+    assert grit_eval.run(argv) == 0
+    assert "already in results" not in capsys.readouterr().out  # run again, not the older export's
+    assert len(list(out.glob("results/grit_jax__tiny/*/NFCorpus.json"))) == 2

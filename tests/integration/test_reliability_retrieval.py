@@ -1,7 +1,8 @@
 """grit-embed and grit-eval do not trust what is on disk or in the input: a damaged part is embedded again,
-a resume with other weights is refused, ids that cannot round-trip and duplicate ids are file:line errors,
-and BEIR files that would score nonsense (missing documents, fractional or infinite relevance, empty or
-duplicate inputs) are one-line errors."""
+a resume with other weights or with an input edited in place is refused, a store is read only once its run
+finished, one grit-embed writes an --out at a time, ids that cannot round-trip and duplicate ids are
+file:line errors, and BEIR files that would score nonsense (missing documents, fractional or infinite
+relevance, empty or duplicate inputs) are one-line errors."""
 
 import glob
 import json
@@ -13,11 +14,12 @@ import pytest
 import safetensors.numpy
 
 from grit_jax.errors import DataError
+from grit_jax.programs import grit_embed, grit_eval
 from grit_jax.programs.grit_embed import run as embed
 from grit_jax.retrieval.corpus import read_qrels, read_records
-from grit_jax.retrieval.embedding_store import load_embeddings
+from grit_jax.retrieval.embedding_store import EmbeddingStore, load_embeddings
 from grit_jax.retrieval.ranking import load_beir
-from tests.grit_fixtures import make_hf_dir, make_tokenizer
+from tests.grit_fixtures import make_hf_dir, make_tokenizer, write_beir
 
 
 def _write(path, lines):
@@ -74,6 +76,62 @@ def test_a_resume_with_other_weights_at_the_same_path_is_refused(tmp_path, model
     assert _embed(model, corpus, out) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "model_weights" in err
+
+
+def test_a_store_is_read_only_once_its_run_finished(tmp_path, models, monkeypatch, capsys):
+    corpus, out = _write(tmp_path / "c.jsonl", _docs(10)), str(tmp_path / "out")
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the run stops after its last part, before it says it finished
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EmbeddingStore, "finish", killed)
+        assert _embed(models[0], corpus, out) == 130
+    with pytest.raises(DataError, match="incomplete .*complete=false"):
+        load_embeddings(out)
+    assert _embed(models[0], corpus, out) == 0
+    assert load_embeddings(out)[0] == [d["_id"] for d in _docs(10)]
+
+
+def test_one_grit_embed_per_out_directory(tmp_path, models, monkeypatch, capsys):
+    corpus, out = _write(tmp_path / "c.jsonl", _docs(6)), str(tmp_path / "out")
+    second, embed_corpus = [], grit_embed.embed_corpus
+
+    def while_running(*args):  # a second grit-embed into the same --out while the first one embeds
+        second.append(_embed(models[0], corpus, out))
+        second.append(capsys.readouterr().err.strip())
+        return embed_corpus(*args)
+
+    monkeypatch.setattr(grit_embed, "embed_corpus", while_running)
+    assert _embed(models[0], corpus, out) == 0
+    assert second[0] == 2
+    assert "\n" not in second[1] and second[1].startswith(f"grit-embed: error: --out {out} is in use by")
+    assert f"pid {os.getpid()}" in second[1]
+    assert load_embeddings(out)[0] == [d["_id"] for d in _docs(6)]
+
+
+def test_an_input_edited_in_place_with_the_same_size_is_not_resumed(tmp_path, models, capsys):
+    path, out = tmp_path / "c.jsonl", str(tmp_path / "out")
+    corpus = _write(path, _docs(6))
+    assert _embed(models[0], corpus, out) == 0
+    edited = path.read_text().replace("number 3", "number 9")
+    assert len(edited) == os.path.getsize(corpus)
+    path.write_text(edited)
+    capsys.readouterr()
+    assert _embed(models[0], corpus, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "inputs differ; an input file changed since (content hash)" in err
+
+
+def test_a_retrieval_result_names_the_weights_that_made_it(tmp_path, models):
+    write_beir(tmp_path / "beir", n_docs=20, n_queries=3)
+    corpus, result = str(tmp_path / "beir" / "corpus.jsonl"), tmp_path / "result.json"
+    assert _embed(models[0], corpus, str(tmp_path / "emb")) == 0
+    argv = ["retrieval", "--model", models[0], "--data", str(tmp_path / "beir"), "--out", str(result)]
+    assert grit_eval.run(argv) == 0
+    embedded = json.loads((tmp_path / "emb" / "manifest.json").read_text())["settings"]["model_weights"]
+    assert json.loads(result.read_text())["model_weights"] == embedded  # one fingerprint for one model
+    assert not list(tmp_path.glob("result.json.*")), "written under a temporary name, then renamed"
 
 
 @pytest.mark.parametrize("rid", ["a b", "x\ry", "tab\there", "u\u2028v", "bell\x07"])
