@@ -29,7 +29,7 @@ import jax
 from absl import flags
 
 from grit_jax import cli, hardware, sharding
-from grit_jax.data.packed_pipeline import planned_counts
+from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
 from grit_jax.run_config import num_batch_shapes
@@ -218,15 +218,15 @@ def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: in
 
 def packed_flops(setup: TrainSetup, hosts: int, steps: int = 20) -> tuple[float, float]:
     """(model FLOPs per step, real share of the computed positions) of a packed config, from the real
-    tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.packed_pipeline)."""
+    tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.pipeline)."""
     config = setup.config
-    totals = planned_counts(config.data, setup.packing, steps, hosts, config.objective.mode)
+    totals = planned_counts(config.data, setup.packing, steps, hosts=hosts, mode=config.objective.mode)
     counts = {}
     for field, (real, _, squares) in totals.items():
         causal = field == "generative" or config.objective.attn == "cccc"
         counts[field] = (real / steps, (squares + real) / 2 / steps if causal else squares / steps)
     share = sum(t[0] for t in totals.values()) / max(sum(t[1] for t in totals.values()), 1)
-    return flops.packed_step_flops(config, setup.model_config, counts), share
+    return flops.step_flops(setup.model_config, counts), share
 
 
 def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
@@ -264,7 +264,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     )
     if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
         settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
-    if setup.packing:  # the packed shape of the largest chunk (grit_jax.packed_batch) is compiled here
+    if setup.packing:  # the packed shape of the largest chunk (grit_jax.batch_layout) is compiled here
         settings["packing"] = "largest shape" + (
             "" if config.data.data_dir else "; FLOPs as padded (no data)"
         )

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.data.heldout_sets import eval_generative_batches, eval_retrieval_arrays
+from grit_jax.model.batch import PaddedChat, PaddedText
 from grit_jax.retrieval.metrics import retrieval_metrics
 from grit_jax.run_config import bucket_length, length_buckets
 from grit_jax.train import objective as objective_lib
@@ -40,13 +41,15 @@ class Evaluator:
         def encode(params, projection, tokens, mask, instruction_len):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                return objective_lib.encode(model, projection, tokens, mask, instruction_len, objective)
+                rows = PaddedText(tokens, mask, instruction_len)
+                return objective_lib.encode(model, projection, rows, objective)
 
         @functools.partial(jax.jit, out_shardings=self.replicated)
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                out = model(tokens, objective_lib.training_attention(model, mask, "causal"))
+                chat = PaddedChat(tokens, mask, loss_mask)
+                out = model(tokens, objective_lib.training_attention(model, chat, "causal"))
                 total, count = objective_lib.token_cross_entropy(model.logits(out.hidden), tokens, loss_mask)
                 return total, count
 
