@@ -167,9 +167,7 @@ def _time_config(config_path: str, workdir: str, buckets: dict, num_steps: int) 
         iterator = pipeline.make_train_iterator(config.data)
         batches = [step.global_batch(setup, next(iterator)) for _ in range(num_steps)]
         iterator.close()
-        shapes = {
-            tuple(f.tokens.shape[1] for f in b.fields().values()) for b in batches
-        }
+        shapes = {tuple(f.tokens.shape[1] for f in b.fields().values()) for b in batches}
         for batch in batches:  # compile every shape (not timed)
             state, metrics = train_step(state, batch)
         jax.block_until_ready(state)

@@ -33,9 +33,9 @@ import time
 import numpy as np
 
 from benchmarks.length_buckets import E5_LIKE, TPU_BUCKETS, TULU_LIKE, _paper_data, draw
+from grit_jax.batch_layout import packing_layout
 from grit_jax.data import demo, pipeline
 from grit_jax.data.packing import plan_field
-from grit_jax.batch_layout import packing_layout
 from grit_jax.run_config import bucket_length, length_buckets
 
 FIELDS = {"query": "query", "passage": "passage", "generative": "gen"}
