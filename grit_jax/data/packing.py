@@ -146,7 +146,7 @@ class Packer:
         grit_jax.data.pipeline.HostBatches)."""
         return {field: plan_field(n, self.layout[field]) for field, n in reader.global_lengths(step).items()}
 
-    def _pack(self, reader, step: int, field: str, sequences, extra=None) -> dict:
+    def _pack(self, reader, step: int, field: str, sequences, *, extra=None) -> dict:
         """This host's rows of ``field`` (sequences: {global index: tokens} of at least its rows')."""
         plan, hosts = self.plans(reader, step)[field], (self.host, self.hosts)
         return pack_host(plan, self.layout[field], sequences, hosts=hosts, extra=extra, pad_id=self.pad_id)
@@ -170,7 +170,7 @@ class Packer:
         read = {i: reader.generative_row(step, i) for i in chats}
         masks = {i: loss_mask for i, (_, loss_mask) in read.items()}
         tokens = {i: t for i, (t, _) in read.items()}
-        return PackedChat(**self._pack(reader, step, "generative", tokens, {"loss_mask": masks}))
+        return PackedChat(**self._pack(reader, step, "generative", tokens, extra={"loss_mask": masks}))
 
 
 def pack_padded_batch(batch: Batch, layout, pad_id: int = 0) -> Batch:

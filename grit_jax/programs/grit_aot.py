@@ -187,7 +187,7 @@ def compile_step(setup: TrainSetup):
     return memory, compiler_error, time.perf_counter() - start
 
 
-def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, top: int) -> dict:
+def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:
     state = setup.abstract_state()
     total, peak = total_bytes(memory)
     consumers = [
@@ -277,7 +277,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         hbm_bytes=accelerator.hbm_bytes,
         compile_seconds=seconds,
         settings=settings,
-        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top),
+        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top=top),
         **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 

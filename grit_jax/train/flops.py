@@ -25,7 +25,7 @@ def pair_flops(cfg: ModelConfig) -> float:
     return float(cfg.num_hidden_layers * 2 * 2 * cfg.num_attention_heads * cfg.head_dim)
 
 
-def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_logits: bool) -> float:
+def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, *, with_logits: bool) -> float:
     keys = length / 2 if causal else length
     return float(batch * length * (token_flops(cfg, with_logits) + keys * pair_flops(cfg)))
 
@@ -50,8 +50,8 @@ def train_step_flops(config, cfg: ModelConfig, lengths=None) -> float:
     flops = 0.0
     if objective.mode in ("unified", "embedding"):
         b = data.embedding_batch_size
-        flops += forward_flops(cfg, b, query, causal_embedding, False)
-        flops += forward_flops(cfg, b * data.train_group_size, passage, causal_embedding, False)
+        flops += forward_flops(cfg, b, query, causal_embedding, with_logits=False)
+        flops += forward_flops(cfg, b * data.train_group_size, passage, causal_embedding, with_logits=False)
     if objective.mode in ("unified", "generative"):
-        flops += forward_flops(cfg, data.generative_batch_size, gen, True, True)
+        flops += forward_flops(cfg, data.generative_batch_size, gen, True, with_logits=True)
     return 3.0 * flops

@@ -38,11 +38,9 @@ class Evaluator:
         # Outputs replicated: every host reads whole embeddings and losses (a batch-sharded output spans
         # other hosts' devices, which a host cannot fetch).
         @functools.partial(jax.jit, out_shardings=self.replicated)
-        def encode(params, projection, tokens, mask, instruction_len):
+        def encode(params, projection, rows: PaddedText):
             with sharding.use_mesh(mesh):
-                model = nnx.merge(graphdef, params)
-                rows = PaddedText(tokens, mask, instruction_len)
-                return objective_lib.encode(model, projection, rows, objective)
+                return objective_lib.encode(nnx.merge(graphdef, params), projection, rows, objective)
 
         @functools.partial(jax.jit, out_shardings=self.replicated)
         def generative(params, tokens, mask, loss_mask):
@@ -76,7 +74,7 @@ class Evaluator:
             rows = [a[chosen][:, :width] if a.ndim == 2 else a[chosen] for a in arrays]
             pad = ENCODE_ROWS - len(rows[0])
             rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
-            emb = self._encode(state.model_params, state.projection, *map(self._put, rows))
+            emb = self._encode(state.model_params, state.projection, PaddedText(*map(self._put, rows)))
             out.append(np.asarray(jax.device_get(emb))[: ENCODE_ROWS - pad])
         embeddings = np.empty_like(np.concatenate(out))
         embeddings[order] = np.concatenate(out)
