@@ -134,9 +134,10 @@ class PackedText(Packed):
 
 @struct.dataclass
 class SlotRows(Packed):
-    """Packed rows with each slot's instruction length [R, slots]: what the embedding pass chunks."""
+    """Packed rows with each slot's instruction length [R, slots]: what the embedding pass chunks (derived
+    from a PackedText inside the step, never a batch of its own)."""
 
-    instruction: Any = array(ROW, np.int32)
+    instruction: Any = array("slot", np.int32)
 
     def pool(self, hidden, pooling: str, normalize: bool):
         return pool_segments(hidden, self.segments, self.positions, self.instruction, pooling, normalize)
