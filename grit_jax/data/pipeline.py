@@ -42,7 +42,7 @@ _ENDLESS = 1 << 40
 @dataclasses.dataclass(frozen=True)
 class OpenedSources:
     """One kind's (embedding or generative) prepared sources: the open datasets, their sizes, and their
-    per-example length indexes (None when no field of the kind is bucketed)."""
+    per-example length indexes (None where the padder or packer does not need them)."""
 
     sources: list
     sizes: list[int]
@@ -53,7 +53,9 @@ class HostBatches:
     """Maps a step to this host's share of that step's global batch (a grit_jax.model.batch.Batch).
 
     It reads rows and the length index; a padder (grit_jax.data.padding) or a packer
-    (grit_jax.data.packing), as the layout says, turns them into the batch's fields."""
+    (grit_jax.data.packing), as the layout says, turns them into the batch's fields. hosts: (this host's
+    index, the number of hosts); layout: {field: FieldPadding or FieldPacking} (grit_jax.batch_layout).
+    The length index is opened only where the former needs it (packing, or a field with length buckets)."""
 
     def __init__(
         self, config, manifest: dict, *, data_dir: str, pad_id: int, mode: str, hosts=(0, 1), layout
