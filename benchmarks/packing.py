@@ -210,7 +210,7 @@ def steps(args):
     for packing in (False, True):
         config.data.packing = packing
         setup = TrainSetup(config, sharding.make_mesh(config.mesh))
-        batches = [pack_padded_batch(b, setup.packing) if packing else b for b in host_batches]
+        batches = [pack_padded_batch(b, setup.layout) if packing else b for b in host_batches]
         batches = [step.global_batch(setup, b) for b in batches]
         timings[packing], _ = _time(step.make_train_step(setup), setup.create_state(), batches)
     print(
@@ -284,7 +284,7 @@ def aot(args):
     config.data.packing = args.variant != "padded"
     setup = TrainSetup(config, mesh)
     start = time.perf_counter()
-    batch = abstract_batch(setup, shapes if setup.packing else None)
+    batch = abstract_batch(setup, shapes if config.data.packing else None)
     memory = make_train_step(setup).lower(setup.abstract_state(), batch).compile().memory_analysis()
     minutes = (time.perf_counter() - start) / 60
     total = total_bytes(memory)[0]

@@ -220,7 +220,7 @@ def packed_flops(setup: TrainSetup, hosts: int, steps: int = 20) -> tuple[float,
     """(model FLOPs per step, real share of the computed positions) of a packed config, from the real
     tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.pipeline)."""
     config = setup.config
-    totals = planned_counts(config.data, setup.packing, steps, hosts=hosts, mode=config.objective.mode)
+    totals = planned_counts(config.data, setup.layout, steps, hosts=hosts, mode=config.objective.mode)
     counts = {}
     for field, (real, _, squares) in totals.items():
         causal = field == "generative" or config.objective.attn == "cccc"
@@ -234,7 +234,7 @@ def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     peak_flops = hardware.device_peak_flops(device)
     step_flops = flops.train_step_flops(config, setup.model_config)
     real_share = 0.0
-    if setup.packing and config.data.data_dir:  # hours from the data's real tokens, not padded rows
+    if config.data.packing and config.data.data_dir:  # hours from the data's real tokens, not padded rows
         step_flops, real_share = packed_flops(setup, hosts)
     chips = setup.mesh.devices.size
     step_seconds = step_flops / (chips * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
@@ -264,7 +264,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     )
     if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
         settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
-    if setup.packing:  # the packed shape of the largest chunk (grit_jax.batch_layout) is compiled here
+    if config.data.packing:  # the packed shape of the largest chunk (grit_jax.batch_layout) is compiled here
         settings["packing"] = "largest shape" + (
             "" if config.data.data_dir else "; FLOPs as padded (no data)"
         )

@@ -107,7 +107,6 @@ class TrainSetup:
         )
         # {field: padded or packed layout} (grit_jax.batch_layout): the shapes batches may take
         self.layout = batch_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
-        self.packing = self.layout if config.data.packing else {}  # grit-aot's and the benchmarks' question
 
     def _init(self, key, given_params):
         """given_params: the base's weights (with LoRA: without adapters) or None (random)."""

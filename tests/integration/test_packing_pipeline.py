@@ -156,7 +156,7 @@ def test_mfu_counts_real_tokens():
     c.objective.update(mode="embedding", embedding_chunk_size=0)
     setup = TrainSetup(c, sharding.make_mesh(dict(data=1)))
     batch = {}
-    for name, f in setup.packing.items():
+    for name, f in setup.layout.items():
         segments = np.ones((f.sequences, f.length), np.int32)
         positions = np.broadcast_to(np.arange(f.length), (f.sequences, f.length))
         batch[name] = PackedText(segments, segments, positions, np.zeros(f.sequences), np.zeros(f.sequences))
