@@ -81,7 +81,7 @@ def main():
             padded = real = 0
             start = time.perf_counter()
             for _ in range(args.steps):
-                batch = next(iterator)
+                batch = next(iterator).named()
                 for prefix in ("query", "passage", "gen"):
                     padded += batch[f"{prefix}_tokens"].size
                     real += int(batch[f"{prefix}_mask"].sum())

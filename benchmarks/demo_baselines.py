@@ -57,10 +57,11 @@ def lexical(retrieval: dict, vocab: int) -> list[tuple[str, float]]:
 def _model_embeddings(model, retrieval: dict, prefix: str, objective_config) -> np.ndarray:
     import jax.numpy as jnp
 
+    from grit_jax.model.batch import PaddedText
     from grit_jax.train import objective
 
     arrays = (jnp.asarray(retrieval[f"{prefix}_{k}"]) for k in ("tokens", "mask", "instruction_len"))
-    return np.asarray(objective.encode(model, None, *arrays, objective_config))
+    return np.asarray(objective.encode(model, None, PaddedText(*arrays), objective_config))
 
 
 def untrained(retrieval: dict, config, stds=(0.02, 0.25, 1.0)) -> list[tuple[str, float]]:

@@ -85,7 +85,7 @@ def pipeline_tokens(data_dir: str, lengths: dict, buckets: dict, steps: int) -> 
     iterator = pipeline.make_train_iterator(data)
     totals = {f: [0, 0, 0] for f in ("query", "passage", "generative")}
     for _ in range(steps):
-        batch = next(iterator)
+        batch = next(iterator).named()
         for field, name in (("query", "query"), ("passage", "passage"), ("generative", "gen")):
             mask = batch[f"{name}_mask"]
             totals[field][0] += int(mask.sum())
@@ -167,9 +167,7 @@ def _time_config(config_path: str, workdir: str, buckets: dict, num_steps: int) 
         iterator = pipeline.make_train_iterator(config.data)
         batches = [step.global_batch(setup, next(iterator)) for _ in range(num_steps)]
         iterator.close()
-        shapes = {
-            tuple(b[k].shape[1] for k in ("query_tokens", "passage_tokens", "gen_tokens")) for b in batches
-        }
+        shapes = {tuple(f.tokens.shape[1] for f in b.fields().values()) for b in batches}
         for batch in batches:  # compile every shape (not timed)
             state, metrics = train_step(state, batch)
         jax.block_until_ready(state)

@@ -33,10 +33,9 @@ import time
 import numpy as np
 
 from benchmarks.length_buckets import E5_LIKE, TPU_BUCKETS, TULU_LIKE, _paper_data, draw
+from grit_jax.batch_layout import packing_layout
 from grit_jax.data import demo, pipeline
-from grit_jax.data.packed_pipeline import packed_train_iterator
 from grit_jax.data.packing import plan_field
-from grit_jax.packed_batch import packing_layout
 from grit_jax.run_config import bucket_length, length_buckets
 
 FIELDS = {"query": "query", "passage": "passage", "generative": "gen"}
@@ -83,10 +82,10 @@ def pipeline_positions(data_dir: str, config, steps: int) -> dict:
     """{field: [real, max_len (= padded), packed]} over ``steps`` batches of the real pipeline."""
     layout = packing_layout(config, 1)
     padded = pipeline.make_train_iterator(config.data)
-    packed = packed_train_iterator(config.data, layout)
+    packed = pipeline.make_train_iterator(config.data, layout=layout)
     totals = {f: [0, 0, 0] for f in FIELDS}
     for _ in range(steps):
-        full, pack = next(padded), next(packed)
+        full, pack = next(padded).named(), next(packed).named()
         for field, prefix in FIELDS.items():
             mask = full[f"{prefix}_mask"]
             assert int((pack[f"{prefix}_segments"] > 0).sum()) == int(mask.sum())  # the same tokens
@@ -156,7 +155,7 @@ def cost(args):
 
     def computed(positions: int) -> float:  # every computed position; attention within each sequence
         counts = {f: (t[positions] / args.steps, t[4] / args.steps) for f, t in totals.items()}
-        return flops.packed_step_flops(config, cfg, counts)
+        return flops.step_flops(cfg, counts)
 
     chips, peak, mfu = 64, hardware.PEAK_FLOPS["TPU v5e"], 0.5
     rows = [
@@ -211,7 +210,7 @@ def steps(args):
     for packing in (False, True):
         config.data.packing = packing
         setup = TrainSetup(config, sharding.make_mesh(config.mesh))
-        batches = [pack_padded_batch(b, setup.packing) if packing else b for b in host_batches]
+        batches = [pack_padded_batch(b, setup.layout) if packing else b for b in host_batches]
         batches = [step.global_batch(setup, b) for b in batches]
         timings[packing], _ = _time(step.make_train_step(setup), setup.create_state(), batches)
     print(
@@ -224,14 +223,14 @@ def steps(args):
 def data(args):
     import importlib
 
-    from grit_jax.data.packed_pipeline import planned_counts
+    from grit_jax.data.pipeline import planned_counts
 
     path, _, arg = args.config.partition(":")
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     config = module.get_config(arg) if arg else module.get_config()
     config.data.update(data_dir=args.data_dir, packing=True)
     layout = packing_layout(config, args.shards)
-    totals = planned_counts(config.data, layout, args.steps, args.hosts, config.objective.mode)
+    totals = planned_counts(config.data, layout, args.steps, hosts=args.hosts, mode=config.objective.mode)
     padded = {f: [t[0], layout[f].sequences * layout[f].length * args.steps, t[1]] for f, t in totals.items()}
     print(
         _table(
@@ -249,7 +248,7 @@ AOT_PREAMBLE = (
     "micro-batches) compiled by libtpu for the slice: per-chip memory of the compiled step. padded: one "
     "sequence a row of max_len; packed: per field the shape of most positions met on 20 steps of the "
     "synthetic E5/Tulu-like mix (the tokens table above); largest: per field the shape of the largest "
-    "GradCache chunk or micro-batch a packed batch can take (grit_jax/packed_batch.py). FLOPs: the cost "
+    "GradCache chunk or micro-batch a packed batch can take (grit_jax/batch_layout.py). FLOPs: the cost "
     "table above (analytic): XLA's cost analysis counts a loop body once (the scanned layers, the GradCache "
     "chunks), so it does not give this step's FLOPs.\n\n"
     "| variant | slice | rows x length: query, passage, generative | GiB per chip: total (arguments + "
@@ -285,7 +284,7 @@ def aot(args):
     config.data.packing = args.variant != "padded"
     setup = TrainSetup(config, mesh)
     start = time.perf_counter()
-    batch = abstract_batch(setup, shapes if setup.packing else None)
+    batch = abstract_batch(setup, shapes if config.data.packing else None)
     memory = make_train_step(setup).lower(setup.abstract_state(), batch).compile().memory_analysis()
     minutes = (time.perf_counter() - start) / 60
     total = total_bytes(memory)[0]

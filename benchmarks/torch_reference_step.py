@@ -128,8 +128,9 @@ def make_torch_step(model, config):
 
 
 def to_torch(b):
-    """int64 ids and lengths, bool masks."""
-    return {k: torch.from_numpy(np.asarray(v, bool if v.dtype == bool else np.int64)) for k, v in b.items()}
+    """A grit_jax.model.batch.Batch as torch tensors by name: int64 ids and lengths, bool masks."""
+    arrays = b.named().items()
+    return {k: torch.from_numpy(np.asarray(v, bool if v.dtype == bool else np.int64)) for k, v in arrays}
 
 
 # ----------------------------------------------------------------------------- timing

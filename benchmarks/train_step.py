@@ -58,9 +58,7 @@ def measure(config, num_steps: int) -> dict:
     jax.block_until_ready(state)
     seconds = (time.perf_counter() - start) / num_steps
     cfg = setup.model_config
-    positions = sum(
-        int(np.prod(shape)) for name, (shape, _) in setup.batch_shapes.items() if name.endswith("_tokens")
-    )
+    positions = sum(int(np.prod(f.largest_shape())) for f in setup.layout.values())
     size = 2048 if jax.default_backend() == "cpu" else 8192
     peak = matmul_peak(cfg.dtype, size) * jax.device_count()
     step_flops = flops.train_step_flops(config, cfg)

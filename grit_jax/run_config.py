@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from grit_jax import storage
 from grit_jax.choices import ATTENTIONS, BATCH_AXES, LORA_TARGETS, LOSS_GEN_TYPES, MODES, POOLINGS, SCHEDULES
@@ -61,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         # last): each global batch is padded to the smallest that holds its longest row. () = always max_len.
         # On TPU use multiples of 128 (the attention tiles). Each combination used compiles once.
         "length_buckets": {"query": (), "passage": (), "generative": ()},
-        # Pack several sequences per row (grit_jax.packed_batch): no compute on padding. Rows of *_max_len.
+        # Pack several sequences per row (grit_jax.batch_layout): no compute on padding. Rows of *_max_len.
         "packing": False,
         "seed": 0,
         "shuffle": True,  # False keeps file order (tests)
@@ -182,13 +181,8 @@ def base_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(DEFAULTS)
 
 
-# Which *_max_len bounds each length_buckets field, and the batch arrays padded to that field's length.
+# Which *_max_len bounds each length_buckets field (a batch's shapes: grit_jax.batch_layout).
 LENGTH_FIELDS = {"query": "query_max_len", "passage": "passage_max_len", "generative": "generative_max_len"}
-FIELD_ARRAYS = {
-    "query": ("query_tokens", "query_mask"),
-    "passage": ("passage_tokens", "passage_mask"),
-    "generative": ("gen_tokens", "gen_mask", "gen_loss_mask"),
-}
 
 
 def length_buckets(data, field: str) -> tuple[int, ...]:
@@ -320,76 +314,3 @@ def _validate_embedding(config, w: int, where: str) -> None:
             f"objective.embedding_chunk_size={chunk} must be a multiple of {where} and divide "
             f"data.embedding_batch_size={b}; use e.g. {w} or 0 (no chunking)"
         )
-
-
-def batch_shapes(config, lengths: Mapping[str, int] | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Global shape and dtype of every array of a batch for ``config`` (the jitted step's input).
-
-    lengths: {field: padded length} of a bucketed batch (LENGTH_FIELDS); a field not given has its max_len.
-    """
-    d = config.data
-    q, p, g = ((lengths or {}).get(f, d[limit]) for f, limit in LENGTH_FIELDS.items())
-    shapes = {}
-    if uses(config, "embedding"):
-        b, n = d.embedding_batch_size, d.embedding_batch_size * d.train_group_size
-        shapes.update(
-            query_tokens=((b, q), np.int32),
-            query_mask=((b, q), np.bool_),
-            query_instruction_len=((b,), np.int32),
-            passage_tokens=((n, p), np.int32),
-            passage_mask=((n, p), np.bool_),
-            passage_instruction_len=((n,), np.int32),
-        )
-    if uses(config, "generative"):
-        bg = d.generative_batch_size
-        shapes.update(
-            gen_tokens=((bg, g), np.int32),
-            gen_mask=((bg, g), np.bool_),
-            gen_loss_mask=((bg, g), np.bool_),
-        )
-    return shapes
-
-
-def batch_lengths(config, batch: Mapping[str, Any]) -> dict[str, int]:
-    """{field: padded length} of a batch, each checked against data.length_buckets."""
-    lengths = {}
-    for field, names in FIELD_ARRAYS.items():
-        if names[0] in batch and len(batch[names[0]].shape) == 2:
-            n = int(batch[names[0]].shape[1])
-            buckets = length_buckets(config.data, field)
-            if n not in buckets:
-                raise UsageError(
-                    f"batch[{names[0]!r}] has length {n}, not one of {buckets} "
-                    f"(data.{LENGTH_FIELDS[field]} and data.length_buckets.{field})"
-                )
-            lengths[field] = n
-    return lengths
-
-
-def validate_batch(config, batch: Mapping[str, Any], num_hosts: int = 1) -> None:
-    """Check a batch's arrays against the configured shapes (a host's rows: num_hosts > 1)."""
-    expected = batch_shapes(config)
-    missing = sorted(set(expected) - set(batch))
-    if missing:
-        raise UsageError(f"batch lacks {missing} needed by objective.mode={config.objective.mode!r}")
-    extra = sorted(set(batch) - set(expected))
-    if extra:
-        raise UsageError(
-            f"batch has arrays {extra} that objective.mode={config.objective.mode!r} does not use"
-        )
-    g = config.data.train_group_size
-    if "passage_tokens" in batch and "query_tokens" in batch:
-        nq, n_passages = batch["query_tokens"].shape[0], batch["passage_tokens"].shape[0]
-        if n_passages != nq * g:
-            raise UsageError(
-                f"the batch has {n_passages} passages for {nq} queries but data.train_group_size={g} needs "
-                f"{nq * g} (a positive and {g - 1} hard negatives each); lower data.train_group_size to "
-                f"{max(n_passages // max(nq, 1), 1)} or give every query {g - 1} negatives"
-            )
-    for name, (shape, _) in batch_shapes(config, batch_lengths(config, batch)).items():
-        got = tuple(batch[name].shape)
-        if (got[0] * num_hosts, *got[1:]) != shape:
-            raise UsageError(
-                f"batch[{name!r}] has shape {got}, the config says {shape} globally "
-                f"(data.*_batch_size, *_max_len, length_buckets, train_group_size)"
-            )

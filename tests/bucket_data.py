@@ -58,7 +58,7 @@ def data_config(data_dir, buckets=None, **changes):
 
 def take_steps(config, count, **kwargs):
     iterator = pipeline.make_train_iterator(config.data, **kwargs)
-    return [next(iterator) for _ in range(count)]
+    return [next(iterator).named() for _ in range(count)]
 
 
 def prepare_mixed(root):

@@ -5,9 +5,12 @@ the epoch plan (grit_jax.data.sampling). The generative stream takes rows s*Bg .
 endless sequence of permutations (`use_unique_indices`: without replacement, refilled when exhausted)
 or of independent draws. Every random choice is a function of (seed, step, global row), so a host
 reads only its rows [p*B/P, (p+1)*B/P) and a restored run sees exactly the batches it would have seen.
-Each field is padded to its max_len, or with data.length_buckets to the smallest bucket that holds the
-longest row of the whole global batch: every host finds that row from the length index
-(grit_jax.data.lengths) and the global plan, so all hosts pad alike and compile the same shapes.
+A row is read (``embedding_row``, ``generative_row``) and a row's sampled passage lengths computed
+(``passage_lengths``) in one place each; a padder or a packer, as the layout says (grit_jax.batch_layout),
+forms the fields from them: padded to max_len or to the length bucket of the whole global batch's longest
+row (grit_jax.data.padding), or packed, the whole global batch planned alike on every host
+(grit_jax.data.packing). Both decide from the length index (grit_jax.data.lengths) and the global plan,
+so all hosts form the same shapes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from typing import Any
 import grain
 import numpy as np
 
+from grit_jax.batch_layout import padded_layout
 from grit_jax.data import prepared_files, sampling, sources, tfds_io
 from grit_jax.data.lengths import load_lengths, per_row
-from grit_jax.data.padding import right_pad
+from grit_jax.data.packing import Packer
+from grit_jax.data.padding import Padder
 from grit_jax.data.sampling import epoch_plan, sample_negatives, steps_per_epoch  # noqa: F401 (re-exported)
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import DataError, UsageError
-from grit_jax.run_config import bucket_length, length_buckets
+from grit_jax.model.batch import Batch
 
 _ENDLESS = 1 << 40
 
@@ -37,7 +42,7 @@ _ENDLESS = 1 << 40
 @dataclasses.dataclass(frozen=True)
 class OpenedSources:
     """One kind's (embedding or generative) prepared sources: the open datasets, their sizes, and their
-    per-example length indexes (None when no field of the kind is bucketed)."""
+    per-example length indexes (None where the padder or packer does not need them)."""
 
     sources: list
     sizes: list[int]
@@ -45,23 +50,24 @@ class OpenedSources:
 
 
 class HostBatches:
-    """Maps a step to this host's share of that step's global batch (a dict of numpy arrays)."""
+    """Maps a step to this host's share of that step's global batch (a grit_jax.model.batch.Batch).
+
+    It reads rows and the length index; a padder (grit_jax.data.padding) or a packer
+    (grit_jax.data.packing), as the layout says, turns them into the batch's fields. hosts: (this host's
+    index, the number of hosts); layout: {field: FieldPadding or FieldPacking} (grit_jax.batch_layout).
+    The length index is opened only where the former needs it (packing, or a field with length buckets)."""
 
     def __init__(
-        self,
-        config,
-        manifest: dict,
-        data_dir: str,
-        pad_id: int,
-        mode: str,
-        process_index: int,
-        process_count: int,
+        self, config, manifest: dict, *, data_dir: str, pad_id: int, mode: str, hosts=(0, 1), layout
     ):
         self.config, self.pad_id, self.mode = config, pad_id, mode
         self.embed = mode in ("unified", "embedding")
         self.gen = mode in ("unified", "generative")
         if mode not in ("unified", "embedding", "generative"):
             raise UsageError(f"unknown mode {mode!r}")
+        self.host, self.hosts = hosts
+        packed = any(f.packed for f in layout.values())
+        self.former = Packer(layout, pad_id, *hosts) if packed else Padder(layout, pad_id)
         limits = manifest["limits"]
         for field in ("query_max_len", "passage_max_len", "generative_max_len"):
             if config[field] > limits[field]:
@@ -75,29 +81,8 @@ class HostBatches:
             ("embedding", "embedding_batch_size", self.embed),
             ("generative", "generative_batch_size", self.gen),
         ):
-            if not on:
-                continue
-            entries = [e for e in manifest["train"].get(name, []) if e["num_examples"]]
-            if not entries:
-                raise DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
-            size = config[batch_key]
-            if size % process_count:
-                raise UsageError(f"data.{batch_key}={size} is not divisible by {process_count} processes")
-            share = size // process_count
-            self.rows[name] = (process_index * share, (process_index + 1) * share)
-            opened = [tfds_io.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
-            self.opened[name] = OpenedSources(
-                opened, [len(s) for s in opened], self._length_index(name, data_dir, entries, opened)
-            )
-            if name == "embedding":
-                self._check_instruction_lengths(entries)
-            if name == "embedding" and config.train_group_size > 1:
-                short = [e["name"] for e in entries if e["min_negatives"] == 0]
-                if short:
-                    raise DataError(
-                        f"train_group_size={config.train_group_size} needs hard negatives, but "
-                        f"sources {short} have records without any"
-                    )
+            if on:
+                self._open(name, batch_key, manifest, data_dir)
         if self.embed:
             self.epoch_steps = steps_per_epoch(self.opened["embedding"].sizes, config.embedding_batch_size)
         if self.gen:
@@ -106,12 +91,32 @@ class HostBatches:
                 self.gen_token_lens = np.concatenate([n["tokens"] for n in self.opened["generative"].lengths])
         self._plan_lock = threading.Lock()
 
-    def _length_index(self, kind: str, data_dir: str, entries: list[dict], opened: list) -> list | None:
-        """Every source's length index when one of the kind's fields is bucketed, else None (not needed)."""
-        fields = ("query", "passage") if kind == "embedding" else ("generative",)
-        if all(len(length_buckets(self.config, f)) == 1 for f in fields):
-            return None
-        return [load_lengths(kind, data_dir, e, s) for e, s in zip(entries, opened)]
+    def _open(self, name: str, batch_key: str, manifest: dict, data_dir: str):
+        """Open the kind's sources (and its length index where the padder or packer needs it)."""
+        config, mode = self.config, self.mode
+        entries = [e for e in manifest["train"].get(name, []) if e["num_examples"]]
+        if not entries:
+            raise DataError(f"{data_dir}: no {name} training data (mode {mode!r})")
+        size = config[batch_key]
+        if size % self.hosts:
+            raise UsageError(f"data.{batch_key}={size} is not divisible by {self.hosts} processes")
+        share = size // self.hosts
+        self.rows[name] = (self.host * share, (self.host + 1) * share)
+        opened = [tfds_io.open_source(os.path.join(data_dir, e["dir"])) for e in entries]
+        fields = ("query", "passage") if name == "embedding" else ("generative",)
+        index = None
+        if self.former.needs_lengths(fields):
+            index = [load_lengths(name, data_dir, e, s) for e, s in zip(entries, opened)]
+        self.opened[name] = OpenedSources(opened, [len(s) for s in opened], index)
+        if name == "embedding":
+            self._check_instruction_lengths(entries)
+        if name == "embedding" and config.train_group_size > 1:
+            short = [e["name"] for e in entries if e["min_negatives"] == 0]
+            if short:
+                raise DataError(
+                    f"train_group_size={config.train_group_size} needs hard negatives, but "
+                    f"sources {short} have records without any"
+                )
 
     def _check_instruction_lengths(self, entries: list[dict]):
         """Every text must keep a token after its instruction once truncated to the configured length.
@@ -136,42 +141,24 @@ class HostBatches:
             self.config.shuffle,
         )
 
+    def batch_plan(self, step: int) -> np.ndarray:
+        """[B, 2] (source, index) of every row of the global embedding batch of ``step``."""
+        epoch, j = divmod(step, self.epoch_steps)
+        with self._plan_lock:
+            return self._plan(epoch)[j]
+
     @functools.lru_cache(maxsize=2)  # noqa: B019 (one HostBatches per run: nothing leaks)
     def _generative_order(self, epoch: int) -> np.ndarray:
         rng = sampling.rng(self.config.seed, sampling.GEN_STREAM, epoch)
         return rng.permutation(int(self.gen_offsets[-1]))
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        batch = {}
+    def __call__(self, step: int) -> Batch:
+        fields = {}
         if self.embed:
-            batch.update(self.embedding_batch(int(step)))
+            fields.update(self.former.embedding(self, int(step)))
         if self.gen:
-            batch.update(self.generative_batch(int(step)))
-        return batch
-
-    def embedding_batch(self, step: int) -> dict[str, np.ndarray]:
-        epoch, j = divmod(step, self.epoch_steps)
-        with self._plan_lock:
-            plan = self._plan(epoch)[j]
-        queries, q_lens, passages, p_lens = [], [], [], []
-        start, stop = self.rows["embedding"]
-        for row in range(start, stop):
-            query, query_instruction_len, chosen, chosen_lens = self.embedding_row(step, plan, row)
-            queries.append(query)
-            q_lens.append(query_instruction_len)
-            passages += chosen
-            p_lens += chosen_lens
-        query_len, passage_len = self._embedding_lengths(step, plan)
-        query_tokens, query_mask = right_pad(queries, query_len, self.pad_id)
-        passage_tokens, passage_mask = right_pad(passages, passage_len, self.pad_id)
-        return {
-            "query_tokens": query_tokens,
-            "query_mask": query_mask,
-            "query_instruction_len": np.asarray(q_lens, np.int32),
-            "passage_tokens": passage_tokens,
-            "passage_mask": passage_mask,
-            "passage_instruction_len": np.asarray(p_lens, np.int32),
-        }
+            fields["generative"] = self.former.generative(self, int(step))
+        return Batch(**fields)
 
     def embedding_row(self, step: int, plan: np.ndarray, row: int) -> tuple:
         """(query, its instruction length, [the train_group_size sampled passages], [their instruction
@@ -187,29 +174,36 @@ class HostBatches:
         instruction_lens = [record["passage_instruction_lens"][k] for k in chosen]
         return record["query"], record["query_instruction_len"], passages, instruction_lens
 
-    def _embedding_lengths(self, step: int, plan: np.ndarray) -> tuple[int, int]:
-        """Padded (query, passage) lengths of global batch ``plan``: the buckets of its longest query and
-        longest sampled passage over ALL its rows (every host computes the same from the length index).
-        Only rows whose longest passage could exceed the bucket of the positives are sampled."""
-        config = self.config
-        query_buckets, passage_buckets = length_buckets(config, "query"), length_buckets(config, "passage")
-        if not self.opened["embedding"].lengths:
-            return query_buckets[-1], passage_buckets[-1]
-        indexes = self.opened["embedding"].lengths
-        query = bucket_length(query_buckets, int(per_row(indexes, "query", plan).max()))
-        if len(passage_buckets) == 1:
-            return query, passage_buckets[0]
-        longest = int(per_row(indexes, "shortest_positive", plan).max())  # a positive is always sampled
-        over = per_row(indexes, "longest_passage", plan) > bucket_length(passage_buckets, longest)
-        for row in np.flatnonzero(over):
-            lengths, index = self.opened["embedding"].lengths[plan[row, 0]], int(plan[row, 1])
-            first, end = lengths["passage_offsets"][index : index + 2]
-            num_pos = int(lengths["num_pos"][index])
-            chosen = sampling.chosen_passages(
-                config.seed, config.train_group_size, step, int(row), num_pos, int(end - first)
+    def passage_lengths(self, step: int, plan: np.ndarray, row: int) -> np.ndarray:
+        """Token lengths of the passages global row ``row`` samples (from the length index alone)."""
+        lengths, index = self.opened["embedding"].lengths[plan[row, 0]], int(plan[row, 1])
+        first, end = lengths["passage_offsets"][index : index + 2]
+        num_pos = int(lengths["num_pos"][index])
+        chosen = sampling.chosen_passages(
+            self.config.seed, self.config.train_group_size, step, int(row), num_pos, int(end - first)
+        )
+        return lengths["passage_lens"][first + np.asarray(chosen)]
+
+    def global_lengths(self, step: int) -> dict[str, np.ndarray]:
+        """{field: lengths of all the step's sequences, cut at max_len}, from the length index alone."""
+        config, out = self.config, {}
+        if self.embed:
+            plan = self.batch_plan(step)
+            query = per_row(self.opened["embedding"].lengths, "query", plan)
+            passages = np.concatenate([self.passage_lengths(step, plan, row) for row in range(len(plan))])
+            out.update(
+                query=np.minimum(query, config.query_max_len),
+                passage=np.minimum(passages, config.passage_max_len),
             )
-            longest = max(longest, int(lengths["passage_lens"][first + np.asarray(chosen)].max()))
-        return query, bucket_length(passage_buckets, longest)
+        if self.gen:
+            out["generative"] = self.generative_lengths(step)
+        return out
+
+    def generative_lengths(self, step: int) -> np.ndarray:
+        """Lengths of all the step's chats, cut at max_len, from the length index alone."""
+        rows = range(self.config.generative_batch_size)
+        lengths = np.asarray([int(self.gen_token_lens[self.generative_index(step, r)]) for r in rows])
+        return np.minimum(lengths, self.config.generative_max_len)
 
     def generative_index(self, step: int, row: int) -> int:
         config, total = self.config, int(self.gen_offsets[-1])
@@ -217,23 +211,6 @@ class HostBatches:
             epoch, position = divmod(step * config.generative_batch_size + row, total)
             return int(self._generative_order(epoch)[position]) if config.shuffle else position
         return int(sampling.rng(config.seed, sampling.GEN_DRAW, step, row).integers(total))
-
-    def _generative_length(self, step: int) -> int:
-        """Padded length of the global generative batch of ``step``: the bucket of its longest row."""
-        buckets = length_buckets(self.config, "generative")
-        if len(buckets) == 1:
-            return buckets[0]
-        rows = range(self.config.generative_batch_size)
-        longest = max(int(self.gen_token_lens[self.generative_index(step, r)]) for r in rows)
-        return bucket_length(buckets, longest)
-
-    def generative_batch(self, step: int) -> dict[str, np.ndarray]:
-        start, stop = self.rows["generative"]
-        rows, targets = zip(*(self.generative_row(step, row) for row in range(start, stop)))
-        length = self._generative_length(step)
-        tokens, mask = right_pad(rows, length, self.pad_id)
-        loss_mask, _ = right_pad(targets, length, False, bool)
-        return {"gen_tokens": tokens, "gen_mask": mask, "gen_loss_mask": loss_mask & mask}
 
     def generative_row(self, step: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, loss mask) of global row ``row`` of the generative batch of ``step``."""
@@ -289,7 +266,7 @@ class TrainIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Batch:
         batch = next(self._iterator)
         self.step += 1
         return batch
@@ -322,21 +299,47 @@ def load_tokenizer(config) -> Tokenizer:
 def make_train_iterator(
     config,
     tokenizer: Tokenizer | None = None,
+    *,
     process_index: int = 0,
     process_count: int = 1,
     mode: str = "unified",
-    host_batches=HostBatches,
+    layout=None,
 ) -> TrainIterator:
     """This host's share of each global batch of prepared data in `config.data_dir`.
 
-    mode: "unified" (embedding and generative fields), "embedding" or "generative"; host_batches: the
-    HostBatches class (grit_jax.data.packed_pipeline's for data.packing)."""
+    mode: "unified" (embedding and generative fields), "embedding" or "generative"; layout: {field:
+    FieldPadding or FieldPacking} (grit_jax.batch_layout), by default padded as `config` says."""
     manifest = sources.read_manifest(config.data_dir)
     tokenizer = tokenizer or load_tokenizer(config)
     if tokenizer.fingerprint != manifest["tokenizer"]:
         raise DataError(f"{config.data_dir} was tokenized with another tokenizer than {tokenizer.model_path}")
     prepared_files.check(config.data_dir, manifest)
-    batches = host_batches(
-        config, manifest, config.data_dir, tokenizer.pad_id, mode, process_index, process_count
+    batches = HostBatches(
+        config,
+        manifest,
+        data_dir=config.data_dir,
+        pad_id=tokenizer.pad_id,
+        mode=mode,
+        hosts=(process_index, process_count),
+        layout=layout or padded_layout(config, mode),
     )
     return TrainIterator(batches, config, _fingerprint(config, manifest, mode))
+
+
+def planned_counts(config, layout, steps: int, *, hosts: int = 1, mode: str = "unified") -> dict:
+    """{field: [real tokens, packed positions, attended pairs (bidirectional)]} summed over the first
+    ``steps`` steps of prepared data (``config``: the data group), from its length index alone: what
+    packing computes on it (benchmarks/packing.py, grit-aot). The global packing does not depend on the
+    number of hosts, as long as they split the rows evenly."""
+    manifest = sources.read_manifest(config.data_dir)
+    batches = HostBatches(
+        config, manifest, data_dir=config.data_dir, pad_id=0, mode=mode, hosts=(0, hosts), layout=layout
+    )
+    totals = {field: [0, 0, 0] for field in layout}
+    for step in range(steps):
+        for field, plan in batches.former.plans(batches, step).items():
+            lengths = batches.global_lengths(step)[field].astype(np.int64)
+            totals[field][0] += int(lengths.sum())
+            totals[field][1] += plan.shape[0] * plan.shape[1]
+            totals[field][2] += int((lengths * lengths).sum())
+    return totals

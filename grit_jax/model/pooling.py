@@ -31,7 +31,7 @@ def pool(hidden, mask, instruction_len, method="mean", normalize=True):
 def pool_segments(hidden, segments, positions, instruction_len, method="mean", normalize=True):
     """Packed rows: hidden [R,L,D], segments and positions [R,L], instruction_len [R,M] of each row's
     sequences -> embeddings [R,M,D] float32, sequence m of row r pooled exactly as ``pool`` pools it alone
-    (a slot without a sequence pools to zeros). grit_jax.packed_batch says what the arrays hold."""
+    (a slot without a sequence pools to zeros). grit_jax.batch_layout says what the arrays hold."""
     hidden = hidden.astype(jnp.float32)
     slots = instruction_len.shape[1]
     member = segments[:, None, :] == jnp.arange(1, slots + 1)[None, :, None]  # R,M,L

@@ -29,7 +29,7 @@ import jax
 from absl import flags
 
 from grit_jax import cli, hardware, sharding
-from grit_jax.data.packed_pipeline import planned_counts
+from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
 from grit_jax.run_config import num_batch_shapes
@@ -187,7 +187,7 @@ def compile_step(setup: TrainSetup):
     return memory, compiler_error, time.perf_counter() - start
 
 
-def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, top: int) -> dict:
+def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:
     state = setup.abstract_state()
     total, peak = total_bytes(memory)
     consumers = [
@@ -218,15 +218,15 @@ def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: in
 
 def packed_flops(setup: TrainSetup, hosts: int, steps: int = 20) -> tuple[float, float]:
     """(model FLOPs per step, real share of the computed positions) of a packed config, from the real
-    tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.packed_pipeline)."""
+    tokens of the first ``steps`` steps of data.data_dir (its length index: grit_jax.data.pipeline)."""
     config = setup.config
-    totals = planned_counts(config.data, setup.packing, steps, hosts, config.objective.mode)
+    totals = planned_counts(config.data, setup.layout, steps, hosts=hosts, mode=config.objective.mode)
     counts = {}
     for field, (real, _, squares) in totals.items():
         causal = field == "generative" or config.objective.attn == "cccc"
         counts[field] = (real / steps, (squares + real) / 2 / steps if causal else squares / steps)
     share = sum(t[0] for t in totals.values()) / max(sum(t[1] for t in totals.values()), 1)
-    return flops.packed_step_flops(config, setup.model_config, counts), share
+    return flops.step_flops(setup.model_config, counts), share
 
 
 def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
@@ -234,7 +234,7 @@ def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     peak_flops = hardware.device_peak_flops(device)
     step_flops = flops.train_step_flops(config, setup.model_config)
     real_share = 0.0
-    if setup.packing and config.data.data_dir:  # hours from the data's real tokens, not padded rows
+    if config.data.packing and config.data.data_dir:  # hours from the data's real tokens, not padded rows
         step_flops, real_share = packed_flops(setup, hosts)
     chips = setup.mesh.devices.size
     step_seconds = step_flops / (chips * peak_flops * mfu) if peak_flops and mfu > 0 else 0.0
@@ -264,7 +264,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
     )
     if num_batch_shapes(config) > 1:  # the largest bucket of every field is what is compiled here
         settings["length_buckets"] = "largest of " + str(num_batch_shapes(config)) + " batch shapes"
-    if setup.packing:  # the packed shape of the largest chunk (grit_jax.packed_batch) is compiled here
+    if config.data.packing:  # the packed shape of the largest chunk (grit_jax.batch_layout) is compiled here
         settings["packing"] = "largest shape" + (
             "" if config.data.data_dir else "; FLOPs as padded (no data)"
         )
@@ -277,7 +277,7 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         hbm_bytes=accelerator.hbm_bytes,
         compile_seconds=seconds,
         settings=settings,
-        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top),
+        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top=top),
         **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 

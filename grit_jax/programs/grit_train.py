@@ -28,12 +28,12 @@ from jax.experimental import multihost_utils
 
 from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.demo import prepare_demo_data
-from grit_jax.data.packed_pipeline import train_iterator
-from grit_jax.data.pipeline import load_tokenizer
+from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
+from grit_jax.model.batch import field_shapes
 from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
-from grit_jax.run_config import batch_lengths, check_numbers, num_batch_shapes, profile_steps
-from grit_jax.train import flops, lora_base
+from grit_jax.run_config import check_numbers, num_batch_shapes, profile_steps
+from grit_jax.train import lora_base
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
@@ -206,18 +206,14 @@ class Loop:
             self._profile(step, starting=True)
             started = time.perf_counter()
             batch = global_batch(self.setup, next(self.data))
-            if not self.setup.packing:  # model FLOPs of the padded shapes (bucketed: step to step)
-                self.flops += flops.train_step_flops(
-                    config, self.setup.model_config, batch_lengths(config, batch)
-                )
             state, metrics = self.train_step(state, batch)
             metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
             self._profile(step, starting=False)
-            shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))  # step times per compiled shape
+            shapes = tuple(sorted(field_shapes(batch).items()))  # step times per compiled shape
             self.step_times.add(time.perf_counter() - started, shapes)
             self.tokens += float(metrics["tokens"])  # real tokens (packed or not)
             self.positions += float(metrics["positions"])
-            self.flops += float(metrics.get("model_flops", 0.0))  # packed: FLOPs of the real tokens
+            self.flops += float(metrics["model_flops"])  # of the padded shapes, or the packed real tokens
             self._count_nonfinite(step, metrics)
             if not metrics["nonfinite"] and (step % every == 0 or step == config.num_steps):
                 self._log(step, state, metrics)
@@ -343,8 +339,13 @@ def _train(config, workdir, preempted: Preempted) -> dict:
     if main:
         if num_batch_shapes(config) > 1:  # each compiles when first met (and is cached)
             print(f"data.length_buckets: up to {num_batch_shapes(config)} batch shapes", flush=True)
-    data = train_iterator(
-        config.data, setup.packing, tokenizer, jax.process_index(), jax.process_count(), config.objective.mode
+    data = make_train_iterator(
+        config.data,
+        tokenizer,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        mode=config.objective.mode,
+        layout=setup.layout,
     )
     ckpt = Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
     if main:

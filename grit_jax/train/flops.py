@@ -1,7 +1,8 @@
 """Analytic model FLOPs of one train step, for MFU (model FLOPs, no rematerialisation counted).
 
 Bidirectional attention is counted in full (every query against every key); causal attention as the
-half it needs. A step is three forward passes' worth (forward + backward) over the padded shapes.
+half it needs. A step is three forward passes' worth (forward + backward): over the padded shapes, or over
+a packed batch's real tokens.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ def pair_flops(cfg: ModelConfig) -> float:
     return float(cfg.num_hidden_layers * 2 * 2 * cfg.num_attention_heads * cfg.head_dim)
 
 
-def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, with_logits: bool) -> float:
+def forward_flops(cfg: ModelConfig, batch: int, length: int, causal: bool, *, with_logits: bool) -> float:
     keys = length / 2 if causal else length
     return float(batch * length * (token_flops(cfg, with_logits) + keys * pair_flops(cfg)))
 
 
-def packed_step_flops(config, cfg: ModelConfig, counts) -> float:
-    """Model FLOPs of one packed step (data.packing) from its real tokens: counts {field: (tokens,
-    attended pairs)} (grit_jax.train.step counts them: within each sequence, causal keys up to the query)."""
+def step_flops(cfg: ModelConfig, counts) -> float:
+    """Model FLOPs of one step from counts {field: (tokens, attended (query, key) pairs)}: each field of
+    the batch counts its own (grit_jax.model.batch: padded positions, or a packed batch's real tokens
+    and the keys within each sequence)."""
     flops = 0.0
     for field, (tokens, pairs) in counts.items():
         flops = flops + tokens * token_flops(cfg, field == "generative") + pairs * pair_flops(cfg)
@@ -48,8 +50,8 @@ def train_step_flops(config, cfg: ModelConfig, lengths=None) -> float:
     flops = 0.0
     if objective.mode in ("unified", "embedding"):
         b = data.embedding_batch_size
-        flops += forward_flops(cfg, b, query, causal_embedding, False)
-        flops += forward_flops(cfg, b * data.train_group_size, passage, causal_embedding, False)
+        flops += forward_flops(cfg, b, query, causal_embedding, with_logits=False)
+        flops += forward_flops(cfg, b * data.train_group_size, passage, causal_embedding, with_logits=False)
     if objective.mode in ("unified", "generative"):
-        flops += forward_flops(cfg, data.generative_batch_size, gen, True, True)
+        flops += forward_flops(cfg, data.generative_batch_size, gen, True, with_logits=True)
     return 3.0 * flops

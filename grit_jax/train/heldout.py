@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from grit_jax import sharding
 from grit_jax.data.heldout_sets import eval_generative_batches, eval_retrieval_arrays
+from grit_jax.model.batch import PaddedChat, PaddedText
 from grit_jax.retrieval.metrics import first_relevant, metrics_from_ranks, reciprocal_rank
 from grit_jax.run_config import bucket_length, length_buckets
 from grit_jax.train import objective as objective_lib
@@ -37,20 +38,18 @@ class Evaluator:
         # Outputs replicated: every host reads whole embeddings and losses (a batch-sharded output spans
         # other hosts' devices, which a host cannot fetch).
         @functools.partial(jax.jit, out_shardings=self.replicated)
-        def encode(params, projection, tokens, mask, instruction_len):
+        def encode(params, projection, rows: PaddedText):
             with sharding.use_mesh(mesh):
-                model = nnx.merge(graphdef, params)
-                return objective_lib.encode(model, projection, tokens, mask, instruction_len, objective)
+                return objective_lib.encode(nnx.merge(graphdef, params), projection, rows, objective)
 
         @functools.partial(jax.jit, out_shardings=self.replicated)
         def generative(params, tokens, mask, loss_mask):
             with sharding.use_mesh(mesh):
                 model = nnx.merge(graphdef, params)
-                out = model(tokens, objective_lib.training_attention(model, mask, "causal"))
+                chat = PaddedChat(tokens, mask, loss_mask)
+                out = model(tokens, objective_lib.training_attention(model, chat, "causal"))
                 per_row = jax.vmap(lambda *row: objective_lib.token_cross_entropy(*(x[None] for x in row)))
-                return per_row(
-                    model.logits(out.hidden), tokens, loss_mask
-                )  # [rows] loss sums, [rows] targets
+                return per_row(model.logits(out.hidden), tokens, loss_mask)  # [rows] loss sums, targets
 
         self._encode, self._generative = encode, generative
 
@@ -75,7 +74,7 @@ class Evaluator:
             rows = [a[chosen][:, :width] if a.ndim == 2 else a[chosen] for a in arrays]
             pad = ENCODE_ROWS - len(rows[0])
             rows = [np.concatenate([r, np.zeros((pad, *r.shape[1:]), r.dtype)]) for r in rows]
-            emb = self._encode(state.model_params, state.projection, *map(self._put, rows))
+            emb = self._encode(state.model_params, state.projection, PaddedText(*map(self._put, rows)))
             out.append(np.asarray(jax.device_get(emb))[: ENCODE_ROWS - pad])
         embeddings = np.empty_like(np.concatenate(out))
         embeddings[order] = np.concatenate(out)

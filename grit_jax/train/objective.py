@@ -11,9 +11,6 @@ fields and batch sizes were checked once, by grit_jax.run_config.validate_config
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -21,9 +18,8 @@ from flax import nnx
 from grit_jax import sharding
 from grit_jax.choices import ATTENTIONS
 from grit_jax.model import load_balancing_loss
-from grit_jax.model.attention import attention_spec
-from grit_jax.model.pooling import pool, pool_segments, project
-from grit_jax.packed_batch import MAX_SLOTS
+from grit_jax.model.batch import Batch
+from grit_jax.model.pooling import project
 
 # ----------------------------------------------------------------------------- losses
 
@@ -114,70 +110,53 @@ def map_chunks(fn, inputs, chunk_size):
     return jax.tree.map(_unchunked, out)
 
 
-def training_attention(model, mask, kind, segments=None):
-    """The attention of a right-padded training batch (mask [B,T]), or of packed rows (segments [B,T],
-    grit_jax.packed_batch), as a spec: a kernel runs it where model.config.attention_impl and the platform
-    allow (grit_jax.model.attention), else the dense mask."""
-    cfg = model.config
-    return attention_spec(mask, kind, cfg.sliding_window, cfg.attention_impl, segments=segments)
+def training_attention(model, rows, kind: str):
+    """The attention spec of a field's rows (grit_jax.model.batch: padded or packed): a kernel runs it
+    where model.config.attention_impl and the platform allow (grit_jax.model.attention), else the dense
+    mask."""
+    return rows.attention(kind, model.config.sliding_window, model.config.attention_impl)
 
 
-def encode(model, projection, tokens, mask, instruction_len, objective):
-    """Embeddings [N,D or P] of one set of sequences with the embedding pass's attention."""
-    hidden = model(tokens, training_attention(model, mask, ATTENTIONS[objective.attn])).hidden
-    return pool(project(hidden, projection), mask, instruction_len, objective.pooling, objective.normalize)
+def encode(model, projection, rows, objective):
+    """Pooled embeddings [rows or rows x slots, D or P] of a query or passage field's rows with the
+    embedding pass's attention."""
+    spec = training_attention(model, rows, ATTENTIONS[objective.attn])
+    hidden = model(rows.tokens, spec, positions=rows.positions).hidden
+    return rows.pool(project(hidden, projection), objective.pooling, objective.normalize)
 
 
-def packed_embeddings(graphdef, params, projection, batch, prefix, objective, num_chunks):
-    """Embeddings [N,D or P] of a packed field (grit_jax.packed_batch), in the batch's sequence order: each
-    sequence pooled from its segment, the rows encoded in ``num_chunks`` GradCache chunks."""
-    tokens, slot = batch[f"{prefix}_tokens"], batch[f"{prefix}_slot"]
-    rows, length = tokens.shape
-    slots = min(length, MAX_SLOTS)
-    instruction = jnp.zeros(rows * slots, jnp.int32).at[slot].set(batch[f"{prefix}_instruction_len"])
-
-    def encode_rows(chunk):
-        tok, seg, pos, inst = chunk
-        model = nnx.merge(graphdef, params)
-        kind = ATTENTIONS[objective.attn]
-        hidden = model(tok, training_attention(model, None, kind, seg), positions=pos).hidden
-        return pool_segments(
-            project(hidden, projection), seg, pos, inst, objective.pooling, objective.normalize
-        )
-
-    inputs = (
-        tokens,
-        batch[f"{prefix}_segments"],
-        batch[f"{prefix}_positions"],
-        instruction.reshape(rows, slots),
-    )
-    pooled = map_chunks(encode_rows, inputs, rows // num_chunks if num_chunks > 1 else 0)
-    return pooled.reshape(rows * slots, -1)[slot]
+def default_chunks(batch, objective) -> dict[str, int]:
+    """{field: chunks or micro-batches} of a padded batch as ``objective`` asks (GradCache chunks of
+    embedding_chunk_size sequences, generative_accumulation_steps micro-batches); the train step passes
+    its layout's instead (grit_jax.batch_layout), packed batches included."""
+    chunk, out = objective.embedding_chunk_size, {}
+    for name, field in batch.fields().items():
+        rows = field.tokens.shape[0]
+        if name == "generative":
+            out[name] = max(int(objective.generative_accumulation_steps), 1)
+        else:
+            out[name] = rows // chunk if chunk and chunk < rows else 1
+    return out
 
 
-def embedding_loss(graphdef, params, projection, batch, objective, packed_chunks=None):
-    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks (packed fields:
-    packed_chunks {prefix: chunks}, grit_jax.packed_batch)."""
+def embeddings(graphdef, params, projection, field, *, objective, num_chunks: int):
+    """Embeddings [N,D or P] of a query or passage field (grit_jax.model.batch), in the batch's sequence
+    order, its rows encoded in ``num_chunks`` GradCache chunks with the embedding pass's attention."""
 
     def encode_rows(rows):
-        tokens, mask, inst = rows
-        return encode(nnx.merge(graphdef, params), projection, tokens, mask, inst, objective)
+        return encode(nnx.merge(graphdef, params), projection, rows, objective)
 
-    chunk = objective.embedding_chunk_size
-    if "query_segments" in batch:
-        q = packed_embeddings(graphdef, params, projection, batch, "query", objective, packed_chunks["query"])
-        p = packed_embeddings(
-            graphdef, params, projection, batch, "passage", objective, packed_chunks["passage"]
-        )
-    else:
-        q = map_chunks(
-            encode_rows, (batch["query_tokens"], batch["query_mask"], batch["query_instruction_len"]), chunk
-        )
-        p = map_chunks(
-            encode_rows,
-            (batch["passage_tokens"], batch["passage_mask"], batch["passage_instruction_len"]),
-            chunk,
-        )
+    rows = field.pooling_rows()
+    count = rows.tokens.shape[0]
+    return field.in_order(map_chunks(encode_rows, rows, count // num_chunks if num_chunks > 1 else 0))
+
+
+def embedding_loss(graphdef, params, projection, batch, *, objective, chunks):
+    """(loss, metrics) of the contrastive task on a global batch, encoded in chunks {field: chunks}."""
+    q = embeddings(graphdef, params, projection, batch.query, objective=objective, num_chunks=chunks["query"])
+    p = embeddings(
+        graphdef, params, projection, batch.passage, objective=objective, num_chunks=chunks["passage"]
+    )
     loss, accuracy = contrastive_loss(q, p, objective.temperature)
     if objective.reference_world_size:
         # The reference all-gathers reps without gradient and averages gradients over its W GPUs: its
@@ -186,66 +165,55 @@ def embedding_loss(graphdef, params, projection, batch, objective, packed_chunks
     return loss, {"loss_emb": loss, "accuracy": accuracy}
 
 
-def generative_loss(graphdef, params, batch, objective, packed_chunks=None):
-    """(loss, metrics) of next-token prediction on the generative batch, in accumulation micro-batches.
+def generative_loss(graphdef, params, field, objective, *, steps: int):
+    """(loss, metrics) of next-token prediction on the generative field, in ``steps`` micro-batches.
 
     loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``); for Mixtral
     loss_router = router_aux_loss_coef * the load-balancing loss (mean over micro-batches).
     """
-    tokens, loss_mask = batch["gen_tokens"], batch["gen_loss_mask"]
-    if "gen_segments" in batch:  # packed rows: no target at a sequence's first token (nothing precedes it)
-        segments, positions = batch["gen_segments"], batch["gen_positions"]
-        loss_mask = loss_mask & (positions > 0) & (segments > 0)
-        num_sequences = jnp.sum((positions == 0) & (segments > 0))
-        rows = (tokens, segments > 0, loss_mask, segments, positions)
-    else:
-        num_sequences, rows = None, (tokens, batch["gen_mask"], loss_mask, None, None)
-    normalizer = generative_normalizer(loss_mask, objective.loss_gen_type, num_sequences)
+    targets = field.targets()
+    normalizer = generative_normalizer(targets, objective.loss_gen_type, field.num_sequences())
 
     def micro(rows):
-        tok, m, lm, seg, pos = rows
+        chat, weights = rows
         model = nnx.merge(graphdef, params)
-        out = model(tok, training_attention(model, m, "causal", seg), positions=pos)
-        total, _ = token_cross_entropy(model.logits(out.hidden), tok, lm)
+        out = model(chat.tokens, training_attention(model, chat, "causal"), positions=chat.positions)
+        total, _ = token_cross_entropy(model.logits(out.hidden), chat.tokens, weights)
         aux = jnp.zeros((), jnp.float32)
         if out.router_logits is not None:
-            aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, m)
+            aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, chat.real)
         return total, aux
 
-    steps = (
-        max(int(objective.generative_accumulation_steps), 1)
-        if num_sequences is None
-        else packed_chunks["gen"]
-    )
     if steps == 1:
-        total, aux = micro(rows)
+        total, aux = micro((field, targets))
     else:
-        totals, auxes = jax.lax.map(jax.checkpoint(micro), _chunked(rows, steps))
+        totals, auxes = jax.lax.map(jax.checkpoint(micro), _chunked((field, targets), steps))
         total, aux = jnp.sum(totals), jnp.mean(auxes)
     loss_gen = objective.loss_gen_factor * total / normalizer
     loss_router = objective.router_aux_loss_coef * aux
     return loss_gen + loss_router, {"loss_gen": loss_gen, "loss_router": loss_router}
 
 
-def loss_fn(trainable, graphdef, batch: Mapping[str, Any], objective, packed_chunks=None, frozen=None):
-    """Total loss and metrics of one global batch. trainable = (model nnx.State, projection dict);
-    frozen: None, or the LoRA base (the rest of the model's state, grit_jax/model/lora.py).
+def loss_fn(trainable, graphdef, batch: Batch, objective, *, chunks=None, frozen=None):
+    """Total loss and metrics of one global batch (grit_jax.model.batch). trainable = (model nnx.State,
+    projection dict); frozen: None, or the LoRA base (the rest of the model's state, grit_jax/model/lora.py).
 
     mode ``unified``: loss = loss_emb + loss_gen (+ loss_router); ``embedding`` / ``generative``: one
-    of them. Metrics are named as the reference names them where it has a name. A packed batch
-    (grit_jax.packed_batch) comes with packed_chunks {prefix: chunks or micro-batches of its rows}.
+    of them. Metrics are named as the reference names them where it has a name. chunks: {field: chunks
+    or micro-batches of its rows} (the train step's layout), by default ``default_chunks``.
     """
     params, projection = trainable
+    chunks = chunks or default_chunks(batch, objective)
     if frozen is not None:
         params = nnx.merge_state(frozen, params)
     zero = jnp.zeros((), jnp.float32)
     metrics = {"loss_emb": zero, "accuracy": zero, "loss_gen": zero, "loss_router": zero}
     loss = zero
     if objective.mode in ("unified", "embedding"):
-        emb, m = embedding_loss(graphdef, params, projection, batch, objective, packed_chunks)
+        emb, m = embedding_loss(graphdef, params, projection, batch, objective=objective, chunks=chunks)
         loss, metrics = loss + emb, {**metrics, **m}
     if objective.mode in ("unified", "generative"):
-        gen, m = generative_loss(graphdef, params, batch, objective, packed_chunks)
+        gen, m = generative_loss(graphdef, params, batch.generative, objective, steps=chunks["generative"])
         loss, metrics = loss + gen, {**metrics, **m}
     metrics["loss"] = loss
     return loss, metrics

@@ -18,12 +18,12 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grit_jax import sharding
+from grit_jax.batch_layout import batch_layout
 from grit_jax.choices import BATCH_AXES
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer, abstract_model, lora
 from grit_jax.model.attention import check_platform
-from grit_jax.packed_batch import packed_batch_shapes, packing_layout
-from grit_jax.run_config import batch_shapes, data_parallel_size, validate_config
+from grit_jax.run_config import data_parallel_size, validate_config
 from grit_jax.train.optimizer import make_optimizer
 from grit_jax.weights import open_weights
 from grit_jax.weights.orbax_checkpoint import model_config
@@ -105,9 +105,8 @@ class TrainSetup:
         self.batch_sharding = NamedSharding(
             mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape))
         )
-        # data.packing: the packed shapes of the largest chunks (grit_jax.packed_batch); batches vary
-        self.packing = packing_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
-        self.batch_shapes = packed_batch_shapes(self.packing) if self.packing else batch_shapes(config)
+        # {field: padded or packed layout} (grit_jax.batch_layout): the shapes batches may take
+        self.layout = batch_layout(config, data_parallel_size(dict(mesh.shape)), self.model_config.is_moe)
 
     def _init(self, key, given_params):
         """given_params: the base's weights (with LoRA: without adapters) or None (random)."""

@@ -15,64 +15,59 @@ import numpy as np
 import optax
 
 from grit_jax import sharding
-from grit_jax.packed_batch import packed_batch_shapes, packed_shapes, validate_packed_batch
-from grit_jax.run_config import batch_lengths, batch_shapes, validate_batch
+from grit_jax.model import batch as batch_lib
+from grit_jax.model.batch import Batch
 from grit_jax.train import flops
 from grit_jax.train import objective as objective_lib
 from grit_jax.train.state import TrainSetup, TrainState
 
 
-def global_batch(setup: TrainSetup, host_batch) -> dict[str, jax.Array]:
+def global_batch(setup: TrainSetup, host_batch: Batch) -> Batch:
     """This host's numpy batch (its rows of the global batch) -> global jax.Arrays on the mesh.
 
-    Its lengths are one of data.length_buckets' (the same on every host: decided from the global plan);
-    with data.packing its (rows, row length) are (grit_jax.packed_batch)."""
+    Each field's (rows, row length) is one of its layout's (grit_jax.batch_layout: a length bucket, or a
+    packed shape), the same on every host (decided from the global batch)."""
     hosts = jax.process_count()
-    if setup.packing:
-        validate_packed_batch(setup.packing, host_batch, num_hosts=hosts)
-        shapes = packed_batch_shapes(setup.packing, packed_shapes(setup.packing, host_batch, hosts))
-    else:
-        validate_batch(setup.config, host_batch, num_hosts=hosts)
-        shapes = batch_shapes(setup.config, batch_lengths(setup.config, host_batch))
-    return {
-        k: jax.make_array_from_process_local_data(
-            setup.batch_sharding, np.asarray(host_batch[k], dtype), shape
+    batch_lib.check(setup.layout, host_batch, num_hosts=hosts)
+
+    def place(name, field):
+        rows, length = field.tokens.shape
+        dims = setup.layout[name].dims((rows * hosts, length))
+        return field.replace(
+            **{
+                name: jax.make_array_from_process_local_data(
+                    setup.batch_sharding, np.asarray(getattr(field, name), dtype), dims[axis]
+                )
+                for name, (axis, dtype) in batch_lib.arrays(field).items()
+            }
         )
-        for k, (shape, dtype) in shapes.items()
-    }
+
+    return Batch(**{name: place(name, field) for name, field in host_batch.fields().items()})
 
 
-def abstract_batch(setup: TrainSetup, lengths=None) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs of a global batch (for ahead-of-time compilation); lengths {field: bucket}
-    as in config.batch_shapes, by default every field's max_len (the largest shapes); with data.packing,
-    lengths are {field: (rows, row length)} (default: the largest, grit_jax.packed_batch)."""
-    shapes = (
-        packed_batch_shapes(setup.packing, lengths) if setup.packing else batch_shapes(setup.config, lengths)
+def abstract_batch(setup: TrainSetup, shapes=None) -> Batch:
+    """A Batch of ShapeDtypeStructs (for ahead-of-time compilation); shapes {field: (rows, row length)}
+    (a length bucket or a packed shape), by default each field's largest (grit_jax.batch_layout)."""
+    return Batch(
+        **{
+            name: batch_lib.LAYOUT_CLASSES[(setup.layout[name].packed, name)](
+                **{
+                    a: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
+                    for a, (shape, dtype) in arrays.items()
+                }
+            )
+            for name, arrays in batch_lib.shapes(setup.layout, shapes).items()
+        }
     )
+
+
+def step_counts(setup: TrainSetup, batch: Batch) -> dict:
+    """{field: (tokens, attended (query, key) pairs)} its model FLOPs count (grit_jax.model.batch)."""
+    attn = setup.config.objective.attn
     return {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=setup.batch_sharding)
-        for k, (shape, dtype) in shapes.items()
+        name: field.flop_counts(causal=name == "generative" or attn == "cccc")
+        for name, field in batch.fields().items()
     }
-
-
-def _token_counts(batch):
-    """(real tokens, computed positions) of a padded or packed batch."""
-    real = [batch[k] for k in ("query_mask", "passage_mask", "gen_mask") if k in batch]
-    real += [batch[k] > 0 for k in ("query_segments", "passage_segments", "gen_segments") if k in batch]
-    return sum(jnp.sum(m.astype(jnp.int32)) for m in real), sum(m.size for m in real)
-
-
-def _packed_counts(setup: TrainSetup, batch) -> dict:
-    """{field: (real tokens, attended (query, key) pairs)} of a packed batch, for its model FLOPs: a
-    token at position p attends to p + 1 keys (causal) or to its whole sequence (sum over a sequence of
-    n tokens of 2p + 1 = n * n)."""
-    counts = {}
-    for field, f in setup.packing.items():
-        real = (batch[f"{f.prefix}_segments"] > 0).astype(jnp.float32)
-        pos = batch[f"{f.prefix}_positions"].astype(jnp.float32)
-        causal = field == "generative" or setup.config.objective.attn == "cccc"
-        counts[field] = (jnp.sum(real), jnp.sum(real * (pos + 1 if causal else 2 * pos + 1)))
-    return counts
 
 
 def _loss_and_grad(setup: TrainSetup):
@@ -80,15 +75,15 @@ def _loss_and_grad(setup: TrainSetup):
 
     Gradients are constrained to their parameters' shardings (a reduce-scatter under FSDP).
     """
-    mesh, objective, state_sh, packing = setup.mesh, setup.config.objective, setup.shardings, setup.packing
+    mesh, objective, state_sh, layout = setup.mesh, setup.config.objective, setup.shardings, setup.layout
 
     def fn(trainable, batch, frozen=None):
         with sharding.use_mesh(mesh):
             # Differentiated with respect to `trainable` only: a frozen LoRA base is a constant of the
             # loss, so no gradient of a base weight is ever computed.
             grad_fn = jax.value_and_grad(objective_lib.loss_fn, has_aux=True)
-            chunks = {f.prefix: f.chunks(*batch[f"{f.prefix}_tokens"].shape) for f in packing.values()}
-            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, chunks or None, frozen)
+            chunks = {name: layout[name].chunks(*f.tokens.shape) for name, f in batch.fields().items()}
+            out, grads = grad_fn(trainable, setup.graphdef, batch, objective, chunks=chunks, frozen=frozen)
             grads = jax.lax.with_sharding_constraint(grads, (state_sh.params, state_sh.projection))
             return out, grads
 
@@ -103,7 +98,7 @@ def make_loss_and_grad(setup: TrainSetup):
         _loss_and_grad(setup),
         in_shardings=(
             (state_sh.params, state_sh.projection),
-            {k: setup.batch_sharding for k in setup.batch_shapes},
+            setup.batch_sharding,  # every batch array: rows over the batch axes
             state_sh.frozen,
         ),
     )
@@ -135,33 +130,28 @@ def make_train_step(setup: TrainSetup):
             new_state = TrainState(
                 params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0], state.frozen
             )
+            counts = [batch_lib.token_counts(f) for f in batch.fields().values()]
             metrics.update(
                 grad_norm=grad_norm,
                 param_norm=optax.tree.norm((params, projection)),
                 learning_rate=schedule(state.step),
-                tokens=_token_counts(batch)[0],
-                positions=jnp.asarray(_token_counts(batch)[1], jnp.int32),
+                tokens=sum(real for real, _ in counts),  # real tokens (packed or not)
+                positions=jnp.asarray(sum(n for _, n in counts), jnp.int32),  # computed positions
                 nonfinite=1 - finite.astype(jnp.int32),
             )
-            if setup.packing:
-                counts = _packed_counts(setup, batch)
-                metrics["model_flops"] = flops.packed_step_flops(setup.config, setup.model_config, counts)
+            metrics["model_flops"] = flops.step_flops(setup.model_config, step_counts(setup, batch))
         return new_state, metrics
 
-    shapes = setup.batch_shapes
     jitted = jax.jit(
         step,
-        in_shardings=(setup.shardings, {k: setup.batch_sharding for k in shapes}),
+        in_shardings=(setup.shardings, setup.batch_sharding),
         out_shardings=(setup.shardings, setup.replicated),
         donate_argnums=(0,),
     )
 
     def train_step(state, batch):
-        # Says what is wrong before anything compiles; each length bucket compiles (and is cached) once.
-        if setup.packing:
-            validate_packed_batch(setup.packing, batch)
-        else:
-            validate_batch(setup.config, batch)
+        # Says what is wrong before anything compiles; each batch shape compiles (and is cached) once.
+        batch_lib.check(setup.layout, batch)
         return jitted(state, batch)
 
     train_step.lower = jitted.lower

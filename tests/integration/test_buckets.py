@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from grit_jax import sharding
+from grit_jax.batch_layout import padded_layout
 from grit_jax.data import heldout_sets, lengths, pipeline, sources
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
-from grit_jax.run_config import batch_lengths, bucket_length, length_buckets, num_batch_shapes
+from grit_jax.model import batch as batch_lib
+from grit_jax.run_config import bucket_length, length_buckets, num_batch_shapes
 from grit_jax.train import flops, step
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.state import TrainSetup
@@ -47,16 +49,18 @@ def test_bucket_choice_and_config_checks():
     with pytest.raises(
         UsageError, match=r"batch\['passage_tokens'\] has length 40, not one of \(16, 32, 64\)"
     ):
-        batch_lengths(config, {"passage_tokens": np.zeros((4, 40))})
+        passage = batch_lib.PaddedText(np.zeros((4, 40)), np.zeros((4, 40), bool), np.zeros(4))
+        layout = {"passage": padded_layout(config.data, "embedding")["passage"]}
+        batch_lib.check(layout, batch_lib.Batch(passage=passage))
 
 
 def test_aot_takes_the_largest_shapes_and_flops_follow_the_bucket():
     config = data_config("", BUCKETS)
     setup = TrainSetup(config, sharding.make_mesh({"data": 1}))
-    largest = {k: v.shape for k, v in step.abstract_batch(setup).items()}
+    largest = {k: v.shape for k, v in step.abstract_batch(setup).named().items()}
     assert largest["query_tokens"] == (8, 32) and largest["passage_tokens"] == (16, 64)
     assert largest["gen_tokens"] == (8, 64)
-    assert step.abstract_batch(setup, {"passage": 32})["passage_mask"].shape == (16, 32)
+    assert step.abstract_batch(setup, {"passage": 32}).named()["passage_mask"].shape == (16, 32)
     full = flops.train_step_flops(config, setup.model_config)
     assert flops.train_step_flops(config, setup.model_config, LIMITS_BY_FIELD) == full
     assert flops.train_step_flops(config, setup.model_config, {"passage": 32, "generative": 32}) < full
@@ -103,7 +107,7 @@ def test_the_bucket_of_sampled_negatives_is_exact(data_dir):
         plan = host._plan(step_number // host.epoch_steps)[step_number % host.epoch_steps]
         longest = int(full["passage_mask"].sum(1).max())
         expected = bucket_length((*buckets["passage"], 64), longest)
-        assert host._embedding_lengths(step_number, plan)[1] == expected
+        assert host.former.embedding_lengths(host, step_number, plan)[1] == expected
         positives = int(full["passage_mask"][::3].sum(1).max())
         decided_by_negatives += bucket_length(buckets["passage"], positives) < longest
     assert decided_by_negatives >= 3, "no batch whose negatives set the bucket: the test shows nothing"
@@ -122,7 +126,7 @@ def test_hosts_agree_on_the_bucket_and_a_restored_iterator_continues(data_dir):
     restored = pipeline.make_train_iterator(config.data)
     restored.set_state(state)
     for batch in whole[3:]:
-        again = next(restored)
+        again = next(restored).named()
         assert all(np.array_equal(v, again[k]) for k, v in batch.items())
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from grit_jax import sharding
+from grit_jax.batch_layout import packing_layout
 from grit_jax.data.packing import best_fit, pack_padded_batch
 from grit_jax.model import pooling
-from grit_jax.packed_batch import packing_layout
+from grit_jax.model.batch import Batch
 from grit_jax.run_config import base_config
 from grit_jax.train import step
 from grit_jax.train.state import TrainSetup
@@ -51,7 +52,7 @@ def padded_batch(c, seed=0):
             out[f"{prefix}_instruction_len"] = rng.integers(1, 3, n).astype(np.int32)
     out["gen_loss_mask"] = out["gen_mask"] & (np.arange(d.generative_max_len)[None, :] >= 2)
     keep = {"embedding": ("query", "passage"), "generative": ("gen",), "unified": ("query", "passage", "gen")}
-    return {k: v for k, v in out.items() if k.split("_")[0] in keep[c.objective.mode]}
+    return Batch.from_named({k: v for k, v in out.items() if k.split("_")[0] in keep[c.objective.mode]})
 
 
 def loss_and_grads(c, mesh_axes, batch, state):
@@ -97,7 +98,7 @@ def test_packed_equals_padded(case):
     packed = pack_padded_batch(batch, layout)
     # fewer rows than sequences: padding really left out
     for f in layout.values():
-        assert packed[f"{f.prefix}_tokens"].shape[0] < f.sequences, f.field
+        assert packed.named()[f"{f.prefix}_tokens"].shape[0] < f.sequences, f.field
     state = TrainSetup(padded_config, sharding.make_mesh(ONE)).create_state()
     want = loss_and_grads(padded_config, mesh_axes, batch, state)
     assert preset != "tiny_moe" or want[0][1]["loss_router"] > 0

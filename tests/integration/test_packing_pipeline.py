@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from grit_jax import sharding
+from grit_jax.batch_layout import MAX_SLOTS, packing_layout
 from grit_jax.data import pipeline, sources
-from grit_jax.data.packed_pipeline import packed_train_iterator, planned_counts
+from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
-from grit_jax.packed_batch import MAX_SLOTS, packing_layout
+from grit_jax.model.batch import Batch, PackedText
 from grit_jax.run_config import base_config
 from grit_jax.train import flops, step
 from grit_jax.train.state import TrainSetup
@@ -62,12 +63,13 @@ def data_config(data_dir, packing=True):
 
 
 def steps(iterator, count):
-    return [next(iterator) for _ in range(count)]
+    return [next(iterator).named() for _ in range(count)]
 
 
 def packed_steps(c, count, data_parallel=2, host=0, hosts=1):
     layout = packing_layout(c, data_parallel)
-    return steps(packed_train_iterator(c.data, layout, process_index=host, process_count=hosts), count)
+    iterator = pipeline.make_train_iterator(c.data, layout=layout, process_index=host, process_count=hosts)
+    return steps(iterator, count)
 
 
 def sequences(batch, prefix, order_by_slot):
@@ -118,12 +120,12 @@ def test_two_hosts_rows_are_one_hosts_batch_and_a_restored_iterator_continues(da
         for k, v in whole.items():
             np.testing.assert_array_equal(np.concatenate([first[k], second[k]]), v, err_msg=k)
     layout = packing_layout(c, 2)
-    iterator = packed_train_iterator(c.data, layout)
+    iterator = pipeline.make_train_iterator(c.data, layout=layout)
     whole = steps(iterator, 5)
-    restored = packed_train_iterator(c.data, layout)
+    restored = pipeline.make_train_iterator(c.data, layout=layout)
     restored.set_state({**iterator.get_state(), "next_step": 2})
     for batch in whole[2:]:
-        again = next(restored)
+        again = next(restored).named()
         assert all(np.array_equal(v, again[k]) for k, v in batch.items())
 
 
@@ -154,13 +156,14 @@ def test_mfu_counts_real_tokens():
     c.objective.update(mode="embedding", embedding_chunk_size=0)
     setup = TrainSetup(c, sharding.make_mesh(dict(data=1)))
     batch = {}
-    for f in setup.packing.values():
-        batch[f"{f.prefix}_segments"] = np.ones((f.sequences, f.length), np.int32)
-        batch[f"{f.prefix}_positions"] = np.broadcast_to(np.arange(f.length), (f.sequences, f.length))
-    counts = step._packed_counts(setup, batch)
-    full = flops.packed_step_flops(c, setup.model_config, counts)
+    for name, f in setup.layout.items():
+        segments = np.ones((f.sequences, f.length), np.int32)
+        positions = np.broadcast_to(np.arange(f.length), (f.sequences, f.length))
+        batch[name] = PackedText(segments, segments, positions, np.zeros(f.sequences), np.zeros(f.sequences))
+    counts = step.step_counts(setup, Batch(**batch))
+    full = flops.step_flops(setup.model_config, counts)
     np.testing.assert_allclose(full, flops.train_step_flops(c, setup.model_config), rtol=1e-6)
-    for f in setup.packing.values():  # half of each row: a quarter of the attention, half of the rest
-        batch[f"{f.prefix}_segments"][:, f.length // 2 :] = 0
-    half = flops.packed_step_flops(c, setup.model_config, step._packed_counts(setup, batch))
+    for field in batch.values():  # half of each row: a quarter of the attention, half of the rest
+        field.segments[:, field.segments.shape[1] // 2 :] = 0
+    half = flops.step_flops(setup.model_config, step.step_counts(setup, Batch(**batch)))
     assert full / 2 > half > full / 4

@@ -81,9 +81,11 @@ def test_negatives_span_the_shards(per_mesh):
     model = nnx.merge(graphdef, state.params)
 
     def reps(prefix):
-        mask = host_batch[f"{prefix}_mask"]
-        hidden = model(host_batch[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")).hidden
-        return pooling.pool(hidden, mask, host_batch[f"{prefix}_instruction_len"])
+        mask = host_batch.named()[f"{prefix}_mask"]
+        hidden = model(
+            host_batch.named()[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")
+        ).hidden
+        return pooling.pool(hidden, mask, host_batch.named()[f"{prefix}_instruction_len"])
 
     q, p = reps("query"), reps("passage")
     global_loss, _ = objective.contrastive_loss(q, p)

@@ -30,7 +30,7 @@ def config(tmp_path_factory):
 
 
 def _take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+    return [next(iterator).named() for _ in range(n)]
 
 
 def _equal(a, b):
@@ -38,7 +38,7 @@ def _equal(a, b):
 
 
 def test_batch_contract(config):
-    batch = next(pipeline.make_train_iterator(config))
+    batch = next(pipeline.make_train_iterator(config)).named()
     B, G, Bg = 8, 3, 4
     expected = {
         "query_tokens": (np.int32, (B, 64)),
@@ -73,7 +73,7 @@ def test_batch_contract(config):
 def test_positive_first_and_negatives_from_the_query_record(config):
     cfg = config.copy_and_resolve_references()
     cfg.update(shuffle=False, train_group_size=4)
-    batch = next(pipeline.make_train_iterator(cfg, mode="embedding"))
+    batch = next(pipeline.make_train_iterator(cfg, mode="embedding")).named()
     manifest = sources.read_manifest(cfg.data_dir)
     source = tfds_io.open_source(f"{cfg.data_dir}/{manifest['train']['embedding'][0]['dir']}")
     for i in range(8):  # unshuffled: query i is record i of the first source

@@ -37,7 +37,7 @@ def setup():
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
     state = TrainSetup(c, mesh).create_state()
     graphdef, _ = abstract_model(model_config(c))
-    batch = {k: jnp.asarray(v) for k, v in synthetic_batch(c, seed=1).items()}
+    batch = jax.tree.map(jnp.asarray, synthetic_batch(c, seed=1))
     return c, state, graphdef, batch
 
 
@@ -155,10 +155,13 @@ def test_loss_fn_matches_reference_on_the_same_reps_and_logits(setup, loss_gen_t
     model = nnx.merge(graphdef, state.params)
 
     def reps(prefix):
-        mask = np.asarray(batch[f"{prefix}_mask"])
-        hidden = model(batch[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")).hidden
+        mask = np.asarray(batch.named()[f"{prefix}_mask"])
+        hidden = model(batch.named()[f"{prefix}_tokens"], masks.make_attn_mask(mask, "bidirectional")).hidden
         r = numpy_pool(
-            np.asarray(hidden, np.float64), mask, np.asarray(batch[f"{prefix}_instruction_len"]), "mean"
+            np.asarray(hidden, np.float64),
+            mask,
+            np.asarray(batch.named()[f"{prefix}_instruction_len"]),
+            "mean",
         )
         return torch.from_numpy(r / np.linalg.norm(r, axis=-1, keepdims=True))
 
@@ -166,9 +169,11 @@ def test_loss_fn_matches_reference_on_the_same_reps_and_logits(setup, loss_gen_t
     g = c.data.train_group_size
     want_emb = torch.nn.functional.cross_entropy(q @ p.T / 0.02, torch.arange(q.shape[0]) * g).item()
 
-    tokens = np.asarray(batch["gen_tokens"])
-    logits = model.logits(model(tokens, masks.make_attn_mask(batch["gen_mask"], "causal")).hidden)
-    want_gen = 0.5 * torch_generative_loss(logits, tokens, np.asarray(batch["gen_loss_mask"]), loss_gen_type)
+    tokens = np.asarray(batch.named()["gen_tokens"])
+    logits = model.logits(model(tokens, masks.make_attn_mask(batch.named()["gen_mask"], "causal")).hidden)
+    want_gen = 0.5 * torch_generative_loss(
+        logits, tokens, np.asarray(batch.named()["gen_loss_mask"]), loss_gen_type
+    )
 
     np.testing.assert_allclose(metrics["loss_emb"], want_emb, rtol=2e-5)
     np.testing.assert_allclose(metrics["loss_gen"], want_gen, rtol=2e-5)
@@ -180,11 +185,11 @@ def test_modes_select_the_losses(setup):
     _, state, graphdef, batch = setup
     c = tiny_config(loss_gen_factor=0.5)  # compiled already by the test above
     _, unified = loss_only(c, state, graphdef, batch)
-    emb_batch = {k: v for k, v in batch.items() if not k.startswith("gen_")}
+    emb_batch = batch.replace(generative=None)
     loss, m = loss_only(tiny_config(mode="embedding", loss_gen_factor=0.5), state, graphdef, emb_batch)
     np.testing.assert_allclose(loss, unified["loss_emb"], rtol=1e-6)
     assert m["loss_gen"] == 0
-    gen_batch = {k: v for k, v in batch.items() if k.startswith("gen_")}
+    gen_batch = batch.replace(query=None, passage=None)
     loss, m = loss_only(tiny_config(mode="generative", loss_gen_factor=0.5), state, graphdef, gen_batch)
     np.testing.assert_allclose(loss, unified["loss_gen"], rtol=1e-6)
     assert m["loss_emb"] == 0
@@ -220,7 +225,7 @@ def test_reference_world_size_scales_the_embedding_gradient_by_one_over_w():
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
     state = TrainSetup(c, mesh).create_state()
     graphdef, _ = abstract_model(model_config(c))
-    batch = {k: jnp.asarray(v) for k, v in synthetic_batch(c, seed=2).items()}
+    batch = jax.tree.map(jnp.asarray, synthetic_batch(c, seed=2))
     reference = tiny_config(mode="embedding", projection_dim=8, reference_world_size=4)
 
     @jax.jit
@@ -244,11 +249,11 @@ def test_the_models_sliding_window_reaches_both_passes(setup):
     _, with_window = loss_only(c, state, windowed, batch)
     _, without = loss_only(c, state, graphdef, batch)
     model = nnx.merge(windowed, state.params)
-    tokens = np.asarray(batch["gen_tokens"])
+    tokens = np.asarray(batch.named()["gen_tokens"])
     logits = model.logits(
-        model(tokens, masks.make_attn_mask(batch["gen_mask"], "causal", sliding_window=4)).hidden
+        model(tokens, masks.make_attn_mask(batch.named()["gen_mask"], "causal", sliding_window=4)).hidden
     )
-    want = torch_generative_loss(logits, tokens, np.asarray(batch["gen_loss_mask"]), "mixed")
+    want = torch_generative_loss(logits, tokens, np.asarray(batch.named()["gen_loss_mask"]), "mixed")
     np.testing.assert_allclose(with_window["loss_gen"], want, rtol=2e-5)
     assert abs(float(with_window["loss_gen"]) - float(without["loss_gen"])) > 1e-4
     assert abs(float(with_window["loss_emb"]) - float(without["loss_emb"])) > 1e-4

@@ -1,13 +1,14 @@
-"""The shapes of packed batches (grit_jax.packed_batch) and the global packing (grit_jax.data.packing), from
+"""The shapes of packed batches (grit_jax.batch_layout) and the global packing (grit_jax.data.packing), from
 lengths alone: the shape of fewest positions that holds the batch, longer rows where whole rows per batch
 shard leave a gap, chunks no larger than unpacked ones, and every sequence in exactly one row."""
 
 import numpy as np
 import pytest
 
+from grit_jax.batch_layout import FieldPacking
 from grit_jax.data.packing import best_fit, host_sequences, plan_field, slot_of
 from grit_jax.errors import UsageError
-from grit_jax.packed_batch import FieldPacking, validate_packed_batch
+from grit_jax.model import batch as batch_lib
 
 # The 7B recipe's chats on v5e-64: 256 of at most 2048 tokens, 64 batch shards, 4 micro-batches of 64 rows.
 CHATS = FieldPacking("generative", 256, 2048, groups=1, unit=64, chunk_rows=64)
@@ -85,6 +86,7 @@ def test_slots_point_at_each_sequence_segment():
 
 def test_a_shape_outside_the_grid_is_refused_by_name():
     f = FieldPacking("generative", 8, 16, groups=1, unit=1)
-    batch = {name: np.zeros(shape, dtype) for name, (shape, dtype) in f.shapes((3, 17)).items()}
+    arrays = batch_lib.shapes({"generative": f}, {"generative": (3, 17)})["generative"]
+    batch = batch_lib.Batch(generative=batch_lib.PackedChat(**{a: np.zeros(*s) for a, s in arrays.items()}))
     with pytest.raises(UsageError, match=r"batch\['gen_tokens'\] has shape \(3, 17\)"):
-        validate_packed_batch({"generative": f}, batch)
+        batch_lib.check({"generative": f}, batch)

@@ -1,12 +1,17 @@
-"""Packed (padding-free) batches: their static shapes, decided without jax (data.packing).
+"""The two layouts of a training batch and their static shapes, decided without jax: padded (one sequence a
+row, ``FieldPadding``) and packed (data.packing, ``FieldPacking``). ``batch_layout`` gives each field the
+objective trains its layout; grit_jax.model.batch holds the arrays (the jax pytree the data layer builds
+and the objective reads) and checks them against these shapes.
 
-With data.packing every field's sequences (queries, passages, chats) of the GLOBAL batch are packed
+Padded: a field of N sequences is [N, L] with L its *_max_len or, with data.length_buckets, one of the
+field's buckets (the smallest that holds the global batch's longest row, grit_jax.data.pipeline).
+
+Packed: with data.packing every field's sequences (queries, passages, chats) of the GLOBAL batch are packed
 together into rows instead of one padded row each (grit_jax.data.packing builds them). A field's arrays,
 global:
-  {prefix}_tokens, {prefix}_segments (0 = padding, 1.. = the sequences of a row), {prefix}_positions
-  (restarting at each sequence) [R, L]; embedding fields also {prefix}_instruction_len and {prefix}_slot
-  [N] per sequence in the batch's order (slot = row * slots(L) + segment - 1: where its embedding is
-  pooled); generative also gen_loss_mask [R, L].
+  tokens, segments (0 = padding, 1.. = the sequences of a row), positions (restarting at each sequence)
+  [R, L]; embedding fields also instruction_len and slot [N] per sequence in the batch's order (slot =
+  row * slots(L) + segment - 1: where its embedding is pooled); generative also loss_mask [R, L].
 The shape (R, L) is one of a short grid (``shape_grid``): R a multiple of ``unit`` (so every batch shard
 and every GradCache chunk / accumulation micro-batch gets whole rows) from a geometric ladder, L the
 field's *_max_len M, or longer (up to 1.5 M, in steps of M/8 rounded to 128) where the next row count is
@@ -25,18 +30,65 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-
-import numpy as np
 
 from grit_jax.errors import UsageError
+from grit_jax.run_config import length_buckets
 
 MAX_SLOTS = 256  # most sequences pooled per embedding row: the pooling's one-hot is [R, slots, L]
 GRID_STEPS_PER_HALVING = 8  # row counts N * 2**(-k/8): a batch takes at most ~9% more rows than it needs
 LONGER_ROWS = (1, 9 / 8, 10 / 8, 11 / 8, 12 / 8)  # row lengths, times the field's max_len
 LENGTH_MULTIPLE = 128  # splash attention's smallest block (a max_len that is not a multiple keeps its own)
-PREFIXES = {"query": "query", "passage": "passage", "generative": "gen"}
+PREFIXES = {"query": "query", "passage": "passage", "generative": "gen"}  # arrays' names: gen_tokens, ...
+ROW, SEQUENCE = "row", "sequence"  # an array's axis: [rows, row length] per token, or [N] per sequence
 LIMITS = {"query": "query_max_len", "passage": "passage_max_len", "generative": "generative_max_len"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldPadding:
+    """How one field pads: N sequences, one a row, right-padded to one of ``lengths`` (its length
+    buckets, ascending: the last is its max_len); GradCache chunks or accumulation micro-batches of
+    ``chunk_rows`` rows (0 = one pass)."""
+
+    field: str
+    sequences: int
+    lengths: tuple[int, ...]
+    chunk_rows: int = 0
+    packed = False
+
+    @property
+    def prefix(self) -> str:
+        return PREFIXES[self.field]
+
+    @property
+    def length(self) -> int:
+        return self.lengths[-1]
+
+    def dims(self, shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The global shape of a (rows, length) batch's arrays by axis: per token, per sequence."""
+        return {ROW: tuple(shape), SEQUENCE: (shape[0],)}
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        name = self.prefix + "_tokens"
+        if shape[1] not in self.lengths:
+            raise UsageError(
+                f"batch[{name!r}] has length {shape[1]}, not one of {self.lengths} "
+                f"(data.{LIMITS[self.field]} and data.length_buckets.{self.field})"
+            )
+        if shape[0] != self.sequences:
+            raise UsageError(
+                f"batch[{name!r}] has {shape[0]} rows globally, the config says {self.sequences} "
+                "(data.*_batch_size, train_group_size)"
+            )
+
+    def shape_grid(self) -> tuple[tuple[int, int], ...]:
+        return tuple((self.sequences, n) for n in self.lengths)
+
+    def largest_shape(self) -> tuple[int, int]:
+        return self.sequences, self.length
+
+    def chunks(self, rows: int, row_length: int | None = None) -> int:
+        """Chunks (micro-batches) of a batch of ``rows`` rows."""
+        return rows // self.chunk_rows if self.chunk_rows and self.chunk_rows < rows else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +102,22 @@ class FieldPacking:
     unit: int  # every row count is a multiple: data-parallel size x groups
     chunk_rows: int = 0  # rows of max_len per chunk or micro-batch at most (groups == 1); 0 = one pass
 
+    packed = True
+
     @property
     def prefix(self) -> str:
         return PREFIXES[self.field]
+
+    def dims(self, shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        """The global shape of a (rows, row length) batch's arrays by axis: per token, per sequence."""
+        return {ROW: tuple(shape), SEQUENCE: (self.sequences,)}
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        if shape not in self.shape_grid():
+            raise UsageError(
+                f"batch[{self.prefix + '_tokens'!r}] has shape {shape} globally, not one of (rows, length) "
+                f"{self.shape_grid()}"
+            )
 
     def slots(self, row_length: int) -> int:
         """Most sequences in one row of ``row_length`` (embedding fields: pooled slots); 0 = unlimited."""
@@ -105,17 +170,28 @@ class FieldPacking:
         """The shape of the grid with the largest chunk (the memory a step needs), then most positions."""
         return max(self.shape_grid(), key=lambda s: (self.chunk_positions(*s), s[0] * s[1]))
 
-    def shapes(self, shape: tuple[int, int] | None = None) -> dict[str, tuple[tuple[int, ...], type]]:
-        """Global shape and dtype of this field's arrays with ``shape`` (rows, row length); default the
-        largest."""
-        (r, n), p = shape or self.largest_shape(), self.prefix
-        shapes = {f"{p}_{name}": ((r, n), np.int32) for name in ("tokens", "segments", "positions")}
-        if self.field == "generative":
-            shapes["gen_loss_mask"] = ((r, n), np.bool_)
-        else:
-            seqs = self.sequences
-            shapes.update({f"{p}_instruction_len": ((seqs,), np.int32), f"{p}_slot": ((seqs,), np.int32)})
-        return shapes
+
+def batch_layout(config, data_parallel: int = 1, moe: bool = False) -> dict[str, FieldPadding | FieldPacking]:
+    """{field: its layout} of every field the objective trains: packed with data.packing, else padded.
+    moe: the model has a router loss (packed generative sequences are then packed per micro-batch)."""
+    if config.data.packing:
+        return packing_layout(config, data_parallel, moe)
+    return padded_layout(config.data, config.objective.mode, config.objective)
+
+
+def padded_layout(data, mode: str, objective=None) -> dict[str, FieldPadding]:
+    """{field: FieldPadding} of the fields ``mode`` trains (chunks: objective's, none without it)."""
+    fields = {}
+    chunk = objective.embedding_chunk_size if objective else 0
+    steps = max(int(objective.generative_accumulation_steps), 1) if objective else 1
+    if mode in ("unified", "embedding"):
+        b = data.embedding_batch_size
+        for field, n in (("query", b), ("passage", b * data.train_group_size)):
+            fields[field] = FieldPadding(field, n, length_buckets(data, field), chunk if chunk < n else 0)
+    if mode in ("unified", "generative"):
+        n = data.generative_batch_size
+        fields["generative"] = FieldPadding("generative", n, length_buckets(data, "generative"), n // steps)
+    return fields
 
 
 def packing_layout(config, data_parallel: int, moe: bool = False) -> dict[str, FieldPacking]:
@@ -146,39 +222,3 @@ def packing_layout(config, data_parallel: int, moe: bool = False) -> dict[str, F
                 "size"
             )
     return fields
-
-
-def packed_batch_shapes(layout: Mapping[str, FieldPacking], shapes: Mapping | None = None) -> dict:
-    """Global shapes of a packed batch with ``shapes`` {field: (rows, row length)} (default: each field's
-    largest)."""
-    out = {}
-    for field, f in layout.items():
-        out.update(f.shapes((shapes or {}).get(field)))
-    return out
-
-
-def packed_shapes(layout: Mapping[str, FieldPacking], batch, num_hosts: int = 1) -> dict[str, tuple]:
-    """{field: (rows, row length)} of a global packed batch, or of one host's (num_hosts hosts)."""
-    out = {}
-    for field, f in layout.items():
-        rows, length = batch[f"{f.prefix}_tokens"].shape
-        out[field] = (int(rows) * num_hosts, int(length))
-    return out
-
-
-def validate_packed_batch(layout: Mapping[str, FieldPacking], batch: Mapping, num_hosts: int = 1) -> None:
-    """Check a packed batch's arrays against the layout (a host's rows: num_hosts > 1)."""
-    expected = packed_batch_shapes(layout)
-    if set(batch) != set(expected):
-        raise UsageError(f"a packed batch (data.packing) holds {sorted(expected)}, not {sorted(batch)}")
-    for field, shape in packed_shapes(layout, batch, num_hosts).items():
-        f = layout[field]
-        if shape not in f.shape_grid():
-            raise UsageError(
-                f"batch[{f.prefix + '_tokens'!r}] has shape {shape} globally, not one of (rows, length) "
-                f"{f.shape_grid()}"
-            )
-        for name, (want, _) in f.shapes(shape).items():
-            got = tuple(batch[name].shape)
-            if (got[0] * num_hosts, *got[1:]) != want:
-                raise UsageError(f"batch[{name!r}] has shape {got}, a packed batch needs {want} globally")
