@@ -148,8 +148,8 @@ def _time_config(config_path: str, workdir: str, buckets: dict, num_steps: int) 
     import jax
 
     from grit_jax import sharding
-    from grit_jax.programs.grit_train import prepare_data
     from grit_jax.train import step
+    from grit_jax.train.run_inputs import prepare_data
     from grit_jax.train.state import TrainSetup
 
     config = importlib.import_module(config_path).get_config()

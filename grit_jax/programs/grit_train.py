@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 
 import jax
@@ -27,7 +26,6 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from grit_jax import cli, distributed, hardware, program_help, sharding, storage
-from grit_jax.data.demo import prepare_demo_data
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.model.batch import field_shapes
@@ -37,11 +35,11 @@ from grit_jax.train import lora_base
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
+from grit_jax.train.run_inputs import local_data, prepare_base, prepare_data
 from grit_jax.train.run_summary import StepTimes, check_weights, summary
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
 from grit_jax.train.workdir_lock import WorkdirLock
-from grit_jax.weights.gguf_base import converted_base
 from grit_jax.weights.orbax_checkpoint import Checkpoints
 
 _CONFIG = cli.define_config_flag()
@@ -83,59 +81,6 @@ def check_workdir(workdir: str):
         raise UsageError(f"--workdir {workdir}: cannot create it ({e.strerror or e})") from None
     if not storage.is_url(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
         raise UsageError(f"--workdir {workdir}: not writable")
-
-
-def prepare_data(config, workdir):
-    """Builds the demo corpus into WORKDIR/data when the config asks for it; checks the data directory."""
-    if config.data.demo_corpus and not config.data.data_dir:
-        data_dir = storage.join(workdir, "data")
-        if jax.process_index() == 0:
-            built = tempfile.mkdtemp() if storage.is_url(data_dir) else data_dir
-            prepare_demo_data(
-                built,
-                vocab_size=config.data.demo_vocab_size,
-                tokenizer=config.model.hf_dir if config.data.demo_tokenizer == "model" else None,
-                query_max_len=config.data.query_max_len,
-                passage_max_len=config.data.passage_max_len,
-                generative_max_len=config.data.generative_max_len,
-            )
-            if built != data_dir:
-                storage.upload_dir(built, data_dir)
-        multihost_utils.sync_global_devices("demo data ready")
-        with config.unlocked():
-            config.data.data_dir = data_dir
-    if not config.data.data_dir:
-        raise UsageError(
-            "data.data_dir is empty: pass --config.data.data_dir=DIR (prepared with grit-data prepare)"
-        )
-    if not storage.isfile(storage.join(config.data.data_dir, "manifest.json")):
-        raise UsageError(
-            f"data.data_dir={config.data.data_dir}: no manifest.json there; prepare it with "
-            "`grit-data prepare ... --out DIR`"
-        )
-
-
-def prepare_base(config, workdir):
-    """A recipe's GGUF base (model.gguf) converted into WORKDIR/base_model once; it becomes model.hf_dir."""
-    model = config.model
-    if not model.gguf or model.hf_dir or model.init_checkpoint:
-        return
-    base_dir = storage.join(workdir, "base_model")
-    if jax.process_index() == 0:
-        built = tempfile.mkdtemp() if storage.is_url(base_dir) else base_dir
-        converted_base(model.gguf, built)
-        if built != base_dir:
-            storage.upload_dir(built, base_dir)
-    multihost_utils.sync_global_devices("base model ready")
-    with config.unlocked():
-        model.hf_dir = base_dir
-
-
-def local_data(config):
-    """array_record reads local files only: a gs:// data directory is copied to this host's disk."""
-    if storage.is_url(config.data.data_dir):
-        with config.unlocked():
-            config.data.data_dir = storage.local_copy(config.data.data_dir, "data.data_dir")
 
 
 def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
