@@ -4,6 +4,7 @@ the references are the original weights (where the type is lossless) and transfo
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert
+from grit_jax.weights import open_weights
 from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.conftest import built_once
@@ -171,6 +173,17 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2_hf, smollm2_refer
     chat = grit_logits(smollm2_hf, [reference["ids"][4]])[0]
     assert np.abs(chat - expected["logits4"]).max() < 5e-4
     assert np.array_equal(chat.argmax(-1), expected["logits4"].argmax(-1))
+
+
+def test_smollm2_config_is_the_hubs(smollm2_hf, tmp_path):
+    """The config read from the GGUF is the model the hub's own config.json describes (that file, with its
+    metadata keys, beside the converted weights loads the same ModelConfig)."""
+    hub = os.path.join(
+        os.path.dirname(__file__), "..", "fixtures", "hub_configs", "SmolLM2-135M-Instruct.json"
+    )
+    shutil.copyfile(hub, tmp_path / "config.json")
+    os.symlink(os.path.join(smollm2_hf, "model.safetensors"), tmp_path / "model.safetensors")
+    assert open_weights(str(tmp_path), kind="hf").config == open_weights(smollm2_hf, kind="hf").config
 
 
 def test_smollm2_config_and_tokenizer(smollm2_hf, smollm2_reference):
