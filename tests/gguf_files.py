@@ -59,13 +59,58 @@ def byte_level_vocab():
     return tokens, types, merges
 
 
-def write_gguf(path, state_dict, config, arch="llama", types=None, name="tiny test model"):
+def sentencepiece_vocab(model_file):
+    """(pieces, scores, piece types) of a SentencePiece model, as llama.cpp's converter copies them."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(open(model_file, "rb").read())
+    return [p.piece for p in proto.pieces], [p.score for p in proto.pieces], [p.type for p in proto.pieces]
+
+
+def _add_tokenizer(writer, arch, sentencepiece, kind, extra):
+    """A byte-level BPE vocabulary (byte_level_vocab) or, given a SentencePiece model file, its pieces."""
+    if sentencepiece:
+        tokens, scores, token_types = sentencepiece_vocab(sentencepiece)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(token_types)
+        writer.add_unk_token_id(0)
+        writer.add_add_space_prefix(False)  # as the tests' model was trained (grit_jax train_tokenizer)
+    else:
+        tokens, token_types, merges = byte_level_vocab()
+        writer.add_tokenizer_model(kind)
+        if "tokenizer.ggml.pre" not in extra:
+            writer.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "smollm")
+        writer.add_token_list(tokens)
+        writer.add_token_types(token_types)
+        writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(bool(sentencepiece))
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+
+
+def write_gguf(
+    path, state_dict, config, arch="llama", types=None, sentencepiece=None, tokenizer="gpt2", extra=None
+):
     """A GGUF of `state_dict` (HF names -> float32 arrays) for `config` (a transformers config).
 
-    `types(gguf_name, index)` picks each 2-D tensor's GGML type (default F32); 1-D tensors stay F32."""
+    `types(gguf_name, index)` picks each 2-D tensor's GGML type (default F32); 1-D tensors stay F32.
+    `sentencepiece`: a tokenizer.model whose pieces the file carries (default: byte_level_vocab, declared as
+    tokenizer model `tokenizer`); `extra`: further metadata {key: str, bool, int or float}."""
     types = types or (lambda name, index: Q.F32)
     writer = gguf.GGUFWriter(os.fspath(path), arch)
-    writer.add_name(name)
+    writer.add_name("tiny test model")
+    for key, value in (extra or {}).items():
+        add = {
+            str: writer.add_string,
+            bool: writer.add_bool,
+            int: writer.add_uint32,
+            float: writer.add_float32,
+        }
+        add[type(value)](key, value)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -79,16 +124,7 @@ def write_gguf(path, state_dict, config, arch="llama", types=None, name="tiny te
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    tokens, token_types, merges = byte_level_vocab()
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types(token_types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    _add_tokenizer(writer, arch, sentencepiece, tokenizer, extra or {})
     for index, (hf_name, value) in enumerate(state_dict.items()):
         value = np.asarray(value, dtype=np.float32)
         if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):

@@ -24,7 +24,7 @@ from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
 from grit_jax.weights import hf_names
 from grit_jax.weights.gguf_file import GGUFFile
-from grit_jax.weights.gguf_tokenizer import write_tokenizer
+from grit_jax.weights.gguf_tokenizer import check_tokenizer, write_tokenizer
 from grit_jax.weights.safetensors_io import ShardWriter
 
 # GGUF architecture -> Hugging Face model_type
@@ -201,18 +201,19 @@ def gguf_to_hf(
     gf = GGUFFile(gguf_path)
     cfg = ModelConfig.from_hf_dict(model_config_dict(gf), source=gf.path)
     plan = tensor_plan(gf, cfg)
+    check_tokenizer(gf)
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise UsageError(
             f"{out_dir}: not empty; choose a new output directory (or overwrite=True / --overwrite)"
         )
-    staging = os.path.join(out_dir, ".gguf_to_hf.partial")
+    staging, created = os.path.join(out_dir, ".gguf_to_hf.partial"), not os.path.exists(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
         _write(gf, cfg, plan, staging, max_shard_size)
     except BaseException:  # nothing half-written is left where a model is expected
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(out_dir if created else staging, ignore_errors=True)
         raise
     for name in os.listdir(out_dir):  # an earlier model's shards would be read beside the new ones
         if name.endswith((".safetensors", ".safetensors.index.json")) or name.startswith("pytorch_model"):

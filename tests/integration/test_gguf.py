@@ -19,7 +19,8 @@ from grit_jax.weights import open_weights
 from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.conftest import built_once
-from tests.gguf_files import QUANT_TYPES, byte_level_vocab, smollm2_gguf, write_gguf
+from tests.gguf_files import QUANT_TYPES, byte_level_vocab, sentencepiece_vocab, smollm2_gguf, write_gguf
+from tests.grit_fixtures import TEXTS as SAMPLE_TEXTS
 from tests.hf_reference import jax_logits, make_torch_model
 
 VOCAB = len(byte_level_vocab()[0])
@@ -105,13 +106,54 @@ def test_written_tokenizer_matches_transformers(tmp_path):
     assert (grit.bos_id, grit.eos_id) == (1, 2)
 
 
+def test_sentencepiece_tokenizer_is_rebuilt_exactly(tmp_path, tokenizer_model):
+    """A `llama` (SentencePiece) vocabulary becomes a tokenizer.model that encodes as the original does:
+    through sentencepiece, grit_jax's Tokenizer and transformers (which adds the BOS the file asks for)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    vocab = len(sentencepiece_vocab(tokenizer_model)[0])
+    model = make_torch_model("llama", vocab_size=vocab)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    path = write_gguf(tmp_path / "m.gguf", state, model.config, sentencepiece=tokenizer_model)
+    out = gguf_to_hf(path, tmp_path / "hf")
+    original = spm.SentencePieceProcessor(model_file=tokenizer_model)
+    rebuilt = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    grit, hf = Tokenizer(out), AutoTokenizer.from_pretrained(out)
+    for text in (
+        *SAMPLE_TEXTS,
+        "<|user|>\nhi  there   123 45\n<|embed|>\n",
+        "  lead",
+        "déjà vu 東京",
+        "a\tb",
+    ):
+        ids = original.encode(text)
+        assert rebuilt.encode(text) == grit.encode(text) == ids == hf(text)["input_ids"][1:], text
+    assert (grit.bos_id, grit.eos_id, hf.bos_token_id) == (1, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "arch, changes, message",
+    [
+        ("falcon", {}, r"general.architecture 'falcon' is not supported"),
+        ("llama", {"tokenizer": "bert"}, r"tokenizer.ggml.model 'bert' is not supported"),
+        ("llama", {"extra": {"llama.rope.scaling.type": "linear"}}, r"rope.scaling.type 'linear'"),
+        ("llama", {"extra": {"llama.attention.sliding_window": 4096}}, r"'llama.attention.sliding_window'"),
+        ("llama", {"extra": {"tokenizer.ggml.pre": "jais"}}, r"tokenizer.ggml.pre 'jais' is not supported"),
+    ],
+)
+def test_what_cannot_be_converted_is_refused_by_name(tmp_path, arch, changes, message):
+    model, state = tiny("llama", False)
+    path = write_gguf(tmp_path / "m.gguf", state, model.config, arch=arch, **changes)
+    with pytest.raises(CheckpointError, match=f"m.gguf: .*{message}"):
+        gguf_to_hf(path, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     model, state = tiny("llama", False)
     with pytest.raises(CheckpointError, match=r"passwd: not a GGUF file"):
         gguf_to_hf("/etc/passwd", tmp_path / "a")
-    path = write_gguf(tmp_path / "falcon.gguf", state, model.config, arch="falcon")
-    with pytest.raises(CheckpointError, match=r"falcon.gguf: general.architecture 'falcon' is not supported"):
-        gguf_to_hf(path, tmp_path / "b")
     path = write_gguf(tmp_path / "q2k.gguf", state, model.config)
     os.makedirs(tmp_path / "full")
     open(tmp_path / "full" / "x", "w").close()
