@@ -35,6 +35,30 @@ for _hf, _gg in {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_
 QUANT_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1)
 
 
+# types the gguf package reads but cannot write: random blocks, with their float16 scales (at these byte
+# offsets of a block) set to small finite values
+RANDOM_BLOCK_TYPES = {
+    Q.Q2_K: (80, 82),
+    Q.Q3_K: (108,),
+    Q.Q4_K: (0, 2),
+    Q.Q5_K: (0, 2),
+    Q.Q6_K: (208,),
+    Q.IQ4_NL: (0,),
+    Q.IQ4_XS: (0,),
+}
+
+
+def random_blocks(shape, qtype, seed):
+    """A [rows, bytes] tensor of `qtype` blocks holding random quants and small scales."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
+    for offset in RANDOM_BLOCK_TYPES[qtype]:
+        scales = rng.uniform(1e-3, 1e-2, data.shape[:2]).astype(np.float16)
+        data[..., offset : offset + 2] = scales.view(np.uint8).reshape(*data.shape[:2], 2)
+    return data.reshape(shape[0], -1)
+
+
 def gguf_name(hf_name: str) -> str:
     if hf_name in GGUF_NAMES:
         return GGUF_NAMES[hf_name]
@@ -132,7 +156,9 @@ def write_gguf(
         if arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             value = llama_cpp_permute(value, config.num_key_value_heads)
         qtype = types(gguf_name(hf_name), index) if value.ndim == 2 else Q.F32
-        if qtype in (Q.F32, Q.F16):
+        if qtype in RANDOM_BLOCK_TYPES:
+            writer.add_tensor(gguf_name(hf_name), random_blocks(value.shape, qtype, index), raw_dtype=qtype)
+        elif qtype in (Q.F32, Q.F16):
             writer.add_tensor(gguf_name(hf_name), gguf.quants.quantize(value, qtype))
         else:
             writer.add_tensor(gguf_name(hf_name), gguf.quants.quantize(value, qtype), raw_dtype=qtype)

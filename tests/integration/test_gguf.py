@@ -19,7 +19,14 @@ from grit_jax.weights import open_weights
 from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.conftest import built_once
-from tests.gguf_files import QUANT_TYPES, byte_level_vocab, sentencepiece_vocab, smollm2_gguf, write_gguf
+from tests.gguf_files import (
+    QUANT_TYPES,
+    RANDOM_BLOCK_TYPES,
+    byte_level_vocab,
+    sentencepiece_vocab,
+    smollm2_gguf,
+    write_gguf,
+)
 from tests.grit_fixtures import TEXTS as SAMPLE_TEXTS
 from tests.hf_reference import jax_logits, make_torch_model
 
@@ -90,6 +97,20 @@ def test_every_quantised_type_matches_transformers_gguf_loader(tmp_path, kind, t
     assert np.abs(logits(model, ids) - expected).max() > 1e-3  # the quantisation is really there
     if (kind, tied) == ("llama", True):
         assert np.abs(grit_logits(out, ids) - expected).max() < 1e-4
+
+
+def test_k_quants_match_transformers_gguf_loader(tmp_path):
+    """Types the gguf package reads but cannot write (Q2_K..Q6_K, IQ4_NL, IQ4_XS, as in Q4_K_M files):
+    random blocks with finite scales, converted, give the model transformers' GGUF loader builds."""
+    model = make_torch_model("llama", vocab_size=VOCAB, hidden_size=256, intermediate_size=512)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    kinds = list(RANDOM_BLOCK_TYPES)
+    path = write_gguf(tmp_path / "k.gguf", state, model.config, "llama", lambda _, i: kinds[i % len(kinds)])
+    out = gguf_to_hf(path, tmp_path / "hf")
+    ids = np.arange(2 * 40).reshape(2, 40) * 5 % VOCAB
+    expected = logits(transformers_gguf(path), ids)
+    assert np.isfinite(expected).all() and np.abs(expected).max() > 1.0
+    assert np.abs(logits(transformers_dir(out), ids) - expected).max() < 1e-4
 
 
 def test_written_tokenizer_matches_transformers(tmp_path):
