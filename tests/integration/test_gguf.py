@@ -218,12 +218,6 @@ def smollm2_reference(tmp_path_factory):
     return built_once(tmp_path_factory, "smollm2_gguf_reference", _reference)
 
 
-@pytest.fixture(scope="session")
-def smollm2_hf(tmp_path_factory):
-    """The real file converted once per session."""
-    return built_once(tmp_path_factory, "smollm2_hf", lambda d: gguf_to_hf(smollm2_gguf(), d))
-
-
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2_hf, smollm2_reference):
     """transformers on the converted directory gives the GGUF loader's logits (they agree to the last bit
     here); grit_jax on it agrees to float32 rounding over 30 layers (XLA sums in another order: ~1e-4 on
