@@ -83,6 +83,18 @@ def byte_level_vocab():
     return tokens, types, merges
 
 
+def llama3_rope_freqs(config):
+    """llama.cpp's `rope_freqs` table for a llama3-scaled config: the factor each RoPE frequency is divided
+    by, taken from transformers' own llama3 initialisation (plain frequencies over scaled ones)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
+    head_dim = config.hidden_size // config.num_attention_heads
+    theta = config.rope_parameters["rope_theta"]
+    plain = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    return (plain / scaled.double().numpy()).astype(np.float32)
+
+
 def sentencepiece_vocab(model_file):
     """(pieces, scores, piece types) of a SentencePiece model, as llama.cpp's converter copies them."""
     from sentencepiece import sentencepiece_model_pb2
@@ -117,13 +129,22 @@ def _add_tokenizer(writer, arch, sentencepiece, kind, extra):
 
 
 def write_gguf(
-    path, state_dict, config, arch="llama", types=None, sentencepiece=None, tokenizer="gpt2", extra=None
+    path,
+    state_dict,
+    config,
+    arch="llama",
+    types=None,
+    sentencepiece=None,
+    tokenizer="gpt2",
+    extra=None,
+    rope_freqs=None,
 ):
     """A GGUF of `state_dict` (HF names -> float32 arrays) for `config` (a transformers config).
 
     `types(gguf_name, index)` picks each 2-D tensor's GGML type (default F32); 1-D tensors stay F32.
     `sentencepiece`: a tokenizer.model whose pieces the file carries (default: byte_level_vocab, declared as
-    tokenizer model `tokenizer`); `extra`: further metadata {key: str, bool, int or float}."""
+    tokenizer model `tokenizer`); `extra`: further metadata {key: str, bool, int or float}; `rope_freqs`:
+    llama.cpp's RoPE factor table (default: Llama 3.1's for a llama3 config, none otherwise)."""
     types = types or (lambda name, index: Q.F32)
     writer = gguf.GGUFWriter(os.fspath(path), arch)
     writer.add_name("tiny test model")
@@ -147,6 +168,10 @@ def write_gguf(
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if config.rope_parameters.get("rope_type") == "llama3":  # as llama.cpp writes Llama 3.1's scaling
+        rope_freqs = llama3_rope_freqs(config) if rope_freqs is None else rope_freqs
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
     writer.add_vocab_size(config.vocab_size)
     _add_tokenizer(writer, arch, sentencepiece, tokenizer, extra or {})
     for index, (hf_name, value) in enumerate(state_dict.items()):

@@ -95,6 +95,8 @@ def model_config_dict(gf: GGUFFile) -> dict:
     hf.setdefault("num_key_value_heads", hf.get("num_attention_heads"))
     hf.setdefault("rope_theta", 10000.0)
     _check_rope(gf, prefix, hf)
+    if "rope_freqs.weight" in gf.tensors:
+        hf["rope_scaling"] = llama3_rope_scaling(gf, hf["head_dim"], hf["rope_theta"])
     if "token_embd.weight" not in gf.tensors:
         raise CheckpointError(f"{gf.path}: tensor 'token_embd.weight' is missing")
     hf["vocab_size"] = gf.shape("token_embd.weight")[0]
@@ -127,6 +129,37 @@ def _check_rope(gf: GGUFFile, prefix: str, hf: dict) -> None:
             )
 
 
+# Llama 3.1's RoPE scaling as every Llama 3.x release sets it, but for `factor` (8 for 3.1, 32 for 3.2)
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_factors(head_dim: int, theta: float, factor: float, low: float, high: float, context: int):
+    """Per-frequency divisors of Llama 3.1's RoPE scaling (transformers' `llama3` rope_type), as llama.cpp
+    stores them in `rope_freqs.weight`."""
+    wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (context / wavelength - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelength < context / high, 1.0, np.where(wavelength > context / low, factor, mid))
+
+
+def llama3_rope_scaling(gf: GGUFFile, head_dim: int, theta: float) -> dict | None:
+    """rope_scaling recovered from llama.cpp's `rope_freqs.weight` table: none for all ones, Llama 3.1's
+    `llama3` scaling when the table is exactly that (with the usual low/high factors and context);
+    anything else is refused by name."""
+    table = gf.tensor("rope_freqs.weight").astype(np.float64)
+    if np.all(table == 1.0):
+        return None
+    factor = float(table.max())
+    expected = llama3_factors(head_dim, theta, factor, *LLAMA3_ROPE.values())
+    if table.shape != expected.shape or not np.allclose(table, expected, rtol=1e-5, atol=0):
+        raise CheckpointError(
+            f"{gf.path}: tensor 'rope_freqs.weight' scales the RoPE frequencies in a way gguf-to-hf cannot "
+            "name (it recognises Llama 3.1's llama3 scaling)"
+        )
+    factor = float(np.format_float_positional(np.float32(factor), unique=True))
+    return {"rope_type": "llama3", "factor": factor, **LLAMA3_ROPE}
+
+
 def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
     """Undo convert_hf_to_gguf.py's `permute` of query/key rows (or biases): within each head, llama.cpp
     interleaves the two rotary halves row by row; Hugging Face keeps the first half, then the second."""
@@ -142,8 +175,7 @@ def tensor_plan(gf: GGUFFile, cfg: ModelConfig) -> list[tuple[str, str, int | No
     }
     by_hf = {}
     for name in gf.tensors:
-        if name in DERIVED_TENSORS:
-            _check_derived(gf, name)
+        if name in DERIVED_TENSORS:  # read into the config (model_config_dict)
             continue
         hf = next(
             (
@@ -179,16 +211,6 @@ def tensor_plan(gf: GGUFFile, cfg: ModelConfig) -> list[tuple[str, str, int | No
             f"{gf.path}: tensor {name!r} is not used by a {cfg.model_type} with this config"
         )
     return plan
-
-
-def _check_derived(gf: GGUFFile, name: str) -> None:
-    """rope_freqs holds llama.cpp's per-frequency RoPE factors (Llama 3.1's scaling): only all-ones, which
-    changes nothing, is accepted."""
-    if not np.all(gf.tensor(name) == 1.0):
-        raise CheckpointError(
-            f"{gf.path}: tensor {name!r} scales the RoPE frequencies (Llama 3.1-style); gguf-to-hf cannot "
-            "recover its rope_scaling"
-        )
 
 
 def gguf_to_hf(

@@ -99,6 +99,31 @@ def test_every_quantised_type_matches_transformers_gguf_loader(tmp_path, kind, t
         assert np.abs(grit_logits(out, ids) - expected).max() < 1e-4
 
 
+def test_llama3_rope_scaling_is_recovered(tmp_path):
+    """llama.cpp keeps Llama 3.1's RoPE scaling only as a `rope_freqs` table: gguf-to-hf names it again
+    (rope_scaling llama3) and the converted model is the original one."""
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0}
+    rope |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    model = make_torch_model("llama", vocab_size=VOCAB, rope_parameters=rope, max_position_embeddings=131072)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    out = gguf_to_hf(write_gguf(tmp_path / "m.gguf", state, model.config), tmp_path / "hf")
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["rope_scaling"] == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        **{k: rope[k] for k in list(rope)[3:]},
+    }
+    ids = np.arange(2 * 24).reshape(2, 24) * 3 % VOCAB
+    expected = logits(model, ids)
+    assert np.abs(logits(transformers_dir(out), ids) - expected).max() < 1e-4
+    assert np.abs(grit_logits(out, ids) - expected).max() < 1e-4
+    # at these lengths the scaled (slow) frequencies hardly move the logits: compare the frequencies
+    original = model.model.rotary_emb.inv_freq.numpy()
+    assert np.allclose(transformers_dir(out).model.rotary_emb.inv_freq.numpy(), original, rtol=1e-6)
+    json.dump(dict(config, rope_scaling=None), open(os.path.join(out, "config.json"), "w"))
+    assert not np.allclose(transformers_dir(out).model.rotary_emb.inv_freq.numpy(), original, rtol=1e-3)
+
+
 def test_k_quants_match_transformers_gguf_loader(tmp_path):
     """Types the gguf package reads but cannot write (Q2_K..Q6_K, IQ4_NL, IQ4_XS, as in Q4_K_M files):
     random blocks with finite scales, converted, give the model transformers' GGUF loader builds."""
@@ -161,6 +186,7 @@ def test_sentencepiece_tokenizer_is_rebuilt_exactly(tmp_path, tokenizer_model):
         ("llama", {"extra": {"llama.rope.scaling.type": "linear"}}, r"rope.scaling.type 'linear'"),
         ("llama", {"extra": {"llama.attention.sliding_window": 4096}}, r"'llama.attention.sliding_window'"),
         ("llama", {"extra": {"tokenizer.ggml.pre": "jais"}}, r"tokenizer.ggml.pre 'jais' is not supported"),
+        ("llama", {"rope_freqs": np.linspace(1, 3, 8)}, r"'rope_freqs.weight' scales the RoPE frequencies"),
     ],
 )
 def test_what_cannot_be_converted_is_refused_by_name(tmp_path, arch, changes, message):
