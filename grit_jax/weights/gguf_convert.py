@@ -237,8 +237,10 @@ def gguf_to_hf(
     except BaseException:  # nothing half-written is left where a model is expected
         shutil.rmtree(out_dir if created else staging, ignore_errors=True)
         raise
-    for name in os.listdir(out_dir):  # an earlier model's shards would be read beside the new ones
+    for name in os.listdir(out_dir):  # an earlier model's shards or tokenizer would be read beside the new
         if name.endswith((".safetensors", ".safetensors.index.json")) or name.startswith("pytorch_model"):
+            os.remove(os.path.join(out_dir, name))
+        elif name in ("tokenizer.json", "tokenizer.model", "added_tokens.json"):
             os.remove(os.path.join(out_dir, name))
     for name in os.listdir(staging):
         os.replace(os.path.join(staging, name), os.path.join(out_dir, name))

@@ -197,8 +197,12 @@ def test_what_cannot_be_converted_is_refused_by_name(tmp_path, arch, changes, me
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     model, state = tiny("llama", False)
+    assert grit_convert.run(["gguf-to-hf", "--gguf", "/etc/passwd", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "grit-convert: error: /etc/passwd: not a GGUF file (it starts with b'root', not b'GGUF')"
+    ]
     with pytest.raises(CheckpointError, match=r"passwd: not a GGUF file"):
         gguf_to_hf("/etc/passwd", tmp_path / "a")
     path = write_gguf(tmp_path / "q2k.gguf", state, model.config)
@@ -210,6 +214,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "full")]) == 2
     assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "c")]) == 0
     assert SafetensorsDir(str(tmp_path / "c")).names() == set(state)
+    open(tmp_path / "c" / "tokenizer.model", "w").close()  # an earlier export's: it would shadow the new one
+    assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "c"), "--overwrite"]) == 0
+    written = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json"]
+    assert sorted(os.listdir(tmp_path / "c")) == [*written, "tokenizer.json", "tokenizer_config.json"]
 
 
 # ---- the real file: SmolLM2-135M-Instruct, Q8_0 embeddings and Q4_1 matrices ----
