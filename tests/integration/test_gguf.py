@@ -186,6 +186,7 @@ def test_sentencepiece_tokenizer_is_rebuilt_exactly(tmp_path, tokenizer_model):
         ("llama", {"extra": {"llama.rope.scaling.type": "linear"}}, r"rope.scaling.type 'linear'"),
         ("llama", {"extra": {"llama.attention.sliding_window": 4096}}, r"'llama.attention.sliding_window'"),
         ("llama", {"extra": {"tokenizer.ggml.pre": "jais"}}, r"tokenizer.ggml.pre 'jais' is not supported"),
+        ("llama", {"extra": {"llama.expert_count": 8}}, r"'llama.expert_count': mixture-of-experts GGUFs"),
         ("llama", {"rope_freqs": np.linspace(1, 3, 8)}, r"'rope_freqs.weight' scales the RoPE frequencies"),
     ],
 )
