@@ -81,10 +81,11 @@ def model_config_dict(gf: GGUFFile) -> dict:
         for k in gf.keys()
         if k.startswith(prefix) and k[len(prefix) :] not in (*CONFIG_KEYS, *CHECKED_KEYS, *NEUTRAL_KEYS)
     ]
-    if any(".expert_" in k for k in unknown):  # Mixtral (llama) and MoE architectures
+    experts = [k for k in unknown if ".expert_" in k]  # Mixtral (a llama with experts)
+    if experts:
         raise CheckpointError(
-            f"{gf.path}: metadata {[k for k in unknown if '.expert_' in k][0]!r}: mixture-of-experts GGUFs are "
-            "not supported by gguf-to-hf (grit-convert hf-to-orbax reads their Hugging Face checkpoints)"
+            f"{gf.path}: metadata {experts[0]!r}: mixture-of-experts GGUFs are not supported by gguf-to-hf "
+            "(grit-convert hf-to-orbax reads their Hugging Face checkpoints)"
         )
     if unknown:
         raise CheckpointError(f"{gf.path}: metadata {unknown[0]!r} is not something gguf-to-hf can honour")
