@@ -28,7 +28,7 @@ setup(
         "rank-bm25>=0.2.2",  # the quick start's baseline
         "gcsfs>=2024.2",  # gs:// paths: etils.epath's backend without TensorFlow (grit_jax/storage.py)
         "pyarrow>=14",  # grit-data prepare reads the hub's parquet shards (grit_jax/data/hub_formats.py)
-        "gguf>=0.10.0",  # grit-convert gguf-to-hf reads llama.cpp files (grit_jax/weights/gguf_file.py)
+        "gguf>=0.13.0",  # grit-convert gguf-to-hf (weights/gguf_file.py); 0.10-0.11 fail under numpy 2
     ],
     extras_require={
         "test": [

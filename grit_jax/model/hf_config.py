@@ -76,7 +76,10 @@ _SHARED_KEYS = (
 )
 _MOE_KEYS = ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef")
 REQUIRED_KEYS = _SHARED_KEYS[:6]
-# Metadata with no effect on the forward pass (pretraining_tp: transformers 5 ignores it).
+# Keys that do not change the computation, ignored wherever they appear (and listed once to the user:
+# grit-train's opening block, grit-convert's output): transformers' bookkeeping and runtime switches,
+# token ids grit_jax never uses, and the hub's notes for other runtimes (SmolLM2's nanotron
+# `is_llama_config`, transformers.js settings). pretraining_tp only splits Llama's matmuls (same sums).
 IGNORED_KEYS = (
     "transformers_version",
     "torch_dtype",
@@ -85,14 +88,27 @@ IGNORED_KEYS = (
     "use_cache",
     "output_router_logits",
     "_name_or_path",
+    "_model_name_or_path",
+    "_commit_hash",
     "output_attentions",
     "output_hidden_states",
     "return_dict",
     "use_return_dict",
     "pretraining_tp",
+    "unk_token_id",
+    "sep_token_id",
+    "is_llama_config",
+    "transformers.js_config",
 )
-# Options that change the model; we support exactly these values.
-FIXED_VALUES = {"hidden_act": ("silu",), "attention_dropout": (0.0, 0), "router_jitter_noise": (0.0, 0)}
+# Options that change the model; we support exactly these values (rope_interleaved: nanotron's
+# pair-interleaved RoPE; use_mrope: Qwen2-VL's multimodal RoPE).
+FIXED_VALUES = {
+    "hidden_act": ("silu",),
+    "attention_dropout": (0.0, 0),
+    "router_jitter_noise": (0.0, 0),
+    "rope_interleaved": (False,),
+    "use_mrope": (False,),
+}
 LLAMA3_ROPE = {
     "factor": "rope_factor",
     "low_freq_factor": "rope_low_freq_factor",
@@ -132,6 +148,11 @@ def family_of(hf: dict[str, Any], source: str) -> str:
     return by_arch[archs[0]] if archs else model_type
 
 
+def ignored_keys(hf: dict[str, Any]) -> list[str]:
+    """The keys of a config.json dict that grit_jax ignores (IGNORED_KEYS), sorted."""
+    return sorted(k for k in hf if k in IGNORED_KEYS)
+
+
 def fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
     """ModelConfig fields of a config.json dict; `source` names it in errors."""
     model_type = family_of(hf, source)
@@ -139,8 +160,8 @@ def fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
     for key in ("architectures", "model_type", *IGNORED_KEYS):
         r.hf.pop(key, None)
     for key, allowed in FIXED_VALUES.items():
-        if key in r.hf and r.hf.pop(key) not in allowed:
-            r.fail(key, f"only {allowed} is supported")
+        if key in r.hf and (value := r.hf.pop(key)) not in allowed:
+            r.fail(key, f"{value!r} is not supported (grit_jax runs only {allowed[0]!r})")
     _read_rope(r)
     if r.hf.get("head_dim", 0) is None:
         r.hf.pop("head_dim")

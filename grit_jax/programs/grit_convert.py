@@ -251,6 +251,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def say_ignored_keys(hf_dir: str | None) -> None:
+    """The keys of the source config.json read as metadata (no effect on the model), said once."""
+    ignored = hf.ignored_config_keys(hf_dir) if hf_dir else []
+    if ignored:
+        print(f"{hf_dir}: config.json keys ignored (no effect on the model): {', '.join(ignored)}")
+
+
 def run(argv=None) -> int:
     """The console script; returns the exit status (0, 1 for a failure, 2 for a usage error)."""
     hardware.quiet_platform()
@@ -276,6 +283,7 @@ def run(argv=None) -> int:
                     args.ckpt, out, args.step, args.dtype, args.max_shard_size, args.tokenizer, **grit
                 ),
             )
+        say_ignored_keys(getattr(args, "hf_dir", None) or getattr(args, "base", None))
         print(f"wrote {out}")
 
     return run_command("grit-convert", main)

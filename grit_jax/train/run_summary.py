@@ -13,6 +13,7 @@ import jax
 
 from grit_jax.errors import UsageError
 from grit_jax.run_config import uses
+from grit_jax.weights.hf_names import ignored_config_keys
 
 
 def check_weights(config) -> None:
@@ -37,6 +38,16 @@ def weight_source(config, resume_step: int | None, checkpoints: str) -> str:
     if config.model.hf_dir:
         return f"model.hf_dir {config.model.hf_dir}"
     return f"random init (model.preset {config.model.preset}, seed {config.seed})"
+
+
+def ignored_lines(config, resume_step: int | None) -> list[str]:
+    """The keys of model.hf_dir's config.json that are read as metadata (no effect on the model), said
+    once; none when the weights come from elsewhere."""
+    model = config.model
+    if resume_step is not None or model.init_checkpoint or not model.hf_dir:
+        return []
+    ignored = ignored_config_keys(model.hf_dir)
+    return [f"config.json:   ignored (no effect on the model): {', '.join(ignored)}"] if ignored else []
 
 
 def _count(n: float) -> str:
@@ -78,6 +89,7 @@ def summary(config, setup, manifest: dict, resume_step, checkpoints: str, compil
     words, tokens = batch_tokens(config)
     lines = [
         f"weights:       {weight_source(config, resume_step, checkpoints)}",
+        *ignored_lines(config, resume_step),
         f"parameters:    {_count(params)} ({config.model.dtype} compute, {config.model.param_dtype} weights)",
         f"mesh:          {mesh} over {jax.device_count()} {device.device_kind} device(s), "
         f"{jax.process_count()} host(s)",

@@ -24,7 +24,7 @@ from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
 from grit_jax.weights import hf_names
 from grit_jax.weights.gguf_file import GGUFFile
-from grit_jax.weights.gguf_tokenizer import write_tokenizer
+from grit_jax.weights.gguf_tokenizer import check_tokenizer, write_tokenizer
 from grit_jax.weights.safetensors_io import ShardWriter
 
 # GGUF architecture -> Hugging Face model_type
@@ -81,6 +81,12 @@ def model_config_dict(gf: GGUFFile) -> dict:
         for k in gf.keys()
         if k.startswith(prefix) and k[len(prefix) :] not in (*CONFIG_KEYS, *CHECKED_KEYS, *NEUTRAL_KEYS)
     ]
+    experts = [k for k in unknown if ".expert_" in k]  # Mixtral (a llama with experts)
+    if experts:
+        raise CheckpointError(
+            f"{gf.path}: metadata {experts[0]!r}: mixture-of-experts GGUFs are not supported by gguf-to-hf "
+            "(grit-convert hf-to-orbax reads their Hugging Face checkpoints)"
+        )
     if unknown:
         raise CheckpointError(f"{gf.path}: metadata {unknown[0]!r} is not something gguf-to-hf can honour")
     hf = {"architectures": [MODEL_TYPES[ARCHITECTURES[arch]]], "model_type": ARCHITECTURES[arch]}
@@ -95,6 +101,8 @@ def model_config_dict(gf: GGUFFile) -> dict:
     hf.setdefault("num_key_value_heads", hf.get("num_attention_heads"))
     hf.setdefault("rope_theta", 10000.0)
     _check_rope(gf, prefix, hf)
+    if "rope_freqs.weight" in gf.tensors:
+        hf["rope_scaling"] = llama3_rope_scaling(gf, hf["head_dim"], hf["rope_theta"])
     if "token_embd.weight" not in gf.tensors:
         raise CheckpointError(f"{gf.path}: tensor 'token_embd.weight' is missing")
     hf["vocab_size"] = gf.shape("token_embd.weight")[0]
@@ -127,6 +135,37 @@ def _check_rope(gf: GGUFFile, prefix: str, hf: dict) -> None:
             )
 
 
+# Llama 3.1's RoPE scaling as every Llama 3.x release sets it, but for `factor` (8 for 3.1, 32 for 3.2)
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_factors(head_dim: int, theta: float, factor: float, low: float, high: float, context: int):
+    """Per-frequency divisors of Llama 3.1's RoPE scaling (transformers' `llama3` rope_type), as llama.cpp
+    stores them in `rope_freqs.weight`."""
+    wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (context / wavelength - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelength < context / high, 1.0, np.where(wavelength > context / low, factor, mid))
+
+
+def llama3_rope_scaling(gf: GGUFFile, head_dim: int, theta: float) -> dict | None:
+    """rope_scaling recovered from llama.cpp's `rope_freqs.weight` table: none for all ones, Llama 3.1's
+    `llama3` scaling when the table is exactly that (with the usual low/high factors and context);
+    anything else is refused by name."""
+    table = gf.tensor("rope_freqs.weight").astype(np.float64)
+    if np.all(table == 1.0):
+        return None
+    factor = float(table.max())
+    expected = llama3_factors(head_dim, theta, factor, *LLAMA3_ROPE.values())
+    if table.shape != expected.shape or not np.allclose(table, expected, rtol=1e-5, atol=0):
+        raise CheckpointError(
+            f"{gf.path}: tensor 'rope_freqs.weight' scales the RoPE frequencies in a way gguf-to-hf cannot "
+            "name (it recognises Llama 3.1's llama3 scaling)"
+        )
+    factor = float(np.format_float_positional(np.float32(factor), unique=True))
+    return {"rope_type": "llama3", "factor": factor, **LLAMA3_ROPE}
+
+
 def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
     """Undo convert_hf_to_gguf.py's `permute` of query/key rows (or biases): within each head, llama.cpp
     interleaves the two rotary halves row by row; Hugging Face keeps the first half, then the second."""
@@ -142,8 +181,7 @@ def tensor_plan(gf: GGUFFile, cfg: ModelConfig) -> list[tuple[str, str, int | No
     }
     by_hf = {}
     for name in gf.tensors:
-        if name in DERIVED_TENSORS:
-            _check_derived(gf, name)
+        if name in DERIVED_TENSORS:  # read into the config (model_config_dict)
             continue
         hf = next(
             (
@@ -181,16 +219,6 @@ def tensor_plan(gf: GGUFFile, cfg: ModelConfig) -> list[tuple[str, str, int | No
     return plan
 
 
-def _check_derived(gf: GGUFFile, name: str) -> None:
-    """rope_freqs holds llama.cpp's per-frequency RoPE factors (Llama 3.1's scaling): only all-ones, which
-    changes nothing, is accepted."""
-    if not np.all(gf.tensor(name) == 1.0):
-        raise CheckpointError(
-            f"{gf.path}: tensor {name!r} scales the RoPE frequencies (Llama 3.1-style); gguf-to-hf cannot "
-            "recover its rope_scaling"
-        )
-
-
 def gguf_to_hf(
     gguf_path: str, out_dir: str, *, overwrite: bool = False, max_shard_size: int = 5 * 2**30
 ) -> str:
@@ -201,21 +229,24 @@ def gguf_to_hf(
     gf = GGUFFile(gguf_path)
     cfg = ModelConfig.from_hf_dict(model_config_dict(gf), source=gf.path)
     plan = tensor_plan(gf, cfg)
+    check_tokenizer(gf)
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise UsageError(
             f"{out_dir}: not empty; choose a new output directory (or overwrite=True / --overwrite)"
         )
-    staging = os.path.join(out_dir, ".gguf_to_hf.partial")
+    staging, created = os.path.join(out_dir, ".gguf_to_hf.partial"), not os.path.exists(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
         _write(gf, cfg, plan, staging, max_shard_size)
     except BaseException:  # nothing half-written is left where a model is expected
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(out_dir if created else staging, ignore_errors=True)
         raise
-    for name in os.listdir(out_dir):  # an earlier model's shards would be read beside the new ones
+    for name in os.listdir(out_dir):  # an earlier model's shards or tokenizer would be read beside the new
         if name.endswith((".safetensors", ".safetensors.index.json")) or name.startswith("pytorch_model"):
+            os.remove(os.path.join(out_dir, name))
+        elif name in ("tokenizer.json", "tokenizer.model", "added_tokens.json"):
             os.remove(os.path.join(out_dir, name))
     for name in os.listdir(staging):
         os.replace(os.path.join(staging, name), os.path.join(out_dir, name))

@@ -35,25 +35,36 @@ PRE_TOKENIZERS = {
 _WHOLE_WORDS_FIRST = ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3")
 
 
-def write_tokenizer(gf: GGUFFile, out: str) -> None:
-    """tokenizer.json (gpt2) or tokenizer.model (llama), and tokenizer_config.json, into `out`."""
+def check_tokenizer(gf: GGUFFile) -> str:
+    """The file's tokenizer kind, `gpt2` or `llama`; anything this module cannot write is an error naming
+    the key (checked before anything is written)."""
     kind = gf.get("tokenizer.ggml.model")
-    tokens = gf.get("tokenizer.ggml.tokens")
-    if kind is None or tokens is None:
+    if kind is None or gf.get("tokenizer.ggml.tokens") is None:
         raise CheckpointError(f"{gf.path}: holds no tokenizer (tokenizer.ggml.model / tokens missing)")
-    types = gf.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
-    if kind == "gpt2":
-        _bpe_tokenizer(gf, tokens, types).save(os.path.join(out, "tokenizer.json"))
-        tokenizer_class = "PreTrainedTokenizerFast"
-    elif kind == "llama":
-        with open(os.path.join(out, "tokenizer.model"), "wb") as f:
-            f.write(_sentencepiece_model(gf, tokens, types))
-        tokenizer_class = "LlamaTokenizer"
-    else:
+    if kind not in ("gpt2", "llama"):
         raise CheckpointError(
             f"{gf.path}: tokenizer.ggml.model {kind!r} is not supported; gguf-to-hf converts 'gpt2' "
             "(byte-level BPE) and 'llama' (SentencePiece) tokenizers"
         )
+    pre = gf.get("tokenizer.ggml.pre", "default")
+    if kind == "gpt2" and pre not in PRE_TOKENIZERS:
+        raise CheckpointError(
+            f"{gf.path}: tokenizer.ggml.pre {pre!r} is not supported; known: {sorted(PRE_TOKENIZERS)}"
+        )
+    return kind
+
+
+def write_tokenizer(gf: GGUFFile, out: str) -> None:
+    """tokenizer.json (gpt2) or tokenizer.model (llama), and tokenizer_config.json, into `out`."""
+    kind, tokens = check_tokenizer(gf), gf.get("tokenizer.ggml.tokens")
+    types = gf.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    if kind == "gpt2":
+        _bpe_tokenizer(gf, tokens, types).save(os.path.join(out, "tokenizer.json"))
+        tokenizer_class = "PreTrainedTokenizerFast"
+    else:
+        with open(os.path.join(out, "tokenizer.model"), "wb") as f:
+            f.write(_sentencepiece_model(gf, tokens, types))
+        tokenizer_class = "LlamaTokenizer"
     _write_config(gf, tokens, types, tokenizer_class, out)
 
 
@@ -86,6 +97,9 @@ def _write_config(gf: GGUFFile, tokens, types, tokenizer_class: str, out: str) -
         "model_max_length": gf.get(f"{gf.get('general.architecture')}.context_length", 2048),
         "tokenizer_class": tokenizer_class,
     }
+    if tokenizer_class == "LlamaTokenizer":  # transformers' own default is to prepend a space
+        config["add_prefix_space"] = bool(gf.get("tokenizer.ggml.add_space_prefix", True))
+        config["legacy"] = False
     template = gf.get("tokenizer.chat_template")
     if template is not None:
         config["chat_template"] = template
@@ -100,10 +114,6 @@ def _bpe_tokenizer(gf: GGUFFile, tokens: list[str], types: list[int]):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     pre = gf.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(
-            f"{gf.path}: tokenizer.ggml.pre {pre!r} is not supported; known: {sorted(PRE_TOKENIZERS)}"
-        )
     merges = [tuple(m.split(" ", 1)) for m in gf.get("tokenizer.ggml.merges") or []]
     vocab = {token: i for i, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
@@ -175,6 +185,7 @@ def _sentencepiece_model(gf: GGUFFile, tokens: list[str], types: list[int]) -> b
     spec.model_type = sp_pb2.TrainerSpec.BPE
     spec.vocab_size = len(tokens)
     spec.byte_fallback = BYTE in types
+    spec.allow_whitespace_only_pieces = True  # as Llama's and Mistral's: runs of spaces stay one piece
     for name, field in (("unk", "unk_id"), ("bos", "bos_id"), ("eos", "eos_id"), ("pad", "pad_id")):
         key = "tokenizer.ggml.padding_token_id" if name == "pad" else f"tokenizer.ggml.{name}_token_id"
         setattr(spec, field, gf.get(key, -1))

@@ -18,7 +18,7 @@ import numpy as np
 
 from grit_jax import storage
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig
+from grit_jax.model import ModelConfig, hf_config
 from grit_jax.weights.safetensors_io import LazyTensor, SafetensorsDir
 
 
@@ -154,8 +154,8 @@ def hf_names(entry: Entry, cfg: ModelConfig) -> Iterator[tuple[tuple[int, ...], 
             yield index, entry.hf.format(i=i, j=j)
 
 
-def read_hf_config(path: str, **changes) -> ModelConfig:
-    """The ModelConfig of a Hugging Face config.json, in a local directory or a gs:// one (storage.py)."""
+def _config_json(path: str) -> tuple[str, dict]:
+    """(file, dict) of the config.json of a Hugging Face directory (local or gs://) or of that file."""
     file = storage.join(path, "config.json") if storage.isdir(path) else os.fspath(path)
     if not storage.isfile(file):
         raise CheckpointError(f"{file}: no such file (a Hugging Face model directory has a config.json)")
@@ -165,7 +165,19 @@ def read_hf_config(path: str, **changes) -> ModelConfig:
         raise CheckpointError(f"{file}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
+    return file, data
+
+
+def read_hf_config(path: str, **changes) -> ModelConfig:
+    """The ModelConfig of a Hugging Face config.json, in a local directory or a gs:// one (storage.py)."""
+    file, data = _config_json(path)
     return ModelConfig.from_hf_dict(data, source=file, **changes)
+
+
+def ignored_config_keys(path: str) -> list[str]:
+    """The keys of a directory's config.json that grit_jax ignores: metadata that does not change the
+    computation (grit_jax.model.hf_config.IGNORED_KEYS), for the user to see once."""
+    return hf_config.ignored_keys(_config_json(path)[1])
 
 
 def check_hf_names(source: SafetensorsDir, cfg: ModelConfig) -> None:

@@ -4,6 +4,7 @@ the references are the original weights (where the type is lossless) and transfo
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,10 +15,19 @@ from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert
+from grit_jax.weights import open_weights
 from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.safetensors_io import SafetensorsDir
 from tests.conftest import built_once
-from tests.gguf_files import QUANT_TYPES, byte_level_vocab, smollm2_gguf, write_gguf
+from tests.gguf_files import (
+    QUANT_TYPES,
+    RANDOM_BLOCK_TYPES,
+    byte_level_vocab,
+    sentencepiece_vocab,
+    smollm2_gguf,
+    write_gguf,
+)
+from tests.grit_fixtures import TEXTS as SAMPLE_TEXTS
 from tests.hf_reference import jax_logits, make_torch_model
 
 VOCAB = len(byte_level_vocab()[0])
@@ -89,6 +99,45 @@ def test_every_quantised_type_matches_transformers_gguf_loader(tmp_path, kind, t
         assert np.abs(grit_logits(out, ids) - expected).max() < 1e-4
 
 
+def test_llama3_rope_scaling_is_recovered(tmp_path):
+    """llama.cpp keeps Llama 3.1's RoPE scaling only as a `rope_freqs` table: gguf-to-hf names it again
+    (rope_scaling llama3) and the converted model is the original one."""
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0}
+    rope |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    model = make_torch_model("llama", vocab_size=VOCAB, rope_parameters=rope, max_position_embeddings=131072)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    out = gguf_to_hf(write_gguf(tmp_path / "m.gguf", state, model.config), tmp_path / "hf")
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["rope_scaling"] == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        **{k: rope[k] for k in list(rope)[3:]},
+    }
+    ids = np.arange(2 * 24).reshape(2, 24) * 3 % VOCAB
+    expected = logits(model, ids)
+    assert np.abs(logits(transformers_dir(out), ids) - expected).max() < 1e-4
+    assert np.abs(grit_logits(out, ids) - expected).max() < 1e-4
+    # at these lengths the scaled (slow) frequencies hardly move the logits: compare the frequencies
+    original = model.model.rotary_emb.inv_freq.numpy()
+    assert np.allclose(transformers_dir(out).model.rotary_emb.inv_freq.numpy(), original, rtol=1e-6)
+    json.dump(dict(config, rope_scaling=None), open(os.path.join(out, "config.json"), "w"))
+    assert not np.allclose(transformers_dir(out).model.rotary_emb.inv_freq.numpy(), original, rtol=1e-3)
+
+
+def test_k_quants_match_transformers_gguf_loader(tmp_path):
+    """Types the gguf package reads but cannot write (Q2_K..Q6_K, IQ4_NL, IQ4_XS, as in Q4_K_M files):
+    random blocks with finite scales, converted, give the model transformers' GGUF loader builds."""
+    model = make_torch_model("llama", vocab_size=VOCAB, hidden_size=256, intermediate_size=512)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    kinds = list(RANDOM_BLOCK_TYPES)
+    path = write_gguf(tmp_path / "k.gguf", state, model.config, "llama", lambda _, i: kinds[i % len(kinds)])
+    out = gguf_to_hf(path, tmp_path / "hf")
+    ids = np.arange(2 * 40).reshape(2, 40) * 5 % VOCAB
+    expected = logits(transformers_gguf(path), ids)
+    assert np.isfinite(expected).all() and np.abs(expected).max() > 1.0
+    assert np.abs(logits(transformers_dir(out), ids) - expected).max() < 1e-4
+
+
 def test_written_tokenizer_matches_transformers(tmp_path):
     model, state = tiny("llama", True)
     path = write_gguf(tmp_path / "m.gguf", state, model.config)
@@ -103,13 +152,60 @@ def test_written_tokenizer_matches_transformers(tmp_path):
     assert (grit.bos_id, grit.eos_id) == (1, 2)
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
+def test_sentencepiece_tokenizer_is_rebuilt_exactly(tmp_path, tokenizer_model):
+    """A `llama` (SentencePiece) vocabulary becomes a tokenizer.model that encodes as the original does:
+    through sentencepiece, grit_jax's Tokenizer and transformers (which adds the BOS the file asks for)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    vocab = len(sentencepiece_vocab(tokenizer_model)[0])
+    model = make_torch_model("llama", vocab_size=vocab)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    path = write_gguf(tmp_path / "m.gguf", state, model.config, sentencepiece=tokenizer_model)
+    out = gguf_to_hf(path, tmp_path / "hf")
+    original = spm.SentencePieceProcessor(model_file=tokenizer_model)
+    rebuilt = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    grit, hf = Tokenizer(out), AutoTokenizer.from_pretrained(out)
+    for text in (
+        *SAMPLE_TEXTS,
+        "<|user|>\nhi  there   123 45\n<|embed|>\n",
+        "  lead",
+        "déjà vu 東京",
+        "a\tb",
+    ):
+        ids = original.encode(text)
+        assert rebuilt.encode(text) == grit.encode(text) == ids == hf(text)["input_ids"][1:], text
+    assert (grit.bos_id, grit.eos_id, hf.bos_token_id) == (1, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "arch, changes, message",
+    [
+        ("falcon", {}, r"general.architecture 'falcon' is not supported"),
+        ("llama", {"tokenizer": "bert"}, r"tokenizer.ggml.model 'bert' is not supported"),
+        ("llama", {"extra": {"llama.rope.scaling.type": "linear"}}, r"rope.scaling.type 'linear'"),
+        ("llama", {"extra": {"llama.attention.sliding_window": 4096}}, r"'llama.attention.sliding_window'"),
+        ("llama", {"extra": {"tokenizer.ggml.pre": "jais"}}, r"tokenizer.ggml.pre 'jais' is not supported"),
+        ("llama", {"extra": {"llama.expert_count": 8}}, r"'llama.expert_count': mixture-of-experts GGUFs"),
+        ("llama", {"rope_freqs": np.linspace(1, 3, 8)}, r"'rope_freqs.weight' scales the RoPE frequencies"),
+    ],
+)
+def test_what_cannot_be_converted_is_refused_by_name(tmp_path, arch, changes, message):
     model, state = tiny("llama", False)
+    path = write_gguf(tmp_path / "m.gguf", state, model.config, arch=arch, **changes)
+    with pytest.raises(CheckpointError, match=f"m.gguf: .*{message}"):
+        gguf_to_hf(path, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    model, state = tiny("llama", False)
+    assert grit_convert.run(["gguf-to-hf", "--gguf", "/etc/passwd", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "grit-convert: error: /etc/passwd: not a GGUF file (it starts with b'root', not b'GGUF')"
+    ]
     with pytest.raises(CheckpointError, match=r"passwd: not a GGUF file"):
         gguf_to_hf("/etc/passwd", tmp_path / "a")
-    path = write_gguf(tmp_path / "falcon.gguf", state, model.config, arch="falcon")
-    with pytest.raises(CheckpointError, match=r"falcon.gguf: general.architecture 'falcon' is not supported"):
-        gguf_to_hf(path, tmp_path / "b")
     path = write_gguf(tmp_path / "q2k.gguf", state, model.config)
     os.makedirs(tmp_path / "full")
     open(tmp_path / "full" / "x", "w").close()
@@ -119,6 +215,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "full")]) == 2
     assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "c")]) == 0
     assert SafetensorsDir(str(tmp_path / "c")).names() == set(state)
+    open(tmp_path / "c" / "tokenizer.model", "w").close()  # an earlier export's: it would shadow the new one
+    assert grit_convert.run(["gguf-to-hf", "--gguf", path, "--out", str(tmp_path / "c"), "--overwrite"]) == 0
+    written = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json"]
+    assert sorted(os.listdir(tmp_path / "c")) == [*written, "tokenizer.json", "tokenizer_config.json"]
 
 
 # ---- the real file: SmolLM2-135M-Instruct, Q8_0 embeddings and Q4_1 matrices ----
@@ -153,12 +253,6 @@ def smollm2_reference(tmp_path_factory):
     return built_once(tmp_path_factory, "smollm2_gguf_reference", _reference)
 
 
-@pytest.fixture(scope="session")
-def smollm2_hf(tmp_path_factory):
-    """The real file converted once per session."""
-    return built_once(tmp_path_factory, "smollm2_hf", lambda d: gguf_to_hf(smollm2_gguf(), d))
-
-
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2_hf, smollm2_reference):
     """transformers on the converted directory gives the GGUF loader's logits (they agree to the last bit
     here); grit_jax on it agrees to float32 rounding over 30 layers (XLA sums in another order: ~1e-4 on
@@ -171,6 +265,17 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2_hf, smollm2_refer
     chat = grit_logits(smollm2_hf, [reference["ids"][4]])[0]
     assert np.abs(chat - expected["logits4"]).max() < 5e-4
     assert np.array_equal(chat.argmax(-1), expected["logits4"].argmax(-1))
+
+
+def test_smollm2_config_is_the_hubs(smollm2_hf, tmp_path):
+    """The config read from the GGUF is the model the hub's own config.json describes (that file, with its
+    metadata keys, beside the converted weights loads the same ModelConfig)."""
+    hub = os.path.join(
+        os.path.dirname(__file__), "..", "fixtures", "hub_configs", "SmolLM2-135M-Instruct.json"
+    )
+    shutil.copyfile(hub, tmp_path / "config.json")
+    os.symlink(os.path.join(smollm2_hf, "model.safetensors"), tmp_path / "model.safetensors")
+    assert open_weights(str(tmp_path), kind="hf").config == open_weights(smollm2_hf, kind="hf").config
 
 
 def test_smollm2_config_and_tokenizer(smollm2_hf, smollm2_reference):

@@ -1,6 +1,8 @@
 """A run says what it is: one block at its start; a recipe naming a base model refuses to start without
 weights unless model.random_init says so; the ETA leaves compiling steps out."""
 
+import os
+import shutil
 import sys
 
 import jax
@@ -10,7 +12,7 @@ from configs import gritlm, tiny
 from grit_jax import sharding
 from grit_jax.errors import UsageError
 from grit_jax.programs import grit_train
-from grit_jax.train.run_summary import StepTimes, batch_tokens, check_weights, summary
+from grit_jax.train.run_summary import StepTimes, batch_tokens, check_weights, ignored_lines, summary
 from grit_jax.train.state import TrainSetup
 
 REFUSED = (
@@ -76,6 +78,25 @@ def test_summary_block():
     assert "weights:       resumed from checkpoint step 10 in /w/checkpoints" in resumed
     config.objective.mode = "embedding"
     assert batch_tokens(config) == (["embedding 8 queries x 32 + 16 passages x 64"], 8 * (32 + 2 * 64))
+
+
+def test_hub_config_metadata_is_listed_once(tmp_path):
+    """A config.json as the hub publishes it (SmolLM2's nanotron and transformers.js keys) is read, and
+    the keys read as metadata are named in the run block."""
+    from grit_jax.weights.orbax_checkpoint import model_config
+
+    hub = os.path.join(
+        os.path.dirname(__file__), "..", "fixtures", "hub_configs", "SmolLM2-135M-Instruct.json"
+    )
+    shutil.copyfile(hub, tmp_path / "config.json")
+    config = tiny.get_config()
+    config.model.hf_dir = str(tmp_path)
+    assert (model_config(config).hidden_size, model_config(config).num_hidden_layers) == (576, 30)
+    assert ignored_lines(config, None) == [
+        "config.json:   ignored (no effect on the model): initializer_range, is_llama_config, "
+        "pretraining_tp, torch_dtype, transformers.js_config, transformers_version, use_cache"
+    ]
+    assert ignored_lines(config, 10) == []  # resumed: the weights come from the checkpoint
 
 
 def test_step_times_leave_compilation_out():
