@@ -4,7 +4,8 @@ untrained model's on the same queries, one held-out query with its top 3 passage
 The trained and untrained figures are the run's own held-out evaluations (metrics.jsonl: the first and the
 last); BM25 (the `rank-bm25` package, in the `eval` extra) ranks the same passages for the same queries,
 with the tokenizer's pieces as terms and each text's instruction left out. The example loads the final
-checkpoint as a GritLM.
+checkpoint as a GritLM, or takes the trained model from the run (a LoRA run: its checkpoints hold the
+adapters only, so its work dir is not a model to load). On several hosts of a LoRA run it is left out.
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ def _first_and_last_eval(workdir: str) -> tuple[float | None, float | None]:
     return (evals[0], evals[-1]) if evals else (None, None)
 
 
-def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
-    """One held-out query, its top 3 of the held-out passages by the trained model, and an answer."""
+def example(workdir: str, data_dir: str, max_new_tokens: int = 48, model=None) -> list[str]:
+    """One held-out query, its top 3 of the held-out passages by the trained model (`model`, a GritLM,
+    else the work dir's final checkpoint), and an answer."""
     from grit_jax.inference.gritlm import GritLM
 
     with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     passages = [p for r in records for p in r["pos"] + r["neg"]]
     passages = list(dict.fromkeys(passages))  # hard negatives repeat other records' positives
-    model = GritLM.from_pretrained(workdir)
+    model = model or GritLM.from_pretrained(workdir)
     instruction, query = records[0]["query"]
     q = model.encode(query, instruction=gritlm_format(instruction), max_length=128)
     d = model.encode(passages, instruction=gritlm_format(""), max_length=128, batch_size=64)
@@ -70,7 +72,22 @@ def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
     return lines
 
 
-def demo_report(workdir: str, data_dir: str, retrieval: dict | None) -> str:
+def trained_model(graphdef, params, tokenizer, objective):
+    """A GritLM of a run's model in memory (base and adapters), embedding as the run's objective says;
+    None on several hosts (its arrays span them all)."""
+    import jax
+    from flax import nnx
+
+    from grit_jax.inference.gritlm import GritLM
+
+    if jax.process_count() > 1:
+        return None
+    model = nnx.merge(graphdef, params)
+    return GritLM(model, tokenizer, "unified", objective.pooling, objective.attn, objective.normalize)
+
+
+def demo_report(workdir: str, data_dir: str, retrieval: dict | None, model=None, lora=False) -> str:
+    """The report's lines; `model`: the trained GritLM when the work dir holds no whole model (LoRA)."""
     untrained, trained = _first_and_last_eval(workdir)
     bm25 = bm25_mrr(retrieval) if retrieval is not None else None
 
@@ -83,4 +100,6 @@ def demo_report(workdir: str, data_dir: str, retrieval: dict | None) -> str:
         f"held-out MRR@10 on {n} queries (Python {python}'s docstrings): trained {show(trained)}, "
         f"untrained {show(untrained)}, BM25 {show(bm25)}"
     ]
-    return "\n".join(lines + example(workdir, data_dir))
+    if lora and model is None:  # several hosts: the model in memory is spread over them
+        return "\n".join(lines + ["example: not shown for a LoRA run on several hosts"])
+    return "\n".join(lines + example(workdir, data_dir, model=model))

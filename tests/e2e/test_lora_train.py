@@ -108,7 +108,7 @@ def test_checkpoints_hold_the_adapters_and_record_the_base(reference):
     assert metrics[STEPS]["loss"] < metrics[1]["loss"]
     leaves = checkpoint_leaves(resolve_checkpoint(reference))
     assert leaves and {name.split(".")[-1] for name in leaves} == {"lora_a", "lora_b"}
-    with open(os.path.join(reference, "lora_base.json")) as f:
+    with open(os.path.join(reference, "base.json")) as f:
         record = json.load(f)
     assert record["base"].startswith("preset tiny") and len(record["fingerprint"]) == 16
 
@@ -135,7 +135,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, reference, data_dir, cache):
 def test_resuming_onto_another_base_is_refused(tmp_path, reference, data_dir, cache):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
-    result = _train(workdir, data_dir, cache, "--config.seed=1", f"--config.num_steps={STEPS + 4}")
+    accepted = "--config.resume_changes=seed,num_steps"  # the config accepts them: the base does not
+    result = _train(workdir, data_dir, cache, "--config.seed=1", f"--config.num_steps={STEPS + 4}", accepted)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("grit-train: error: ") and "adapters were trained on preset tiny" in last, last
@@ -154,7 +155,7 @@ def test_two_hosts_log_what_one_host_logs(tmp_path, reference, data_dir, cache):
     for step in one:
         np.testing.assert_allclose(two[step]["loss"], one[step]["loss"], rtol=1e-5, err_msg=str(step))
     with (
-        open(os.path.join(workdir, "lora_base.json")) as a,
-        open(os.path.join(reference, "lora_base.json")) as b,
+        open(os.path.join(workdir, "base.json")) as a,
+        open(os.path.join(reference, "base.json")) as b,
     ):
         assert json.load(a) == json.load(b)
