@@ -5,6 +5,7 @@ streamed one tensor at a time as `orbax-to-hf` streams (grit_jax/programs/grit_c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -14,12 +15,15 @@ from grit_jax import storage
 from grit_jax.errors import CheckpointError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import peft_adapter
+from grit_jax.weights.model_card import write_merged_card
 from grit_jax.weights.orbax_checkpoint import CheckpointSource, checkpoint_leaves, resolve_checkpoint
+from grit_jax.weights.pretrained import DEFAULT_GRIT_CONFIG, GRIT_CONFIG
 from grit_jax.weights.reader import HFParams, iter_tensors
 from grit_jax.weights.safetensors_io import ShardWriter
 from grit_jax.weights.tensorstore_io import leaf_opener
 
 WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
+CARD = "README.md"  # the base's card describes the base: the merged model gets its own
 
 
 def checkpoint_adapters(ckpt: str, step: int | None = None) -> tuple[CheckpointSource, dict]:
@@ -72,6 +76,12 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
     writer.close()
     local = storage.local_copy(base, "base")
     for name in sorted(os.listdir(local)):
-        if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES):
+        if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES + (CARD,)):
             shutil.copyfile(os.path.join(local, name), os.path.join(out, name))
+    settings = dict(DEFAULT_GRIT_CONFIG)  # the base's grit_config.json (copied) says how it embeds
+    if os.path.isfile(os.path.join(out, GRIT_CONFIG)):
+        with open(os.path.join(out, GRIT_CONFIG), encoding="utf-8") as f:
+            settings.update(json.load(f))
+    adapter_config = json.loads(storage.read_text(storage.join(adapter, peft_adapter.ADAPTER_CONFIG)))
+    write_merged_card(out, settings, base, adapter, adapter_config)
     return out
