@@ -130,6 +130,13 @@ def differences(workdir: str, config_json: str, model_config) -> list[tuple]:
     return found
 
 
+def resume_changes(config) -> set[str]:
+    """The field names of `resume_changes`: `--config.resume_changes=a,b` arrives as ("a,b",)."""
+    given = config.get("resume_changes", ())
+    items = [given] if isinstance(given, str) else list(given)
+    return {name.strip() for item in items for name in str(item).split(",") if name.strip()}
+
+
 def check_resume(setup, workdir: str, resuming: bool, config_json: str) -> list[tuple]:
     """The accepted differences of a resume (free fields, or listed in resume_changes; none for a fresh
     start); UsageError naming every other one, before anything in the work dir is changed."""
@@ -137,7 +144,7 @@ def check_resume(setup, workdir: str, resuming: bool, config_json: str) -> list[
         return []
     config = setup.config
     found = differences(workdir, config_json, setup.model_config)
-    allowed = set(config.get("resume_changes", ()))
+    allowed = resume_changes(config)
     base = sorted(allowed & set(BASE_FIELDS))
 
     def why(name):

@@ -89,9 +89,10 @@ def test_a_resume_that_changes_the_run_is_refused_by_name_unless_accepted(
     )
     assert open(f"{run}/config.json").read() == config  # not rewritten
     capsys.readouterr()
-    # the learning rate accepted by name, and a field that does not change the run: both logged
+    # the learning rate accepted by name (as --config.resume_changes=seed,optimizer.learning_rate arrives),
+    # and a field that does not change the run: both logged
     accepted = dict(
-        optimizer__learning_rate=0.5, resume_changes=("optimizer.learning_rate",), log__every_steps=3
+        optimizer__learning_rate=0.5, resume_changes=("seed,optimizer.learning_rate",), log__every_steps=3
     )
     _train(run, data_dir, compile_cache, **accepted)
     out = capsys.readouterr().out
