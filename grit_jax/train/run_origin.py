@@ -90,9 +90,12 @@ def _write_origin(workdir: str, model_config, tokenizer_path: str) -> None:
     main = os.path.basename(tokenizer_path)
     folder = os.path.dirname(tokenizer_path)
     for name in dict.fromkeys((main, *TOKENIZER_FILES)):
+        kept = storage.as_path(storage.join(origin, name))
         if name == main or os.path.isfile(os.path.join(folder, name)):
             with open(os.path.join(folder, name), "rb") as f:
-                storage.as_path(storage.join(origin, name)).write_bytes(f.read())
+                kept.write_bytes(f.read())
+        elif kept.exists():  # an earlier start's file: never read beside this run's tokenizer
+            kept.unlink()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

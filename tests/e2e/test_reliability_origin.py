@@ -2,8 +2,8 @@
 model config and tokenizer the run recorded, not the base dir's or the data dir's files as they are later;
 a resume that changes the run is refused by name unless resume_changes accepts it (then it is logged); a
 work dir inside a dir the run reads is refused; with every checkpoint damaged a run does not start over
-by itself. Each case starts from a copy of the session's reference run (tests/train_runs.py), in process:
-no step runs."""
+by itself (asked to, it does). Each case starts from a copy of the session's reference run
+(tests/train_runs.py), in process; only the start-over runs steps (2)."""
 
 import json
 import os
@@ -140,3 +140,7 @@ def test_with_every_checkpoint_damaged_a_run_does_not_start_over_by_itself(run, 
         assert message.endswith("pass --config.checkpoint.restart_when_damaged=True to start over")
         assert all(f"{s}.damaged" in message for s in steps)
     assert open(f"{run}/metrics.jsonl").read() == metrics
+    # asked to, it starts over (2 steps here); the damaged steps stay set aside
+    _train(run, data_dir, compile_cache, num_steps=2, checkpoint__restart_when_damaged=True)
+    assert [json.loads(line)["step"] for line in open(f"{run}/metrics.jsonl")] == [1, 2]
+    assert sorted(os.listdir(f"{run}/checkpoints")) == sorted(["2", *(f"{s}.damaged" for s in steps)])
