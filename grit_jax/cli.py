@@ -68,12 +68,14 @@ def flags_parser(program: str, doc: str = "", own_flags: tuple[str, ...] = ("con
             sys.exit(0)
         try:
             return flags.FLAGS(argv)
-        except flags.Error as e:  # an unknown flag, a value of the wrong type
-            _exit(program, UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__))
+        except flags.Error as e:  # an unknown flag, a value of the wrong type, a config file that raised
+            _exit(program, UsageError(_flag_error(e)))
         except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no field a.b
             _exit(program, UsageError(_unknown_field(e, argv)))
         except OSError as e:  # the config file is missing or failed to import (overrides need it loaded)
             _exit(program, UsageError(_config_load_error(e)))
+        except Exception as e:  # the config file's own code raised (ml_collections wraps ValueError only)
+            _exit(program, UsageError(f"--config: {type(e).__name__}: {one_line(e)}"))
 
     return parse
 
@@ -87,6 +89,21 @@ def run_absl(main, argv, parser) -> None:
         app.run(main, argv=sys.argv, flags_parser=parser)
     finally:
         sys.argv = saved
+
+
+def _flag_error(e: Exception) -> str:
+    """absl's first line, and where a config file's get_config raised (its traceback is in the message,
+    the first line says only "Error whilst parsing config file:") the exception's own line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and "Traceback (most recent call last):" in lines:
+        reason = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1])
+        flag = re.match(r"flag (--[\w.]+)=(\S*):", lines[0])
+        if flag is None or flag.group(2) in reason:  # the reason names the file already
+            return f"{flag.group(1) if flag else '--config'}: {reason}"
+        return f"{flag.group(1)}={flag.group(2)}: {reason}"
+    return lines[0]
 
 
 def _unknown_field(e: Exception, argv) -> str:

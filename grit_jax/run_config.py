@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # XLA's persistent compilation cache: a restart of the same config compiles nothing. "" = the
     # JAX_COMPILATION_CACHE_DIR of the environment if set, else WORKDIR/compile_cache.
     "compile_cache_dir": "",
+    # Fields a resume may change although they change the run (e.g. "optimizer.learning_rate"); any other
+    # such difference from the run's config.json is refused by name (grit_jax/train/run_origin.py).
+    "resume_changes": (),
     "model": {
         "preset": "tiny",  # a ModelConfig preset, unless hf_dir or init_checkpoint is set
         "hf_dir": "",  # a Hugging Face directory: its config.json and weights
@@ -101,7 +104,8 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,  # 0: no clipping
     },
     "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1},  # one size may be -1: the other devices
-    "checkpoint": {"every_steps": 500, "keep": 3, "async_save": True},
+    # restart_when_damaged: start over from step 0 when every kept checkpoint is damaged (else refused)
+    "checkpoint": {"every_steps": 500, "keep": 3, "async_save": True, "restart_when_damaged": False},
     "log": {
         "every_steps": 10,
         "eval_every_steps": 0,  # held-out retrieval and generative loss; 0 = never

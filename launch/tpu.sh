@@ -98,6 +98,17 @@ accelerator() {
     v6e) ACCEL=v6e-$size DEFAULT_VERSION=v2-alpha-tpuv6e ;;
     *) die "unknown --type '$1': use v4-N, v5e-N (or v5litepod-N), v5p-N or v6e-N, e.g. v5e-64" ;;
   esac
+  # Only the slice sizes Cloud TPU offers (its v4, v5e, v5p and v6e pages): v5e and v6e count chips, in
+  # fixed shapes; v4 and v5p count TensorCores (2 a chip), whole hosts of 4 chips up to a full pod.
+  case ${ACCEL%-*} in
+    v5litepod | v6e)
+      [[ " 1 4 8 16 32 64 128 256 " == *" $size "* ]] ||
+        die "no such slice --type '$1': ${1%-*} slices have 1, 4, 8, 16, 32, 64, 128 or 256 chips" ;;
+    v4 | v5p)
+      local most=$([[ ${ACCEL%-*} == v4 ]] && echo 8192 || echo 17920)
+      ((size % 8 == 0 && size <= most)) ||
+        die "no such slice --type '$1': ${1%-*}-N counts TensorCores, a multiple of 8 (whole hosts) up to $most" ;;
+  esac
 }
 
 # ---- arguments ------------------------------------------------------------------------------------

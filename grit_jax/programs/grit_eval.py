@@ -118,6 +118,10 @@ def _run(args):
 
 
 def _mteb(args):
+    try:
+        import mteb  # noqa: F401 (the `eval` extra; not installed by a plain `pip install grit_jax`)
+    except ImportError:
+        raise UsageError("grit-eval mteb needs mteb: pip install 'grit_jax[eval]'") from None
     from grit_jax.retrieval import mteb_run
 
     tasks = mteb_run.resolve_tasks(args.tasks, args.benchmark)  # a misspelled task fails before loading

@@ -29,9 +29,9 @@ from grit_jax import cli, distributed, hardware, program_help, sharding, storage
 from grit_jax.data.pipeline import load_tokenizer, make_train_iterator
 from grit_jax.errors import CheckpointError, RunStopped, UsageError
 from grit_jax.model.batch import field_shapes
-from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report
+from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report, trained_model
 from grit_jax.run_config import check_numbers, num_batch_shapes, profile_steps
-from grit_jax.train import lora_base
+from grit_jax.train import lora_base, run_origin
 from grit_jax.train.compile_cache import CompileCache
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
@@ -92,9 +92,10 @@ def initial_state(setup: TrainSetup, ckpt: Checkpoints, data, main: bool):
             print(line, flush=True)
     workdir = os.fspath(storage.as_path(ckpt.directory).parent)
     if start is None:
+        run_origin.refuse_restart(setup.config, ckpt.directory)  # every kept checkpoint damaged
         state = setup.create_state(initial_params(setup.config, setup.model_config, setup.base_shardings))
+        lora_base.record(setup, workdir, state.frozen if setup.lora else state.params)
         if setup.lora:
-            lora_base.record(setup, workdir, state.frozen)
             state = lora_base.start_adapters(setup, state)
         return state, 0
     try:
@@ -164,6 +165,7 @@ class Loop:
                 self._log(step, state, metrics)
             if self._save(step, state, metrics):
                 break
+        self.state = state  # the trained model (a LoRA run's final report uses it: its work dir has no base)
         return self.last
 
     def _profile(self, step: int, starting: bool):
@@ -258,6 +260,8 @@ def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     preempted = Preempted()
     check_numbers(config)  # before the work dir is created or locked (TrainSetup checks the rest)
+    if workdir:
+        run_origin.check_not_inside_inputs(config, workdir)  # before anything is written there
     check_workdir(workdir)
     check_weights(config)
     lock = lock_workdir(workdir)  # before anything in the work dir is read or written
@@ -297,13 +301,17 @@ def _train(config, workdir, preempted: Preempted) -> dict:
         manifest = json.loads(storage.read_text(storage.join(config.data.data_dir, "manifest.json")))
         resume = ckpt.latest_step()
         print(summary(config, setup, manifest, resume, ckpt.directory, compile_cache.directory), flush=True)
+    resuming = ckpt.latest_step() is not None
+    changes = run_origin.check_resume(setup, workdir, resuming, config_json)
     state, start = initial_state(setup, ckpt, data, main)
     if main:  # only once the checkpoint matched: a refused resume leaves the run's own config.json
+        run_origin.record(setup, workdir, start, changes, tokenizer.model_path)
         storage.write_text(storage.join(workdir, "config.json"), config_json)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
+    loop = Loop(setup, data, ckpt, evaluator, log, preempted)
     try:
-        last = Loop(setup, data, ckpt, evaluator, log, preempted).run(state, start)
+        last = loop.run(state, start)
     finally:
         ckpt.close()
         log.close()
@@ -318,8 +326,14 @@ def _train(config, workdir, preempted: Preempted) -> dict:
             flush=True,
         )
         if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):
+            trained = (setup.graphdef, loop.state.model_params, tokenizer, config.objective)
+            model = trained_model(*trained) if setup.lora else None  # its work dir holds no base
             base_dir = config.model.hf_dir  # a pretrained start: its answers before GRIT too
-            print(demo_report(workdir, config.data.data_dir, evaluator.retrieval, base_dir), flush=True)
+            retrieval = evaluator.retrieval
+            report = demo_report(
+                workdir, config.data.data_dir, retrieval, model=model, lora=setup.lora, base_dir=base_dir
+            )
+            print(report, flush=True)
     return last
 
 

@@ -4,9 +4,11 @@ untrained model's on the same queries, one held-out query with its top 3 passage
 The trained and untrained figures are the run's own held-out evaluations (metrics.jsonl: the first and the
 last); BM25 (the `rank-bm25` package, in the `eval` extra) ranks the same passages for the same queries,
 with the tokenizer's pieces as terms and each text's instruction left out. The example loads the final
-checkpoint as a GritLM. A run that started from a pretrained model (configs/smollm2.py) says "before GRIT"
-for the untrained figure, adds the held-out generative loss before and after, and answers three held-out
-questions with the pretrained model and with the trained one instead of ranking passages.
+checkpoint as a GritLM, or takes the trained model from the run (a LoRA run: its checkpoints hold the
+adapters only, so its work dir is not a model to load). On several hosts of a LoRA run it is left out. A
+run that started from a pretrained model (configs/smollm2.py) says "before GRIT" for the untrained figure,
+adds the held-out generative loss before and after, and answers three held-out questions with the
+pretrained model and with the trained one instead of ranking passages.
 """
 
 from __future__ import annotations
@@ -46,15 +48,16 @@ def _first_and_last_eval(workdir: str, key="eval_mrr@10") -> tuple[float | None,
     return (evals[0], evals[-1]) if evals else (None, None)
 
 
-def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
-    """One held-out query, its top 3 of the held-out passages by the trained model, and an answer."""
+def example(workdir: str, data_dir: str, max_new_tokens: int = 48, model=None) -> list[str]:
+    """One held-out query, its top 3 of the held-out passages by the trained model (`model`, a GritLM,
+    else the work dir's final checkpoint), and an answer."""
     from grit_jax.inference.gritlm import GritLM
 
     with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     passages = [p for r in records for p in r["pos"] + r["neg"]]
     passages = list(dict.fromkeys(passages))  # hard negatives repeat other records' positives
-    model = GritLM.from_pretrained(workdir)
+    model = model or GritLM.from_pretrained(workdir)
     instruction, query = records[0]["query"]
     q = model.encode(query, instruction=gritlm_format(instruction), max_length=128)
     d = model.encode(passages, instruction=gritlm_format(""), max_length=128, batch_size=64)
@@ -72,8 +75,9 @@ def example(workdir: str, data_dir: str, max_new_tokens: int = 48) -> list[str]:
     return lines
 
 
-def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, questions=3, max_new_tokens=48):
-    """`questions` held-out functions asked about, answered by the base model and by the trained one."""
+def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, *, model=None, questions=3):
+    """`questions` held-out functions asked about, answered by the base model and by the trained one
+    (`model`, or the work dir's)."""
     from grit_jax.inference.gritlm import GritLM
 
     with open(os.path.join(data_dir, EXAMPLE_FILE), encoding="utf-8") as f:
@@ -82,20 +86,37 @@ def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, questio
     names = [json.loads(line)["query"][1].split("(")[0] for line in spread]
     lines = []
     for label, path in (("before", base_dir), ("after", workdir)):
-        model = GritLM.from_pretrained(path)
+        answering = model if label == "after" and model is not None else GritLM.from_pretrained(path)
         for name in names:
-            ids = model.generate([{"role": "user", "content": f"What does `{name}` do?"}], max_new_tokens)
-            answer = " ".join(model.tokenizer.decode(ids).split())[:200]
+            ids = answering.generate([{"role": "user", "content": f"What does `{name}` do?"}], 48)
+            answer = " ".join(answering.tokenizer.decode(ids).split())[:200]
             lines.append(f"{label:>6}: What does `{name}` do? -> {answer!r}")
     return sorted(lines, key=lambda line: names.index(line.split("`")[1]))  # each question's pair together
+
+
+def trained_model(graphdef, params, tokenizer, objective):
+    """A GritLM of a run's model in memory (base and adapters), embedding as the run's objective says;
+    None on several hosts (its arrays span them all)."""
+    import jax
+    from flax import nnx
+
+    from grit_jax.inference.gritlm import GritLM
+
+    if jax.process_count() > 1:
+        return None
+    model = nnx.merge(graphdef, params)
+    return GritLM(model, tokenizer, "unified", objective.pooling, objective.attn, objective.normalize)
 
 
 def _show(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def demo_report(workdir: str, data_dir: str, retrieval: dict | None, base_dir: str = "") -> str:
-    """base_dir: the pretrained model the run started from ("" for a run from random weights)."""
+def demo_report(
+    workdir: str, data_dir: str, retrieval: dict | None, *, model=None, lora=False, base_dir=""
+) -> str:
+    """The report's lines; `model`: the trained GritLM when the work dir holds no whole model (LoRA);
+    base_dir: the pretrained model the run started from ("" for a run from random weights)."""
     untrained, trained = _first_and_last_eval(workdir)
     bm25 = bm25_mrr(retrieval) if retrieval is not None else None
     n = 0 if retrieval is None else len(retrieval["query_tokens"])
@@ -105,10 +126,12 @@ def demo_report(workdir: str, data_dir: str, retrieval: dict | None, base_dir: s
         f"held-out MRR@10 on {n} queries (Python {python}'s docstrings): trained {_show(trained)}, "
         f"{start} {_show(untrained)}, BM25 {_show(bm25)}"
     ]
+    if lora and model is None:  # several hosts: the model in memory is spread over them
+        return "\n".join(lines + ["example: not shown for a LoRA run on several hosts"])
     if not base_dir:
-        return "\n".join(lines + example(workdir, data_dir))
+        return "\n".join(lines + example(workdir, data_dir, model=model))
     before, after = _first_and_last_eval(workdir, "eval_loss_gen")
     lines.append(
         f"held-out generative loss (nats per token): before GRIT {_show(before)}, trained {_show(after)}"
     )
-    return "\n".join(lines + answers_before_and_after(workdir, data_dir, base_dir))
+    return "\n".join(lines + answers_before_and_after(workdir, data_dir, base_dir, model=model))

@@ -1,7 +1,7 @@
-"""What a LoRA run starts from (model.lora.init_adapter: a PEFT dir) and the base its adapters belong to:
-recorded in WORKDIR/lora_base.json when the run starts, checked
-when it resumes (checkpoints hold adapters, optimizer state, step, RNG and data position, not the base:
-grit_jax/weights/orbax_checkpoint.py), so adapters are never resumed onto another base.
+"""What a LoRA run starts from (model.lora.init_adapter: a PEFT dir) and the base any run starts from:
+recorded in WORKDIR/base.json when a run starts (grit_jax/train/run_origin.py records the rest), checked
+when a LoRA run resumes (checkpoints hold adapters, optimizer state, step, RNG and data position, not the
+base: grit_jax/weights/orbax_checkpoint.py), so adapters are never resumed onto another base.
 
 The fingerprint (grit_jax.weights.fingerprint) hashes the first and last rows of every base tensor (exact
 values, read from the sharded arrays without gathering them), so it is the same on any mesh and any number
@@ -20,7 +20,8 @@ from grit_jax.errors import UsageError
 from grit_jax.weights import fingerprint as weights_fingerprint
 from grit_jax.weights import peft_adapter
 
-RECORD = "lora_base.json"
+RECORD = "base.json"
+LEGACY_RECORD = "lora_base.json"  # work dirs of LoRA runs started before base.json
 
 
 def base_path(config) -> str:
@@ -34,7 +35,7 @@ def fingerprint(setup, base: nnx.State) -> str:
 
 
 def record(setup, workdir: str, base: nnx.State) -> None:
-    """Writes which base this run trains adapters on (process 0)."""
+    """Writes which base this run starts from, and its fingerprint (process 0)."""
     text = json.dumps({"base": base_path(setup.config), "fingerprint": fingerprint(setup, base)}, indent=2)
     if jax.process_index() == 0:
         storage.write_text(storage.join(workdir, RECORD), text)
@@ -43,8 +44,10 @@ def record(setup, workdir: str, base: nnx.State) -> None:
 def check(setup, workdir: str, base: nnx.State) -> None:
     """Refuses, in one line, to resume adapters onto a base other than the one they were trained on."""
     path = storage.join(workdir, RECORD)
+    if not storage.isfile(path) and storage.isfile(storage.join(workdir, LEGACY_RECORD)):
+        path = storage.join(workdir, LEGACY_RECORD)
     if not storage.isfile(path):
-        raise UsageError(f"{path}: missing; a LoRA run's work dir records its base there when it starts")
+        raise UsageError(f"{path}: missing; a run's work dir records its base there when it starts")
     recorded, now = json.loads(storage.read_text(path)), fingerprint(setup, base)
     if recorded["fingerprint"] != now:
         raise UsageError(

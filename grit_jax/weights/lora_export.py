@@ -16,13 +16,16 @@ from grit_jax import storage
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.weights import hf_names as hf
 from grit_jax.weights import peft_adapter
+from grit_jax.weights.model_card import write_merged_card
 from grit_jax.weights.orbax_checkpoint import CheckpointSource, checkpoint_leaves, resolve_checkpoint
+from grit_jax.weights.pretrained import DEFAULT_GRIT_CONFIG, GRIT_CONFIG
 from grit_jax.weights.reader import HFParams, iter_tensors
 from grit_jax.weights.safetensors_io import ShardWriter
 from grit_jax.weights.tensorstore_io import leaf_opener
 
 MERGED = "grit_merged_adapters.json"  # the adapters merge-adapter merged into a dir: none is merged twice
 WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
+CARD = "README.md"  # the base's card describes the base: the merged model gets its own
 
 
 def checkpoint_adapters(ckpt: str, step: int | None = None) -> tuple[CheckpointSource, dict]:
@@ -81,10 +84,16 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
     writer.close()
     local = storage.local_copy(base, "base")
     for name in sorted(os.listdir(local)):
-        if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES):
+        if os.path.isfile(os.path.join(local, name)) and not name.endswith(WEIGHT_FILES + (CARD,)):
             shutil.copyfile(os.path.join(local, name), os.path.join(out, name))
     record = {"adapters": merged_before + [{"adapter": adapter, "sha256": digest}]}
     storage.write_text(os.path.join(out, MERGED), json.dumps(record, indent=1))
+    settings = dict(DEFAULT_GRIT_CONFIG)  # the base's grit_config.json (copied) says how it embeds
+    if os.path.isfile(os.path.join(out, GRIT_CONFIG)):
+        with open(os.path.join(out, GRIT_CONFIG), encoding="utf-8") as f:
+            settings.update(json.load(f))
+    adapter_config = json.loads(storage.read_text(storage.join(adapter, peft_adapter.ADAPTER_CONFIG)))
+    write_merged_card(out, settings, base, adapter, adapter_config)
     return out
 
 

@@ -106,11 +106,30 @@ def open_weights(
         cfg = config or hf.read_hf_config(path, **config_changes)
         return Weights(reader.HFParams(path, cfg), None)
     checkpoint = resolve_checkpoint(path, step)
+    if checkpoint.config.lora_rank:
+        raise CheckpointError(_lora_run_message(path, checkpoint))
     if config is not None:
         checkpoint.config = config
     elif config_changes:
         checkpoint.config = checkpoint.config.replace(**config_changes)
     return Weights(reader.CheckpointParams(checkpoint), checkpoint)
+
+
+def _lora_run_message(path: str, checkpoint: CheckpointSource) -> str:
+    """What to do with a LoRA run's checkpoint, whose steps hold its adapters and not the base."""
+    model = (checkpoint.training_config or {}).get("model") or {}
+    base = model.get("hf_dir") or model.get("init_checkpoint")
+    where = (
+        f"the base {base}"
+        if base
+        else f"its base (preset {model.get('preset')!r}, random init: no dir holds it)"
+    )
+    return (
+        f"{path}: a LoRA run's checkpoint holds its adapters only, not the base; export them with "
+        f"`grit-convert lora-to-peft --ckpt {path} --out ADAPTER_DIR`, then load {where} with the adapter: "
+        "grit-eval/grit-embed --model BASE --adapter ADAPTER_DIR, GritLM.from_pretrained(BASE, "
+        "adapter=ADAPTER_DIR), or `grit-convert merge-adapter` for one merged model"
+    )
 
 
 def from_hf(path: str, dtype: str | None = None, **config_changes) -> Transformer:

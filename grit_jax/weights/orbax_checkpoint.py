@@ -33,6 +33,7 @@ from grit_jax.weights import hf_names as hf
 
 STATE, DATA = "state", "data"
 MODEL_CONFIG = "model_config.json"
+RUN_ORIGIN = "origin"  # a work dir's record of what its run trains from (grit_jax/train/run_origin.py)
 PARAMS_ITEM = "params"
 
 
@@ -263,12 +264,17 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
     m, data = training.get("model") or {}, training.get("data") or {}
     if not any(m.get(k) for k in ("preset", "hf_dir", "init_checkpoint")):
         raise CheckpointError(f"{config_path}: model.preset, hf_dir and init_checkpoint are all empty")
-    cfg = model_config(ml_collections.ConfigDict(training))
     workdir = os.fspath(storage.as_path(config_path).parent)
+    origin = storage.join(workdir, RUN_ORIGIN)
     search = [workdir, data.get("data_dir") or storage.join(workdir, "data"), m.get("hf_dir")]
-    return CheckpointSource(
-        item, ("params",), cfg, [d for d in search if d], training, data.get("tokenizer") or None
-    )
+    search = [d for d in search if d]
+    if storage.isfile(storage.join(origin, MODEL_CONFIG)):  # what the run trained with, as it was then
+        cfg = _read_model_config(storage.join(origin, MODEL_CONFIG))
+        kept = [storage.join(origin, n) for n in ("tokenizer.model", "tokenizer.json")]
+        tokenizer = next((t for t in kept if storage.isfile(t)), None) or data.get("tokenizer") or None
+        return CheckpointSource(item, ("params",), cfg, [origin, *search], training, tokenizer)
+    cfg = model_config(ml_collections.ConfigDict(training))  # a work dir of a run from before origin/
+    return CheckpointSource(item, ("params",), cfg, search, training, data.get("tokenizer") or None)
 
 
 def _newest_intact(directory: str, steps: list[tuple[int, str]]) -> str:

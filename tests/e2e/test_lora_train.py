@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 TIMING = {"step_time", "tokens_per_second", "mfu"}
 STEPS, EVERY = 12, 4
 LORA = ("--config.model.lora.rank=4", "--config.model.lora.alpha=8", "--config.optimizer.learning_rate=1e-2")
+DEMO = "--config.data.demo_corpus=True"  # the demo's final report, as a LoRA run of configs/demo.py ends
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def _args(workdir, data_dir, *overrides):
         f"--config.num_steps={STEPS}",
         f"--config.checkpoint.every_steps={EVERY}",
         *LORA,
+        DEMO,
         *overrides,
     ]
 
@@ -95,9 +97,41 @@ def _wait_for(predicate, process, timeout=1200):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir, cache):
-    workdir = str(tmp_path_factory.mktemp("lora_reference"))
-    _ok(_train(workdir, data_dir, cache))
+    """The LoRA run's work dir; its stdout in stdout.txt beside it."""
+    root = tmp_path_factory.mktemp("lora_reference")
+    workdir = str(root / "run")
+    (root / "stdout.txt").write_text(_ok(_train(workdir, data_dir, cache)).stdout)
     return workdir
+
+
+def test_the_final_report_of_a_lora_run_shows_the_trained_model(reference):
+    """A LoRA run's work dir holds no base: the demo's report embeds and generates with the run's model."""
+    out = open(os.path.join(os.path.dirname(reference), "stdout.txt")).read()
+    report = out.split("final metrics: ")[1].splitlines()[1:]
+    assert report[0].startswith("held-out MRR@10 on "), out[-2000:]
+    assert report[1].startswith("example query: ") and report[2].startswith("  1. ")
+    assert report[-1].startswith("generated: What does ")
+
+
+def test_a_lora_work_dir_loaded_as_a_model_names_the_adapter_route(tmp_path, reference, capsys):
+    from grit_jax.errors import CheckpointError
+    from grit_jax.inference.gritlm import GritLM
+    from grit_jax.programs import grit_eval
+    from tests.grit_fixtures import write_beir
+
+    how = (
+        f"{reference}: a LoRA run's checkpoint holds its adapters only, not the base; export them with "
+        f"`grit-convert lora-to-peft --ckpt {reference} --out ADAPTER_DIR`, then load its base "
+        "(preset 'tiny', random init: no dir holds it) with the adapter: grit-eval/grit-embed --model BASE "
+        "--adapter ADAPTER_DIR, GritLM.from_pretrained(BASE, adapter=ADAPTER_DIR), or "
+        "`grit-convert merge-adapter` for one merged model"
+    )
+    with pytest.raises(CheckpointError) as e:
+        GritLM.from_pretrained(reference)
+    assert str(e.value) == how
+    write_beir(tmp_path / "beir")
+    assert grit_eval.run(["retrieval", "--model", reference, "--data", str(tmp_path / "beir")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"grit-eval: error: {how}"]
 
 
 def test_checkpoints_hold_the_adapters_and_record_the_base(reference):
@@ -108,7 +142,7 @@ def test_checkpoints_hold_the_adapters_and_record_the_base(reference):
     assert metrics[STEPS]["loss"] < metrics[1]["loss"]
     leaves = checkpoint_leaves(resolve_checkpoint(reference))
     assert leaves and {name.split(".")[-1] for name in leaves} == {"lora_a", "lora_b"}
-    with open(os.path.join(reference, "lora_base.json")) as f:
+    with open(os.path.join(reference, "base.json")) as f:
         record = json.load(f)
     assert record["base"].startswith("preset tiny") and len(record["fingerprint"]) == 16
 
@@ -135,7 +169,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, reference, data_dir, cache):
 def test_resuming_onto_another_base_is_refused(tmp_path, reference, data_dir, cache):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
-    result = _train(workdir, data_dir, cache, "--config.seed=1", f"--config.num_steps={STEPS + 4}")
+    accepted = "--config.resume_changes=seed,num_steps"  # the config accepts them: the base does not
+    result = _train(workdir, data_dir, cache, "--config.seed=1", f"--config.num_steps={STEPS + 4}", accepted)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("grit-train: error: ") and "adapters were trained on preset tiny" in last, last
@@ -154,7 +189,7 @@ def test_two_hosts_log_what_one_host_logs(tmp_path, reference, data_dir, cache):
     for step in one:
         np.testing.assert_allclose(two[step]["loss"], one[step]["loss"], rtol=1e-5, err_msg=str(step))
     with (
-        open(os.path.join(workdir, "lora_base.json")) as a,
-        open(os.path.join(reference, "lora_base.json")) as b,
+        open(os.path.join(workdir, "base.json")) as a,
+        open(os.path.join(reference, "base.json")) as b,
     ):
         assert json.load(a) == json.load(b)

@@ -88,7 +88,8 @@ def test_ctrl_c_saves_then_a_damaged_newest_checkpoint_is_skipped(tmp_path, data
     before = max(s for s in _saved(workdir) if s != saved)  # keep=3: the last ones
 
     os.remove(f"{workdir}/checkpoints/{saved}/state/manifest.ocdbt")
-    result = _run(cache, _command(workdir, data_dir, f"--config.num_steps={saved}"))
+    ended = (f"--config.num_steps={saved}", "--config.resume_changes=num_steps")  # the schedule changes
+    result = _run(cache, _command(workdir, data_dir, *ended))
     assert result.returncode == 0, result.stderr
     assert f"checkpoint step {saved} is damaged (state/manifest.ocdbt is missing)" in result.stdout
     assert f"resuming from checkpoint step {before} " in result.stdout
@@ -107,7 +108,8 @@ def test_ctrl_c_saves_then_a_damaged_newest_checkpoint_is_skipped(tmp_path, data
             "--config.objective.projection_dim=8",
         ),
     )
-    assert refused.returncode == 2 and "does not match this config" in refused.stderr
+    assert refused.returncode == 2 and "resuming would change the run (num_steps: " in refused.stderr
+    assert "--config.resume_changes=num_steps,objective.projection_dim,seed" in refused.stderr
     assert open(f"{workdir}/config.json").read() == config  # the work dir still describes its run
 
 

@@ -124,6 +124,22 @@ def test_unknown_type_is_one_line(gcloud, bad):
     assert state["calls"] == []
 
 
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("v5e-7", "v5e slices have 1, 4, 8, 16, 32, 64, 128 or 256 chips"),
+        ("v6e-512", "v6e slices have 1, 4, 8, 16, 32, 64, 128 or 256 chips"),
+        ("v4-12", "v4-N counts TensorCores, a multiple of 8 (whole hosts) up to 8192"),
+        ("v5p-20000", "v5p-N counts TensorCores, a multiple of 8 (whole hosts) up to 17920"),
+    ],
+)
+def test_a_slice_size_cloud_tpu_does_not_offer_is_one_line(gcloud, bad, why):
+    proc, state = gcloud("create", *WHERE, "--type", bad, "--dry-run")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"tpu.sh: error: no such slice --type '{bad}': {why}"]
+    assert state["calls"] == []
+
+
 def test_setup_provisions_python_and_run_uses_it(gcloud):
     proc, _ = gcloud("setup", *WHERE, "--python-version", "3.12", "--dry-run")
     assert proc.returncode == 0, proc.stderr

@@ -351,7 +351,8 @@ def test_resuming_with_another_model_ends_with_one_line(tmp_path, reference, dat
     workdir = str(tmp_path / "run")
     shutil.copytree(reference, workdir)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    result = run_train(workdir, data_dir, compile_cache, "--config.model.preset=tiny_moe", timeout=180)
+    other = ("--config.model.preset=tiny_moe", "--config.resume_changes=model.preset")  # past the config
+    result = run_train(workdir, data_dir, compile_cache, *other, timeout=180)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

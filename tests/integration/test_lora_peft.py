@@ -68,7 +68,13 @@ def test_peft_export_gives_our_logits(tmp_path, tokenizer_model, kind):
     setup, state = lora_run(hf_dir, str(tmp_path / "run"))
     adapter, merged = str(tmp_path / "adapter"), str(tmp_path / "merged")
     assert convert.run(["lora-to-peft", "--ckpt", str(tmp_path / "run"), "--out", adapter]) == 0
+    with open(os.path.join(hf_dir, "README.md"), "w") as f:
+        f.write("# The base's own card\n")
     assert convert.run(["merge-adapter", "--base", hf_dir, "--adapter", adapter, "--out", merged]) == 0
+    card = open(os.path.join(merged, "README.md")).read()  # the merged model's card, not the base's
+    assert "The base's own card" not in card and "merged in by `grit-convert merge-adapter`" in card
+    assert "- LoRA adapter: `.../adapter` (r=4, lora_alpha=8.0, target modules q_proj, k_proj" in card
+    assert str(tmp_path) not in card and "- base: `.../base`" in card
 
     tokens = np.random.default_rng(0).integers(3, 400, (2, 10)).astype(np.int32)
     model = nnx.merge(setup.graphdef, state.model_params)

@@ -49,14 +49,19 @@ def test_export_carries_a_model_card(tmp_path):
     assert "# GritLM-tiny" in card
     assert "bidirectional for embeddings, causal for generation (`attn='bbcc'`)" in card
     assert "- pooling: mean over the text's tokens" in card and "L2-normalised" in card
-    assert "a query: `<s><|user|>\n{instruction}\n<|embed|>\n` + text" in card
-    assert "a document: `<s><|embed|>\n` + text" in card
+    # formats in inline code that renders as one line (newlines escaped), no local absolute path
+    assert "a query: `<s><|user|>\\n{instruction}\\n<|embed|>\\n` + text" in card
+    assert "a document: `<s><|embed|>\\n` + text" in card
+    assert "the chat format `<s><|user|>\\n{user}\\n<|assistant|>\\n` (turns" in card
+    spans = [line.count("`") % 2 for line in card.splitlines() if not line.startswith("```")]
+    assert not any(spans), "an inline code span cut by a newline"
+    assert str(tmp_path) not in card and f".../{data_dir.name}" in card
     assert "from gritlm import GritLM" in card and 'GritLM("GritLM-tiny"' in card
     assert "AutoModelForCausalLM" in card and "<|assistant|>" in card
     assert "- started from: `mistralai/Mistral-7B-v0.1`" in card
     assert "- steps: 1253" in card
-    assert "- embedding: `/hub/MEDI2/data`: 1,234,567 examples" in card
-    assert "- generative: `/hub/tulu2/data`: 7,654 examples" in card
+    assert "- embedding: `medi2` (`.../data`): 1,234,567 examples" in card
+    assert "- generative: `tulu2` (`.../data`): 7,654 examples" in card
     assert json.loads(card.split("```json\n")[1].split("\n```")[0])["num_steps"] == 1253
     assert os.path.isfile(out / "grit_config.json")  # beside it, the settings the card describes
 
