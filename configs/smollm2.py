@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
     if variant not in VARIANTS:
         raise ValueError(f"configs/smollm2.py:{variant}: expected one of {VARIANTS} ('' = full fine-tuning)")
     config = base_config()
-    config.num_steps = 80
+    config.num_steps = 60
     config.model.update(
         preset="smollm2_135m",  # its shapes (grit-aot, tests); the weights come from the GGUF or hf_dir
         gguf=SMOLLM2_135M_INSTRUCT,
@@ -46,7 +46,7 @@ def get_config(variant: str = ""):
         packing=True,
     )
     config.objective.update(temperature=0.05)
-    config.optimizer.update(learning_rate=5e-5, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0)
+    config.optimizer.update(learning_rate=1e-4, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0)
     if variant == "lora":
         config.model.lora.update(rank=16, alpha=32.0)
         config.optimizer.learning_rate = 5e-4

@@ -326,15 +326,20 @@ def _train(config, workdir, preempted: Preempted) -> dict:
             flush=True,
         )
         if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):
-            trained = (setup.graphdef, loop.state.model_params, tokenizer, config.objective)
-            model = trained_model(*trained) if setup.lora else None  # its work dir holds no base
-            base_dir = config.model.hf_dir  # a pretrained start: its answers before GRIT too
-            retrieval = evaluator.retrieval
-            report = demo_report(
-                workdir, config.data.data_dir, retrieval, model=model, lora=setup.lora, base_dir=base_dir
-            )
-            print(report, flush=True)
+            print(_demo_report(setup, workdir, loop, tokenizer), flush=True)
     return last
+
+
+def _demo_report(setup: TrainSetup, workdir: str, loop: Loop, tokenizer) -> str:
+    """The demo corpus' closing lines: MRR against BM25, and the trained model's answers (and, from a
+    pretrained start, the base model's)."""
+    config = setup.config
+    trained = (setup.graphdef, loop.state.model_params, tokenizer, config.objective)
+    model = trained_model(*trained) if setup.lora else None  # its work dir holds no base
+    retrieval, base_dir = loop.evaluator.retrieval, config.model.hf_dir
+    return demo_report(
+        workdir, config.data.data_dir, retrieval, model=model, lora=setup.lora, base_dir=base_dir
+    )
 
 
 def main(argv):
