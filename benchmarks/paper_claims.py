@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -123,7 +124,7 @@ def train(run: str, recipe: str, seed: int, steps: int, data_dir: str, workdir: 
         *base,
         *RUNS[run][1],
     ]
-    log = workdir + ".log"
+    log, started = workdir + ".log", time.monotonic()
     with open(log, "w") as out:
         done = subprocess.run(
             module_command("grit_jax.programs.grit_train", *args), cwd=ROOT, stdout=out, stderr=out
@@ -134,11 +135,7 @@ def train(run: str, recipe: str, seed: int, steps: int, data_dir: str, workdir: 
     last = [r for r in rows if "eval_mrr@10" in r or "eval_loss_gen" in r][-1]
     items = [json.loads(line) for line in open(os.path.join(workdir, "eval_items.jsonl"))][-1]
     result = {k: last[k] for k in ("eval_mrr@10", "eval_loss_gen") if k in last}
-    return {**result, "items": items, "seconds": _seconds(log)}
-
-
-def _seconds(log: str) -> float:
-    return os.path.getmtime(log) - os.path.getctime(log)
+    return {**result, "items": items, "seconds": time.monotonic() - started}
 
 
 def paired_interval(a: dict, b: dict, key: str, seed: int = 0) -> tuple[float, float, float] | None:
