@@ -13,11 +13,12 @@ The ways, all through the same model in this process:
   longest text, lengths and batch rounded up to powers of two (GritLM.embed_rows, unchanged);
 - grit-embed before: main's embed_token_rows, the same but batches of similar length (sorted);
 - packed: grit_jax.inference.packed_encode.encode_rows, what GritLM.encode and grit-embed run now.
-Each way runs once to compile every shape it needs; then --repeats rounds run the ways in turn (so a
-change in the machine's load falls on all of them) and the median counts.
+Each way runs once to compile every shape it needs; then --repeats rounds run the ways in turn, the order
+reversed every other round (so a change in the machine's load falls on all of them), and the median counts.
 """
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -98,9 +99,9 @@ def main():
         [p.shape for p in passes],
     )
     outs = {name: fn() for name, (fn, _) in ways.items()}  # compiles every shape
-    times = {name: [] for name in ways}
-    for _ in range(args.repeats):
-        for name, (fn, _) in ways.items():
+    times, load = {name: [] for name in ways}, os.getloadavg()[0]
+    for repeat in range(args.repeats):
+        for name, (fn, _) in list(ways.items())[:: 1 if repeat % 2 == 0 else -1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -121,8 +122,10 @@ def main():
         )
         rows_md.append(row)
         print(row, flush=True)
+    load = f"{load:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print(f"load average (1 min): {load}")
     if args.write:
-        write(args, rows_md, real, lengths, diff)
+        write(args, rows_md, real, lengths, diff, load)
 
 
 HEAD = (
@@ -131,13 +134,14 @@ HEAD = (
 )
 
 
-def write(args, rows_md, real, lengths, diff):
+def write(args, rows_md, real, lengths, diff, load):
     preamble = (
         f"### Packed encoding vs main's padded batches ({today()})\n\n"
         f"`JAX_PLATFORMS=cpu python -m benchmarks.embed_throughput --docs {args.docs} --batch_size "
         f"{args.batch_size} --repeats {args.repeats} --write` — machine: {machine()}, shared and loaded "
-        f"while measured (other engineers' jobs), date: {today()}. One run; the ways in turn each round, "
-        f"median of {args.repeats} after a compiling run.\n\n"
+        f"while measured (other engineers' jobs; load average {load}), date: {today()}. One run; the ways "
+        f"in turn each round (reversed every other round), median of {args.repeats} after a compiling run."
+        "\n\n"
         f"{args.docs} stdlib docstrings (the demo corpus' passages), {real:,} tokens with BOS and "
         f"`<|embed|>\\n` (median {int(np.median(lengths))}, max {max(lengths)}), random bench_embed_256 "
         f"(hidden 256, 4 layers, fp32), batch {args.batch_size}, max_length {args.max_length}. The "
