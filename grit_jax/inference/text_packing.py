@@ -91,6 +91,7 @@ def pack(lengths, batch_size: int, multiple: int = 1) -> list[Pass]:
         return []
     budget = batch_size * row_length(int(lengths.max()))
     floor = min(MIN_ROW, row_length(int(lengths.sum())))  # no row longer than all the texts together
+    floor = floor if floor <= budget else 0  # nor than the budget
     left, passes = _Remaining(lengths), []
     while len(left):
         length = max(row_length(left.longest()), floor)

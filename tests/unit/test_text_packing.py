@@ -47,6 +47,7 @@ def test_short_queries_share_rows_and_small_inputs_stay_small():
     assert real_share(lengths, passes) >= 0.9 and max(len(r) for p in passes for r in p.rows) >= 4
     assert [p.shape for p in pack([5], 256)] == [(1, 16)]  # one short query: one short row
     assert [p.shape for p in pack([300, 20], 1)] == [(1, 384)]  # the short one fills the long one's row
+    assert [p.shape for p in pack([20] * 3, 1)] == [(1, 24)] * 3  # batch 1: rows no longer than 24
     assert pack([], 8) == [] and real_share([], []) == 1.0
 
 
