@@ -46,6 +46,7 @@ class IdsOnlyTokenizer:
     """For models fed token ids directly: GritLM needs the special ids, never encode/decode."""
 
     bos_id, eos_id, pad_id = 1, 2, 0
+    vocab_size = 3  # the ids it names; the rows fed hold the model's own
 
 
 def random_gritlm(preset: str, tokenizer=None, *, mode: str = "unified", **changes):

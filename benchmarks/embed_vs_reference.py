@@ -13,10 +13,9 @@ Python standard library (grit_jax.data.demo's corpus: summary and body), in a fi
 real length mix. Both sides embed them with the document instruction `<|embed|>\\n`, mean pooling over
 the text after it, bidirectional attention (the reference's attn="bbcc"), fp32, the same batch size and
 max length: the reference's `GritLM.encode` (batches in input order, padded to the longest row) and
-grit-embed's path (grit_jax.retrieval.embedding_store.embed_texts: length-sorted batches, lengths bucketed to
-powers of
-two, one compiled encode pass). Each side runs once to warm up (grit_jax compiles every shape it needs
-then), then --repeats timed runs; the best counts. The embeddings are compared before any timing.
+grit-embed's path (grit_jax.retrieval.embedding_store.embed_texts: texts packed several to a row, longest
+first, grit_jax.inference.text_packing). Each side runs once to warm up (grit_jax compiles every shape it
+needs then), then --repeats timed runs; the best counts. The embeddings are compared before any timing.
 The 8-device figure is a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 and the
 batches split over a data=8 mesh (GritLM(mesh=...)), against a 1-device subprocess run the same way.
 """
@@ -124,15 +123,17 @@ def reference_encoder(path, docs, args):
     )
 
 
-def padding(lengths, batches, bucketed: bool) -> float:
-    from grit_jax.inference.decoding import bucket
-
+def padding(lengths, batches) -> float:
+    """The reference's padding: each batch right-padded to its longest row."""
     lengths = np.asarray(lengths)
-    if bucketed:
-        slots = sum(bucket(len(b), 1) * bucket(int(lengths[b].max())) for b in batches)
-    else:
-        slots = sum(len(b) * int(lengths[b].max()) for b in batches)
-    return 1 - lengths.sum() / slots
+    return 1 - lengths.sum() / sum(len(b) * int(lengths[b].max()) for b in batches)
+
+
+def packed_padding(lengths, batch_size: int, devices: int = 1) -> float:
+    """grit-embed's: the share of the slots of its packed passes (inference/text_packing) not a token."""
+    from grit_jax.inference.text_packing import pack, real_share
+
+    return 1 - real_share(lengths, pack(lengths, batch_size, devices))
 
 
 def devices_subprocess(path: str, args, devices: int) -> dict:
@@ -160,8 +161,6 @@ def row(name, n, tokens, wall, cpu, pad):
 
 def against_reference(path, docs, encode, lengths, args):
     """Times both sides in one run, checks that they agree, prints the table; returns grit's embeddings."""
-    from grit_jax.retrieval.embedding_store import sorted_batches
-
     runs = timed({"reference": reference_encoder(path, docs, args), "grit": encode}, args.repeats)
     (ref_emb, ref_wall, ref_cpu), (emb, wall, cpu) = runs["reference"], runs["grit"]
     diff = float(np.abs(emb - ref_emb).max())
@@ -178,10 +177,9 @@ def against_reference(path, docs, encode, lengths, args):
         "| way | docs/s | tokens/s | wall s | CPU s | padding (share of slots run) |\n"
         "|---|---|---|---|---|---|"
     )
-    ref_pad = padding(lengths, in_order, False)
+    ref_pad = padding(lengths, in_order)
     print(row("reference gritlm.GritLM.encode (torch)", len(docs), tokens, ref_wall, ref_cpu, ref_pad))
-    sorted_pad = padding(lengths, sorted_batches(lengths, size), True)
-    print(row("grit-embed (grit_jax, 1 device)", len(docs), tokens, wall, cpu, sorted_pad))
+    print(row("grit-embed (grit_jax, 1 device)", len(docs), tokens, wall, cpu, packed_padding(lengths, size)))
     print(
         f"grit-embed / reference: {ref_wall / wall:.2f}x documents/s (wall), {ref_cpu / cpu:.2f}x by CPU time"
     )
@@ -190,11 +188,9 @@ def against_reference(path, docs, encode, lengths, args):
 
 def devices_8_vs_1(path, docs, emb, lengths, args):
     """grit-embed in two subprocesses, 1 and 8 faked CPU devices (a data=8 mesh), on the same documents."""
-    from grit_jax.retrieval.embedding_store import sorted_batches
-
     one, eight = (devices_subprocess(path, args, d) for d in (1, 8))
-    pad = padding(lengths, sorted_batches(lengths, args.batch_size), True)
     for r in (one, eight):
+        pad = packed_padding(lengths, args.batch_size, r["devices"])
         np.testing.assert_allclose(np.asarray(r["emb"]), emb[:4], atol=1e-5)
         name = f"grit-embed, subprocess, {r['devices']} CPU device(s)"
         print(row(name, len(docs), sum(lengths), r["wall"], r["cpu"], pad))

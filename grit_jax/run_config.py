@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
         "every_steps": 10,
         "eval_every_steps": 0,  # held-out retrieval and generative loss; 0 = never
         "eval_max_queries": 256,
+        "eval_max_chats": 0,  # held-out chats scored for eval_loss_gen: the first N; 0 = all
         "peak_flops_per_device": 0.0,  # 0: known accelerators from grit_jax.hardware, else no MFU
         "profile_steps": "",  # "FIRST:LAST", e.g. "10:13": a jax.profiler trace of those steps (process 0)
     },
@@ -151,6 +152,7 @@ NUMBER_RANGES: dict[str, tuple] = {
     "log.every_steps": _POSITIVE,
     "log.eval_every_steps": _COUNT,
     "log.eval_max_queries": _POSITIVE,
+    "log.eval_max_chats": _COUNT,
     "log.peak_flops_per_device": (0, None, False),
 }
 

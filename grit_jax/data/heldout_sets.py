@@ -63,11 +63,14 @@ def eval_retrieval_arrays(config, max_queries: int = 0, pad_id: int | None = Non
     }
 
 
-def eval_generative_batches(config, batch_size: int = 0, pad_id: int | None = None) -> list[dict]:
+def eval_generative_batches(
+    config, batch_size: int = 0, pad_id: int | None = None, max_chats=0
+) -> list[dict]:
     """Held-out generative examples as gen_* batches of `batch_size` rows (default
     data.generative_batch_size); the last batch is padded with rows whose masks are all False.
     Each batch is padded to the smallest of data.length_buckets.generative that holds its longest row."""
     records = _eval_records(config, "generative")
+    records = records[:max_chats] if max_chats else records
     pad_id = load_tokenizer(config).pad_id if pad_id is None else pad_id
     size = batch_size or config.generative_batch_size
     batches = []

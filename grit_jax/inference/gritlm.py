@@ -11,8 +11,7 @@ on the right, and for mean-based pooling the first len(tokenize(instruction)) po
 out. Generation runs per-row positions over a fixed-size key/value buffer: prompt i occupies buffer slots
 [P, P+len_i) after the cached prefix P, generated tokens follow at shared slots, and the mask (from
 grit_jax.model.masks) lets each row see only its own valid slots. Shapes are rounded up to powers of two, so
-new
-lengths within a bucket reuse the compiled functions.
+new lengths within a bucket reuse the compiled functions; encode packs texts several to a row instead.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from grit_jax.choices import MODES
 from grit_jax.data import prompts as fmt
 from grit_jax.data.padding import right_pad
 from grit_jax.errors import UsageError
-from grit_jax.inference import arguments, output_checks, placement, rag
+from grit_jax.inference import arguments, output_checks, packed_encode, placement, rag
 from grit_jax.inference.decoding import _decode_pass, _encode_pass, _place, bucket, sample
 from grit_jax.inference.rag import Cache
 from grit_jax.model import KVCache, ModelConfig, Transformer, masks
@@ -141,7 +140,9 @@ class GritLM:
     ):
         """Normalised float32 embeddings [N,D] ([D] for one string); with get_cache, (embeddings, Cache).
 
-        Texts are `instruction + sentence + embed_eos`, BOS first, cut to max_length, right-padded.
+        Texts are `instruction + sentence + embed_eos`, BOS first, cut to max_length; embedded several to a
+        row (each attending only to itself, positions from 0) in passes of at most batch_size x the longest
+        text's length (rounded up) tokens; with get_cache one right-padded batch in the given order.
         """
         if self.mode == "generative":
             raise UsageError(
@@ -153,18 +154,16 @@ class GritLM:
         if get_cache and len(sentences) > batch_size:
             raise UsageError("get_cache=True encodes one batch only: pass at most batch_size sentences")
         skip = self.instruction_length(instruction, embed_instruction, max_length, add_special_tokens)
-        embeddings, cache = [], None
-        for start in range(0, len(sentences), batch_size):
-            rows = [
-                self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length)
-                for s in sentences[start : start + batch_size]
-            ]
-            try:
-                emb, cache = self.embed_rows(rows, skip, get_cache)
-            except output_checks.BadRow as e:
-                raise e.shifted(start).named(f"sentence {e.row + start}") from None
-            embeddings.append(emb)
-        out = np.concatenate(embeddings, 0)
+        rows = [
+            self.tokenize(instruction + s + self.embed_eos, add_special_tokens, max_length) for s in sentences
+        ]
+        try:  # with a cache one batch as given, else packed several to a row (inference/packed_encode.py)
+            if get_cache:
+                out, cache = self.embed_rows(rows, skip, True)
+            else:
+                out = packed_encode.encode_rows(self, rows, skip, batch_size)
+        except output_checks.BadRow as e:
+            raise e.named(f"sentence {e.row}") from None
         out = out[0] if single else out
         return (out, cache) if get_cache else out
 

@@ -4,8 +4,9 @@ resumably.
     grit-embed --model MODEL_DIR --input corpus.jsonl --out embeddings/ --field title+text
 
 Records are `{"id", "text"}` or BEIR `{"_id", "title", "text"}`. The input is cut into windows of
-`--window` good records; within a window texts are batched by token length (little padding), and each
-window becomes one part (grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`).
+`--window` good records; within a window texts are packed several to a row, longest first (little
+padding: grit_jax.inference.text_packing), and each window becomes one part
+(grit_jax.retrieval.embedding_store: `part-NNNNN.npy` + `.ids`, `manifest.json`).
 Run it again with the same arguments after a kill and it continues at the first missing part (the same
 weights and input contents: other ones are refused). One grit-embed writes an --out at a time
 (OUT/embed.lock). Several hosts (launch/local.sh, a TPU pod) each embed windows index % process_count ==
@@ -43,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         help="text before each document, left out of the pooling (default: the reference's for documents)",
     )
     p.add_argument("--field", choices=FIELDS, default="text", help="title+text: BEIR title, space, text")
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=64,
+        help="documents of the window's longest length per pass (shorter ones: more, as many tokens)",
+    )
     p.add_argument("--max_length", type=int, default=512, help="tokens per document, BOS included")
     p.add_argument("--window", type=int, default=16384, help="records per part, sorted by length within")
     p.add_argument("--skip_bad", action="store_true", help="skip and count bad records")

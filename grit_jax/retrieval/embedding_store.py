@@ -1,4 +1,4 @@
-"""Embedding many texts: length-sorted batches, and the on-disk store that grit-embed writes.
+"""Embedding many texts (packed several to a row, longest first), and the on-disk store grit-embed writes.
 
 The store is plain numpy: `DIR/part-NNNNN.npy` (float32 [n, D]) beside `DIR/part-NNNNN.ids` (one id per
 line, the same order; grit_jax.retrieval.corpus.check_id keeps every id on one line) and
@@ -23,45 +23,22 @@ from collections.abc import Callable
 import numpy as np
 
 from grit_jax.errors import DataError, UsageError
-from grit_jax.inference.output_checks import BadRow
+from grit_jax.inference import packed_encode
 
 MANIFEST = "manifest.json"
 FORMAT = "grit-embed/1"
 
 
-def sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Indices in batches of similar length (longest first, so a first batch that does not fit fails
-    early); within a batch the original order."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-
-
-def padding_fraction(lengths: list[int], batches: list[np.ndarray]) -> float:
-    """Share of the token slots of right-padded batches that are padding (before bucketing)."""
-    lengths = np.asarray(lengths)
-    slots = sum(len(b) * lengths[b].max() for b in batches)
-    return 1.0 - lengths.sum() / slots if slots else 0.0
-
-
 def embed_texts(model, texts: list[str], instruction: str = "", batch_size: int = 64, max_length=512):
-    """model.encode(texts, instruction) (float32 [len(texts), D], the same rows in the same order), with
-    texts of similar token length batched together so little of each batch is padding."""
+    """model.encode(texts, instruction) (float32 [len(texts), D], the same rows in the same order)."""
     rows = [model.tokenize(instruction + t + model.embed_eos, True, max_length) for t in texts]
     return embed_token_rows(model, rows, model.instruction_length(instruction, False, max_length), batch_size)
 
 
 def embed_token_rows(model, rows: list[list[int]], skip: int, batch_size: int) -> np.ndarray:
-    """The embeddings of token rows in their order; a bad output (BadRow) names its index in `rows`."""
-    out = None
-    for batch in sorted_batches([len(r) for r in rows], batch_size):
-        try:
-            emb, _ = model.embed_rows([rows[i] for i in batch], skip)
-        except BadRow as e:
-            raise e.shifted(batch) from None
-        if out is None:
-            out = np.empty((len(rows), emb.shape[1]), np.float32)
-        out[batch] = emb
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    """The embeddings of token rows in their order, packed several to a row, longest first
+    (grit_jax.inference.packed_encode); a bad output (BadRow) names its index in `rows`."""
+    return packed_encode.encode_rows(model, rows, skip, batch_size)
 
 
 def part_name(index: int) -> str:

@@ -27,7 +27,9 @@ class Evaluator:
     def __init__(self, config, mesh, graphdef, pad_id: int):
         self.config, self.mesh = config, mesh
         self.retrieval = eval_retrieval_arrays(config.data, config.log.eval_max_queries, pad_id)
-        self.gen_batches = eval_generative_batches(config.data, pad_id=pad_id)
+        self.gen_batches = eval_generative_batches(
+            config.data, pad_id=pad_id, max_chats=config.log.eval_max_chats
+        )
         if config.objective.mode == "embedding":
             self.gen_batches = []
         if config.objective.mode == "generative":

@@ -1,5 +1,5 @@
-"""grit-embed: the shards equal GritLM.encode, a killed run resumes without losing or repeating a
-document, bad records are file:line errors or (with --skip_bad) counted, and the length sort saves padding."""
+"""grit-embed: the shards equal each document embedded alone, a killed run resumes without losing or
+repeating a document, bad records are file:line errors or (with --skip_bad) counted."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 
 from grit_jax import GritLM
 from grit_jax.programs.grit_embed import run
-from grit_jax.retrieval.embedding_store import MANIFEST, load_embeddings, padding_fraction, sorted_batches
+from grit_jax.retrieval.embedding_store import MANIFEST, load_embeddings
 from tests.grit_fixtures import ROOT, make_hf_dir, make_tokenizer, tokenizer_texts
 
 DOC_INSTRUCTION = "<|embed|>\n"
@@ -46,8 +46,11 @@ def test_shards_equal_encode(setup, capsys):
     assert run(args + ["--field", "title+text"]) == 0
     ids, vectors = load_embeddings(out)
     assert ids == [d["_id"] for d in docs] and vectors.dtype == np.float32
-    want = model.encode([f"{d['title']} {d['text']}" for d in docs], instruction=DOC_INSTRUCTION)
-    np.testing.assert_allclose(vectors, want, atol=1e-5)
+    # packed several to a row, each document's vector is the one it gets embedded alone
+    skip = model.instruction_length(DOC_INSTRUCTION, max_length=512)
+    rows = [model.tokenize(f"{DOC_INSTRUCTION}{d['title']} {d['text']}", True, 512) for d in docs]
+    want = np.concatenate([model.embed_rows([row], skip)[0] for row in rows])
+    np.testing.assert_allclose(vectors, want, atol=1e-6)
     manifest = json.load(open(os.path.join(out, MANIFEST)))
     assert manifest["complete"] and manifest["count"] == 23 and len(manifest["parts"]) == 4
     assert sorted(os.listdir(out)) == sorted(
@@ -86,15 +89,6 @@ def test_bad_records(setup, capsys):
     manifest = json.load(open(os.path.join(out, MANIFEST)))
     assert manifest["skipped"] == 3
     assert [e.split(": ")[0] for e in manifest["skipped_examples"]] == [f"{corpus}:{i}" for i in (2, 3, 4)]
-
-
-def test_length_sort_wastes_less_padding():
-    rng = np.random.default_rng(0)
-    lengths = list(np.minimum(rng.lognormal(4.5, 0.8, 2000).astype(int) + 5, 512))
-    unsorted = [np.arange(i, min(i + 32, 2000)) for i in range(0, 2000, 32)]
-    sorted_ = sorted_batches(lengths, 32)
-    assert sorted(np.concatenate(sorted_).tolist()) == list(range(2000))
-    assert padding_fraction(lengths, sorted_) < 0.05 < 0.4 < padding_fraction(lengths, unsorted)
 
 
 @pytest.mark.slow

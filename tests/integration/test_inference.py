@@ -8,9 +8,11 @@ import torch
 
 from grit_jax import GritLM
 from grit_jax.errors import UsageError
+from grit_jax.inference import text_packing
 from grit_jax.inference.gritlm import KVCache, _decode_pass, bucket
 from grit_jax.model import masks
-from tests.grit_fixtures import DOC, INSTRUCTION, QUERY, TEXTS, make_hf_dir, make_tokenizer
+from grit_jax.model.pooling import pool
+from tests.grit_fixtures import DOC, INSTRUCTION, QUERY, TEXTS, make_hf_dir, make_tokenizer, tokenizer_texts
 from tests.hf_reference import additive_mask, hf_generate
 
 
@@ -278,3 +280,30 @@ def test_attn_settings_of_the_reference(setup):
     )
     with pytest.raises(UsageError, match="attn"):
         GritLM(model.model, model.tokenizer, attn="bc")
+
+
+def _alone(model, row, skip):
+    """One token row embedded by itself, unpadded: the model over exactly its tokens, then pooling."""
+    hidden = model.model(jnp.asarray([row]), jnp.ones((1, len(row), len(row)), bool)).hidden
+    kept = jnp.ones((1, len(row)), bool)
+    return np.asarray(pool(hidden, kept, jnp.asarray([skip]), model.pooling_method, model.normalized))[0]
+
+
+def test_encode_packs_texts_yet_each_gets_its_alone_embedding(setup):
+    _, model, _ = setup
+    docs = [t for t in tokenizer_texts() if t.strip()]
+    texts = ["A", docs[3][:600], "what is GRIT?", docs[10][:40], docs[20][:200], "B c", docs[30][:90]]
+    texts += [d[: 10 + 37 * i % 300] for i, d in enumerate(docs[40:52])]  # 19 texts, 2 to ~150 tokens
+    for instruction, max_length in (("", 512), (INSTRUCTION, 512), ("<|embed|>\n", 64)):
+        got = model.encode(texts, instruction=instruction, batch_size=4, max_length=max_length)
+        skip = model.instruction_length(instruction, max_length=max_length)
+        rows = [model.tokenize(instruction + t, True, max_length) for t in texts]
+        # each alone (one row, its padding masked), in the caller's order
+        want = np.concatenate([model.embed_rows([row], skip)[0] for row in rows])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for i in (0, 1, 3):  # and without any padding at all
+        np.testing.assert_allclose(got[i], _alone(model, rows[i], skip), atol=1e-6)
+    lengths = [len(r) for r in rows]
+    passes = text_packing.pack(lengths, 4)
+    assert max(len(row) for p in passes for row in p.rows) > 1  # texts did share rows
+    assert text_packing.real_share(lengths, passes) > 0.8
