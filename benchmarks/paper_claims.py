@@ -109,7 +109,20 @@ def prepare_data(root: str, recipe: str, instructions: bool, base: list[str]) ->
 
 def train(run: str, recipe: str, seed: int, steps: int, data_dir: str, workdir: str, base: list[str]) -> dict:
     """One grit-train run: its last held-out evaluation (eval_mrr@10 and/or eval_loss_gen) and, under
-    "items", that evaluation's per-query reciprocal ranks and per-chat losses (eval_items.jsonl)."""
+    "items", that evaluation's per-query reciprocal ranks and per-chat losses (eval_items.jsonl). A run
+    already finished in `workdir` (the same command, interrupted later) is read, not run again."""
+    if not os.path.isfile(workdir + ".seconds"):
+        _run(run, recipe, seed, steps, data_dir, workdir, base)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    last = [r for r in rows if "eval_mrr@10" in r or "eval_loss_gen" in r][-1]
+    items = [json.loads(line) for line in open(os.path.join(workdir, "eval_items.jsonl"))][-1]
+    assert last["step"] == items["step"] == steps, f"{workdir} holds another run; remove it"
+    result = {k: last[k] for k in ("eval_mrr@10", "eval_loss_gen") if k in last}
+    with open(workdir + ".seconds") as f:
+        return {**result, "items": items, "seconds": float(f.read())}
+
+
+def _run(run: str, recipe: str, seed: int, steps: int, data_dir: str, workdir: str, base: list[str]):
     args = [
         "--config",
         RECIPES[recipe],
@@ -131,11 +144,8 @@ def train(run: str, recipe: str, seed: int, steps: int, data_dir: str, workdir: 
         )
     if done.returncode:
         sys.exit(f"{run} seed {seed} failed; its log: {log}")
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    last = [r for r in rows if "eval_mrr@10" in r or "eval_loss_gen" in r][-1]
-    items = [json.loads(line) for line in open(os.path.join(workdir, "eval_items.jsonl"))][-1]
-    result = {k: last[k] for k in ("eval_mrr@10", "eval_loss_gen") if k in last}
-    return {**result, "items": items, "seconds": time.monotonic() - started}
+    with open(workdir + ".seconds", "w") as f:  # the run's wall time; also: this run is finished
+        f.write(str(time.monotonic() - started))
 
 
 def paired_interval(a: dict, b: dict, key: str, seed: int = 0) -> tuple[float, float, float] | None:
