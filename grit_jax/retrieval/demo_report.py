@@ -87,8 +87,8 @@ def answers_before_and_after(workdir: str, data_dir: str, base_dir: str, *, mode
     lines = []
     for label, path in (("before", base_dir), ("after", workdir)):
         answering = model if label == "after" and model is not None else GritLM.from_pretrained(path)
-        for name in names:
-            ids = answering.generate([{"role": "user", "content": f"What does `{name}` do?"}], 48)
+        questions = [[{"role": "user", "content": f"What does `{name}` do?"}] for name in names]
+        for name, ids in zip(names, answering.generate(questions, 48)):  # one batch: one decode loop
             answer = " ".join(answering.tokenizer.decode(ids).split())[:200]
             lines.append(f"{label:>6}: What does `{name}` do? -> {answer!r}")
     return sorted(lines, key=lambda line: names.index(line.split("`")[1]))  # each question's pair together
