@@ -16,8 +16,7 @@ import jax  # noqa: E402
 from grit_jax import sharding
 from grit_jax.run_config import base_config  # noqa: E402
 from grit_jax.train import step
-from grit_jax.train.state import TrainSetup  # noqa: E402
-from grit_jax.weights.orbax_checkpoint import model_config  # noqa: E402
+from grit_jax.train.state import TrainSetup, resolve_model_config  # noqa: E402
 
 CHUNKS = (0, 32, 16, 8, 4, 2)
 
@@ -44,8 +43,9 @@ def config(chunk):
 def main():
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, expert=1))
     c = config(0)
+    model = resolve_model_config(c)
     print(
-        f"tiny model (hidden {model_config(c).hidden_size}, {model_config(c).num_hidden_layers} layers), "
+        f"tiny model (hidden {model.hidden_size}, {model.num_hidden_layers} layers), "
         f"{c.data.embedding_batch_size} queries x {c.data.query_max_len} tokens, "
         f"{c.data.embedding_batch_size * c.data.train_group_size} passages x "
         f"{c.data.passage_max_len} tokens, {c.data.generative_batch_size} x {c.data.generative_max_len} "

@@ -29,7 +29,7 @@ PRESET, MOE_PRESET = "bench_convert_1b", "bench_convert_moe_0.5b"
 
 
 def largest_stacked(cfg, itemsize):
-    from grit_jax.weights import hf_names as hf
+    from grit_jax.weights import hf
 
     shapes = hf.param_shapes(cfg)
 
@@ -44,7 +44,7 @@ def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from grit_jax.weights import hf_names as hf
+    from grit_jax.weights import hf
 
     np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
     cfg = model_config(MOE_PRESET if moe else PRESET)
@@ -81,7 +81,7 @@ def write_model(path, dtype, moe=False, shard_bytes=1 << 30):
 def model_sizes(path):
     """(bytes of all tensors, bytes of the largest stacked parameter) of a model written by write_model."""
 
-    from grit_jax.weights.hf_names import read_hf_config
+    from grit_jax.weights.hf import read_hf_config
 
     cfg = read_hf_config(path)
     with open(os.path.join(path, "model.safetensors.index.json")) as f:
@@ -131,7 +131,7 @@ def child(argv):
 def baseline():
     code = (
         "import resource; import jax, orbax.checkpoint, safetensors; "
-        "from grit_jax.programs import grit_convert; from grit_jax.weights import hf_names; "
+        "from grit_jax.programs import grit_convert; from grit_jax.weights import hf; "
         "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run(
@@ -178,8 +178,8 @@ def main():
     def gib(b):
         return f"{b / 2**30:.2f} GiB"
 
-    from grit_jax.weights import hf_names as hf
-    from grit_jax.weights.hf_names import read_hf_config
+    from grit_jax.weights import hf
+    from grit_jax.weights.hf import read_hf_config
 
     cfg = read_hf_config(hf_dir)
     itemsize = largest // largest_stacked(cfg, 1)

@@ -1,5 +1,5 @@
 """Load time of starting weights from local disk and from a GCS emulator: the ~2.24 GiB fp32 Hugging Face
-Mistral of benchmarks/load_memory.py (preset bench_load_0.6b), loaded by grit_jax.weights.loader (each host
+Mistral of benchmarks/load_memory.py (preset bench_load_0.6b), loaded by grit_jax.weights.loading (each host
 reads what its devices hold) into an fsdp mesh by N processes of launch/local.sh, once from a local
 directory and once from gs://bench/model served by fake-gcs-server (tests/gcs_emulator.py) on this machine.
 
@@ -56,7 +56,7 @@ def main():
             "Loading weights",
             f"### Loading weights from GCS (emulator) vs local disk ({today()})\n\n"
             f"`python -m benchmarks.load_gcs --write` ({machine()}, 4 faked devices per process, "
-            f"{today()}): grit_jax.weights.loader loads the fp32 Hugging Face Mistral of load_memory.py "
+            f"{today()}): grit_jax.weights.loading loads the fp32 Hugging Face Mistral of load_memory.py "
             f"({size:.2f} GiB) into one fsdp mesh, from a local directory (safetensors mmap) and from "
             "gs://bench/model on fake-gcs-server on the same machine (one ranged request per tensor). "
             f"Slowest process.\n\n{text}\n",

@@ -4,7 +4,7 @@ the same ~2.4 GB fp32 Hugging Face Mistral into an fsdp mesh over all their devi
     python -m benchmarks.load_memory [--out /tmp/load_memory] [--processes 1 2 4] [--modes sharded whole]
         [--write]
 
-`sharded` is grit_jax.weights.loader (each host reads what its devices hold); `pretrained` the same loader as
+`sharded` is grit_jax.weights.loading (each host reads what its devices hold); `pretrained` the same loader as
 `GritLM.from_pretrained(path, mesh=...)` calls it (weights.load_model, with `--modes sharded pretrained`);
 `whole` reads every parameter whole on every host first (what grit_jax did before), then places the same
 shards. Per process: resident memory after building the mesh and abstract state (baseline) and the peak
@@ -41,7 +41,7 @@ def make_model(path: str) -> float:
     """A random fp32 Mistral written as safetensors shards (numpy only); returns its size in GiB."""
     from safetensors.numpy import save_file
 
-    from grit_jax.weights import hf_names as hf
+    from grit_jax.weights import hf
 
     cfg = model_config(PRESET)
     if os.path.exists(os.path.join(path, "config.json")):

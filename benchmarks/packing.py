@@ -146,10 +146,10 @@ def cost(args):
     """Model FLOPs per real token and hours for the 7B recipe on v5e-64, padded vs packed (analytic)."""
     from grit_jax import hardware
     from grit_jax.train import flops
-    from grit_jax.weights.orbax_checkpoint import model_config
+    from grit_jax.train.state import resolve_model_config
 
     config = _gritlm_7b()
-    cfg = model_config(config)
+    cfg = resolve_model_config(config)
     totals = synthetic_mix(args.steps)
     real = sum(t[0] for t in totals.values()) / args.steps
 

@@ -2,7 +2,7 @@
 
 
 def from_hf(path, dtype=None, **config_changes):
-    """A grit_jax Transformer with the weights of a Hugging Face directory (weights/model_weights.py)."""
+    """A grit_jax Transformer with the weights of a Hugging Face directory (weights/loading.py)."""
     from grit_jax.weights import from_hf as _from_hf
 
     return _from_hf(path, dtype=dtype, **config_changes)

@@ -31,7 +31,7 @@ from grit_jax.inference.rag import Cache
 from grit_jax.model import KVCache, ModelConfig, Transformer, masks
 from grit_jax.model.pooling import pool, project
 from grit_jax.sharding import use_mesh
-from grit_jax.weights.pretrained import load_pretrained
+from grit_jax.weights.model_dir import load_pretrained
 
 # The reference's attn: the first two letters are the embedding attention (bb bidirectional, anything else
 # causal, None included: a model used for one task only); generation is always causal.
@@ -100,7 +100,7 @@ class GritLM:
         grit_config.json (for the reference's attn=None, which embeds causally, pass "cc"). `mesh`: a
         jax.sharding.Mesh or a dict of axis sizes ({"fsdp": 4, "tensor": 2}) to shard the weights over and
         split encode batches across (grit_jax.inference.placement); each weight is read straight into its
-        shards (grit_jax.weights.loader). A mesh may span every host of a multi-host run: each host then
+        shards (grit_jax.weights.loading). A mesh may span every host of a multi-host run: each host then
         makes the same calls and gets the same results. `adapter`: a PEFT LoRA directory (grit-convert
         lora-to-peft's, or peft's) trained on this base, merged into its weights as they load. Unknown
         keyword arguments raise TypeError."""

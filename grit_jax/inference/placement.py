@@ -54,7 +54,7 @@ def local_mesh(text: str | None) -> Mesh | None:
 
 def shard_state(state, mesh: Mesh):
     """The model's nnx.State placed on the mesh, each weight split as training splits it (weights loaded
-    into those shards already, grit_jax.weights.loader, stay where they are)."""
+    into those shards already, grit_jax.weights.loading, stay where they are)."""
     target = sharding.named_shardings(sharding.param_specs(state, mesh), mesh)
     return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s), state, target)
 

@@ -1,6 +1,6 @@
 """Rotary position embeddings in Hugging Face's rotate-half layout, with Llama 3.1's frequency scaling.
 
-The rotate-half layout lets weights convert without permuting query/key rows (grit_jax.weights.hf_names).
+The rotate-half layout lets weights convert without permuting query/key rows (grit_jax.weights.hf).
 Legend as in layers.py.
 """
 

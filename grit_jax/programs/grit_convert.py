@@ -7,14 +7,14 @@
     grit-convert merge-adapter --base D --adapter A --out M [--max_shard_size 2GB]  (-> merged HF dir)
     grit-convert gguf-to-hf --gguf FILE --out D      (a llama.cpp GGUF model -> HF dir, float32)
 
-Checkpoint layouts: grit_jax.weights.orbax_checkpoint. Memory: both directions move one Hugging Face tensor
+Checkpoint layouts: grit_jax.weights.checkpoints. Memory: both directions move one Hugging Face tensor
 (one layer,
 one expert) at a time: orbax arrays are read and written in slices with tensorstore (no chunk cache),
 safetensors output goes straight to disk with a pre-planned header, and freed memory is handed back to
 the OS after each tensor. The peak stays near a few copies of the largest single tensor, whatever the
 size of a stacked parameter (a Mixtral's [L,E,D,F] experts included) (benchmarks/RESULTS.md,
-"Conversion memory"). Tensors are read through grit_jax.weights.reader, the reader the sharded loader uses;
-the name map and per-tensor transforms are grit_jax.weights.hf_names's; there is no second map. Conversion
+"Conversion memory"). Tensors are read through grit_jax.weights.loading, the reader the sharded loader uses;
+the name map and per-tensor transforms are grit_jax.weights.hf's; there is no second map. Conversion
 streams
 rather than loading onto devices: it is a file-to-file transform that needs no accelerator, and one tensor
 at a time keeps any model convertible on a small host.
@@ -35,21 +35,20 @@ from grit_jax.choices import ATTENTIONS, DTYPES, POOLINGS
 from grit_jax.cli import ArgumentParser, run_command
 from grit_jax.data.tokenizer import Tokenizer
 from grit_jax.errors import UsageError
-from grit_jax.weights import hf_names as hf
-from grit_jax.weights import open_weights
+from grit_jax.weights import hf, open_weights
+from grit_jax.weights.card import write_model_card
+from grit_jax.weights.checkpoints import MODEL_CONFIG, PARAMS_ITEM
 from grit_jax.weights.gguf_convert import gguf_to_hf
 from grit_jax.weights.lora_export import lora_to_peft, merge_adapter
-from grit_jax.weights.model_card import write_model_card
-from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, PARAMS_ITEM
-from grit_jax.weights.pretrained import (
+from grit_jax.weights.model_dir import (
     GRIT_CONFIG,
     copy_tokenizer,
     find_tokenizer,
     grit_settings,
     with_tokenizer_bos,
 )
+from grit_jax.weights.orbax_files import PyTreeWriter
 from grit_jax.weights.safetensors_io import ShardWriter, numpy_dtype
-from grit_jax.weights.tensorstore_io import PyTreeWriter
 
 
 def parse_size(text: str | int) -> int:

@@ -40,7 +40,7 @@ from grit_jax.train.run_summary import StepTimes, check_weights, summary
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.step import global_batch, make_train_step
 from grit_jax.train.workdir_lock import WorkdirLock
-from grit_jax.weights.orbax_checkpoint import Checkpoints
+from grit_jax.weights.checkpoints import Checkpoints
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics.jsonl, TensorBoard")

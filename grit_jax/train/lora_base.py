@@ -1,7 +1,7 @@
 """What a LoRA run starts from (model.lora.init_adapter: a PEFT dir) and the base any run starts from:
 recorded in WORKDIR/base.json when a run starts (grit_jax/train/run_origin.py records the rest), checked
 when a LoRA run resumes (checkpoints hold adapters, optimizer state, step, RNG and data position, not the
-base: grit_jax/weights/orbax_checkpoint.py), so adapters are never resumed onto another base.
+base: grit_jax/weights/checkpoints.py), so adapters are never resumed onto another base.
 
 The fingerprint (grit_jax.weights.fingerprint) hashes the first and last rows of every base tensor (exact
 values, read from the sharded arrays without gathering them), so it is the same on any mesh and any number

@@ -1,6 +1,6 @@
 """A work dir holds what its run trains from, and a resume may not change the run behind the user's back.
 
-When a run starts at step 0 it records, in WORKDIR/origin/ (grit_jax.weights.orbax_checkpoint.RUN_ORIGIN):
+When a run starts at step 0 it records, in WORKDIR/origin/ (grit_jax.weights.checkpoints.RUN_ORIGIN):
 `model_config.json` (every ModelConfig field as the run resolved it: the base's config.json as it was then)
 and the tokenizer it trains with (tokenizer.model or tokenizer.json, with the Hugging Face files beside
 it); the base's fingerprint is WORKDIR/base.json (grit_jax/train/lora_base.py). Export and
@@ -19,8 +19,8 @@ import os
 
 from grit_jax import storage
 from grit_jax.errors import CheckpointError, UsageError
-from grit_jax.weights.orbax_checkpoint import MODEL_CONFIG, RUN_FIELDS, RUN_ORIGIN
-from grit_jax.weights.pretrained import TOKENIZER_FILES
+from grit_jax.weights.checkpoints import MODEL_CONFIG, RUN_FIELDS, RUN_ORIGIN
+from grit_jax.weights.model_dir import TOKENIZER_FILES
 
 CHANGES = "config_changes.jsonl"
 # Fields that may change on resume because they do not change what is trained, step by step: when and how

@@ -13,7 +13,7 @@ import jax
 
 from grit_jax.errors import UsageError
 from grit_jax.run_config import uses
-from grit_jax.weights.hf_names import ignored_config_keys
+from grit_jax.weights.hf import ignored_config_keys
 
 
 def check_weights(config) -> None:

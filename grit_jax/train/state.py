@@ -26,7 +26,13 @@ from grit_jax.model.attention import check_platform
 from grit_jax.run_config import data_parallel_size, validate_config
 from grit_jax.train.optimizer import make_optimizer
 from grit_jax.weights import open_weights
-from grit_jax.weights.orbax_checkpoint import model_config
+from grit_jax.weights.checkpoints import model_group_config
+
+
+def resolve_model_config(config) -> ModelConfig:
+    """The ModelConfig a training config trains: its `model` group (a preset, a Hugging Face directory or a
+    checkpoint) with the run's overrides of how the model runs and its LoRA."""
+    return model_group_config(config.model)
 
 
 class TrainState(struct.PyTreeNode):
@@ -83,7 +89,7 @@ class TrainSetup:
     def __init__(self, config, mesh: Mesh, model_cfg: ModelConfig | None = None):
         validate_config(config, mesh.shape)
         self.config, self.mesh = config, mesh
-        self.model_config = model_cfg or model_config(config)
+        self.model_config = model_cfg or resolve_model_config(config)
         check_platform(self.model_config.attention_impl, mesh.devices.flat[0].platform)
         self.graphdef, abstract_params = abstract_model(self.model_config)
         self.lora = self.model_config.lora_rank > 0

@@ -7,14 +7,14 @@ import numpy as np
 from grit_jax.batch_layout import padded_layout
 from grit_jax.model import batch as batch_lib
 from grit_jax.model.batch import Batch
-from grit_jax.weights.orbax_checkpoint import model_config
+from grit_jax.train.state import resolve_model_config
 
 
 def synthetic_batch(config, seed=0, num_hosts=1) -> Batch:
     """A random host batch of the configured shapes (tests, benchmarks, smoke runs): right padding,
     1-3 instruction tokens, generative targets after a 2-token prompt."""
     rng = np.random.default_rng(seed)
-    vocab = model_config(config).vocab_size
+    vocab = resolve_model_config(config).vocab_size
     fields = {}
     layout = padded_layout(config.data, config.objective.mode)
     for field, arrays in batch_lib.shapes(layout).items():

@@ -22,9 +22,9 @@ import numpy as np
 from grit_jax.choices import MODEL_TYPES
 from grit_jax.errors import CheckpointError, UsageError
 from grit_jax.model import ModelConfig
-from grit_jax.weights import hf_names
 from grit_jax.weights.gguf_file import GGUFFile
 from grit_jax.weights.gguf_tokenizer import check_tokenizer, write_tokenizer
+from grit_jax.weights.hf import hf_names, hf_shape, name_map, param_shapes
 from grit_jax.weights.safetensors_io import ShardWriter
 
 # GGUF architecture -> Hugging Face model_type
@@ -197,9 +197,9 @@ def tensor_plan(gf: GGUFFile, cfg: ModelConfig) -> list[tuple[str, str, int | No
             )
         by_hf[hf] = name
     plan, arch = [], gf.get("general.architecture")
-    for entry in hf_names.name_map(cfg):
-        want = hf_names.hf_shape(entry, hf_names.param_shapes(cfg)[entry.path])
-        for _, hf in hf_names.hf_names(entry, cfg):
+    for entry in name_map(cfg):
+        want = hf_shape(entry, param_shapes(cfg)[entry.path])
+        for _, hf in hf_names(entry, cfg):
             name = by_hf.pop(hf, None)
             if name is None:
                 raise CheckpointError(f"{gf.path}: no tensor for {hf} (the model's config needs it)")

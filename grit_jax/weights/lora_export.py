@@ -14,14 +14,13 @@ import numpy as np
 
 from grit_jax import storage
 from grit_jax.errors import CheckpointError, UsageError
-from grit_jax.weights import hf_names as hf
-from grit_jax.weights import peft_adapter
-from grit_jax.weights.model_card import write_merged_card
-from grit_jax.weights.orbax_checkpoint import CheckpointSource, checkpoint_leaves, resolve_checkpoint
-from grit_jax.weights.pretrained import DEFAULT_GRIT_CONFIG, GRIT_CONFIG
-from grit_jax.weights.reader import HFParams, iter_tensors
+from grit_jax.weights import hf, peft_adapter
+from grit_jax.weights.card import write_merged_card
+from grit_jax.weights.checkpoints import CheckpointSource, checkpoint_leaves, resolve_checkpoint
+from grit_jax.weights.loading import HFParams, iter_tensors
+from grit_jax.weights.model_dir import DEFAULT_GRIT_CONFIG, GRIT_CONFIG
+from grit_jax.weights.orbax_files import leaf_opener
 from grit_jax.weights.safetensors_io import ShardWriter
-from grit_jax.weights.tensorstore_io import leaf_opener
 
 MERGED = "grit_merged_adapters.json"  # the adapters merge-adapter merged into a dir: none is merged twice
 WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")

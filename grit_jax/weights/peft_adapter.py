@@ -5,7 +5,7 @@ one lora_B [out, r] per adapted torch Linear, named
 `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`; `peft.PeftModel.from_pretrained(base,
 dir)` loads it over the transformers model. Ours are stacked over layers and keep the kernel's head axes:
 A [L, in..., r], B [L, r, out...]; the torch input and output index flattens those axes in order, as the
-kernels' (grit_jax.weights.hf_names), so a tensor converts by a reshape and a transpose.
+kernels' (grit_jax.weights.hf), so a tensor converts by a reshape and a transpose.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from grit_jax import storage
 from grit_jax.choices import LORA_TARGETS
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, Transformer, lora
-from grit_jax.weights import hf_names as hf
+from grit_jax.weights import hf
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

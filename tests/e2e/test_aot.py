@@ -96,14 +96,14 @@ def test_tiny_compiles_for_v5e(tmp_path):
 
     from grit_jax.model import abstract_model
     from grit_jax.train import flops
-    from grit_jax.weights.orbax_checkpoint import model_config
+    from grit_jax.train.state import resolve_model_config
 
     spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(ROOT, "configs", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    cfg = model_config(config)
-    num_params = sum(x.size for x in jax.tree.leaves(abstract_model(model_config(config))[1]))
+    cfg = resolve_model_config(config)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_model(resolve_model_config(config))[1]))
     # data parallel: every chip holds all float32 parameters and Adam's two moments
     assert report["parameter_bytes"] == 4 * num_params
     assert 2 * 4 * num_params <= report["optimizer_bytes"] <= 2 * 4 * num_params + 64

@@ -135,7 +135,7 @@ def test_a_lora_work_dir_loaded_as_a_model_names_the_adapter_route(tmp_path, ref
 
 
 def test_checkpoints_hold_the_adapters_and_record_the_base(reference):
-    from grit_jax.weights.orbax_checkpoint import checkpoint_leaves, resolve_checkpoint
+    from grit_jax.weights.checkpoints import checkpoint_leaves, resolve_checkpoint
 
     metrics = _metrics(reference)
     assert sorted(metrics) == list(range(1, STEPS + 1))

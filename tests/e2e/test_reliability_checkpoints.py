@@ -1,5 +1,5 @@
 """Training checkpoints are verified before use and a failed save stops the run (grit_jax.weights.
-orbax_checkpoint.Checkpoints, grit_jax.weights.checkpoint_files): a damaged newest step is reported in one
+checkpoints.Checkpoints, grit_jax.weights.orbax_files): a damaged newest step is reported in one
 line, kept as <step>.damaged and the newest intact step is used; a save that fails (a write refused by
 the file system) raises RunStopped naming the last good step, with no orbax traceback in the log."""
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from grit_jax.errors import RunStopped
-from grit_jax.weights import checkpoint_files
-from grit_jax.weights.orbax_checkpoint import Checkpoints
+from grit_jax.weights import orbax_files
+from grit_jax.weights.checkpoints import Checkpoints
 
 
 def _state(step):
@@ -65,13 +65,13 @@ def test_damaged_latest_step_is_reported_kept_and_the_newest_intact_one_used(tmp
     shutil.copytree(saved, workdir)
     step3 = os.path.join(workdir, "checkpoints", "3")
     if not listed:
-        os.remove(os.path.join(step3, checkpoint_files.FILES))
+        os.remove(os.path.join(step3, orbax_files.FILES))
     DAMAGE[kind](step3)
     ckpt = Checkpoints(workdir, keep=3, async_save=False)
     assert ckpt.latest_step() == 2
     assert len(ckpt.damaged) == 1 and "checkpoint step 3 is damaged" in ckpt.damaged[0]
     assert "\n" not in ckpt.damaged[0]
-    assert os.path.isdir(step3 + checkpoint_files.DAMAGED) and not os.path.exists(step3)
+    assert os.path.isdir(step3 + orbax_files.DAMAGED) and not os.path.exists(step3)
     state, data = ckpt.restore(2, _abstract())
     np.testing.assert_array_equal(state["params"]["w"], _state(2)["params"]["w"])
     assert data == {"position": 2}
@@ -83,8 +83,8 @@ def test_damaged_latest_step_is_reported_kept_and_the_newest_intact_one_used(tmp
 def test_every_step_is_listed_with_its_files_once_saved(saved):
     for step in (1, 2, 3):
         step_dir = os.path.join(saved, "checkpoints", str(step))
-        assert checkpoint_files.is_sealed(step_dir)
-        assert checkpoint_files.problem(step_dir, ("state", "data")) is None
+        assert orbax_files.is_sealed(step_dir)
+        assert orbax_files.problem(step_dir, ("state", "data")) is None
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_exporting_or_embedding_a_work_dir_uses_its_newest_intact_step(tmp_path,
 
     from grit_jax.errors import CheckpointError
     from grit_jax.model.model_config import ModelConfig
-    from grit_jax.weights.orbax_checkpoint import resolve_checkpoint
+    from grit_jax.weights.checkpoints import resolve_checkpoint
 
     workdir = str(tmp_path / "run")
     shutil.copytree(saved, workdir)

@@ -85,9 +85,8 @@ def test_hf_weights_and_converted_checkpoint_in_the_bucket(bucket, tmp_path):
     grit-convert hf-to-orbax from the bucket to the bucket gives a checkpoint (read by tensorstore's gcs
     driver) with those parameters."""
     from grit_jax.programs.grit_convert import run as convert
-    from grit_jax.weights import hf_names as hf
-    from grit_jax.weights import open_weights
-    from grit_jax.weights.pretrained import load_pretrained
+    from grit_jax.weights import hf, open_weights
+    from grit_jax.weights.model_dir import load_pretrained
     from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
     make_tokenizer(tmp_path / "tokenizer.model")

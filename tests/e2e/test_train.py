@@ -132,7 +132,7 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, data_dir, compi
     assert [metrics[s]["nonfinite"] for s in sorted(metrics)] == [0, 1, 1, 1]
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]  # complete, no half-written save
 
-    from grit_jax.weights import orbax_checkpoint as checkpoint
+    from grit_jax.weights import checkpoints as checkpoint
 
     assert checkpoint.Checkpoints(workdir, keep=3, async_save=False).latest_step() == 1
 

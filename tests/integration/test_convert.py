@@ -19,10 +19,10 @@ from grit_jax.model import abstract_model
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, resolve_model_config
 from grit_jax.weights import open_weights
-from grit_jax.weights.orbax_checkpoint import Checkpoints, model_config
-from grit_jax.weights.pretrained import GRIT_CONFIG
+from grit_jax.weights.checkpoints import Checkpoints
+from grit_jax.weights.model_dir import GRIT_CONFIG
 from tests.grit_fixtures import make_hf_dir
 from tests.hf_reference import assert_same_tensors
 
@@ -106,7 +106,7 @@ def test_training_checkpoint_exports_to_transformers(tmp_path, tokenizer_model):
     convert.run(["orbax-to-hf", "--ckpt", workdir, "--out", out])  # the work dir: its latest step
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
     reference = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    graphdef, _ = abstract_model(model_config(config))
+    graphdef, _ = abstract_model(resolve_model_config(config))
     model = nnx.merge(graphdef, jax.device_get(state.params))
     tokens = np.random.default_rng(0).integers(3, 400, (2, 10)).astype(np.int32)
     mask = make_attn_mask(np.ones((2, 10), bool), "causal")

@@ -14,7 +14,7 @@ from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig
 from grit_jax.model.masks import make_attn_mask
 from grit_jax.programs import grit_convert as convert
-from grit_jax.weights.hf_names import read_hf_config
+from grit_jax.weights.hf import read_hf_config
 from tests.grit_fixtures import VOCAB, make_hf_dir
 from tests.hf_reference import (
     additive_mask,

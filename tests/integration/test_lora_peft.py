@@ -20,7 +20,7 @@ from grit_jax.train import lora_base, step
 from grit_jax.train.state import TrainSetup, initial_params
 from grit_jax.train.synthetic import synthetic_batch
 from grit_jax.weights import peft_adapter
-from grit_jax.weights.orbax_checkpoint import Checkpoints
+from grit_jax.weights.checkpoints import Checkpoints
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 

@@ -11,9 +11,9 @@ from grit_jax import sharding
 from grit_jax.programs import grit_convert
 from grit_jax.run_config import base_config
 from grit_jax.train.state import TrainSetup
-from grit_jax.weights.model_card import model_card
-from grit_jax.weights.orbax_checkpoint import Checkpoints
-from grit_jax.weights.pretrained import DEFAULT_GRIT_CONFIG
+from grit_jax.weights.card import model_card
+from grit_jax.weights.checkpoints import Checkpoints
+from grit_jax.weights.model_dir import DEFAULT_GRIT_CONFIG
 from tests.grit_fixtures import make_tokenizer
 
 

@@ -20,8 +20,7 @@ from grit_jax.model import ModelConfig, Transformer
 from grit_jax.programs import grit_convert, grit_data, grit_embed
 from grit_jax.retrieval.corpus import read_qrels
 from grit_jax.retrieval.embedding_store import read_manifest
-from grit_jax.weights import hf_names as hf
-from grit_jax.weights import peft_adapter
+from grit_jax.weights import hf, peft_adapter
 from tests.grit_fixtures import make_hf_dir
 
 SURROGATE = '{"query": "a broken \\ud800 text", "pos": ["an answer"]}'  # JSON's escape, as written

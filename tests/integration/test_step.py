@@ -11,9 +11,8 @@ from grit_jax.errors import UsageError
 from grit_jax.model import abstract_model, masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective, step
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, resolve_model_config
 from grit_jax.train.synthetic import synthetic_batch
-from grit_jax.weights.orbax_checkpoint import model_config
 
 MESHES = {
     "1 device": dict(data=1, fsdp=1, tensor=1, expert=1),
@@ -77,7 +76,7 @@ def test_losses_and_gradients_agree_across_meshes(per_mesh, name):
 def test_negatives_span_the_shards(per_mesh):
     """The 8-way loss is the global-batch loss, not the mean of per-shard losses with local negatives."""
     c, state, host_batch, results = per_mesh
-    graphdef, _ = abstract_model(model_config(c))
+    graphdef, _ = abstract_model(resolve_model_config(c))
     model = nnx.merge(graphdef, state.params)
 
     def reps(prefix):

@@ -1,4 +1,4 @@
-"""Starting weights load straight into their shards (grit_jax/weights/model_weights.py): from a bf16 Hugging
+"""Starting weights load straight into their shards (grit_jax/weights/loading.py): from a bf16 Hugging
 Face directory and from an orbax checkpoint, onto a data x fsdp mesh of 8 devices, cast to the fp32 master
 dtype, equal to a whole read, and no buffer a host places is ever a whole sharded parameter."""
 
@@ -12,12 +12,9 @@ from grit_jax import sharding
 from grit_jax.errors import CheckpointError
 from grit_jax.programs import grit_convert as convert
 from grit_jax.run_config import base_config
-from grit_jax.train.state import TrainSetup, initial_params
-from grit_jax.weights import hf_names as hf
-from grit_jax.weights import loader as weights
-from grit_jax.weights import open_weights, safetensors_io
-from grit_jax.weights import pretrained as model_files
-from grit_jax.weights.orbax_checkpoint import model_config
+from grit_jax.train.state import TrainSetup, initial_params, resolve_model_config
+from grit_jax.weights import hf, model_dir, open_weights, safetensors_io
+from grit_jax.weights import loading as weights
 from tests.grit_fixtures import make_hf_dir, make_tokenizer
 
 
@@ -93,7 +90,7 @@ def test_params_of_another_dtype_are_refused_by_name(setup_and_dirs):
     bf16 = jax.tree.map(np.asarray, bf16_weights.load(setup.shardings.params))
     with pytest.raises(CheckpointError, match=r"norm.scale: \(64,\) bfloat16 \(want \(64,\) float32\)"):
         setup.create_state(bf16)
-    assert model_config(setup.config).param_dtype == "float32"
+    assert resolve_model_config(setup.config).param_dtype == "float32"
 
 
 def _record_reads(monkeypatch):
@@ -116,7 +113,7 @@ def test_pretrained_model_on_a_mesh_is_read_straight_into_its_shards(setup_and_d
     setup, hf_dir, orbax_dir = setup_and_dirs
     whole = open_weights(hf_dir, config=setup.model_config).read()
     placed, reads = _record_placed(monkeypatch), _record_reads(monkeypatch)
-    model, _, _ = model_files.load_pretrained(hf_dir if kind == "hf" else orbax_dir, mesh=setup.mesh)
+    model, _, _ = model_dir.load_pretrained(hf_dir if kind == "hf" else orbax_dir, mesh=setup.mesh)
     flat = _flat(nnx.state(model, nnx.Param).to_pure_dict())
     assert set(flat) == set(whole)
     cfg, specs = model.config, weights._shardings_by_path(setup.shardings.params)

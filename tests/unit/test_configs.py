@@ -18,8 +18,7 @@ from ml_collections import config_flags
 
 from grit_jax import sharding
 from grit_jax.run_config import validate_config
-from grit_jax.train.state import TrainSetup
-from grit_jax.weights.orbax_checkpoint import model_config
+from grit_jax.train.state import TrainSetup, resolve_model_config
 from tests.grit_fixtures import ROOT
 
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -62,7 +61,7 @@ def test_config_builds_abstract_sharded_state(path, arg):
     assert all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh for x in leaves)
     params = jax.tree.leaves(state.params if state.frozen is None else state.frozen)  # LoRA: the base
     count = sum(int(np.prod(x.shape)) for x in params)
-    assert count == model_config(config).num_params()
+    assert count == resolve_model_config(config).num_params()
     if path == "configs/smollm2.py":  # SmolLM2-135M-Instruct as transformers loads it: 134.5 M
         assert abs(count / 134.5e6 - 1) < 0.01, count
     if variant in PARAMS:

@@ -16,7 +16,7 @@ import pytest
 
 from grit_jax.errors import CheckpointError
 from grit_jax.model import ModelConfig, hf_config
-from grit_jax.weights import hf_names
+from grit_jax.weights import hf as hf_map
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hub_configs")
 
@@ -82,11 +82,11 @@ def fixture(name):
 
 def safetensors_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor name of the model's Hugging Face safetensors and its shape."""
-    ours = hf_names.param_shapes(cfg)
+    ours = hf_map.param_shapes(cfg)
     return {
-        name: hf_names.hf_shape(entry, ours[entry.path])
-        for entry in hf_names.name_map(cfg)
-        for _, name in hf_names.hf_names(entry, cfg)
+        name: hf_map.hf_shape(entry, ours[entry.path])
+        for entry in hf_map.name_map(cfg)
+        for _, name in hf_map.hf_names(entry, cfg)
     }
 
 
@@ -96,7 +96,7 @@ def test_every_published_config_is_a_fixture():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_config_reads_into_its_safetensors_shapes(name):
-    cfg = hf_names.read_hf_config(fixture(name))
+    cfg = hf_map.read_hf_config(fixture(name))
     count, known = PUBLISHED[name]
     shapes = safetensors_shapes(cfg)
     for tensor, shape in known.items():
@@ -106,17 +106,17 @@ def test_published_config_reads_into_its_safetensors_shapes(name):
 
 
 def test_published_values_are_honoured():
-    smol = hf_names.read_hf_config(fixture("SmolLM2-135M-Instruct"))
+    smol = hf_map.read_hf_config(fixture("SmolLM2-135M-Instruct"))
     assert (smol.rope_theta, smol.rms_norm_eps, smol.pad_token_id, smol.head_dim) == (100000, 1e-5, 2, 64)
-    assert hf_names.read_hf_config(fixture("Mistral-7B-v0.1")).sliding_window == 4096
-    assert hf_names.read_hf_config(fixture("Qwen2.5-7B")).sliding_window is None  # use_sliding_window false
-    llama = hf_names.read_hf_config(fixture("Llama-3.2-1B"))
+    assert hf_map.read_hf_config(fixture("Mistral-7B-v0.1")).sliding_window == 4096
+    assert hf_map.read_hf_config(fixture("Qwen2.5-7B")).sliding_window is None  # use_sliding_window false
+    llama = hf_map.read_hf_config(fixture("Llama-3.2-1B"))
     assert (llama.rope_type, llama.rope_factor, llama.rope_original_max_position_embeddings) == (
         "llama3",
         32,
         8192,
     )
-    moe = hf_names.read_hf_config(fixture("Qwen3-30B-A3B"))
+    moe = hf_map.read_hf_config(fixture("Qwen3-30B-A3B"))
     assert (moe.num_local_experts, moe.num_experts_per_tok, moe.expert_intermediate_size) == (128, 8, 768)
 
 
@@ -152,5 +152,5 @@ def test_a_value_that_cannot_be_honoured_is_refused_by_name(tmp_path, name, chan
     path = tmp_path / "config.json"
     path.write_text(json.dumps(hf))
     with pytest.raises(CheckpointError, match=message) as err:
-        hf_names.read_hf_config(str(tmp_path))
+        hf_map.read_hf_config(str(tmp_path))
     assert str(path) in str(err.value)

@@ -12,9 +12,8 @@ from grit_jax.choices import POOLINGS
 from grit_jax.model import abstract_model, masks, pooling
 from grit_jax.run_config import base_config
 from grit_jax.train import objective
-from grit_jax.train.state import TrainSetup
+from grit_jax.train.state import TrainSetup, resolve_model_config
 from grit_jax.train.synthetic import synthetic_batch
-from grit_jax.weights.orbax_checkpoint import model_config
 
 
 def tiny_config(**objective_overrides):
@@ -36,7 +35,7 @@ def setup():
     c = tiny_config()
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
     state = TrainSetup(c, mesh).create_state()
-    graphdef, _ = abstract_model(model_config(c))
+    graphdef, _ = abstract_model(resolve_model_config(c))
     batch = jax.tree.map(jnp.asarray, synthetic_batch(c, seed=1))
     return c, state, graphdef, batch
 
@@ -224,7 +223,7 @@ def test_reference_world_size_scales_the_embedding_gradient_by_one_over_w():
     c = tiny_config(mode="embedding", projection_dim=8)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1})
     state = TrainSetup(c, mesh).create_state()
-    graphdef, _ = abstract_model(model_config(c))
+    graphdef, _ = abstract_model(resolve_model_config(c))
     batch = jax.tree.map(jnp.asarray, synthetic_batch(c, seed=2))
     reference = tiny_config(mode="embedding", projection_dim=8, reference_world_size=4)
 

@@ -83,7 +83,7 @@ def test_summary_block():
 def test_hub_config_metadata_is_listed_once(tmp_path):
     """A config.json as the hub publishes it (SmolLM2's nanotron and transformers.js keys) is read, and
     the keys read as metadata are named in the run block."""
-    from grit_jax.weights.orbax_checkpoint import model_config
+    from grit_jax.train.state import resolve_model_config
 
     hub = os.path.join(
         os.path.dirname(__file__), "..", "fixtures", "hub_configs", "SmolLM2-135M-Instruct.json"
@@ -91,7 +91,10 @@ def test_hub_config_metadata_is_listed_once(tmp_path):
     shutil.copyfile(hub, tmp_path / "config.json")
     config = tiny.get_config()
     config.model.hf_dir = str(tmp_path)
-    assert (model_config(config).hidden_size, model_config(config).num_hidden_layers) == (576, 30)
+    assert (resolve_model_config(config).hidden_size, resolve_model_config(config).num_hidden_layers) == (
+        576,
+        30,
+    )
     assert ignored_lines(config, None) == [
         "config.json:   ignored (no effect on the model): initializer_range, is_llama_config, "
         "pretraining_tp, torch_dtype, transformers.js_config, transformers_version, use_cache"

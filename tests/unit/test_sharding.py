@@ -11,8 +11,7 @@ from grit_jax import sharding
 from grit_jax.errors import UsageError
 from grit_jax.model import abstract_model
 from grit_jax.run_config import base_config, data_parallel_size
-from grit_jax.train.state import TrainSetup
-from grit_jax.weights.orbax_checkpoint import model_config
+from grit_jax.train.state import TrainSetup, resolve_model_config
 
 
 def test_mesh_resolves_minus_one_and_checks_the_device_count():
@@ -33,7 +32,7 @@ def test_mesh_resolves_minus_one_and_checks_the_device_count():
 def test_rules_place_every_parameter(preset):
     c = base_config()
     c.model.preset = preset
-    _, abstract = abstract_model(model_config(c))
+    _, abstract = abstract_model(resolve_model_config(c))
     mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=2, expert=2))
     specs = nnx.to_flat_state(sharding.param_specs(abstract, mesh))
     specs = {".".join(map(str, k)): v.get_value() for k, v in specs}

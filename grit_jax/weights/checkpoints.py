@@ -1,5 +1,5 @@
 """Orbax checkpoints: the training run's (resume exactly), finding any checkpoint's parameters and
-model config, and checking a checkpoint's parameter names and shapes (grit_jax.weights.reader reads them).
+model config, and checking a checkpoint's parameter names and shapes (grit_jax.weights.loading reads them).
 
 A training checkpoint `WORKDIR/checkpoints/<step>/` holds two items: `state` (the TrainState: parameters,
 optimizer state, step, RNG) and `data` (the data iterator's state, JSON); the training config is
@@ -28,8 +28,7 @@ from jax.experimental import multihost_utils
 from grit_jax import storage
 from grit_jax.errors import CheckpointError, RunStopped, one_line
 from grit_jax.model.model_config import ModelConfig
-from grit_jax.weights import checkpoint_files
-from grit_jax.weights import hf_names as hf
+from grit_jax.weights import hf, orbax_files
 
 STATE, DATA = "state", "data"
 MODEL_CONFIG = "model_config.json"
@@ -51,7 +50,7 @@ logging.getLogger("absl").addFilter(_NoMissingItemMetadata())  # orbax logs thro
 
 class Checkpoints:
     """The training run's checkpoints, saved asynchronously and restored onto any mesh. Each step is
-    verified before it is restored (grit_jax.weights.checkpoint_files); a save that fails raises
+    verified before it is restored (grit_jax.weights.orbax_files); a save that fails raises
     RunStopped naming the last good step, at the latest one step after it failed (`poll`)."""
 
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
@@ -64,7 +63,7 @@ class Checkpoints:
         )
         self.items = (STATE, DATA)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=self.items)
-        self.saving: list[int] = []  # saved by this run, not yet finished and listed in checkpoint_files
+        self.saving: list[int] = []  # saved by this run, not yet finished and listed in orbax_files
         self.failure: RunStopped | None = None
         self.damaged: list[str] = []  # one line per damaged step set aside by latest_step
         quiet_orbax_tracebacks()
@@ -93,7 +92,7 @@ class Checkpoints:
             )
         found, damaged = None, []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            what = checkpoint_files.problem(self.step_dir(step), self.items)
+            what = orbax_files.problem(self.step_dir(step), self.items)
             if what is None:
                 found = step
                 break
@@ -101,9 +100,9 @@ class Checkpoints:
         if damaged:
             _sync("grit_jax checkpoints verified")  # every host read the steps before any is renamed
             for step, what in damaged:
-                aside = self.step_dir(step) + checkpoint_files.DAMAGED
+                aside = self.step_dir(step) + orbax_files.DAMAGED
                 if jax.process_index() == 0:
-                    aside = checkpoint_files.set_aside(self.step_dir(step))
+                    aside = orbax_files.set_aside(self.step_dir(step))
                 self.damaged.append(f"checkpoint step {step} is damaged ({what}); not used, kept as {aside}")
             _sync("grit_jax damaged checkpoints set aside")
             self.manager.reload()
@@ -138,7 +137,7 @@ class Checkpoints:
             raise self._failed(self.saving[-1], e) from None
         if jax.process_index() == 0:
             for step in self.saving:
-                checkpoint_files.seal(self.step_dir(step))
+                orbax_files.seal(self.step_dir(step))
         self.saving = []
 
     def _failed(self, step: int, error: Exception) -> RunStopped:
@@ -218,10 +217,11 @@ def _without_frozen(state):
 RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "moe_impl")
 
 
-def model_config(config) -> ModelConfig:
-    """The ModelConfig of a training config's `model` group: a preset, a Hugging Face directory or a
-    checkpoint (its own model config), with our overrides of how it runs (RUN_FIELDS)."""
-    m = config.model
+def model_group_config(m) -> ModelConfig:
+    """The ModelConfig a training config's `model` group names: a preset, a Hugging Face directory or a
+    checkpoint (its own model config), with our overrides of how it runs (RUN_FIELDS). Training calls it
+    through grit_jax.train.state.resolve_model_config; it is here because reading a work dir from before
+    origin/ (_training_source) needs it too, and weights/ is below train/."""
     overrides = {k: m[k] for k in RUN_FIELDS if k in m}
     if "lora" in m:  # LoRA is how this run trains, not what the model is
         overrides.update(lora_rank=m.lora.rank, lora_alpha=m.lora.alpha, lora_targets=tuple(m.lora.targets))
@@ -273,14 +273,16 @@ def _training_source(item: str, config_path: str, training: dict) -> CheckpointS
         kept = [storage.join(origin, n) for n in ("tokenizer.model", "tokenizer.json")]
         tokenizer = next((t for t in kept if storage.isfile(t)), None) or data.get("tokenizer") or None
         return CheckpointSource(item, ("params",), cfg, [origin, *search], training, tokenizer)
-    cfg = model_config(ml_collections.ConfigDict(training))  # a work dir of a run from before origin/
+    cfg = model_group_config(
+        ml_collections.ConfigDict(training).model
+    )  # a work dir of a run from before origin/
     return CheckpointSource(item, ("params",), cfg, search, training, data.get("tokenizer") or None)
 
 
 def _newest_intact(directory: str, steps: list[tuple[int, str]]) -> str:
-    """The newest step dir whose files are intact (checkpoint_files); the damaged ones newer are said."""
+    """The newest step dir whose files are intact (orbax_files); the damaged ones newer are said."""
     for number, step_dir in reversed(steps):
-        damaged = checkpoint_files.problem(step_dir, (STATE,))
+        damaged = orbax_files.problem(step_dir, (STATE,))
         if damaged is None:
             return step_dir
         logging.warning("checkpoint step %d in %s is damaged (%s); not used", number, directory, damaged)
@@ -301,7 +303,7 @@ def resolve_checkpoint(path: str, step: int | None = None) -> CheckpointSource:
             chosen = dict(steps).get(step) if step is not None else _newest_intact(candidate, steps)
             if chosen is None:
                 raise CheckpointError(f"{candidate}: no step {step}; steps there: {[s for s, _ in steps]}")
-            damaged = checkpoint_files.problem(chosen, (STATE,))
+            damaged = orbax_files.problem(chosen, (STATE,))
             if damaged:
                 raise CheckpointError(f"{chosen}: a damaged checkpoint ({damaged}); choose another --step")
             return resolve_checkpoint(chosen)

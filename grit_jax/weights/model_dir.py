@@ -17,8 +17,8 @@ from grit_jax import storage
 from grit_jax.data.hf_tokenizer import TOKENIZER_JSON
 from grit_jax.data.tokenizer import SENTENCEPIECE, Tokenizer, tokenizer_file
 from grit_jax.errors import CheckpointError
-from grit_jax.weights.model_weights import open_weights
-from grit_jax.weights.orbax_checkpoint import CheckpointSource
+from grit_jax.weights.checkpoints import CheckpointSource
+from grit_jax.weights.loading import open_weights
 from grit_jax.weights.peft_adapter import merge_into
 
 GRIT_CONFIG = "grit_config.json"
@@ -142,7 +142,7 @@ def load_pretrained(
     safetensors) or an orbax checkpoint (hf-to-orbax dir, training step dir or work dir); `dtype` is the
     compute dtype, `tokenizer` a Tokenizer or a tokenizer file or directory (default: beside the model).
     Parameters keep their stored dtype (float32 if a model cannot hold it); with `mesh` each is read
-    straight into its shards on that mesh (grit_jax.weights.loader), else onto this host's first device.
+    straight into its shards on that mesh (grit_jax.weights.loading), else onto this host's first device.
     `adapter`: a PEFT LoRA directory merged into the weights (grit_jax.weights.peft_adapter)."""
     weights = open_weights(path, step=step, dtype=dtype)
     checkpoint, hint = weights.checkpoint, None
