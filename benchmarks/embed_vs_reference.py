@@ -107,7 +107,7 @@ def grit_encoder(path, docs, args, devices=1):
 
     model = grit_model(path, devices)
     lengths = [len(model.tokenize(INSTRUCTION + d, True, args.max_length)) for d in docs]
-    return lambda: embed_texts(model, docs, INSTRUCTION, args.batch_size, args.max_length), lengths
+    return lambda: embed_texts(model, docs, INSTRUCTION, args.batch_size, max_length=args.max_length), lengths
 
 
 def reference_encoder(path, docs, args):

@@ -115,6 +115,7 @@ def prepare_demo_data(
     vocab_size: int = 1024,
     query_max_len: int = 128,
     passage_max_len: int = 512,
+    *,
     generative_max_len: int = 512,
     tokenizer: str | None = None,
 ) -> dict:
@@ -143,8 +144,8 @@ def prepare_demo_data(
         tokenizer,
         files["embedding"],
         files["generative"],
-        files["eval_embedding"],
-        files["eval_generative"],
+        eval_embedding=files["eval_embedding"],
+        eval_generative=files["eval_generative"],
         query_max_len=limits[0],
         passage_max_len=limits[1],
         generative_max_len=limits[2],

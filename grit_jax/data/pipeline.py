@@ -138,7 +138,7 @@ class HostBatches:
             self.config.embedding_batch_size,
             self.config.seed,
             epoch,
-            self.config.shuffle,
+            shuffle=self.config.shuffle,
         )
 
     def batch_plan(self, step: int) -> np.ndarray:
@@ -167,7 +167,12 @@ class HostBatches:
         record = self.opened["embedding"].sources[source][int(index)]
         num_pos, num_passages = int(record["num_pos"]), len(record["passage_lens"])
         chosen = sampling.chosen_passages(
-            self.config.seed, self.config.train_group_size, step, row, num_pos, num_passages
+            self.config.seed,
+            self.config.train_group_size,
+            step,
+            row,
+            num_pos=num_pos,
+            num_passages=num_passages,
         )
         ends = np.cumsum(record["passage_lens"])
         passages = [record["passages"][ends[k] - record["passage_lens"][k] : ends[k]] for k in chosen]
@@ -180,7 +185,12 @@ class HostBatches:
         first, end = lengths["passage_offsets"][index : index + 2]
         num_pos = int(lengths["num_pos"][index])
         chosen = sampling.chosen_passages(
-            self.config.seed, self.config.train_group_size, step, int(row), num_pos, int(end - first)
+            self.config.seed,
+            self.config.train_group_size,
+            step,
+            int(row),
+            num_pos=num_pos,
+            num_passages=int(end - first),
         )
         return lengths["passage_lens"][first + np.asarray(chosen)]
 

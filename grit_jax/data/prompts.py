@@ -73,17 +73,17 @@ def embed_strings(item: EmbedText, max_chars: int, plain_strings="raw") -> tuple
 
 
 def encode_embedding(
-    tokenizer: Tokenizer, item: EmbedText, max_len: int, max_chars: int | None = None, plain_strings="raw"
+    tokenizer: Tokenizer, item: EmbedText, max_len: int, max_chars: int | None = None, *, plain_strings="raw"
 ) -> tuple[np.ndarray, int]:
     """Token ids (truncated to max_len) and the instruction length of one text. max_chars defaults to
     10 x max_len; data preparation passes 10 x the largest of all three limits, as the reference does."""
     max_chars = CHARS_PER_TOKEN_CUT * max_len if max_chars is None else max_chars
     prefix, full, raw = embed_strings(item, max_chars, plain_strings)
-    return finish_embedding(tokenizer, tokenizer.encode(prefix), tokenizer.encode(full), max_len, raw)
+    return finish_embedding(tokenizer, tokenizer.encode(prefix), tokenizer.encode(full), max_len, raw=raw)
 
 
 def finish_embedding(
-    tokenizer: Tokenizer, prefix_ids: Sequence[int], full_ids: Sequence[int], max_len: int, raw=False
+    tokenizer: Tokenizer, prefix_ids: Sequence[int], full_ids: Sequence[int], max_len: int, *, raw=False
 ) -> tuple[np.ndarray, int]:
     """Adds BOS (not to raw text), truncates and checks that something is left to embed."""
     if raw:
@@ -131,7 +131,14 @@ def encode_chat(
     segments = chat_segments(text, max_len)
     encoded = tokenizer.encode_batch([p for p, _ in segments] + [p + a for p, a in segments], 1)
     n = len(segments)
-    return finish_chat(tokenizer, encoded[:n], encoded[n:], isinstance(text, str), max_len, plain_strings)
+    return finish_chat(
+        tokenizer,
+        encoded[:n],
+        encoded[n:],
+        isinstance(text, str),
+        max_len=max_len,
+        plain_strings=plain_strings,
+    )
 
 
 def finish_chat(
@@ -139,6 +146,7 @@ def finish_chat(
     prefix_ids: Sequence[Sequence[int]],
     full_ids: Sequence[Sequence[int]],
     plain: bool,
+    *,
     max_len: int,
     plain_strings="raw",
 ) -> tuple[np.ndarray, np.ndarray, int]:

@@ -22,7 +22,9 @@ def rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
-def epoch_plan(sizes: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+def epoch_plan(
+    sizes: list[int], batch_size: int, seed: int, epoch: int, *, shuffle: bool = True
+) -> np.ndarray:
     """[num_batches, batch_size, 2] (source, index) of one epoch's global embedding batches."""
     gen = rng(seed, EMBED_STREAM, epoch)
     full, tails = [], []
@@ -59,7 +61,9 @@ def sample_negatives(num_neg: int, count: int, gen: np.random.Generator) -> np.n
     return gen.choice(pool, count, replace=False)
 
 
-def chosen_passages(seed: int, group: int, step: int, row: int, num_pos: int, num_passages: int) -> list[int]:
+def chosen_passages(
+    seed: int, group: int, step: int, row: int, *, num_pos: int, num_passages: int
+) -> list[int]:
     """The record's passages that global row ``row`` of ``step`` trains on: one positive, then
     group - 1 hard negatives (indices into the record's passages, positives first)."""
     gen = rng(seed, PASSAGE, step, row)

@@ -125,7 +125,7 @@ def _chunks(items, size):
 
 
 def tokenize_embedding(
-    tokenizer: Tokenizer, records, limits: dict, path: str, bad: list, dropped: list, plain_strings="raw"
+    tokenizer: Tokenizer, records, limits: dict, path: str, *, bad: list, dropped: list, plain_strings="raw"
 ) -> list[dict]:
     """records: [(line, (query, pos, neg))] -> stored examples; failures appended to `bad`."""
     out = []
@@ -148,7 +148,7 @@ def tokenize_embedding(
         for line, offset, pairs, num_pos in plans:
             try:
                 encoded = [
-                    fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m, raw)
+                    fmt.finish_embedding(tokenizer, ids[offset + 2 * k], ids[offset + 2 * k + 1], m, raw=raw)
                     for k, ((_, _, raw), m) in enumerate(pairs)
                 ]
             except DataError as e:
@@ -169,7 +169,7 @@ def tokenize_embedding(
 
 
 def tokenize_generative(
-    tokenizer: Tokenizer, records, limits: dict, path: str, bad: list, dropped: list, plain_strings="raw"
+    tokenizer: Tokenizer, records, limits: dict, path: str, *, bad: list, dropped: list, plain_strings="raw"
 ) -> list[dict]:
     """records: [(line, text)] -> stored examples. Chats whose first prompt alone reaches the limit are
     dropped (their lines appended to `dropped`), as the reference filters them."""
@@ -194,8 +194,8 @@ def tokenize_generative(
                 ids[offset : offset + n],
                 ids[offset + n : offset + 2 * n],
                 plain,
-                max_len,
-                plain_strings,
+                max_len=max_len,
+                plain_strings=plain_strings,
             )
             out.append(
                 {"tokens": tokens, "targets": target.astype(np.uint8), "last_start": np.int32(last_start)}
@@ -247,6 +247,7 @@ def build_sources(
     kind: str,
     tokenizer: Tokenizer,
     out_dir: str,
+    *,
     subdir: str,
     limits: dict,
     skip_bad: bool,
@@ -269,7 +270,9 @@ def build_sources(
             entries.append(old)
             continue
         (bad, records), dropped = _read_records(path, parse), []
-        examples = tokenize(tokenizer, records, limits, path, bad, dropped, plain_strings)
+        examples = tokenize(
+            tokenizer, records, limits, path, bad=bad, dropped=dropped, plain_strings=plain_strings
+        )
         bad.sort(key=lambda b: b.line)
         if bad and not skip_bad:
             shown = "\n  ".join(map(str, bad[:20]))
@@ -336,6 +339,7 @@ def prepare(
     tokenizer: Tokenizer,
     embedding: Sequence[str] = (),
     generative: Sequence[str] = (),
+    *,
     eval_embedding: Sequence[str] = (),
     eval_generative: Sequence[str] = (),
     skip_bad: bool = False,
@@ -377,8 +381,9 @@ def prepare(
             paths = groups[split][kind == "generative"]
             previous = {e["name"]: e for e in old.get(split, {}).get(kind, [])}
             manifest.setdefault(split, {})[kind] = build_sources(
-                expand_paths(paths), kind, tokenizer, out_dir, os.path.join(split, kind), limits, skip_bad,
-                previous, plain_strings, built,
+                expand_paths(paths), kind, tokenizer, out_dir, subdir=os.path.join(split, kind),
+                limits=limits, skip_bad=skip_bad, previous=previous,
+                plain_strings=plain_strings, built=built,
             )  # fmt: skip
         with open(tmp, "w") as f:  # a write that fails (disk full) fails here, before anything is replaced
             json.dump(manifest, f, indent=1)

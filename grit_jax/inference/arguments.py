@@ -53,7 +53,7 @@ def check_prompt_rows(rows: list[list[int]]) -> None:
             raise UsageError(f"prompt {i} has no tokens")
 
 
-def check_generation(max_new_tokens, do_sample, temperature, top_k, top_p) -> None:
+def check_generation(max_new_tokens, do_sample, temperature, top_k, *, top_p) -> None:
     """The decoding settings: at least one new token, top_k >= 0 and top_p in (0, 1] (top_p=0 keeps no
     token at all), and with sampling a positive temperature."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):

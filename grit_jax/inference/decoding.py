@@ -27,7 +27,7 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "with_cache"))
-def _encode_pass(graphdef, state, tokens, mask, with_cache):
+def _encode_pass(graphdef, state, tokens, mask, *, with_cache):
     """Hidden states [B,T,D] (and the cache of the pass) over a full mask [B,T,T]."""
     model = nnx.merge(graphdef, state)
     cache = KVCache.empty(model.config, tokens.shape[0], tokens.shape[1]) if with_cache else None
@@ -36,7 +36,7 @@ def _encode_pass(graphdef, state, tokens, mask, with_cache):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _decode_pass(graphdef, state, tokens, mask, positions, cache, last):
+def _decode_pass(graphdef, state, tokens, mask, *, positions, cache, last):
     """Runs tokens [B,T] at positions [B,T] into the buffer at cache.index; logits [B,V] at column last."""
     model = nnx.merge(graphdef, state)
     out = model(tokens, mask, positions=positions, cache=cache)
@@ -57,7 +57,7 @@ def _place(buffer_k, buffer_v, k, v):
 
 
 def sample(
-    logits: np.ndarray, rng: np.random.Generator, do_sample=False, temperature=1.0, top_k=0, top_p=1.0
+    logits: np.ndarray, rng: np.random.Generator, do_sample=False, temperature=1.0, *, top_k=0, top_p=1.0
 ):
     """Next tokens [B] from logits [B,V]: argmax, or a draw after temperature, top-k and top-p filtering."""
     if not do_sample:

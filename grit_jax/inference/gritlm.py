@@ -106,7 +106,7 @@ class GritLM:
         keyword arguments raise TypeError."""
         hardware.quiet_platform()  # no libtpu errors on a machine without a TPU (unless JAX has started)
         mesh = placement.resolve_mesh(mesh)
-        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh, adapter)
+        model, tokenizer, settings = load_pretrained(path, dtype, step, tokenizer, mesh=mesh, adapter=adapter)
 
         def pick(given, key):
             return settings[key] if given is None else given
@@ -175,9 +175,8 @@ class GritLM:
         hidden, valid, kv = self._hidden(rows, with_cache=with_cache)
         hidden = project(hidden, self.projection)
         lengths = np.full((valid.shape[0],), skip, np.int32)
-        emb = pool(
-            hidden, *placement.replicate(self.mesh, valid, lengths), self.pooling_method, self.normalized
-        )
+        placed = placement.replicate(self.mesh, valid, lengths)
+        emb = pool(hidden, *placed, self.pooling_method, normalize=self.normalized)
         cache = (
             Cache(kv[0][:, : len(rows)], kv[1][:, : len(rows)], valid[: len(rows)]) if with_cache else None
         )
@@ -204,7 +203,9 @@ class GritLM:
         )
         tokens, mask = placement.place_batch(self.mesh, tokens, mask)
         with use_mesh(self.mesh):
-            hidden, kv = _encode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache)
+            hidden, kv = _encode_pass(
+                self.graphdef, self.state, jnp.asarray(tokens), mask, with_cache=with_cache
+            )
         return hidden, valid, kv
 
     def encode_queries(self, queries, **kwargs):
@@ -245,9 +246,9 @@ class GritLM:
         """The mode's caches (grit_jax.inference.rag) of one query and document, or of lists of them (one per
         row)."""
         queries, docs = _rows(query), _rows(doc)
-        return rag.caches(self, queries, docs, mode, max_length)
+        return rag.caches(self, queries, docs, mode, max_length=max_length)
 
-    def rag_generate(self, query, doc, mode: str = "doc", answer_prefix: str = "", max_length=512, **kwargs):
+    def rag_generate(self, query, doc, mode="doc", answer_prefix="", *, max_length=512, **kwargs):
         """RAG with caching as the reference does it: caches of the mode, then its prompt; generate's
         arguments in kwargs. One query and document give one answer, lists one answer per row."""
         queries, docs = _rows(query), _rows(doc)
@@ -288,7 +289,7 @@ class GritLM:
             raise UsageError(
                 "generate needs mode='unified' or 'generative' (this GritLM was loaded as 'embedding')"
             )
-        arguments.check_generation(max_new_tokens, do_sample, temperature, top_k, top_p)
+        arguments.check_generation(max_new_tokens, do_sample, temperature, top_k, top_p=top_p)
         single = _is_single_prompt(inputs)
         prompts = [inputs] if single else list(inputs)
         cache = None
@@ -299,17 +300,13 @@ class GritLM:
         rows = [self._prompt_ids(p, cache is not None, f"prompt {i}") for i, p in enumerate(prompts)]
         arguments.check_prompt_rows(rows)
         eos = self.tokenizer.eos_id if eos_token_id is None else eos_token_id
+        sampling = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
         out = self._decode(
-            rows,
-            cache,
-            max_new_tokens,
-            eos,
-            np.random.default_rng(seed),
-            dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p),
+            rows, cache, max_new_tokens, eos, rng=np.random.default_rng(seed), sampling=sampling
         )
         return out[0] if single else out
 
-    def _decode(self, rows, cache: Cache | None, max_new_tokens, eos, rng, sampling):
+    def _decode(self, rows, cache: Cache | None, max_new_tokens, eos, *, rng, sampling):
         """Prefill the prompts after the cached prefix, then decode one token at a time."""
         cfg, batch = self.config, len(rows)
         lengths = np.array([len(r) for r in rows])
@@ -336,13 +333,12 @@ class GritLM:
             valid[i, prefix : prefix + len(r)] = True
         positions = start[:, None] + np.arange(prompt_len)[None]
         slots = prefix + np.broadcast_to(np.arange(prompt_len), (batch, prompt_len))
-        logits, buffer = self._pass(tokens, self._gen_mask(slots, valid), positions, buffer, lengths - 1)
-        return self._decode_loop(
-            logits, buffer, valid, prefix + prompt_len, start + lengths, max_new_tokens, eos, rng, sampling
-        )
+        logits, buffer = self._pass(tokens, self._gen_mask(slots, valid), positions, buffer, last=lengths - 1)
+        loop = dict(next_position=start + lengths, max_new_tokens=max_new_tokens, eos=eos, rng=rng)
+        return self._decode_loop(logits, buffer, valid, prefix + prompt_len, sampling=sampling, **loop)
 
     def _decode_loop(
-        self, logits, buffer, valid, first_slot, next_position, max_new_tokens, eos, rng, sampling
+        self, logits, buffer, valid, first_slot, *, next_position, max_new_tokens, eos, rng, sampling
     ):
         """From the prefill's last logits: sample, write the token at the next shared slot, repeat.
 
@@ -362,15 +358,16 @@ class GritLM:
             slot = first_slot + step
             valid[:, slot] = True
             mask = self._gen_mask(np.full((batch, 1), slot), valid)
-            logits, buffer = self._pass(new[:, None], mask, next_position[:, None] + step, buffer, 0 * new)
+            positions = next_position[:, None] + step
+            logits, buffer = self._pass(new[:, None], mask, positions, buffer, last=0 * new)
         return generated
 
-    def _pass(self, tokens, mask, positions, buffer, last):
+    def _pass(self, tokens, mask, positions, buffer, *, last):
         """One decoding pass; on a mesh its inputs are replicated (every host passes the same ones)."""
         ints = [np.asarray(x, np.int32) for x in (tokens, positions, last)]
         tokens, positions, last, mask, buffer = placement.replicate(self.mesh, *ints, mask, buffer)
-        args = (jnp.asarray(tokens), mask, jnp.asarray(positions), buffer, jnp.asarray(last))
-        return _decode_pass(self.graphdef, self.state, *args)
+        arrays = dict(positions=jnp.asarray(positions), cache=buffer, last=jnp.asarray(last))
+        return _decode_pass(self.graphdef, self.state, jnp.asarray(tokens), mask, **arrays)
 
     def _gen_mask(self, q_slots, valid):
         """Causal over the valid buffer slots: [B,T,S]. Slots are ordered by their token's index in the row

@@ -23,7 +23,7 @@ from grit_jax.sharding import use_mesh
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind", "window", "method", "normalize"))
 def _packed_pass(
-    graphdef, state, projection, tokens, segments, positions, skips, kind, window, method, normalize
+    graphdef, state, projection, tokens, *, segments, positions, skips, kind, window, method, normalize
 ):
     """Embeddings [R, slots(L), D] of the texts in packed rows tokens/segments/positions [R,L] (segment
     s of row r in slot s-1), each pooled after its first skips[r] tokens."""
@@ -32,7 +32,7 @@ def _packed_pass(
     hidden = project(model(tokens, mask, positions=positions).hidden, projection)
     count = text_packing.slots(tokens.shape[1])
     skip = jnp.broadcast_to(skips[:, None], (tokens.shape[0], count))
-    return pool_segments(hidden, segments, positions, skip, method, normalize)
+    return pool_segments(hidden, segments, positions, skip, method=method, normalize=normalize)
 
 
 def layout(rows: list[list[int]], one: text_packing.Pass, pad_id: int):
@@ -70,11 +70,14 @@ def encode_rows(model, rows: list[list[int]], skip: int, batch_size: int) -> np.
                 model.graphdef,
                 model.state,
                 model.projection,
-                *placed,
-                kind,
-                model.config.sliding_window,
-                model.pooling_method,
-                model.normalized,
+                *placed[:1],
+                segments=placed[1],
+                positions=placed[2],
+                skips=placed[3],
+                kind=kind,
+                window=model.config.sliding_window,
+                method=model.pooling_method,
+                normalize=model.normalized,
             )
         emb = placement.to_host(emb)
         emb = emb.reshape(-1, emb.shape[-1])[flat]

@@ -108,7 +108,7 @@ def prompt_text(mode: str, query: str = "", doc="", answer_prefix: str = "") -> 
     return TEMPLATES[check_mode(mode)].format(query=query, doc=doc_text(doc)) + answer_prefix
 
 
-def caches(model, queries: list[str], docs: list, mode: str, max_length: int) -> list[Cache]:
+def caches(model, queries: list[str], docs: list, mode: str, *, max_length: int) -> list[Cache]:
     """The mode's cached segments for rows of queries and documents (GritLM.encode with get_cache)."""
     texts = {"query": queries, "doc": [doc_text(d) for d in docs]}
     out = []

@@ -51,7 +51,9 @@ class AttentionSpec:
         return masks.make_attn_mask(self.valid, self.kind, sliding_window=self.window, segments=self.segments)
 
 
-def attention_spec(padding, kind: str, sliding_window: int | None, impl: str, segments=None) -> AttentionSpec:
+def attention_spec(
+    padding, kind: str, sliding_window: int | None, impl: str, *, segments=None
+) -> AttentionSpec:
     """The spec of a right-padded batch (padding [B,T] bool), or of packed rows (segments [B,T] int,
     0 = padding; padding is then segments > 0); a window no shorter than the row cuts nothing: dropped."""
     if kind not in ("causal", "bidirectional"):
@@ -134,7 +136,7 @@ def attend(spec: AttentionSpec, q, k, v):
 # ----------------------------------------------------------------------------- cuDNN
 
 
-def cudnn_attention(spec: AttentionSpec, q, k, v, implementation="cudnn"):
+def cudnn_attention(spec: AttentionSpec, q, k, v, *, implementation="cudnn"):
     """cuDNN flash attention with per-row lengths (right padding); windows only causal."""
     # at least 1: a row of padding only (evaluation fills its last batch with them) stays finite
     lengths = jnp.maximum(jnp.sum(spec.valid, axis=1, dtype=jnp.int32), 1)
@@ -155,7 +157,7 @@ def cudnn_attention(spec: AttentionSpec, q, k, v, implementation="cudnn"):
 
 
 @functools.lru_cache(maxsize=64)
-def splash_kernel(kind: str, length: int, window: int | None, heads: int, interpret: bool):
+def splash_kernel(kind: str, length: int, window: int | None, heads: int, *, interpret: bool):
     """A splash kernel for one row: q [N,T,H], k and v [K,T,H] (grouped-query heads), segment ids."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa  # imports libtpu's Pallas
 
@@ -194,7 +196,7 @@ def _head_split(mesh, num_heads: int, num_kv_heads: int) -> tuple[str | None, in
     return "tensor", 1
 
 
-def splash_attention(spec: AttentionSpec, q, k, v, interpret: bool = False):
+def splash_attention(spec: AttentionSpec, q, k, v, *, interpret: bool = False):
     """Splash attention under shard_map: rows over the batch axes, heads over ``tensor``."""
     b, t, n, h = q.shape
     mesh = sharding.current_mesh()
@@ -205,7 +207,7 @@ def splash_attention(spec: AttentionSpec, q, k, v, interpret: bool = False):
     # padding = segment 0: real tokens never see it; packed rows: each sequence its own segment
     segments = spec.valid.astype(jnp.int32) if spec.segments is None else spec.segments
     local_heads = n // (dict(mesh.shape)["tensor"] if head_axis else 1)
-    kernel, segment_ids = splash_kernel(spec.kind, t, spec.window, local_heads, interpret)
+    kernel, segment_ids = splash_kernel(spec.kind, t, spec.window, local_heads, interpret=interpret)
 
     def per_shard(q, k, v, segments):
         def row(q, k, v, seg):  # [T,N,H] -> [N,T,H] and back

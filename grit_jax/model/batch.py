@@ -107,7 +107,7 @@ class PaddedText(Padded):
         return self
 
     def pool(self, hidden, pooling: str, normalize: bool):
-        return pool(hidden, self.mask, self.instruction_len, pooling, normalize)
+        return pool(hidden, self.mask, self.instruction_len, pooling, normalize=normalize)
 
     def in_order(self, pooled):
         """The pooled rows as [N, D], in the batch's sequence order."""
@@ -140,7 +140,9 @@ class SlotRows(Packed):
     instruction: Any = array("slot", np.int32)
 
     def pool(self, hidden, pooling: str, normalize: bool):
-        return pool_segments(hidden, self.segments, self.positions, self.instruction, pooling, normalize)
+        return pool_segments(
+            hidden, self.segments, self.positions, self.instruction, method=pooling, normalize=normalize
+        )
 
 
 @struct.dataclass

@@ -89,7 +89,7 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(**norm) if cfg.qk_norm else None
         self.num_kv_heads, self.head_dim = k, h
 
-    def __call__(self, x, mask, cos, sin, cache=None):
+    def __call__(self, x, mask, cos, sin, *, cache=None):
         """x [B,T,D], mask [B,T,S] or an AttentionSpec (no cache); cache (k, v [B,S,K,H], index) or None.
         Returns y [B,T,D], (k, v)."""
         dtype = x.dtype

@@ -12,7 +12,7 @@ KINDS = ("causal", "bidirectional", "prefix")
 
 
 def mask_from_positions(
-    q_positions, kv_positions, kv_valid, kind="causal", prefix_len=None, sliding_window=None
+    q_positions, kv_positions, kv_valid, kind="causal", *, prefix_len=None, sliding_window=None
 ):
     """The general form: queries at q_positions [B,T] over keys at kv_positions [B,S], kv_valid [B,S] bool.
 
@@ -37,14 +37,16 @@ def mask_from_positions(
     return mask
 
 
-def make_attn_mask(padding, kind="causal", prefix_len=None, sliding_window=None, segments=None):
+def make_attn_mask(padding, kind="causal", prefix_len=None, sliding_window=None, *, segments=None):
     """A [B,T,T] mask for a batch without cache; padding [B,T] is True on real tokens (on either side).
 
     segments [B,T] int (packed rows, grit_jax.data.packing): a token attends only within its own segment;
     segments are contiguous, so causality and the window over row indices are those within the segment."""
     padding = jnp.asarray(padding, bool)
     positions = jnp.broadcast_to(jnp.arange(padding.shape[1]), padding.shape)
-    mask = mask_from_positions(positions, positions, padding, kind, prefix_len, sliding_window)
+    mask = mask_from_positions(
+        positions, positions, padding, kind, prefix_len=prefix_len, sliding_window=sliding_window
+    )
     if segments is not None:
         mask = mask & (segments[:, :, None] == segments[:, None, :])
     return mask

@@ -43,7 +43,7 @@ class SparseMoE(nnx.Module):
         kernel = moe_dispatch.kernel_for(self.moe_impl, moe_dispatch.mesh_platform(sharding.current_mesh()))
         if kernel is not None:
             w1, w3, w2 = (w.kernel[...].astype(dtype) for w in (self.w1, self.w3, self.w2))
-            y = moe_dispatch.sharded_routed_experts(x, top_index, top_probs, w1, w3, w2, kernel)
+            y = moe_dispatch.sharded_routed_experts(x, top_index, top_probs, w1, w3=w3, w2=w2, kernel=kernel)
             return y, router_logits
         combine = jnp.sum(jax.nn.one_hot(top_index, probs.shape[-1]) * top_probs[..., None], axis=-2)  # B,T,E
         gate = self.w1("btd,edf->btef", x)

@@ -66,14 +66,14 @@ def gmm(lhs, rhs, group_sizes, interpret: bool = False):
     return out[:m]
 
 
-def grouped_matmul(lhs, rhs, group_sizes, kernel: str, interpret: bool = False):
+def grouped_matmul(lhs, rhs, group_sizes, kernel: str, *, interpret: bool = False):
     """lhs [M,X] (rows sorted by group), rhs [E,X,Y], group_sizes [E] -> [M,Y]: row block e times rhs[e]."""
     if kernel == GMM:
         return gmm(lhs, rhs, group_sizes, interpret)
     return jax.lax.ragged_dot(lhs, rhs, group_sizes)
 
 
-def routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str, interpret: bool = False):
+def routed_experts(x, top_index, top_weights, w1, *, w3, w2, kernel: str, interpret: bool = False):
     """x [N,D], top_index / top_weights [N,k], w1 / w3 [E,D,F], w2 [E,F,D] -> y [N,D]:
     sum over each token's k experts of weight * w2(silu(w1 x) * w3 x), as Hugging Face's Mixtral."""
     n, k = top_index.shape
@@ -82,14 +82,14 @@ def routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str, interpret
     order = jnp.argsort(flat, stable=True)  # assignments grouped by expert
     group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     rows = jnp.take(x, order // k, axis=0)  # [N*k, D]: the token of each sorted assignment
-    gate = grouped_matmul(rows, w1, group_sizes, kernel, interpret)
-    up = grouped_matmul(rows, w3, group_sizes, kernel, interpret)
-    out = grouped_matmul(jax.nn.silu(gate) * up, w2, group_sizes, kernel, interpret)  # [N*k, D]
+    gate = grouped_matmul(rows, w1, group_sizes, kernel, interpret=interpret)
+    up = grouped_matmul(rows, w3, group_sizes, kernel, interpret=interpret)
+    out = grouped_matmul(jax.nn.silu(gate) * up, w2, group_sizes, kernel, interpret=interpret)  # [N*k, D]
     out = jnp.take(out, jnp.argsort(order), axis=0).reshape(n, k, -1)  # back to token order
     return jnp.einsum("nkd,nk->nd", out, top_weights.astype(out.dtype))
 
 
-def sharded_routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str):
+def sharded_routed_experts(x, top_index, top_weights, w1, *, w3, w2, kernel: str):
     """x [B,T,D], top_index / top_weights [B,T,k] -> y [B,T,D], under the current mesh if any."""
     b, t, d = x.shape
 
@@ -97,7 +97,13 @@ def sharded_routed_experts(x, top_index, top_weights, w1, w3, w2, kernel: str):
         lb, lt, _ = x.shape
         flat = (lb * lt, -1)
         y = routed_experts(
-            x.reshape(flat), top_index.reshape(flat), top_weights.reshape(flat), w1, w3, w2, kernel
+            x.reshape(flat),
+            top_index.reshape(flat),
+            top_weights.reshape(flat),
+            w1,
+            w3=w3,
+            w2=w2,
+            kernel=kernel,
         )
         if mlp_axes:  # each shard holds a slice of F: its w2 product is a partial sum
             y = jax.lax.psum(y, mlp_axes)

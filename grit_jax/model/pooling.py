@@ -13,7 +13,7 @@ def pooling_mask(mask, instruction_len):
     return mask & (positions >= instruction_len[:, None])
 
 
-def pool(hidden, mask, instruction_len, method="mean", normalize=True):
+def pool(hidden, mask, instruction_len, method="mean", *, normalize=True):
     """hidden [B,T,D], mask [B,T] bool, instruction_len [B] -> embeddings [B,D] float32.
 
     As the reference: instruction tokens are excluded (except for ``cls``, which takes position 0);
@@ -28,7 +28,7 @@ def pool(hidden, mask, instruction_len, method="mean", normalize=True):
     return _normalized(emb, normalize)
 
 
-def pool_segments(hidden, segments, positions, instruction_len, method="mean", normalize=True):
+def pool_segments(hidden, segments, positions, instruction_len, *, method="mean", normalize=True):
     """Packed rows: hidden [R,L,D], segments and positions [R,L], instruction_len [R,M] of each row's
     sequences -> embeddings [R,M,D] float32, sequence m of row r pooled exactly as ``pool`` pools it alone
     (a slot without a sequence pools to zeros). grit_jax.batch_layout says what the arrays hold."""

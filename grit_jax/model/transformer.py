@@ -53,8 +53,8 @@ class DecoderLayer(nnx.Module):
         self.block_sparse_moe = SparseMoE(cfg, rngs=rngs, stack=stack) if cfg.is_moe else None
         self.mlp = None if cfg.is_moe else MLP(cfg, rngs=rngs, stack=stack)
 
-    def __call__(self, x, mask, cos, sin, cache=None):
-        attn_out, kv = self.self_attn(self.input_layernorm(x), mask, cos, sin, cache)
+    def __call__(self, x, mask, cos, sin, *, cache=None):
+        attn_out, kv = self.self_attn(self.input_layernorm(x), mask, cos, sin, cache=cache)
         x = x + attn_out
         h = self.post_attention_layernorm(x)
         if self.block_sparse_moe is not None:
@@ -108,7 +108,7 @@ class Transformer(nnx.Module):
             state, layer_cache = per_layer
             layer = nnx.merge(graphdef, state)
             cache_arg = None if layer_cache is None else (*layer_cache, cache.index)
-            x, router_logits, kv = layer(x, mask, cos, sin, cache_arg)
+            x, router_logits, kv = layer(x, mask, cos, sin, cache=cache_arg)
             return x, (router_logits, kv if cache is not None else None)
 
         if cfg.remat_policy != "none":

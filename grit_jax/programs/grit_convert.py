@@ -103,6 +103,7 @@ def orbax_to_hf(
     out: str,
     step: int | None = None,
     dtype: str | None = None,
+    *,
     max_shard_size: str | int = "2GB",
     tokenizer: str | None = None,
     **grit_overrides,
@@ -279,7 +280,13 @@ def run(argv=None) -> int:
             out = converted_to(
                 args.out,
                 lambda out: orbax_to_hf(
-                    args.ckpt, out, args.step, args.dtype, args.max_shard_size, args.tokenizer, **grit
+                    args.ckpt,
+                    out,
+                    args.step,
+                    args.dtype,
+                    max_shard_size=args.max_shard_size,
+                    tokenizer=args.tokenizer,
+                    **grit,
                 ),
             )
         say_ignored_keys(getattr(args, "hf_dir", None) or getattr(args, "base", None))

@@ -116,7 +116,7 @@ def _embed_locked(args, index: int, count: int, total: int):
     )
     store = EmbeddingStore(args.out, settings, index, count)
     skipped = Skipped()
-    embed_corpus(model, args, store, skipped, total, index, count)
+    embed_corpus(model, args, store, skipped, total=total, index=index, count=count)
     store.finish(skipped.count, skipped.examples)
     if count > 1:
         from jax.experimental import multihost_utils
@@ -152,7 +152,7 @@ def _windows(records, size):
         yield window
 
 
-def embed_corpus(model, args, store: EmbeddingStore, skipped: Skipped, total: int, index=0, count=1):
+def embed_corpus(model, args, store: EmbeddingStore, skipped: Skipped, *, total: int, index=0, count=1):
     """Embeds this host's windows that the store lacks; reports rate and ETA at most every 10 s."""
     skip = model.instruction_length(args.instruction, False, args.max_length)
     records = read_records(args.input, args.field, args.skip_bad, skipped)
@@ -176,11 +176,11 @@ def embed_corpus(model, args, store: EmbeddingStore, skipped: Skipped, total: in
         embedded += len(window)
         seen += len(window)
         if time.time() - last >= 10:
-            last = _progress(index, seen, mine, embedded, start)
-    _progress(index, seen, mine, embedded, start)
+            last = _progress(index, seen, mine, embedded, start=start)
+    _progress(index, seen, mine, embedded, start=start)
 
 
-def _progress(index, seen, mine, embedded, start) -> float:
+def _progress(index, seen, mine, embedded, *, start) -> float:
     now = time.time()
     rate = embedded / max(now - start, 1e-9)
     eta = max(mine - seen, 0) / rate if rate else float("inf")

@@ -99,7 +99,12 @@ def _run(args):
         args.model, mode="embedding", dtype=args.dtype, mesh=mesh, adapter=args.adapter
     )
     result, ranking = evaluate_retrieval(
-        model, beir, query_instruction, doc_instruction, args.batch_size, args.max_length
+        model,
+        beir,
+        query_instruction,
+        doc_instruction,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
     )
     from grit_jax.weights.fingerprint import model_fingerprint
 
@@ -130,7 +135,9 @@ def _mteb(args):
 
     model = GritLM.from_pretrained(args.model, mode="embedding", dtype=args.dtype, mesh=local_mesh(args.mesh))
     name = args.name or os.path.basename(os.path.normpath(args.model))
-    mteb_run.evaluate_tasks(model, tasks, args.out, name, args.batch_size, args.max_length)
+    mteb_run.evaluate_tasks(
+        model, tasks, args.out, name, batch_size=args.batch_size, max_length=args.max_length
+    )
 
 
 if __name__ == "__main__":

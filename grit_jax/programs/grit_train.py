@@ -131,7 +131,7 @@ def _first_line(e: Exception) -> str:
 class Loop:
     """The steps of one run: each applied or skipped (not finite), logged, evaluated and saved on time."""
 
-    def __init__(self, setup: TrainSetup, data, ckpt: Checkpoints, evaluator, log: MetricsLog, preempted):
+    def __init__(self, setup: TrainSetup, data, ckpt: Checkpoints, evaluator, *, log: MetricsLog, preempted):
         self.config, self.setup, self.data, self.ckpt = setup.config, setup, data, ckpt
         self.evaluator, self.log, self.preempted = evaluator, log, preempted
         self.train_step = make_train_step(setup)
@@ -300,16 +300,17 @@ def _train(config, workdir, preempted: Preempted) -> dict:
     if main:
         manifest = json.loads(storage.read_text(storage.join(config.data.data_dir, "manifest.json")))
         resume = ckpt.latest_step()
-        print(summary(config, setup, manifest, resume, ckpt.directory, compile_cache.directory), flush=True)
+        directories = dict(checkpoints=ckpt.directory, compile_cache=compile_cache.directory)
+        print(summary(config, setup, manifest, resume, **directories), flush=True)
     resuming = ckpt.latest_step() is not None
     changes = run_origin.check_resume(setup, workdir, resuming, config_json)
     state, start = initial_state(setup, ckpt, data, main)
     if main:  # only once the checkpoint matched: a refused resume leaves the run's own config.json
-        run_origin.record(setup, workdir, start, changes, tokenizer.model_path)
+        run_origin.record(setup, workdir, start, changes, tokenizer_path=tokenizer.model_path)
         storage.write_text(storage.join(workdir, "config.json"), config_json)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
-    loop = Loop(setup, data, ckpt, evaluator, log, preempted)
+    loop = Loop(setup, data, ckpt, evaluator, log=log, preempted=preempted)
     try:
         last = loop.run(state, start)
     finally:

@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 FORMAT = "grit-embed/1"
 
 
-def embed_texts(model, texts: list[str], instruction: str = "", batch_size: int = 64, max_length=512):
+def embed_texts(model, texts: list[str], instruction: str = "", batch_size: int = 64, *, max_length=512):
     """model.encode(texts, instruction) (float32 [len(texts), D], the same rows in the same order)."""
     rows = [model.tokenize(instruction + t + model.embed_eos, True, max_length) for t in texts]
     return embed_token_rows(model, rows, model.instruction_length(instruction, False, max_length), batch_size)

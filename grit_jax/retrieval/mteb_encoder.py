@@ -53,4 +53,4 @@ class GritMTEB(AbsEncoder):
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         texts = [text for batch in inputs for text in batch["text"]]
         instruction = self.instruction(task_metadata, prompt_type)
-        return embed_texts(self.model, texts, instruction, self.batch_size, self.max_length)
+        return embed_texts(self.model, texts, instruction, self.batch_size, max_length=self.max_length)

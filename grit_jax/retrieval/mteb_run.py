@@ -42,7 +42,7 @@ def resolve_tasks(names: Sequence[str], benchmark: str | None) -> list:
     return tasks
 
 
-def evaluate_tasks(model, tasks: Sequence, out: str, name: str, batch_size: int, max_length: int) -> dict:
+def evaluate_tasks(model, tasks: Sequence, out: str, name: str, *, batch_size: int, max_length: int) -> dict:
     """{task name: main score}; each task's result is written as soon as the task ends."""
     import mteb
 

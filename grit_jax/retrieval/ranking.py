@@ -23,7 +23,7 @@ DEFAULT_QUERY_INSTRUCTION = gritlm_format(GENERIC_RETRIEVAL)
 DEFAULT_DOC_INSTRUCTION = gritlm_format("")
 
 
-def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 100, chunk: int = 1024):
+def search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], k: int = 100, *, chunk: int = 1024):
     """The top k documents of each query by dot product: a list of {doc id: score}, one per query row."""
     out = []
     k = min(k, len(doc_ids))
@@ -79,13 +79,14 @@ def evaluate_retrieval(
     beir: tuple,
     query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
     doc_instruction: str = DEFAULT_DOC_INSTRUCTION,
+    *,
     batch_size: int = 64,
     max_length: int = 512,
 ):
     """({metric: value, counts}, run) of a GritLM on `load_beir`'s (corpus, queries, qrels)."""
     corpus, queries, qrels = beir
-    docs = _embed(model, corpus, "document", doc_instruction, batch_size, max_length)
-    q = _embed(model, queries, "query", query_instruction, batch_size, max_length)
+    docs = _embed(model, corpus, "document", doc_instruction, batch_size=batch_size, max_length=max_length)
+    q = _embed(model, queries, "query", query_instruction, batch_size=batch_size, max_length=max_length)
     hits = search(q, docs, [d for d, _ in corpus], k=100)
     run = {qid: h for (qid, _), h in zip(queries, hits)}
     result = score_run(run, qrels)
@@ -94,10 +95,10 @@ def evaluate_retrieval(
 
 
 def _embed(
-    model, items: list[tuple[str, str]], kind: str, instruction: str, batch_size: int, max_length: int
+    model, items: list[tuple[str, str]], kind: str, instruction: str, *, batch_size: int, max_length: int
 ):
     """embed_texts of (id, text) items; a degenerate embedding is an error naming the item's id."""
     try:
-        return embed_texts(model, [t for _, t in items], instruction, batch_size, max_length)
+        return embed_texts(model, [t for _, t in items], instruction, batch_size, max_length=max_length)
     except BadRow as e:
         raise e.named(f"{kind} {items[e.row][0]!r}") from None

@@ -74,7 +74,7 @@ def _normalised(path: str) -> str:
     return text.rstrip("/") if storage.is_url(text) else os.path.realpath(text)
 
 
-def record(setup, workdir: str, start: int, changes: list[tuple], tokenizer_path: str) -> None:
+def record(setup, workdir: str, start: int, changes: list[tuple], *, tokenizer_path: str) -> None:
     """Process 0, once a start is accepted: logs a resume's accepted changes, and writes WORKDIR/origin/
     (the resolved model config and the tokenizer) at step 0 or when a resume changed either."""
     log_changes(workdir, start, changes)

@@ -81,7 +81,7 @@ def batch_tokens(config) -> tuple[list[str], int]:
     return words, tokens
 
 
-def summary(config, setup, manifest: dict, resume_step, checkpoints: str, compile_cache: str) -> str:
+def summary(config, setup, manifest: dict, resume_step, *, checkpoints: str, compile_cache: str) -> str:
     """One block: where the weights come from and everything that sizes the run."""
     params = sum(math.prod(a.shape) for a in jax.tree.leaves(setup.abstract.params))
     mesh = " ".join(f"{k}={v}" for k, v in setup.mesh.shape.items())

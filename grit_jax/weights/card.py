@@ -88,7 +88,7 @@ def _training_section(training: dict | None) -> list[str]:
 EXPORTED = "exported by `grit-convert orbax-to-hf`"
 
 
-def model_card(name: str, settings: dict, training: dict | None, made=EXPORTED, origin=None) -> str:
+def model_card(name: str, settings: dict, training: dict | None, made=EXPORTED, *, origin=None) -> str:
     """The card; `made`: how the directory was made, `origin`: the lines that say what it came from
     (default: the training section of `training`, a run's config.json)."""
     pooling, attn = settings["pooling_method"], settings["attn"]
@@ -145,7 +145,7 @@ def write_model_card(out: str, settings: dict, training: dict | None) -> None:
         f.write(model_card(name, settings, training))
 
 
-def write_merged_card(out: str, settings: dict, base: str, adapter: str, adapter_config: dict) -> None:
+def write_merged_card(out: str, settings: dict, base: str, adapter: str, *, adapter_config: dict) -> None:
     """The card of `grit-convert merge-adapter`'s output (not the base's card, which it replaces)."""
     name = os.path.basename(os.path.normpath(out))
     targets = ", ".join(adapter_config.get("target_modules") or [])
@@ -160,4 +160,4 @@ def write_merged_card(out: str, settings: dict, base: str, adapter: str, adapter
     ]
     made = "the base model below with a LoRA adapter merged in by `grit-convert merge-adapter`"
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(name, settings, None, made, origin))
+        f.write(model_card(name, settings, None, made, origin=origin))

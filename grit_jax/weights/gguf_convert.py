@@ -139,7 +139,7 @@ def _check_rope(gf: GGUFFile, prefix: str, hf: dict) -> None:
 LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def llama3_factors(head_dim: int, theta: float, factor: float, low: float, high: float, context: int):
+def llama3_factors(head_dim: int, theta: float, factor: float, low: float, *, high: float, context: int):
     """Per-frequency divisors of Llama 3.1's RoPE scaling (transformers' `llama3` rope_type), as llama.cpp
     stores them in `rope_freqs.weight`."""
     wavelength = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
@@ -156,7 +156,8 @@ def llama3_rope_scaling(gf: GGUFFile, head_dim: int, theta: float) -> dict | Non
     if np.all(table == 1.0):
         return None
     factor = float(table.max())
-    expected = llama3_factors(head_dim, theta, factor, *LLAMA3_ROPE.values())
+    low, high, context = LLAMA3_ROPE.values()
+    expected = llama3_factors(head_dim, theta, factor, low, high=high, context=context)
     if table.shape != expected.shape or not np.allclose(table, expected, rtol=1e-5, atol=0):
         raise CheckpointError(
             f"{gf.path}: tensor 'rope_freqs.weight' scales the RoPE frequencies in a way gguf-to-hf cannot "
@@ -239,7 +240,7 @@ def gguf_to_hf(
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
-        _write(gf, cfg, plan, staging, max_shard_size)
+        _write(gf, cfg, plan, staging, max_shard_size=max_shard_size)
     except BaseException:  # nothing half-written is left where a model is expected
         shutil.rmtree(out_dir if created else staging, ignore_errors=True)
         raise
@@ -254,7 +255,7 @@ def gguf_to_hf(
     return out_dir
 
 
-def _write(gf: GGUFFile, cfg: ModelConfig, plan, out: str, max_shard_size: int) -> None:
+def _write(gf: GGUFFile, cfg: ModelConfig, plan, out: str, *, max_shard_size: int) -> None:
     writer = ShardWriter(out, max_shard_size, [(hf, gf.shape(g), "float32") for g, hf, _ in plan])
     for name, hf, heads in plan:  # one tensor in memory at a time
         value = gf.tensor(name)

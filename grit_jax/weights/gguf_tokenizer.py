@@ -65,7 +65,7 @@ def write_tokenizer(gf: GGUFFile, out: str) -> None:
         with open(os.path.join(out, "tokenizer.model"), "wb") as f:
             f.write(_sentencepiece_model(gf, tokens, types))
         tokenizer_class = "LlamaTokenizer"
-    _write_config(gf, tokens, types, tokenizer_class, out)
+    _write_config(gf, tokens, types, tokenizer_class, out=out)
 
 
 def _special(gf: GGUFFile, tokens: list[str], name: str) -> str | None:
@@ -78,7 +78,7 @@ def _special(gf: GGUFFile, tokens: list[str], name: str) -> str | None:
     return tokens[token_id]
 
 
-def _write_config(gf: GGUFFile, tokens, types, tokenizer_class: str, out: str) -> None:
+def _write_config(gf: GGUFFile, tokens, types, tokenizer_class: str, *, out: str) -> None:
     """tokenizer_config.json as transformers writes it, special_tokens_map.json beside it."""
     special = {f"{name}_token": _special(gf, tokens, name) for name in ("bos", "eos", "unk", "pad")}
     special = {k: v for k, v in special.items() if v is not None}

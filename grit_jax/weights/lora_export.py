@@ -78,7 +78,7 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
     os.makedirs(out, exist_ok=True)
     writer = ShardWriter(out, max_shard_size, plan)
     for entry, _, position, name, value in iter_tensors(params):  # one layer at a time
-        writer.add(name, hf.to_hf(entry, peft_adapter.merged(entry, position, value, arrays, scale)))
+        writer.add(name, hf.to_hf(entry, peft_adapter.merged(entry, position, value, arrays, scale=scale)))
         del value
     writer.close()
     local = storage.local_copy(base, "base")
@@ -92,7 +92,7 @@ def merge_adapter(base: str, adapter: str, out: str, max_shard_size: int) -> str
         with open(os.path.join(out, GRIT_CONFIG), encoding="utf-8") as f:
             settings.update(json.load(f))
     adapter_config = json.loads(storage.read_text(storage.join(adapter, peft_adapter.ADAPTER_CONFIG)))
-    write_merged_card(out, settings, base, adapter, adapter_config)
+    write_merged_card(out, settings, base, adapter, adapter_config=adapter_config)
     return out
 
 

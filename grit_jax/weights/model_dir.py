@@ -135,6 +135,7 @@ def load_pretrained(
     dtype: str = "float32",
     step: int | None = None,
     tokenizer=None,
+    *,
     mesh: Mesh | None = None,
     adapter: str | None = None,
 ):

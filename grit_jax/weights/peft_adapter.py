@@ -142,7 +142,7 @@ def read_adapter(path: str, cfg: ModelConfig) -> tuple[ModelConfig, dict[str, tu
     return cfg, arrays
 
 
-def merged(entry: hf.Entry, position, value: np.ndarray, arrays, scale: float) -> np.ndarray:
+def merged(entry: hf.Entry, position, value: np.ndarray, arrays, *, scale: float) -> np.ndarray:
     """One tensor of the base (our layout, one layer) with its adapter merged in: W + scale * A B."""
     module = entry.path.removesuffix(".kernel")
     if module not in arrays or not position:

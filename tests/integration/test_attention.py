@@ -162,7 +162,7 @@ def test_splash_equals_dense_in_the_train_step(mesh, window, monkeypatch):
 
     def counted(spec, q, k, v, interpret=False):
         kinds.append(spec.kind)
-        return real(spec, q, k, v, interpret)
+        return real(spec, q, k, v, interpret=interpret)
 
     monkeypatch.setattr(attn, "splash_attention", counted)
     results = {}

@@ -73,7 +73,9 @@ def test_mteb_program_writes_mteb_results_and_resumes(hf_dir, tmp_path, monkeypa
     monkeypatch.setattr(
         mteb_encoder,
         "embed_texts",
-        lambda m, texts, instruction, *a: calls.append(instruction) or embed(m, texts, instruction, *a),
+        lambda m, texts, instruction, *a, **k: (
+            calls.append(instruction) or embed(m, texts, instruction, *a, **k)
+        ),
     )
     out = tmp_path / "results"
     argv = [

@@ -122,20 +122,20 @@ def segment_baseline(model, segments, prompt, max_new_tokens):
         model.state,
         jnp.asarray(tokens),
         jnp.asarray(mask),
-        jnp.asarray(pos),
-        KVCache.empty(model.config, 1, size),
-        jnp.asarray([n - 1]),
+        positions=jnp.asarray(pos),
+        cache=KVCache.empty(model.config, 1, size),
+        last=jnp.asarray([n - 1]),
     )
     return model._decode_loop(
         logits,
         buffer,
         valid,
         t,
-        np.array([positions[-1] + 1]),
-        max_new_tokens,
-        -1,
-        np.random.default_rng(0),
-        dict(do_sample=False),
+        next_position=np.array([positions[-1] + 1]),
+        max_new_tokens=max_new_tokens,
+        eos=-1,
+        rng=np.random.default_rng(0),
+        sampling=dict(do_sample=False),
     )[0]
 
 
@@ -286,7 +286,9 @@ def _alone(model, row, skip):
     """One token row embedded by itself, unpadded: the model over exactly its tokens, then pooling."""
     hidden = model.model(jnp.asarray([row]), jnp.ones((1, len(row), len(row)), bool)).hidden
     kept = jnp.ones((1, len(row)), bool)
-    return np.asarray(pool(hidden, kept, jnp.asarray([skip]), model.pooling_method, model.normalized))[0]
+    return np.asarray(
+        pool(hidden, kept, jnp.asarray([skip]), model.pooling_method, normalize=model.normalized)
+    )[0]
 
 
 def test_encode_packs_texts_yet_each_gets_its_alone_embedding(setup):

@@ -59,7 +59,9 @@ def test_ragged_equals_dense_without_renormalised_top_k_and_more_experts():
 
 def routed(kernel, interpret, x, top_index, weights, w1, w3, w2):
     def loss(args):
-        y = moe_dispatch.routed_experts(*args[:1], top_index, *args[1:2], *args[2:], kernel, interpret)
+        y = moe_dispatch.routed_experts(
+            args[0], top_index, args[1], args[2], w3=args[3], w2=args[4], kernel=kernel, interpret=interpret
+        )
         return jnp.sum(y * jnp.cos(y)), y
 
     return jax.value_and_grad(loss, has_aux=True)((x, weights, w1, w3, w2))

@@ -72,9 +72,9 @@ def model(tmp_path_factory):
 def test_mteb_retrieval_task_with_the_reference_instructions(model, monkeypatch):
     seen, embed_texts = [], mteb_model.embed_texts
 
-    def recording(m, texts, instruction, *args):
+    def recording(m, texts, instruction, *args, **kwargs):
         seen.append((instruction, len(texts)))
-        return embed_texts(m, texts, instruction, *args)
+        return embed_texts(m, texts, instruction, *args, **kwargs)
 
     monkeypatch.setattr(mteb_model, "embed_texts", recording)
     result = evaluate(GritMTEB(model, batch_size=8), LocalSciFact(), cache=None, show_progress_bar=False)

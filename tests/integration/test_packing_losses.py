@@ -123,7 +123,9 @@ def test_pooling_per_segment_equals_pooling_alone(method):
             slot_inst[r, k] = inst[i]
             where[i] = (r, k, start)
             start += lengths[i]
-    packed = np.asarray(pooling.pool_segments(jnp.asarray(hidden), segments, positions, slot_inst, method))
+    packed = np.asarray(
+        pooling.pool_segments(jnp.asarray(hidden), segments, positions, slot_inst, method=method)
+    )
     for i, n in enumerate(lengths):
         r, k, start = where[i]
         alone = hidden[r : r + 1, start : start + n]

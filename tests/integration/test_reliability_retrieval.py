@@ -97,10 +97,10 @@ def test_one_grit_embed_per_out_directory(tmp_path, models, monkeypatch, capsys)
     corpus, out = _write(tmp_path / "c.jsonl", _docs(6)), str(tmp_path / "out")
     second, embed_corpus = [], grit_embed.embed_corpus
 
-    def while_running(*args):  # a second grit-embed into the same --out while the first one embeds
+    def while_running(*args, **kwargs):  # a second grit-embed into the same --out while the first one embeds
         second.append(_embed(models[0], corpus, out))
         second.append(capsys.readouterr().err.strip())
-        return embed_corpus(*args)
+        return embed_corpus(*args, **kwargs)
 
     monkeypatch.setattr(grit_embed, "embed_corpus", while_running)
     assert _embed(models[0], corpus, out) == 0

@@ -57,7 +57,9 @@ def test_summary_block():
             "generative": [{"name": "tulu2", "num_examples": 80}],
         }
     }
-    block = summary(config, setup, manifest, None, "/w/checkpoints", "/w/compile_cache").splitlines()
+    block = summary(
+        config, setup, manifest, None, checkpoints="/w/checkpoints", compile_cache="/w/compile_cache"
+    ).splitlines()
     assert block[0] == "run:"
     fields = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in block[1:]}
     assert fields["weights"] == "random init (model.preset tiny, seed 0)"
@@ -74,7 +76,7 @@ def test_summary_block():
     )
     assert fields["steps"] == "20 (from 0; checkpoint every 5, log every 1)"
     assert fields["compile cache"] == "/w/compile_cache"
-    resumed = summary(config, setup, manifest, 10, "/w/checkpoints", "/c")
+    resumed = summary(config, setup, manifest, 10, checkpoints="/w/checkpoints", compile_cache="/c")
     assert "weights:       resumed from checkpoint step 10 in /w/checkpoints" in resumed
     config.objective.mode = "embedding"
     assert batch_tokens(config) == (["embedding 8 queries x 32 + 16 passages x 64"], 8 * (32 + 2 * 64))

@@ -168,3 +168,37 @@ def test_cited_documents_are_in_the_repository():
                 for d in ("", "docs", "benchmarks")
             ), f"{path} cites {cited}, which is not in the repository"
         assert "DESIGN decision" not in text, f"{path} cites a design document outside the repository"
+
+
+# Functions that may take more than four parameters positionally (issue 33). Everything else in grit_jax/
+# takes the parameters after its fourth by keyword, so a call names what it passes.
+POSITIONAL_ALLOWED = {
+    # the reference gritlm.GritLM API: model code written for gritlm passes these in their order
+    ("grit_jax/inference/gritlm.py", "__init__"),
+    ("grit_jax/inference/gritlm.py", "from_pretrained"),
+    ("grit_jax/inference/gritlm.py", "encode"),
+    ("grit_jax/inference/gritlm.py", "generate"),
+    # a shard_map body: shard_map passes its six sharded arrays positionally
+    ("grit_jax/model/moe_dispatch.py", "local"),
+}
+
+
+def _positional_heavy() -> set[tuple[str, str, int]]:
+    """(file, function, line) of every function in grit_jax/ with over four positional parameters."""
+    found = set()
+    for path in MODULES.values():
+        rel = os.path.relpath(path, ROOT).replace(os.sep, "/")
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args.posonlyargs + node.args.args
+                if len([a for a in args if a.arg not in ("self", "cls")]) > 4:
+                    found.add((rel, node.name, node.lineno))
+    return found
+
+
+def test_functions_take_the_parameters_after_the_fourth_by_keyword():
+    found = _positional_heavy()
+    extra = sorted(f"{p}:{line} {name}" for p, name, line in found if (p, name) not in POSITIONAL_ALLOWED)
+    assert not extra, f"make the parameters after the fourth keyword-only (*,): {extra}"
+    stale = POSITIONAL_ALLOWED - {(p, name) for p, name, _ in found}
+    assert not stale, f"allowed but no longer positional-heavy, drop from POSITIONAL_ALLOWED: {sorted(stale)}"
