@@ -101,13 +101,13 @@ def test_medi2_and_tulu2_layouts_equal_reference_jsonl(tmp_path, tok):
     ref_emb = write_jsonl(tmp_path / "ref/medi2.jsonl", [as_reference_jsonl(r) for r in MEDI2])
     ref_gen = write_jsonl(tmp_path / "ref/tulu2.jsonl", [as_reference_jsonl(r) for r in TULU2])
 
-    ref_out, ref = prepare(tmp_path, tok, "ref", [ref_emb], eval_embedding=[ref_gen])
+    ref_out, ref = prepare(tmp_path, tok, "ref", [ref_emb], [ref_gen])
     for name, emb, gen in [
         ("dirs", [medi2_parquet], [tulu2]),
         ("globs", [str(hub / "MEDI2/data/train-*.parquet")], [str(hub / "tulu-v2-sft-mixture/**/*.parquet")]),
         ("jsonl", [medi2_jsonl], [tulu2]),
     ]:
-        out, manifest = prepare(tmp_path, tok, name, emb, eval_embedding=gen)
+        out, manifest = prepare(tmp_path, tok, name, emb, gen)
         for kind, count in (("embedding", len(MEDI2)), ("generative", len(TULU2))):
             assert sum(e["num_examples"] for e in manifest["train"][kind]) == count
             assert examples(out, manifest, kind) == examples(ref_out, ref, kind), (name, kind)
