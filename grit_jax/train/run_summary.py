@@ -117,10 +117,13 @@ class StepTimes:
         self.times: deque[float] = deque(maxlen=window)
         self.shapes: set = set()
 
-    def add(self, seconds: float, shape) -> None:
+    def add(self, seconds: float, shape) -> bool:
+        """Counts one step; True when it met a new shape (it compiled)."""
         if shape in self.shapes:
             self.times.append(seconds)
+            return False
         self.shapes.add(shape)
+        return True
 
     def per_step(self) -> float | None:
         return statistics.median(self.times) if self.times else None
