@@ -82,16 +82,17 @@ class Goodput:
         self.write()
 
     def record(self) -> dict:
+        seconds = dict(
+            wall=time.perf_counter() - self.started, productive=self.productive, **self.seconds,
+            lost_to_restart=self.lost,
+        )  # fmt: skip
         return {
             "attempt": len(self.earlier) + 1,
-            "started": round(self.epoch, 3),
+            "started": round(self.epoch, 3),  # a Unix time: the gap to the next attempt's is downtime
             "start_step": self.start_step,
             "last_step": self.last_step,
-            "wall": time.perf_counter() - self.started,
-            "productive": self.productive,
-            **self.seconds,
-            "lost_to_restart": self.lost,
-            "checkpoints": self.checkpoints,
+            **{k: round(v, 4) for k, v in seconds.items()},
+            "checkpoints": [[step, round(s, 4)] for step, s in self.checkpoints],
         }
 
     def write(self):
