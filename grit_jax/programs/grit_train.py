@@ -5,9 +5,10 @@ resumed) -> steps.
     ...]
 
 A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step), tb/
-(TensorBoard) and run.lock (one run at a time: grit_jax.train.workdir_lock). Starting in a work directory
-that has checkpoints resumes from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C
-saves a checkpoint and exits cleanly.
+(TensorBoard), goodput.jsonl (where each attempt's time went: grit_jax.train.goodput) and run.lock (one
+run at a time: grit_jax.train.workdir_lock). Starting in a work directory that has checkpoints resumes
+from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C saves a checkpoint and exits
+cleanly.
 """
 
 from __future__ import annotations
