@@ -10,9 +10,9 @@ usage: launch/tpu.sh COMMAND [options] [-- arguments]
 commands:
   create   queue a TPU slice (gcloud compute tpus queued-resources create) and wait until ACTIVE;
            with --slices N, N slices of --type in one multislice queued resource (nodes <name>-0..N-1)
-  setup    copy the repository (git archive of --ref, default HEAD) to every worker (of every slice); install uv, a
-           Python --python-version venv in <dir>/.venv (the runtime images have Python 3.10), and
-           '.[tpu]' into it (or, with --python, pip install into that Python)
+  setup    copy the repository (git archive of --ref, default HEAD) to every worker (of every slice);
+           install uv, a Python --python-version venv in <dir>/.venv (the runtime images have Python
+           3.10), and '.[tpu]' into it (or, with --python, pip install into that Python)
   run      start grit-train on every worker (GRIT_DISTRIBUTED=1, nohup, output to <dir>/logs/train.log,
            exit status to <dir>/logs/train.rc):
              launch/tpu.sh run -- --config configs/gritlm.py:7b --workdir gs://bucket/run1
@@ -22,8 +22,9 @@ commands:
            every event is logged to stderr and <--out, default logs/<name>>/keep.log, and after each
            restart and at the end the goodput line summed over the attempts (WORKDIR/goodput.jsonl);
            with --slices N, one slice preempted re-creates all of them
-  logs     gather every worker's log into --out (default logs/<name>/<worker>.log); -f follows worker 0
-  ssh      ssh to --worker (default 0; or all); arguments after -- are run there as a command
+  logs     gather every worker's log into --out (default logs/<name>/<worker>.log; with --slices
+           logs/<name>/<node>/<worker>.log); -f follows worker 0 (of slice 0)
+  ssh      ssh to --worker (default 0; or all) of --node; arguments after -- are run there as a command
   stop     send SIGTERM to the training run on every worker (it checkpoints and exits);
            --vm also stops the TPU VM (single-host slices only)
   delete   delete the queued resource and its TPU nodes

@@ -231,7 +231,8 @@ class Loop:
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""
-        self.ckpt.poll()  # a save that failed in the background stops the run at the next step after it
+        with self.goodput.timer("checkpoint_save"):  # a finished save's file list is written here
+            self.ckpt.poll()  # a save that failed in the background stops the run at the next step after it
         stop = self.preempted.agreed()
         # A save that falls on a non-finite step waits for the next finite one: checkpoints only
         # ever follow an applied update, so a run stopped for non-finite steps keeps its last good one.

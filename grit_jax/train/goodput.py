@@ -9,7 +9,8 @@ loaded and joined the other hosts):
                       compilation cache) and running it once
   data_wait           blocked on the host batch iterator
   checkpoint_save     in save calls: the synchronous part, waiting for the previous asynchronous save,
-                      the final wait for the last one, and uploading metrics before each save
+                      listing a finished save's files, the final wait for the last one, and uploading
+                      metrics before each save
   checkpoint_restore  finding, verifying and reading the checkpoint a resumed run starts from
   evaluation          held-out evaluations at eval steps (their compilation included)
   lost_to_restart     productive seconds of earlier attempts spent on steps past the checkpoint this
