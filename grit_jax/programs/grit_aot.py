@@ -32,8 +32,8 @@ from grit_jax import cli, hardware, sharding
 from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
-from grit_jax.run_config import num_batch_shapes
-from grit_jax.train import flops, step_cost
+from grit_jax.run_config import data_parallel_size, num_batch_shapes
+from grit_jax.train import flops, step_cost, step_search
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import abstract_batch, make_train_step
 
@@ -44,6 +44,10 @@ _TOPOLOGY = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.5, "model FLOPs utilisation assumed for the predicted step time")
 _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumers to list")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
+_SEARCH = flags.DEFINE_bool(
+    "search", False, "compile candidates of the step's remat/chunk/micro-batch choices; print the best"
+)
+_BUDGET = flags.DEFINE_integer("search_budget", 8, "--search: at most this many compiles")
 _HBM_GIB = flags.DEFINE_float(
     "hbm_gib", 0.0, "judge fits against this many GiB of HBM per chip instead of the chip's (what-if, tests)"
 )
@@ -339,6 +343,22 @@ def format_report(r: Report) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def search_report(config, accelerator: Accelerator, *, budget: int, hbm_bytes=0, json_path=None) -> list:
+    """--search: the step_search candidates of ``config`` on ``accelerator``, each one compile."""
+
+    def evaluate(candidate_config, setting):
+        try:
+            r = compile_report(candidate_config, accelerator, hbm_bytes=hbm_bytes)
+        except UsageError as e:  # a value the config checks refuse
+            return step_search.Candidate(setting, error=str(e))
+        jax.clear_caches()  # each candidate's compiled step would otherwise stay in memory
+        print(f"searched {setting}: {format_report(r).splitlines()[0]}", file=sys.stderr, flush=True)
+        return step_search.Candidate.from_report(setting, r)
+
+    w = data_parallel_size(dict(sharding.make_mesh(config.mesh, devices=topology_devices(accelerator)).shape))
+    return step_search.search(config, evaluate, data_parallel=w, budget=budget, json_path=json_path)
+
+
 def main(argv) -> int:
     cli.reject_extra_arguments(argv)
     config = cli.load_config(_CONFIG, "configs/gritlm.py:7b")
@@ -346,6 +366,12 @@ def main(argv) -> int:
         raise UsageError("--topology is required, e.g. --topology v5p-64")
     accelerator = parse_accelerator(_TOPOLOGY.value)
     hbm_bytes = int(_HBM_GIB.value * GiB)
+    if _SEARCH.value:
+        candidates = search_report(
+            config, accelerator, budget=_BUDGET.value, hbm_bytes=hbm_bytes, json_path=_JSON.value
+        )
+        print(f"{accelerator.name}: {len(candidates)} candidates\n{step_search.table(config, candidates)}")
+        return 0 if step_search.best(candidates) else 1
     report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value, hbm_bytes=hbm_bytes)
     if _JSON.value:  # first: the report of a long compile must survive a closed stdout
         with open(_JSON.value, "w", encoding="utf-8") as f:
@@ -365,7 +391,7 @@ def _main(argv):
 def run(argv=None):
     """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
-    own = ("config", "topology", "mfu", "top", "json", "hbm_gib")
+    own = ("config", "topology", "mfu", "top", "json", "hbm_gib", "search", "search_budget")
     cli.run_absl(_main, argv, cli.flags_parser("grit-aot", __doc__, own))
 
 
