@@ -1,7 +1,7 @@
 """A compiled step's cost: its FLOPs and HBM bytes per chip, loop by loop, and the roofline time they imply.
 
 XLA's ``compiled.cost_analysis()`` is per device (one SPMD shard of the program) and counts the body of
-every while loop ONCE (tests/integration/test_step_cost.py shows both); a train step is mostly loops:
+every while loop ONCE (tests/integration/test_aot_estimate.py shows both); a train step is mostly loops:
 the scanned layers, the GradCache chunks, the generative micro-batches. ``loop_cost`` therefore reads
 the optimised HLO, finds each loop's trip count in its condition and costs each loop body with XLA's own
 cost analysis (the module re-entered at the body), so that the step's FLOPs and bytes are the body's
