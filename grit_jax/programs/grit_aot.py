@@ -1,12 +1,12 @@
 """Compile a config's exact train step for a TPU topology on this CPU: per-chip memory, fits or not, FLOPs.
 
-    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
+    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--search] [--config.a.b=value ...]
 
 The step is the one ``grit-train`` runs (``step.make_train_step``), lowered on an abstract, sharded
 state and batch over the compile-only devices of the named Cloud TPU slice (libtpu, the ``aot``
-extra) and compiled by XLA's TPU compiler. Memory comes from the compiled program; FLOPs are the
-analytic model FLOPs (``flops.train_step_flops``). Exit status: 0 fits, 1 does not fit, 2 usage error
-(3: an internal error, with its traceback).
+extra) and compiled by XLA's TPU compiler. Memory, FLOPs and HBM bytes come from the compiled program
+(the estimate: train/step_cost.py; --search: train/step_search.py). Exit status: 0 fits (--search: one
+candidate fits), 1 does not fit, 2 usage error (3: an internal error, with its traceback).
 
 Accelerator names are Cloud TPU's: v4-N and v5p-N count TensorCores (two per chip), v5e-N
 (alias v5litepod-N) and v6e-N count chips. Raw topologies such as ``v5e:2x4`` are accepted too.
