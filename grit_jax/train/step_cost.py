@@ -16,6 +16,7 @@ between slices), of the host's input pipeline, or of how efficiently each kernel
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import jax
@@ -91,12 +92,12 @@ def splash_flops(comp_text: str) -> float:
     total = 0.0
     for kind, operands in _SPLASH.findall(comp_text):
         shapes = re.findall(r"(\w+)\[([\d,]*)\]", operands)
-        rows, heads, length, head_dim = (int(n) for n in shapes[2][1].split(","))  # q [B,N,T,H]
+        *rows, heads, length, head_dim = (int(n) for n in shapes[2][1].split(","))  # q [(B,)N,T,H]
         density = 1.0
         if any(t == "s32" and dims.count(",") == 1 for t, dims in shapes):  # a computable (causal) mask
             blocks = length // next(b for b in SPLASH_BLOCKS if length % b == 0)
             density = (blocks + 1) / (2 * blocks)
-        total += _SPLASH_MATMULS[kind] * 2.0 * rows * heads * length * length * head_dim * density
+        total += _SPLASH_MATMULS[kind] * 2.0 * math.prod(rows) * heads * length * length * head_dim * density
     return total
 
 
