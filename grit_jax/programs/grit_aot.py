@@ -1,12 +1,12 @@
 """Compile a config's exact train step for a TPU topology on this CPU: per-chip memory, fits or not, FLOPs.
 
-    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
+    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--search] [--config.a.b=value ...]
 
 The step is the one ``grit-train`` runs (``step.make_train_step``), lowered on an abstract, sharded
 state and batch over the compile-only devices of the named Cloud TPU slice (libtpu, the ``aot``
-extra) and compiled by XLA's TPU compiler. Memory comes from the compiled program; FLOPs are the
-analytic model FLOPs (``flops.train_step_flops``). Exit status: 0 fits, 1 does not fit, 2 usage error
-(3: an internal error, with its traceback).
+extra) and compiled by XLA's TPU compiler. Memory, FLOPs and HBM bytes come from the compiled program
+(the estimate: train/step_cost.py; --search: train/step_search.py). Exit status: 0 fits (--search: one
+candidate fits), 1 does not fit, 2 usage error (3: an internal error, with its traceback).
 
 Accelerator names are Cloud TPU's: v4-N and v5p-N count TensorCores (two per chip), v5e-N
 (alias v5litepod-N) and v6e-N count chips. Raw topologies such as ``v5e:2x4`` are accepted too.
@@ -32,8 +32,8 @@ from grit_jax import cli, hardware, sharding
 from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
-from grit_jax.run_config import num_batch_shapes
-from grit_jax.train import flops
+from grit_jax.run_config import data_parallel_size, num_batch_shapes
+from grit_jax.train import flops, step_cost, step_search
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import abstract_batch, make_train_step
 
@@ -44,6 +44,13 @@ _TOPOLOGY = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.5, "model FLOPs utilisation assumed for the predicted step time")
 _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumers to list")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
+_SEARCH = flags.DEFINE_bool(
+    "search", False, "compile candidates of the step's remat/chunk/micro-batch choices; print the best"
+)
+_BUDGET = flags.DEFINE_integer("search_budget", 8, "--search: at most this many compiles")
+_HBM_GIB = flags.DEFINE_float(
+    "hbm_gib", 0.0, "judge fits against this many GiB of HBM per chip instead of the chip's (what-if, tests)"
+)
 
 
 def topology_devices(accelerator: Accelerator):
@@ -103,6 +110,8 @@ class Report:
     settings: dict = dataclasses.field(default_factory=dict)
     compiler_error: str = ""  # XLA's out-of-memory message when it refused to compile
     real_share: float = 0.0  # data.packing with data.data_dir: real tokens / computed positions
+    estimate: dict = dataclasses.field(default_factory=dict)  # step_cost.StepEstimate of the compiled step
+    estimate_tokens: int = 0  # the compiled batch's positions, every one counted a real token
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -176,15 +185,16 @@ def total_bytes(memory) -> tuple[int, int]:
 
 
 def compile_step(setup: TrainSetup):
-    """(memory analysis, XLA's out-of-memory message or "", seconds) of the compiled train step."""
+    """(memory analysis, loop-aware cost or None, XLA's out-of-memory message or "", seconds) of the
+    compiled train step."""
     state, batch = setup.abstract_state(), abstract_batch(setup)
     start = time.perf_counter()
     try:
-        memory = make_train_step(setup).lower(state, batch).compile().memory_analysis()
-        compiler_error = ""
+        compiled = make_train_step(setup).lower(state, batch).compile()
+        memory, cost, compiler_error = compiled.memory_analysis(), step_cost.loop_cost(compiled), ""
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
-        memory, compiler_error = _out_of_memory(e, jax.tree.leaves((state, batch)))
-    return memory, compiler_error, time.perf_counter() - start
+        (memory, compiler_error), cost = _out_of_memory(e, jax.tree.leaves((state, batch))), None
+    return memory, cost, compiler_error, time.perf_counter() - start
 
 
 def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:
@@ -249,11 +259,15 @@ def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     )
 
 
-def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6) -> Report:
-    """Lower and compile ``config``'s train step for ``accelerator``; measure it."""
+def compile_report(
+    config, accelerator: Accelerator, *, mfu: float = 0.5, top: int = 6, hbm_bytes: int = 0
+) -> Report:
+    """Lower and compile ``config``'s train step for ``accelerator``; measure it. hbm_bytes: the HBM per
+    chip a fit is judged against (default: the chip's)."""
     devices = topology_devices(accelerator)
     setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
-    memory, compiler_error, seconds = compile_step(setup)
+    hbm_bytes = hbm_bytes or accelerator.hbm_bytes
+    memory, cost, compiler_error, seconds = compile_step(setup)
     obj = config.objective
     settings = dict(
         remat_policy=config.model.remat_policy,
@@ -274,10 +288,11 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         device_kind=devices[0].device_kind,
         chips=int(setup.mesh.devices.size),
         mesh={k: int(v) for k, v in setup.mesh.shape.items()},
-        hbm_bytes=accelerator.hbm_bytes,
+        hbm_bytes=hbm_bytes,
         compile_seconds=seconds,
         settings=settings,
-        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top=top),
+        **_memory_fields(setup, memory, compiler_error, hbm_bytes, top=top),
+        **step_cost.report_fields(setup, cost, accelerator),
         **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 
@@ -315,9 +330,10 @@ def format_report(r: Report) -> str:
     ]
     if r.compiler_error:
         lines.insert(1, f"XLA:TPU   {r.compiler_error}")
+    lines[3:3] = step_cost.estimate_lines(r.estimate, r.num_steps, r.estimate_tokens)
     if r.step_seconds:
         lines.append(
-            f"time       {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU "
+            f"assumed    {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU (--mfu) "
             f"({r.peak_flops_per_chip / 1e12:.0f} TFLOP/s per chip): {r.hours:.1f} h for {r.num_steps} steps"
         )
     lines.append(f"compiled in {r.compile_seconds:.0f} s")
@@ -327,13 +343,36 @@ def format_report(r: Report) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def search_report(config, accelerator: Accelerator, *, budget: int, hbm_bytes=0, json_path=None) -> list:
+    """--search: the step_search candidates of ``config`` on ``accelerator``, each one compile."""
+
+    def evaluate(candidate_config, setting):
+        try:
+            r = compile_report(candidate_config, accelerator, hbm_bytes=hbm_bytes)
+        except UsageError as e:  # a value the config checks refuse
+            return step_search.Candidate(setting, error=str(e))
+        jax.clear_caches()  # each candidate's compiled step would otherwise stay in memory
+        print(f"searched {setting}: {format_report(r).splitlines()[0]}", file=sys.stderr, flush=True)
+        return step_search.Candidate.from_report(setting, r)
+
+    w = data_parallel_size(dict(sharding.make_mesh(config.mesh, devices=topology_devices(accelerator)).shape))
+    return step_search.search(config, evaluate, data_parallel=w, budget=budget, json_path=json_path)
+
+
 def main(argv) -> int:
     cli.reject_extra_arguments(argv)
     config = cli.load_config(_CONFIG, "configs/gritlm.py:7b")
     if not _TOPOLOGY.value:
         raise UsageError("--topology is required, e.g. --topology v5p-64")
     accelerator = parse_accelerator(_TOPOLOGY.value)
-    report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value)
+    hbm_bytes = int(_HBM_GIB.value * GiB)
+    if _SEARCH.value:
+        candidates = search_report(
+            config, accelerator, budget=_BUDGET.value, hbm_bytes=hbm_bytes, json_path=_JSON.value
+        )
+        print(f"{accelerator.name}: {len(candidates)} candidates\n{step_search.table(config, candidates)}")
+        return 0 if step_search.best(candidates) else 1
+    report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value, hbm_bytes=hbm_bytes)
     if _JSON.value:  # first: the report of a long compile must survive a closed stdout
         with open(_JSON.value, "w", encoding="utf-8") as f:
             f.write(report.to_json())
@@ -352,7 +391,7 @@ def _main(argv):
 def run(argv=None):
     """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
-    own = ("config", "topology", "mfu", "top", "json")
+    own = ("config", "topology", "mfu", "top", "json", "hbm_gib", "search", "search_budget")
     cli.run_absl(_main, argv, cli.flags_parser("grit-aot", __doc__, own))
 
 
