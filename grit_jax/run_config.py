@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "router_aux_loss_coef": 0.02,
         "embedding_chunk_size": 0,  # GradCache: sequences per chunk over the global batch; 0 = unchunked
         "generative_accumulation_steps": 1,
+        # The next-token loss over blocks of this many positions of a generative row, each block's logits
+        # recomputed in the backward pass: no whole [rows, T, vocab] logits. 0 = the whole row at once.
+        # A block that does not divide the row (or a length bucket) pads its last block with weight 0.
+        "gen_loss_block": 0,
         # 0: the exact gradient of the global loss. W > 0: the embedding gradient / W (loss_emb unchanged),
         # the balance of a reference run on W GPUs (its all-gather carries no gradient); any mesh.
         "reference_world_size": 0,
@@ -138,6 +142,7 @@ NUMBER_RANGES: dict[str, tuple] = {
     "objective.router_aux_loss_coef": (0, None, False),
     "objective.embedding_chunk_size": _COUNT,
     "objective.generative_accumulation_steps": _POSITIVE,
+    "objective.gen_loss_block": _COUNT,  # 0: the whole row at once
     "objective.reference_world_size": _COUNT,
     "optimizer.learning_rate": _SIZE,
     "optimizer.warmup_ratio": (0, 1, False),
