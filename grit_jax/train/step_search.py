@@ -49,6 +49,18 @@ def _accumulation_values(config, data_parallel: int) -> list:
     return [v for v in dict.fromkeys((1, s // 2, 2 * s)) if v >= 1 and bg % (data_parallel * v) == 0]
 
 
+def _loss_block_values(config, data_parallel: int) -> list:
+    """Whole logits first (no recomputed lm head), then blocks of 1024 and 256 positions."""
+    if not uses(config, "generative"):
+        return []
+    return [0, 1024, 256]
+
+
+def _lightest_loss_block(config, data_parallel: int):
+    """Blocks of 256 positions: the float32 logits of one block at a time."""
+    return 256 if uses(config, "generative") else None
+
+
 def _lightest_chunk(config, data_parallel: int):
     """The smallest GradCache chunk: one sequence per batch shard."""
     b = config.data.embedding_batch_size
@@ -70,12 +82,12 @@ class Axis:
     lightest: Callable | None = None
 
 
-# The choices searched, in the order each round tries them. The generative loss block (another field of
-# the objective) is one more row here: Axis("objective.<field>", its values, its lightest value).
+# The choices searched, in the order each round tries them.
 AXES = (
     Axis("model.remat_policy", _remat_values),
     Axis("objective.embedding_chunk_size", _chunk_values, _lightest_chunk),
     Axis("objective.generative_accumulation_steps", _accumulation_values, _lightest_accumulation),
+    Axis("objective.gen_loss_block", _loss_block_values, _lightest_loss_block),
 )
 
 
