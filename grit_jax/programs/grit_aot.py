@@ -1,6 +1,6 @@
 """Compile a config's exact train step for a TPU topology on this CPU: per-chip memory, fits or not, FLOPs.
 
-    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
+    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--slices N] [--mfu 0.5] [--config.a.b=value ...]
 
 The step is the one ``grit-train`` runs (``step.make_train_step``), lowered on an abstract, sharded
 state and batch over the compile-only devices of the named Cloud TPU slice (libtpu, the ``aot``
@@ -10,6 +10,8 @@ analytic model FLOPs (``flops.train_step_flops``). Exit status: 0 fits, 1 does n
 
 Accelerator names are Cloud TPU's: v4-N and v5p-N count TensorCores (two per chip), v5e-N
 (alias v5litepod-N) and v6e-N count chips. Raw topologies such as ``v5e:2x4`` are accepted too.
+``--slices N`` compiles for N such slices joined by the data-center network (``mesh.slices``: only the
+data axis spans them) and adds the bytes each chip sends over DCN per step (grit_jax.dcn_traffic).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from typing import Any
 import jax
 from absl import flags
 
-from grit_jax import cli, hardware, sharding
+from grit_jax import cli, dcn_traffic, hardware, sharding
 from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
-from grit_jax.run_config import num_batch_shapes
+from grit_jax.run_config import check_numbers, num_batch_shapes
 from grit_jax.train import flops
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import abstract_batch, make_train_step
@@ -44,10 +46,16 @@ _TOPOLOGY = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.5, "model FLOPs utilisation assumed for the predicted step time")
 _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumers to list")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
+_SLICES = flags.DEFINE_integer("slices", None, "compile for N slices of --topology (default: mesh.slices)")
+_DCN_GBPS = flags.DEFINE_float(
+    "dcn_gbps",
+    0.0,
+    "DCN bandwidth per chip, Gbit/s, for the transfer time (0: v5e 25, v5p 50; Google's figures)",
+)
 
 
-def topology_devices(accelerator: Accelerator):
-    """The compile-only TPU devices of the slice (one per chip), from libtpu."""
+def topology_devices(accelerator: Accelerator, slices: int = 1):
+    """The compile-only TPU devices of the slice (one per chip; of ``slices`` slices), from libtpu."""
     if importlib.util.find_spec("libtpu") is None:
         raise UsageError(
             "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
@@ -60,6 +68,8 @@ def topology_devices(accelerator: Accelerator):
         if GENERATIONS[accelerator.generation].cores_per_chip_in_name == 2
         else {}
     )
+    if slices > 1:  # the devices then carry their slice_index
+        kwargs["num_slices"] = slices
     try:
         return topologies.get_topology_desc(
             platform="tpu", topology_name=accelerator.topology, **kwargs
@@ -102,6 +112,8 @@ class Report:
     top: list = dataclasses.field(default_factory=list)  # (what, per-chip bytes, detail)
     settings: dict = dataclasses.field(default_factory=dict)
     compiler_error: str = ""  # XLA's out-of-memory message when it refused to compile
+    slices: int = 1
+    dcn: dict = dataclasses.field(default_factory=dict)  # slices > 1: grit_jax.dcn_traffic's figures
     real_share: float = 0.0  # data.packing with data.data_dir: real tokens / computed positions
 
     def to_json(self) -> str:
@@ -176,15 +188,17 @@ def total_bytes(memory) -> tuple[int, int]:
 
 
 def compile_step(setup: TrainSetup):
-    """(memory analysis, XLA's out-of-memory message or "", seconds) of the compiled train step."""
+    """(memory analysis, XLA's out-of-memory message or "", seconds, the compiled step or None) of the
+    train step."""
     state, batch = setup.abstract_state(), abstract_batch(setup)
     start = time.perf_counter()
+    compiled = None
     try:
-        memory = make_train_step(setup).lower(state, batch).compile().memory_analysis()
-        compiler_error = ""
+        compiled = make_train_step(setup).lower(state, batch).compile()
+        memory, compiler_error = compiled.memory_analysis(), ""
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
         memory, compiler_error = _out_of_memory(e, jax.tree.leaves((state, batch)))
-    return memory, compiler_error, time.perf_counter() - start
+    return memory, compiler_error, time.perf_counter() - start, compiled
 
 
 def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:
@@ -249,11 +263,15 @@ def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     )
 
 
-def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6) -> Report:
-    """Lower and compile ``config``'s train step for ``accelerator``; measure it."""
-    devices = topology_devices(accelerator)
+def compile_report(
+    config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6, *, dcn_gbps: float = 0.0
+) -> Report:
+    """Lower and compile ``config``'s train step for ``accelerator`` (``config.mesh.slices`` of them)."""
+    check_numbers(config)  # mesh.slices before libtpu sees it
+    slices = int(config.mesh.get("slices", 1))
+    devices = topology_devices(accelerator, slices)
     setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
-    memory, compiler_error, seconds = compile_step(setup)
+    memory, compiler_error, seconds, compiled = compile_step(setup)
     obj = config.objective
     settings = dict(
         remat_policy=config.model.remat_policy,
@@ -277,6 +295,8 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         hbm_bytes=accelerator.hbm_bytes,
         compile_seconds=seconds,
         settings=settings,
+        slices=slices,
+        dcn=dcn_traffic.report_fields(compiled, slices, accelerator.generation, dcn_gbps),
         **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top=top),
         **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
@@ -293,7 +313,8 @@ def format_report(r: Report) -> str:
     head = f"fits: {need}" if r.fits else f"does not fit: {need}; the top consumers are listed below"
     lines = [
         head,
-        f"slice      {r.accelerator} = {r.chips} chips ({r.device_kind}, topology {r.topology}), mesh {mesh}",
+        f"slice      {f'{r.slices} x ' if r.slices > 1 else ''}{r.accelerator} = {r.chips} chips "
+        f"({r.device_kind}, topology {r.topology}), mesh {mesh}",
         "settings   " + ", ".join(f"{k}={v}" for k, v in r.settings.items()),
         "per chip:",
         f"  parameters        {_gib(r.parameter_bytes):>12}",
@@ -313,6 +334,8 @@ def format_report(r: Report) -> str:
             else ""
         ),
     ]
+    if r.dcn:
+        lines.append(dcn_traffic.report_line(r.dcn))
     if r.compiler_error:
         lines.insert(1, f"XLA:TPU   {r.compiler_error}")
     if r.step_seconds:
@@ -333,7 +356,9 @@ def main(argv) -> int:
     if not _TOPOLOGY.value:
         raise UsageError("--topology is required, e.g. --topology v5p-64")
     accelerator = parse_accelerator(_TOPOLOGY.value)
-    report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value)
+    if _SLICES.value is not None:
+        config.mesh.slices = _SLICES.value  # checked with the config (mesh.slices)
+    report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value, dcn_gbps=_DCN_GBPS.value)
     if _JSON.value:  # first: the report of a long compile must survive a closed stdout
         with open(_JSON.value, "w", encoding="utf-8") as f:
             f.write(report.to_json())
@@ -352,7 +377,7 @@ def _main(argv):
 def run(argv=None):
     """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
-    own = ("config", "topology", "mfu", "top", "json")
+    own = ("config", "topology", "mfu", "top", "json", "slices", "dcn_gbps")
     cli.run_absl(_main, argv, cli.flags_parser("grit-aot", __doc__, own))
 
 
