@@ -111,17 +111,26 @@ def _grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
 # ----------------------------------------------------------------------------- multislice
 
 
+def _tpu_slice_indices(devices: Sequence[Any]) -> list[int] | None:
+    """Each TPU device's ``slice_index`` (a multislice TPU says which slice each chip is in), or None for
+    other devices (a CPU of a multi-process run has a slice_index too, always 0)."""
+    if all(getattr(d, "platform", "") == "tpu" and hasattr(d, "slice_index") for d in devices):
+        return [int(d.slice_index) for d in devices]
+    return None
+
+
 def _slices_of_devices(devices: Sequence[Any]) -> int:
-    """How many slices the devices say they are in (TPU devices carry ``slice_index``; others 1)."""
-    return len({getattr(d, "slice_index", 0) for d in devices})
+    """How many slices the devices say they are in: TPU devices their slice_index, others 1."""
+    return len(set(_tpu_slice_indices(devices) or [0]))
 
 
 def device_slices(devices: Sequence[Any], slices: int) -> list[int]:
-    """The slice of each device: its ``slice_index`` on TPU; elsewhere (CPU, GPU: no slice index) taken
+    """The slice of each device: its ``slice_index`` on TPU; elsewhere (CPU, GPU: no slice of their own) taken
     from its process, ``process_index // (processes // slices)`` (launch/local.sh's hosts, in slices of
     consecutive processes), or in one process from its position (``slices`` equal runs of the devices)."""
-    if all(hasattr(d, "slice_index") for d in devices):
-        return [int(d.slice_index) for d in devices]
+    indices = _tpu_slice_indices(devices)
+    if indices is not None:
+        return indices
     processes = sorted({d.process_index for d in devices})
     if len(processes) == 1:
         return [i * slices // len(devices) for i in range(len(devices))]
@@ -153,7 +162,7 @@ def slice_grid(shape: tuple[int, ...], devices: Sequence[Any], slices: int) -> n
             f"{what}: mesh.data={shape[0]} must be a multiple of it; only the data axis spans slices "
             "(fsdp, tensor and expert stay inside one)"
         )
-    tpu, found = all(hasattr(d, "slice_index") for d in devices), _slices_of_devices(devices)
+    tpu, found = _tpu_slice_indices(devices) is not None, _slices_of_devices(devices)
     if tpu and found != slices:
         raise UsageError(
             f"{what}, but the devices are in {found} slice(s) (their slice_index); set mesh.slices={found}"
