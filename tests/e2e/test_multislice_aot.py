@@ -90,3 +90,18 @@ def test_grit_aot_slices_reports_the_gradient_all_reduce(tmp_path):
     assert dcn["gbps_per_chip"] == 25 and dcn["seconds"] == pytest.approx(dcn["bytes_per_chip"] * 8 / 25e9)
     assert "slice      2 x v5e:1x1 = 2 chips" in r.stdout
     assert "DCN        2.13 MiB sent per chip per step across 2 slices (all-reduce 2.13 MiB)" in r.stdout
+
+
+def test_bad_slices_is_one_line_before_libtpu():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    args = ["--config=configs/tiny.py", "--topology=v5e-4", "--slices=0"]
+    r = subprocess.run(
+        [sys.executable, "-m", "grit_jax.programs.grit_aot", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "grit-aot: error: mesh.slices=0: expected an integer >= 1\n"
