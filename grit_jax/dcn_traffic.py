@@ -7,7 +7,7 @@ every collective whose participants span slices becomes host transfers handed to
 "xla_megascale_runtime"`` and ``_xla_megascale_transfer_type`` (``ALL_REDUCE``, ``ALL_GATHER``, ...).
 ``dcn_traffic`` walks ``compiled.as_text()`` for those sends (a send's buffer is what one chip hands
 to the DCN for that collective, as laid out on the chip, tile padding included), weights each by the
-times its computation runs (a ``while`` loop's known trip count) and by what the collective makes one
+times its computation runs (a ``while`` loop's trip count) and by what the collective makes one
 chip send to its peers in the other slices (one peer per slice, ``k`` slices):
 
 - all-reduce of a buffer of S bytes: ``2 (k-1)/k x S`` (a ring: reduce-scatter, then all-gather);
@@ -38,6 +38,9 @@ _CALLEE = re.compile(r"\b(?:body|condition|calls|to_apply|true_computation|false
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _BODY = re.compile(r"\bbody=%?([\w.\-]+)")
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
+_CONSTANT = re.compile(r"%([\w.\-]+) = s(?:32|64)\[\][^ ]* constant\((\d+)\)")
+_LESS_THAN = re.compile(r"ROOT .*compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT")
 _SEND_BUFFER = re.compile(r"= \((\w+)\[([\d,]*)\]")  # a send's result: (buffer, context, token)
 _TRANSFER = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
 
@@ -86,6 +89,20 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
     return bodies, entry
 
 
+def _trip_count(line: str, bodies: dict[str, list[str]]) -> int | None:
+    """A while loop's trip count: XLA's ``known_trip_count``, else the bound of a loop counting up from 0
+    (``i < N``, N a constant: what jax.lax.scan and fori_loop compile to; the TPU compiler drops
+    known_trip_count); None when neither says."""
+    known = _TRIP_COUNT.search(line)
+    if known:
+        return int(known.group(1))
+    condition = _CONDITION.search(line)
+    lines = bodies.get(condition.group(1), []) if condition else []
+    constants = dict(m.groups() for m in map(_CONSTANT.search, lines) if m)
+    bound = next((m.group(1) for m in map(_LESS_THAN.search, lines) if m), None)
+    return int(constants[bound]) if bound in constants else None
+
+
 def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set[str]]:
     """How many times each computation runs per execution of ``entry``; and the loop bodies whose trip
     count is unknown (run once here)."""
@@ -99,12 +116,12 @@ def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set
             for group in _BRANCHES.findall(line):
                 callees += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
             body = _BODY.search(line) if " while(" in line else None
-            trip = _TRIP_COUNT.search(line)
+            trip = _trip_count(line, bodies) if body else None
             for callee in callees:
                 repeat = 1
                 if body and callee == body.group(1):
-                    repeat = int(trip.group(1)) if trip else 1
-                    if not trip:
+                    repeat = trip or 1
+                    if trip is None:
                         unknown.add(callee)
                 visit(callee, times * repeat)
 
