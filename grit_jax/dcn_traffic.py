@@ -176,7 +176,9 @@ def report_line(fields: dict) -> str:
     line = f"DCN        {sent} sent per chip per step across {slices} slices"
     line += f" ({kinds or 'no cross-slice collective'})"
     if fields["seconds"]:
-        line += f": {fields['seconds']:.3f} s at {fields['gbps_per_chip']:g} Gbit/s per chip, not overlapped"
+        seconds = fields["seconds"]
+        took = f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+        line += f": {took} at {fields['gbps_per_chip']:g} Gbit/s per chip, not overlapped"
     else:
         line += "; pass --dcn_gbps for the transfer time"
     if fields["in_unknown_loops"]:

@@ -26,9 +26,20 @@ HLO = "\n".join(
         _send("send.2", "f32[16]{0}", "ALL_TO_ALL"),
         "}",
         "",
+        "%layers (p: (s32[], f32[4])) -> (s32[], f32[4]) {",
+        _send("send.3", "f32[4,128]{1,0:T(4,128)}", "REDUCE_SCATTER"),
+        "}",
+        "",
+        "%count (p: (s32[], f32[4])) -> pred[] {",  # how the TPU compiler leaves a scan over 32 layers
+        "  %constant.7 = s32[]{:T(128)} constant(32)",
+        "  %gte = s32[]{:T(128)} get-tuple-element(%p), index=0",
+        "  ROOT %lt = pred[]{:T(512)} compare(%gte, %constant.7), direction=LT, metadata={}",
+        "}",
+        "",
         "ENTRY %main (a: f32[4]) -> f32[4] {",
         '  %w = f32[4] while(%a), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}',
         "  %v = f32[4] while(%a), condition=%cond, body=%loop",
+        "  %u = (s32[], f32[4]) while(%b), condition=%count, body=%layers",
         _send("send.1", "bf16[8,128]{1,0:T(8,128)(2,1)}", "ALL_GATHER"),
         "  %s = f32[4] send(%x, %t), is_host_transfer=true",  # a host transfer that is not Megascale's
         "}",
@@ -42,8 +53,9 @@ def test_each_collective_counts_what_one_chip_sends_per_trip():
         "ALL_REDUCE": 3 * 1024 * 2 * 3 / 4,  # 3 trips x 1 KiB x 2 (k-1)/k
         "ALL_GATHER": 2048 * 3,  # this chip's piece to each of the k-1 other slices
         "ALL_TO_ALL": 64 * 3 / 4,  # a loop without a known trip count: counted once, and said so
+        "REDUCE_SCATTER": 32 * 2048 * 3 / 4,  # i < 32: 32 trips
     }
-    assert traffic.transfers == 3 and traffic.in_unknown_loops == 1
+    assert traffic.transfers == 4 and traffic.in_unknown_loops == 1
     assert traffic.bytes_per_chip == sum(traffic.by_kind.values())
     assert traffic.seconds(25) == pytest.approx(traffic.bytes_per_chip * 8 / 25e9)
 
