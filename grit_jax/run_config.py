@@ -107,7 +107,8 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1e-8,
         "max_grad_norm": 1.0,  # 0: no clipping
     },
-    "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1},  # one size may be -1: the other devices
+    # one size may be -1: the other devices; slices > 1: multislice, only data spans slices (sharding.py)
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1, "slices": 1},
     # restart_when_damaged: start over from step 0 when every kept checkpoint is damaged (else refused)
     "checkpoint": {"every_steps": 500, "keep": 3, "async_save": True, "restart_when_damaged": False},
     "log": {
@@ -152,6 +153,7 @@ NUMBER_RANGES: dict[str, tuple] = {
     "optimizer.eps": _SIZE,
     "optimizer.max_grad_norm": (0, None, False),
     **{f"mesh.{a}": (-1, None, True) for a in ("data", "fsdp", "tensor", "expert")},  # 0: sharding.py
+    "mesh.slices": _POSITIVE,
     "checkpoint.every_steps": _POSITIVE,
     "checkpoint.keep": _POSITIVE,
     "log.every_steps": _POSITIVE,

@@ -92,7 +92,12 @@ def summary(config, setup, manifest: dict, resume_step, *, checkpoints: str, com
         *ignored_lines(config, resume_step),
         f"parameters:    {_count(params)} ({config.model.dtype} compute, {config.model.param_dtype} weights)",
         f"mesh:          {mesh} over {jax.device_count()} {device.device_kind} device(s), "
-        f"{jax.process_count()} host(s)",
+        f"{jax.process_count()} host(s)"
+        + (
+            f" in {config.mesh.slices} slices (only data spans them)"
+            if config.mesh.get("slices", 1) > 1
+            else ""
+        ),
     ]
     for kind, size in (("embedding", config.data.embedding_batch_size),
                        ("generative", config.data.generative_batch_size)):  # fmt: skip
