@@ -115,10 +115,18 @@ def compile_row(config, accelerator, overrides, out_dir, force=False) -> dict:
         return json.load(f)
 
 
+def _estimate_cells(e: dict) -> str:
+    """grit-aot's compiled-cost estimate (grit_jax/train/step_cost.py); "-" for a row compiled before it."""
+    if not e:
+        return "- | - | - |"
+    return f"{e['step_seconds']:.3g} | {e['mfu']:.1%} | {e['flops_ratio']:.2f} |"
+
+
 def table(rows) -> str:
     head = (
         "| model | slice | chips | HBM/chip | per chip: params + optimizer | temporaries | total | fits "
-        "| attention | embedding chunk | remat | gen. accumulation | hours for 1253 steps at 50% MFU |"
+        "| attention | embedding chunk | remat | gen. accumulation | hours for 1253 steps at 50% MFU "
+        "| est. s per step (roofline) | est. MFU | compiled / model FLOPs |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     gib = 2**30
@@ -131,7 +139,7 @@ def table(rows) -> str:
             f"| {r['total_bytes'] / gib:.2f} GiB | {'yes' if r['fits'] else '**no**'} "
             f"| {s.get('attention_impl', 'dense')} | {s['embedding_chunk_size']} | {s['remat_policy']} "
             f"| {s['generative_accumulation_steps']} "
-            f"| {r['hours']:.1f} |"
+            f"| {r['hours']:.1f} | " + _estimate_cells(r.get("estimate") or {})
         )
     return "\n".join(lines)
 

@@ -172,7 +172,7 @@ def measure(mode: str, reps: int, steps: int, overrides: list[str]) -> dict:
         jax_s.append(timed(jax_once, steps))
         torch_s.append(timed(lambda: torch_step(torch_batch), steps))
     ratios = [t / j for j, t in zip(jax_s, torch_s)]
-    positions = sum(int(np.prod(v.shape)) for k, v in host_batch.items() if k.endswith("_tokens"))
+    positions = sum(f.tokens.size for f in host_batch.fields().values())
     return {
         "mode": mode,
         "loss": (jax_loss, ref_loss),

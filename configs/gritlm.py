@@ -126,6 +126,11 @@ def get_config(arg="7b"):
         router_aux_loss_coef=v.get("router_aux_loss_coef", 0.02),
         embedding_chunk_size=v["embedding_chunk_size"],
         generative_accumulation_steps=v["generative_accumulation_steps"],
+        # The next-token loss over blocks of 512 positions, each block's logits recomputed in the backward:
+        # a row of 2048 never holds its float32 logits whole (250 MiB at vocab 32000). Compiled scratch of
+        # one such row's loss gradient on a v5e chip: 676 MiB whole, 320 at 1024, 53 at 512 (python -m
+        # benchmarks.loss_block_memory --topology v5e-4); 512 keeps the lm head matmul large.
+        gen_loss_block=512,
         # The balance of the two losses in the runs that produced GritLM: their embedding gradient was
         # 1/W of the exact one (grit_jax.train.objective.embedding_loss). Set 0 for the exact gradient.
         reference_world_size=v["reference_world_size"],

@@ -7,7 +7,8 @@
   one, else a GPU whose JAX plugin is installed, else the CPU. ``quiet_libtpu(accelerator_type)`` gives
   libtpu the host description it looks for, so that ``grit-aot`` stays quiet on a CPU machine too.
 - Cloud TPU generations (HBM per chip, how slice names count) and slice names -> libtpu topologies.
-- Dense bf16 peak FLOP/s per device, for MFU.
+- Dense bf16 peak FLOP/s per device, for MFU; per TPU generation also the HBM bandwidth per chip, for
+  grit-aot's roofline estimate of a step (grit_jax/train/step_cost.py).
 """
 
 from __future__ import annotations
@@ -116,13 +117,18 @@ class Generation:
     dims: int  # 3: 3-D torus (v4, v5p); 2: 2-D (v5e, v6e)
     hbm_bytes: int  # per chip (one JAX device: v4 and v5p megacore)
     cloud_type: str  # TPU_ACCELERATOR_TYPE spelling of a slice
+    peak_flops: float  # dense bf16 FLOP/s per chip
+    hbm_bandwidth: float  # HBM bytes/s per chip
 
 
+# Peak bf16 FLOP/s and HBM bandwidth per chip: Google Cloud's TPU pages (docs.cloud.google.com/tpu/docs/
+# v4, v5e, v5p, v6e, "key chip specifications"): v4 275 TFLOP/s, 1200 GBps; v5e 197 TFLOP/s, 819 GBps;
+# v5p 459 TFLOP/s, 2765 GBps; v6e 918 TFLOP/s, 1640 GBps.
 GENERATIONS = {
-    "v4": Generation("v4", 2, 3, 32 * GiB, "v4-{n}"),
-    "v5p": Generation("v5p", 2, 3, 95 * GiB, "v5p-{n}"),
-    "v5e": Generation("v5e", 1, 2, 16 * GiB, "v5litepod-{n}"),
-    "v6e": Generation("v6e", 1, 2, 32 * GiB, "v6e-{n}"),
+    "v4": Generation("v4", 2, 3, 32 * GiB, "v4-{n}", 275e12, 1200e9),
+    "v5p": Generation("v5p", 2, 3, 95 * GiB, "v5p-{n}", 459e12, 2765e9),
+    "v5e": Generation("v5e", 1, 2, 16 * GiB, "v5litepod-{n}", 197e12, 819e9),
+    "v6e": Generation("v6e", 1, 2, 32 * GiB, "v6e-{n}", 918e12, 1640e9),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v5": "v5p"}
 
@@ -137,6 +143,14 @@ class Accelerator:
     @property
     def hbm_bytes(self) -> int:
         return GENERATIONS[self.generation].hbm_bytes
+
+    @property
+    def peak_flops(self) -> float:
+        return GENERATIONS[self.generation].peak_flops
+
+    @property
+    def hbm_bandwidth(self) -> float:
+        return GENERATIONS[self.generation].hbm_bandwidth
 
     @property
     def cloud_type(self) -> str:

@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "router_aux_loss_coef": 0.02,
         "embedding_chunk_size": 0,  # GradCache: sequences per chunk over the global batch; 0 = unchunked
         "generative_accumulation_steps": 1,
+        # The next-token loss over blocks of this many positions of a generative row, each block's logits
+        # recomputed in the backward pass: no whole [rows, T, vocab] logits. 0 = the whole row at once.
+        # A block that does not divide the row (or a length bucket) pads its last block with weight 0.
+        "gen_loss_block": 0,
         # 0: the exact gradient of the global loss. W > 0: the embedding gradient / W (loss_emb unchanged),
         # the balance of a reference run on W GPUs (its all-gather carries no gradient); any mesh.
         "reference_world_size": 0,
@@ -103,7 +107,8 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1e-8,
         "max_grad_norm": 1.0,  # 0: no clipping
     },
-    "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1},  # one size may be -1: the other devices
+    # one size may be -1: the other devices; slices > 1: multislice, only data spans slices (sharding.py)
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1, "slices": 1},
     # restart_when_damaged: start over from step 0 when every kept checkpoint is damaged (else refused)
     "checkpoint": {"every_steps": 500, "keep": 3, "async_save": True, "restart_when_damaged": False},
     "log": {
@@ -138,6 +143,7 @@ NUMBER_RANGES: dict[str, tuple] = {
     "objective.router_aux_loss_coef": (0, None, False),
     "objective.embedding_chunk_size": _COUNT,
     "objective.generative_accumulation_steps": _POSITIVE,
+    "objective.gen_loss_block": _COUNT,  # 0: the whole row at once
     "objective.reference_world_size": _COUNT,
     "optimizer.learning_rate": _SIZE,
     "optimizer.warmup_ratio": (0, 1, False),
@@ -147,6 +153,7 @@ NUMBER_RANGES: dict[str, tuple] = {
     "optimizer.eps": _SIZE,
     "optimizer.max_grad_norm": (0, None, False),
     **{f"mesh.{a}": (-1, None, True) for a in ("data", "fsdp", "tensor", "expert")},  # 0: sharding.py
+    "mesh.slices": _POSITIVE,
     "checkpoint.every_steps": _POSITIVE,
     "checkpoint.keep": _POSITIVE,
     "log.every_steps": _POSITIVE,

@@ -86,16 +86,98 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = No
     """A mesh over axes (data, fsdp, tensor, expert) from ``config.mesh``.
 
     ``devices`` defaults to ``jax.devices()``; pass a TPU topology's devices to compile ahead of time.
-    A mesh smaller than the devices uses the first ones.
+    A mesh smaller than the devices uses the first ones. ``mesh_config["slices"]`` (default 1) > 1 builds
+    a multislice mesh (``slice_grid``): only ``data`` spans slices.
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
-    devices = devices[: math.prod(shape)]
-    try:
-        grid = mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # topologies mesh_utils cannot lay out physically: plain order
-        grid = np.asarray(devices, dtype=object).reshape(shape)
+    slices = int(mesh_config.get("slices", 1))
+    if slices < 1:
+        raise UsageError(f"mesh.slices={slices}: expected an integer >= 1")
+    if slices > 1 or _slices_of_devices(devices) > 1:
+        grid = slice_grid(shape, devices, slices)
+    else:
+        grid = _grid(shape, devices[: math.prod(shape)])
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
+    try:
+        return mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # topologies mesh_utils cannot lay out physically: plain order
+        return np.asarray(devices, dtype=object).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- multislice
+
+
+def _tpu_slice_indices(devices: Sequence[Any]) -> list[int] | None:
+    """Each TPU device's ``slice_index`` (a multislice TPU says which slice each chip is in), or None for
+    other devices (a CPU of a multi-process run has a slice_index too, always 0)."""
+    if all(getattr(d, "platform", "") == "tpu" and hasattr(d, "slice_index") for d in devices):
+        return [int(d.slice_index) for d in devices]
+    return None
+
+
+def _slices_of_devices(devices: Sequence[Any]) -> int:
+    """How many slices the devices say they are in: TPU devices their slice_index, others 1."""
+    return len(set(_tpu_slice_indices(devices) or [0]))
+
+
+def device_slices(devices: Sequence[Any], slices: int) -> list[int]:
+    """The slice of each device: its ``slice_index`` on TPU; elsewhere (CPU, GPU: no slice of their own) taken
+    from its process, ``process_index // (processes // slices)`` (launch/local.sh's hosts, in slices of
+    consecutive processes), or in one process from its position (``slices`` equal runs of the devices)."""
+    indices = _tpu_slice_indices(devices)
+    if indices is not None:
+        return indices
+    processes = sorted({d.process_index for d in devices})
+    if len(processes) == 1:
+        return [i * slices // len(devices) for i in range(len(devices))]
+    if len(processes) % slices:
+        raise UsageError(
+            f"mesh.slices={slices} must divide the {len(processes)} hosts (processes): a host is in one slice"
+        )
+    per_slice = len(processes) // slices
+    return [processes.index(d.process_index) // per_slice for d in devices]
+
+
+def slice_grid(shape: tuple[int, ...], devices: Sequence[Any], slices: int) -> np.ndarray:
+    """The device grid of a mesh of ``shape`` over ``slices`` slices: each slice holds a contiguous block
+    of the data axis (data / slices of it) and the whole of fsdp, tensor and expert, so that only the
+    data axis's collectives (the gradient reduction, the contrastive loss's gather) cross the
+    data-center network (DCN) between slices; the heavy FSDP and tensor traffic stays on ICI.
+
+    TPU devices (with ``slice_index``) go through ``mesh_utils.create_hybrid_device_mesh``; others are
+    grouped by ``device_slices`` and laid out the same way: slice by slice along the data axis.
+    """
+    what = f"mesh.slices={slices}"
+    mesh = dict(zip(MESH_AXES, shape))
+    if len(devices) % slices:
+        raise UsageError(f"{what} must divide the {len(devices)} devices")
+    if math.prod(shape) != len(devices):
+        raise UsageError(f"{what}: the mesh {mesh} must use all {len(devices)} devices of the slices")
+    if shape[0] % slices:
+        raise UsageError(
+            f"{what}: mesh.data={shape[0]} must be a multiple of it; only the data axis spans slices "
+            "(fsdp, tensor and expert stay inside one)"
+        )
+    tpu, found = _tpu_slice_indices(devices) is not None, _slices_of_devices(devices)
+    if tpu and found != slices:
+        raise UsageError(
+            f"{what}, but the devices are in {found} slice(s) (their slice_index); set mesh.slices={found}"
+        )
+    inner, outer = (shape[0] // slices, *shape[1:]), (slices, *[1] * (len(shape) - 1))
+    if tpu:
+        try:
+            return mesh_utils.create_hybrid_device_mesh(inner, outer, devices)
+        except Exception:  # a per-slice shape mesh_utils cannot lay out physically: below, plain order
+            pass
+    of = device_slices(devices, slices)
+    groups = [[d for d, s in zip(devices, of) if s == i] for i in sorted(set(of))]
+    if len(groups) != slices or len({len(g) for g in groups}) != 1:
+        raise UsageError(f"{what}: the devices do not split into {slices} equal slices")
+    return np.concatenate([_grid(inner, g) for g in groups], axis=0)
 
 
 # ----------------------------------------------------------------------------- logical -> spec

@@ -11,9 +11,10 @@
 # KILL_AFTER (seconds between SIGTERM and SIGKILL when stopping the others, default 30).
 # If one process fails, the others are stopped and the exit status is the first failure's.
 # SIGTERM / SIGINT are forwarded to every process (as a preemption would be).
+# Several slices: add --config.mesh.slices=S (S divides N): processes i*N/S .. (i+1)*N/S-1 are slice i.
 set -euo pipefail
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 die() { echo "local.sh: error: $*" >&2; exit 2; }
 
 [[ ${1:-} == -h || ${1:-} == --help ]] && { usage; exit 0; }

@@ -8,19 +8,23 @@ usage() {
 usage: launch/tpu.sh COMMAND [options] [-- arguments]
 
 commands:
-  create   queue a TPU slice (gcloud compute tpus queued-resources create) and wait until ACTIVE
-  setup    copy the repository (git archive of --ref, default HEAD) to every worker; install uv, a
-           Python --python-version venv in <dir>/.venv (the runtime images have Python 3.10), and
-           '.[tpu]' into it (or, with --python, pip install into that Python)
+  create   queue a TPU slice (gcloud compute tpus queued-resources create) and wait until ACTIVE;
+           with --slices N, N slices of --type in one multislice queued resource (nodes <name>-0..N-1)
+  setup    copy the repository (git archive of --ref, default HEAD) to every worker (of every slice);
+           install uv, a Python --python-version venv in <dir>/.venv (the runtime images have Python
+           3.10), and '.[tpu]' into it (or, with --python, pip install into that Python)
   run      start grit-train on every worker (GRIT_DISTRIBUTED=1, nohup, output to <dir>/logs/train.log,
            exit status to <dir>/logs/train.rc):
              launch/tpu.sh run -- --config configs/gritlm.py:7b --workdir gs://bucket/run1
   keep     create (if absent), set up and run, then watch: when the queued resource is preempted or
            suspended (Spot/preemptible), delete it, create it again, set up and run again; grit-train
            resumes from the latest checkpoint in the gs:// --workdir. At most --max-restarts times;
-           every event is logged to stderr and <--out, default logs/<name>>/keep.log
-  logs     gather every worker's log into --out (default logs/<name>/<worker>.log); -f follows worker 0
-  ssh      ssh to --worker (default 0; or all); arguments after -- are run there as a command
+           every event is logged to stderr and <--out, default logs/<name>>/keep.log, and after each
+           restart and at the end the goodput line summed over the attempts (WORKDIR/goodput.jsonl);
+           with --slices N, one slice preempted re-creates all of them
+  logs     gather every worker's log into --out (default logs/<name>/<worker>.log; with --slices
+           logs/<name>/<node>/<worker>.log); -f follows worker 0 (of slice 0)
+  ssh      ssh to --worker (default 0; or all) of --node; arguments after -- are run there as a command
   stop     send SIGTERM to the training run on every worker (it checkpoints and exits);
            --vm also stops the TPU VM (single-host slices only)
   delete   delete the queued resource and its TPU nodes
@@ -32,6 +36,8 @@ options (flag, or environment variable):
   --type T         GRIT_TPU_TYPE       accelerator type (create, keep): v4-N, v5e-N (= v5litepod-N),
                                        v5p-N, v6e-N, N the TensorCores (v4, v5p) or chips (v5e, v6e)
   --version V      GRIT_TPU_VERSION    runtime version (create; default per generation from --type)
+  --slices N       GRIT_TPU_SLICES     slices of --type in one multislice queued resource (default 1)
+  --node I                             ssh: which slice's node (default 0; with --slices)
   --spot                               create Spot VMs instead of on-demand
   --no-wait                            create: do not wait for the slice to become ACTIVE
   --timeout S                          create: give up waiting after S seconds (default 0 = never)
@@ -122,7 +128,8 @@ REMOTE_DIR=${GRIT_REMOTE_DIR:-grit_jax}
 REMOTE_PYTHON=${GRIT_REMOTE_PYTHON:-}
 PYTHON_VERSION=${GRIT_PYTHON_VERSION:-3.11}
 DRY_RUN=${DRY_RUN:-0}
-EXTRAS=tpu SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0 MAX_RESTARTS=10 POLL=30
+SLICES=${GRIT_TPU_SLICES:-1}
+EXTRAS=tpu SPOT=0 WAIT=1 TIMEOUT=0 WORKER=0 NODE=0 REF=HEAD OUT="" FOLLOW=0 STOP_VM=0 MAX_RESTARTS=10 POLL=30
 ENVS=() PASSTHROUGH=()
 
 while (($#)); do
@@ -138,7 +145,7 @@ while (($#)); do
     --no-wait) WAIT=0 ;;
     -f | --follow) FOLLOW=1 ;;
     --vm) STOP_VM=1 ;;
-    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out | --python-version | --max-restarts | --poll | --extras)
+    --project | --zone | --name | --type | --version | --timeout | --worker | --ref | --env | --remote-dir | --python | --out | --python-version | --max-restarts | --poll | --extras | --slices | --node)
       (($# >= 2)) || die "$arg needs a value"
       case $arg in
         --project) PROJECT=$2 ;;
@@ -157,6 +164,8 @@ while (($#)); do
         --max-restarts) MAX_RESTARTS=$2 ;;
         --poll) POLL=$2 ;;
         --extras) EXTRAS=$2 ;;
+        --slices) SLICES=$2 ;;
+        --node) NODE=$2 ;;
       esac
       shift ;;
     --)  # the rest goes to grit-train or the remote command, except --dry-run (honoured anywhere)
@@ -186,6 +195,12 @@ esac
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds, not '$TIMEOUT'"
 [[ $POLL =~ ^[0-9]+$ ]] || die "--poll must be a number of seconds, not '$POLL'"
 [[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts must be a number, not '$MAX_RESTARTS'"
+[[ $SLICES =~ ^[1-9][0-9]*$ ]] || die "--slices must be a number of slices (1 or more), not '$SLICES'"
+[[ $NODE =~ ^[0-9]+$ && $NODE -lt $SLICES ]] || die "--node must be a slice number below --slices $SLICES, not '$NODE'"
+# gcloud names the nodes of a multislice queued resource <prefix>-0 .. <prefix>-(N-1) (the API's
+# MultisliceParams.nodeIdPrefix, which must match ^[A-Za-z0-9_.~+%-]+$).
+((SLICES == 1)) || [[ $NAME =~ ^[A-Za-z0-9_.~+%-]+$ ]] ||
+  die "--name '$NAME' with --slices: node names <name>-0.. may use letters, digits and _.~+%- only"
 [[ $PYTHON_VERSION =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || die "--python-version must look like 3.11, not '$PYTHON_VERSION'"
 [[ -z $TYPE ]] || accelerator "$TYPE"
 [[ $EXTRAS =~ ^[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || die "--extras must look like tpu,eval, not '$EXTRAS'"
@@ -196,7 +211,11 @@ if [[ $COMMAND != ssh && $COMMAND != run && $COMMAND != keep && ${#PASSTHROUGH[@
 fi
 
 WHERE=(--project "$PROJECT" --zone "$ZONE")
-TPU_SSH=(gcloud compute tpus tpu-vm ssh "$NAME" "${WHERE[@]}")
+# The TPU VM nodes: the queued resource's one node (named like it), or one per slice.
+NODES=("$NAME")
+((SLICES == 1)) || for ((i = 0; i < SLICES; i++)); do NODES[i]=$NAME-$i; done
+ssh_node() { TPU_SSH=(gcloud compute tpus tpu-vm ssh "$1" "${WHERE[@]}"); }
+ssh_node "${NODES[0]}"  # worker 0 of slice 0 is JAX's process 0 (it writes logs, metrics and goodput)
 RDIR=$(q "$REMOTE_DIR")
 # run and setup's pip use the venv setup made (relative to <dir>: every remote command cds there first).
 RPY=$(q "${REMOTE_PYTHON:-.venv/bin/python}")
@@ -207,9 +226,14 @@ DESCRIBE=("${QR[@]}" describe "$NAME" "${WHERE[@]}" --format 'value(state.state)
 
 cmd_create() {
   [[ -n $TYPE ]] || die "missing accelerator type: pass --type (e.g. v5e-64) or set GRIT_TPU_TYPE"
-  local tier=()
+  local tier=() nodes=(--node-id "$NAME")
   ((SPOT)) && tier=(--spot)
-  x "${QR[@]}" create "$NAME" --node-id "$NAME" "${WHERE[@]}" \
+  # Multislice: N slices of one accelerator type in one queued resource, provisioned together, from
+  # Google's "Cloud TPU Multislice overview" (https://cloud.google.com/tpu/docs/multislice-introduction)
+  # and gcloud's grammar (--node-id | --node-count --node-prefix;
+  # https://cloud.google.com/sdk/gcloud/reference/compute/tpus/queued-resources/create).
+  ((SLICES == 1)) || nodes=(--node-count "$SLICES" --node-prefix "$NAME")
+  x "${QR[@]}" create "$NAME" "${nodes[@]}" "${WHERE[@]}" \
     --accelerator-type "$ACCEL" --runtime-version "${VERSION:-$DEFAULT_VERSION}" "${tier[@]}"
   ((WAIT)) || return 0
   wait_active || die "queued resource $NAME is $STATE (see: gcloud compute tpus queued-resources describe $NAME)"
@@ -254,9 +278,14 @@ cmd_setup() {
   install="test -x .venv/bin/python || { $install; }; ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[$EXTRAS]'"
   [[ -z $REMOTE_PYTHON ]] || install="$RPY -m pip install -q -e '.[$EXTRAS]'"
   x git -C "$root" archive --format=tar.gz -o "$tmp" "$REF"
-  x gcloud compute tpus tpu-vm scp "$tmp" "$NAME:$archive" --worker=all "${WHERE[@]}"
-  x "${TPU_SSH[@]}" --worker=all --command \
-    "set -e; mkdir -p $RDIR; tar xzf $(q "$archive") -C $RDIR; cd $RDIR; $install && $RPY --version"
+  local node
+  for node in "${NODES[@]}"; do
+    ssh_node "$node"
+    x gcloud compute tpus tpu-vm scp "$tmp" "$node:$archive" --worker=all "${WHERE[@]}"
+    x "${TPU_SSH[@]}" --worker=all --command \
+      "set -e; mkdir -p $RDIR; tar xzf $(q "$archive") -C $RDIR; cd $RDIR; $install && $RPY --version"
+  done
+  ssh_node "${NODES[0]}"
 }
 
 # The --workdir among grit-train's arguments (after --).
@@ -282,106 +311,54 @@ cmd_run() {
     env+=" ${kv%%=*}=$(q "${kv#*=}")"
   done
   # A background shell waits for grit-train and writes its exit status (what `keep` reads); HUP is
-  # ignored so that the ssh session ending leaves both running.
-  x "${TPU_SSH[@]}" --worker=all --command \
-    "cd $RDIR && mkdir -p logs && rm -f logs/train.rc && { ( trap '' HUP; $env nohup $RPY -m grit_jax.programs.grit_train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; wait \$!; echo \$? > logs/train.rc ) > /dev/null 2>&1 < /dev/null & }"
-}
-
-# What grit-train on worker 0 is doing, one word: running, done, preempted (it caught SIGTERM, saved and
-# exited), lost (no process and no exit status: the VM restarted), failed:STATUS.
-STATUS_COMMAND="cd $RDIR; if [ -f logs/train.rc ]; then rc=\$(cat logs/train.rc);"
-STATUS_COMMAND+=" if grep -q '^preempted: saved checkpoint' logs/train.log; then echo preempted;"
-STATUS_COMMAND+=" elif [ \"\$rc\" = 0 ]; then echo done; else echo failed:\$rc; fi;"
-STATUS_COMMAND+=" elif [ -f logs/train.pid ] && kill -0 \"\$(cat logs/train.pid)\" 2>/dev/null; then echo running; else echo lost; fi"
-
-# Logs one event, with the time, to stderr and <out>/keep.log.
-event() {
-  local line
-  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $NAME: $*"
-  echo "tpu.sh: $line" >&2
-  [[ $DRY_RUN == 1 ]] || echo "$line" >>"$KEEP_LOG"
-}
-
-# Counts a restart; ends the loop when there have been --max-restarts already.
-restart() {
-  RESTARTS=$((RESTARTS + 1))
-  ((RESTARTS <= MAX_RESTARTS)) || { event "$1; gave up after $MAX_RESTARTS restarts"; exit 1; }
-  event "$1; restart $RESTARTS of $MAX_RESTARTS: $2"
-}
-
-cmd_keep() {
-  [[ -n $TYPE ]] || die "missing accelerator type: pass --type (e.g. v5e-64) or set GRIT_TPU_TYPE"
-  ((${#PASSTHROUGH[@]})) || die "keep needs grit-train arguments after --, e.g. -- --config configs/gritlm.py:7b --workdir gs://bucket/run"
-  [[ $(train_workdir) == gs://* ]] || die "keep needs --workdir gs://BUCKET/PATH: a re-created slice starts with empty disks"
-  local out=${OUT:-logs/$NAME}
-  KEEP_LOG=$out/keep.log RESTARTS=0 WAIT=0
-  if [[ $DRY_RUN == 1 ]]; then
-    echo "+ $(qjoin "${DESCRIBE[@]}")"
-    echo "# (absent: create; SUSPENDED or FAILED: delete, then create)"
-    cmd_delete
-    cmd_create
-    wait_active
-    cmd_setup
-    cmd_run
-    echo "+ $(qjoin "${TPU_SSH[@]}" --worker=0 --command "$STATUS_COMMAND")"
-    echo "# (every $POLL s with the state above until done; preempted or suspended: again from the top, at most $MAX_RESTARTS times)"
-    return 0
-  fi
-  mkdir -p "$out"
-  local status first=1
-  event "keep: $ACCEL, grit-train $(qjoin "${PASSTHROUGH[@]}")"
-  while :; do
-    if ! STATE=$("${DESCRIBE[@]}" 2>/dev/null); then
-      if ((first)); then event "no queued resource: creating it"; else restart "queued resource gone" "creating it"; fi
-      cmd_create || true
-    elif [[ $STATE == SUSPENDED || $STATE == FAILED ]]; then
-      restart "queued resource $STATE (preempted)" "deleting and re-creating it"
-      cmd_delete
-      cmd_create || true
-    fi
-    first=0
-    if ! wait_active; then continue; fi
-    event "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)"
-    cmd_setup
-    cmd_run
-    while :; do
-      sleep "$POLL"
-      STATE=$("${DESCRIBE[@]}" 2>/dev/null) || STATE=ABSENT
-      [[ $STATE == ACTIVE ]] || { event "queued resource is $STATE"; [[ $STATE == SUSPENDING ]] && continue; break; }
-      status=$("${TPU_SSH[@]}" --worker=0 --command "$STATUS_COMMAND" 2>/dev/null | tail -n 1) || status=unreachable
-      case $status in
-        running) ;;
-        done) event "grit-train finished"; return 0 ;;
-        failed:*) event "grit-train exited with status ${status#failed:}; not restarting (see launch/tpu.sh logs)"; exit 1 ;;
-        preempted | lost) restart "grit-train $status on an ACTIVE slice" "starting it again"; cmd_run ;;
-        *) event "worker 0 did not answer ($status)" ;;
-      esac
-    done
+  # ignored so that the ssh session ending leaves both running. Multislice: every worker of every
+  # slice; nothing more is set, the TPU runtime puts MEGASCALE_COORDINATOR_ADDRESS, MEGASCALE_NUM_SLICES
+  # and MEGASCALE_SLICE_ID in each VM's tpu-env metadata and jax.distributed.initialize() reads them.
+  local node
+  for node in "${NODES[@]}"; do
+    ssh_node "$node"
+    x "${TPU_SSH[@]}" --worker=all --command \
+      "cd $RDIR && mkdir -p logs && rm -f logs/train.rc && { ( trap '' HUP; $env nohup $RPY -m grit_jax.programs.grit_train $(qjoin "${PASSTHROUGH[@]}") > logs/train.log 2>&1 < /dev/null & echo \$! > logs/train.pid; wait \$!; echo \$? > logs/train.rc ) > /dev/null 2>&1 < /dev/null & }"
   done
+  ssh_node "${NODES[0]}"
 }
+
+# keep: the preemption loop and its goodput summary (STATUS_COMMAND, event, restart, cmd_keep)
+# shellcheck source=launch/tpu_keep.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tpu_keep.sh"
 
 cmd_logs() {
   if ((FOLLOW)); then
     x "${TPU_SSH[@]}" --worker=0 --command "tail -n +1 -f $RDIR/logs/train.log"
     return
   fi
-  local out=${OUT:-logs/$NAME}
-  x mkdir -p "$out"
-  x "${TPU_SSH[@]}" --worker=all --command "cat $RDIR/logs/train.log" --output-directory "$out"
-  [[ $DRY_RUN == 1 ]] || echo "tpu.sh: logs in $out/<worker>.log" >&2
+  local out=${OUT:-logs/$NAME} node dir
+  for node in "${NODES[@]}"; do  # multislice: one directory per slice's node
+    dir=$out
+    ((SLICES == 1)) || dir=$out/$node
+    ssh_node "$node"
+    x mkdir -p "$dir"
+    x "${TPU_SSH[@]}" --worker=all --command "cat $RDIR/logs/train.log" --output-directory "$dir"
+  done
+  [[ $DRY_RUN == 1 ]] || echo "tpu.sh: logs in $out/$( ((SLICES == 1)) || echo '<node>/')<worker>.log" >&2
 }
 
 cmd_ssh() {
   local command=()
   ((${#PASSTHROUGH[@]})) && command=(--command "$(qjoin "${PASSTHROUGH[@]}")")
+  ssh_node "${NODES[NODE]}"
   x "${TPU_SSH[@]}" "--worker=$WORKER" "${command[@]}"
 }
 
 cmd_stop() {
-  x "${TPU_SSH[@]}" --worker=all --command \
-    "if [ -f $RDIR/logs/train.pid ]; then kill -TERM \"\$(cat $RDIR/logs/train.pid)\" 2>/dev/null || true; rm -f $RDIR/logs/train.pid; fi"
+  local node
+  for node in "${NODES[@]}"; do
+    ssh_node "$node"
+    x "${TPU_SSH[@]}" --worker=all --command \
+      "if [ -f $RDIR/logs/train.pid ]; then kill -TERM \"\$(cat $RDIR/logs/train.pid)\" 2>/dev/null || true; rm -f $RDIR/logs/train.pid; fi"
+  done
   ((STOP_VM)) || return 0
-  x gcloud compute tpus tpu-vm stop "$NAME" "${WHERE[@]}"
+  for node in "${NODES[@]}"; do x gcloud compute tpus tpu-vm stop "$node" "${WHERE[@]}"; done
 }
 
 cmd_delete() {

@@ -181,7 +181,12 @@ def splash_kernel(kind: str, length: int, window: int | None, heads: int, *, int
     # concrete mask tables, never one trace's tracers: the kernel is cached across traces
     with jax.ensure_compile_time_eval():
         kernel = sa.make_splash_mha(
-            mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+            mask,
+            block_sizes=sizes,
+            head_shards=1,
+            q_seq_shards=1,
+            interpret=interpret,
+            residual_checkpoint_name="attention",  # what remat_policy="matmuls" keeps of the kernel
         )
     return kernel, sa.SegmentIds
 

@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from grit_jax.model import lora
 from grit_jax.model.attention import AttentionSpec, attend
@@ -19,6 +20,9 @@ from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.rope import apply_rotary
 
 NEG_INF = jnp.finfo(jnp.float32).min
+# Names of the matmul outputs remat_policy="matmuls" saves (jax.ad_checkpoint.checkpoint_name); splash
+# names its output and log-sum-exp "attention" too (grit_jax.model.attention).
+MATMUL_OUTPUTS = ("query", "key", "value", "attention", "attention_out", "mlp_gate", "mlp_up")
 
 
 def make_param(
@@ -97,7 +101,8 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        v = self.v_proj("btd,dkh->btkh", x)
+        q, k = checkpoint_name(q, "query"), checkpoint_name(k, "key")
+        v = checkpoint_name(self.v_proj("btd,dkh->btkh", x), "value")
         if cache is not None:
             cache_k, cache_v, index = cache
             k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
@@ -106,14 +111,14 @@ class Attention(nnx.Module):
         if isinstance(mask, AttentionSpec):  # training: a kernel where one can run it, else dense
             out = attend(mask, q, k.astype(dtype), v.astype(dtype))
             if out is not None:
-                return self.o_proj("btnh,nhd->btd", out), (k, v)
+                return checkpoint_name(self.o_proj("btnh,nhd->btd", out), "attention_out"), (k, v)
             mask = mask.dense_mask()
         q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)  # B,T,K,G,H
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(dtype)).astype(jnp.float32) / jnp.sqrt(h)
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dtype)).reshape(b, t, n, h)
-        y = self.o_proj("btnh,nhd->btd", out)
+        y = checkpoint_name(self.o_proj("btnh,nhd->btd", checkpoint_name(out, "attention")), "attention_out")
         return y, (k, v)
 
 
@@ -203,6 +208,6 @@ class MLP(nnx.Module):
         )
 
     def __call__(self, x):
-        gate = self.gate_proj("btd,df->btf", x)
-        up = self.up_proj("btd,df->btf", x)
+        gate = checkpoint_name(self.gate_proj("btd,df->btf", x), "mlp_gate")
+        up = checkpoint_name(self.up_proj("btd,df->btf", x), "mlp_up")
         return self.down_proj("btf,fd->btd", swiglu(gate, up))

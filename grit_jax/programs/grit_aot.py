@@ -1,15 +1,17 @@
 """Compile a config's exact train step for a TPU topology on this CPU: per-chip memory, fits or not, FLOPs.
 
-    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--mfu 0.5] [--config.a.b=value ...]
+    grit-aot --config configs/gritlm.py:7b --topology v5e-64 [--slices N] [--search] [--config.a.b=value ...]
 
 The step is the one ``grit-train`` runs (``step.make_train_step``), lowered on an abstract, sharded
 state and batch over the compile-only devices of the named Cloud TPU slice (libtpu, the ``aot``
-extra) and compiled by XLA's TPU compiler. Memory comes from the compiled program; FLOPs are the
-analytic model FLOPs (``flops.train_step_flops``). Exit status: 0 fits, 1 does not fit, 2 usage error
-(3: an internal error, with its traceback).
+extra) and compiled by XLA's TPU compiler. Memory, FLOPs and HBM bytes come from the compiled program
+(the estimate: train/step_cost.py; --search: train/step_search.py). Exit status: 0 fits (--search: one
+candidate fits), 1 does not fit, 2 usage error (3: an internal error, with its traceback).
 
 Accelerator names are Cloud TPU's: v4-N and v5p-N count TensorCores (two per chip), v5e-N
 (alias v5litepod-N) and v6e-N count chips. Raw topologies such as ``v5e:2x4`` are accepted too.
+``--slices N`` compiles for N such slices joined by the data-center network (``mesh.slices``: only the
+data axis spans them) and adds the bytes each chip sends over DCN per step (grit_jax.dcn_traffic).
 """
 
 from __future__ import annotations
@@ -17,23 +19,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import math
-import re
 import sys
 import time
 import traceback
-import types
-from typing import Any
 
 import jax
 from absl import flags
 
-from grit_jax import cli, hardware, sharding
+from grit_jax import cli, dcn_traffic, hardware, sharding
 from grit_jax.data.pipeline import planned_counts
 from grit_jax.errors import UsageError
 from grit_jax.hardware import GENERATIONS, Accelerator, GiB, parse_accelerator
-from grit_jax.run_config import num_batch_shapes
-from grit_jax.train import flops
+from grit_jax.run_config import check_numbers, data_parallel_size, num_batch_shapes
+from grit_jax.train import flops, step_cost, step_search
+from grit_jax.train.compiled_memory import out_of_memory, shard_bytes, state_consumers, total_bytes
 from grit_jax.train.state import TrainSetup
 from grit_jax.train.step import abstract_batch, make_train_step
 
@@ -44,10 +43,23 @@ _TOPOLOGY = flags.DEFINE_string(
 _MFU = flags.DEFINE_float("mfu", 0.5, "model FLOPs utilisation assumed for the predicted step time")
 _TOP = flags.DEFINE_integer("top", 6, "how many of the largest per-chip consumers to list")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
+_SEARCH = flags.DEFINE_bool(
+    "search", False, "compile candidates of the step's remat/chunk/micro-batch choices; print the best"
+)
+_BUDGET = flags.DEFINE_integer("search_budget", 8, "--search: at most this many compiles")
+_HBM_GIB = flags.DEFINE_float(
+    "hbm_gib", 0.0, "judge fits against this many GiB of HBM per chip instead of the chip's (what-if, tests)"
+)
+_SLICES = flags.DEFINE_integer("slices", None, "compile for N slices of --topology (default: mesh.slices)")
+_DCN_GBPS = flags.DEFINE_float(
+    "dcn_gbps",
+    0.0,
+    "DCN bandwidth per chip, Gbit/s, for the transfer time (0: v5e 25, v5p 50; Google's figures)",
+)
 
 
-def topology_devices(accelerator: Accelerator):
-    """The compile-only TPU devices of the slice (one per chip), from libtpu."""
+def topology_devices(accelerator: Accelerator, slices: int = 1):
+    """The compile-only TPU devices of the slice (one per chip; of ``slices`` slices), from libtpu."""
     if importlib.util.find_spec("libtpu") is None:
         raise UsageError(
             "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
@@ -60,6 +72,8 @@ def topology_devices(accelerator: Accelerator):
         if GENERATIONS[accelerator.generation].cores_per_chip_in_name == 2
         else {}
     )
+    if slices > 1:  # the devices then carry their slice_index
+        kwargs["num_slices"] = slices
     try:
         return topologies.get_topology_desc(
             platform="tpu", topology_name=accelerator.topology, **kwargs
@@ -102,89 +116,31 @@ class Report:
     top: list = dataclasses.field(default_factory=list)  # (what, per-chip bytes, detail)
     settings: dict = dataclasses.field(default_factory=dict)
     compiler_error: str = ""  # XLA's out-of-memory message when it refused to compile
+    slices: int = 1
+    dcn: dict = dataclasses.field(default_factory=dict)  # slices > 1: grit_jax.dcn_traffic's figures
     real_share: float = 0.0  # data.packing with data.data_dir: real tokens / computed positions
+    estimate: dict = dataclasses.field(default_factory=dict)  # step_cost.StepEstimate of the compiled step
+    estimate_tokens: int = 0  # the compiled batch's positions, every one counted a real token
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
-def _shard_bytes(leaf) -> int:
-    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    return math.prod(shape) * leaf.dtype.itemsize
-
-
-def state_consumers(state) -> list[tuple[str, int, str]]:
-    """(path, per-chip bytes, "global shape dtype -> per-chip shape") of every state array, largest first."""
-    rows = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        parts = jax.tree_util.keystr(path, simple=True, separator=".").split(".")
-        if parts[0] == "opt_state":  # optax's tuple indices say nothing to a reader
-            parts = [p for p in parts if not p.isdigit()]
-        name = ".".join(p for p in parts if p != "value")
-        per_chip = leaf.sharding.shard_shape(leaf.shape)
-        rows.append(
-            (name, _shard_bytes(leaf), f"{list(leaf.shape)} {leaf.dtype} -> {list(per_chip)} per chip")
-        )
-    return sorted(rows, key=lambda r: -r[1])
-
-
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def _bytes(number: str, unit: str) -> int:
-    return int(float(number) * _UNITS[unit[:1].upper()])
-
-
-def _out_of_memory(error: Exception, arguments) -> tuple[Any, str]:
-    """Memory figures recovered from XLA:TPU's compile-time out-of-memory error (re-raised if it is not one).
-
-    XLA says either "... required for HLO temporaries (282.02G) exceeds available HBM (15.75G)" or
-    "Used 20.5G of 15.75G hbm"; the arguments (state + batch shards) are added from their shardings.
-    """
-    message = str(error)
-    if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
-        raise error
-    args = sum(_shard_bytes(x) for x in arguments)
-    temps = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)", message)
-    used = re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", message)
-    temp_bytes = _bytes(*temps.groups()) if temps else 0
-    if used and not temps:
-        temp_bytes = max(_bytes(*used.groups()[:2]) - args, 0)
-    memory = types.SimpleNamespace(
-        argument_size_in_bytes=args,
-        output_size_in_bytes=0,
-        alias_size_in_bytes=0,
-        temp_size_in_bytes=temp_bytes,
-        generated_code_size_in_bytes=0,
-        peak_memory_in_bytes=0,
-    )
-    first = next((line for line in message.splitlines() if "memory" in line.lower()), message.splitlines()[0])
-    return memory, first.strip()
-
-
-def total_bytes(memory) -> tuple[int, int]:
-    """(needed, compiler peak): arguments + outputs not aliased to them + temporaries + code."""
-    needed = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-        + memory.generated_code_size_in_bytes
-    )
-    peak = int(getattr(memory, "peak_memory_in_bytes", 0) or 0)
-    return max(needed, peak), peak
-
-
 def compile_step(setup: TrainSetup):
-    """(memory analysis, XLA's out-of-memory message or "", seconds) of the compiled train step."""
+    """(memory analysis, loop-aware cost or None, XLA's out-of-memory message or "", seconds, the
+    compiled step or None) of the train step."""
     state, batch = setup.abstract_state(), abstract_batch(setup)
     start = time.perf_counter()
+    compiled = None
     try:
-        memory = make_train_step(setup).lower(state, batch).compile().memory_analysis()
-        compiler_error = ""
+        compiled = make_train_step(setup).lower(state, batch).compile()
+        memory, cost, compiler_error = compiled.memory_analysis(), step_cost.loop_cost(compiled), ""
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
-        memory, compiler_error = _out_of_memory(e, jax.tree.leaves((state, batch)))
-    return memory, compiler_error, time.perf_counter() - start
+        (memory, compiler_error), cost = (
+            out_of_memory(e, jax.tree.leaves((state, batch))),
+            None,
+        )
+    return memory, cost, compiler_error, time.perf_counter() - start, compiled
 
 
 def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:
@@ -200,9 +156,9 @@ def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: in
     consumers += state_consumers(state)
     return dict(
         parameter_bytes=sum(
-            _shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection, state.frozen))
+            shard_bytes(x) for x in jax.tree.leaves((state.params, state.projection, state.frozen))
         ),
-        optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
+        optimizer_bytes=sum(shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
         argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes,
@@ -249,11 +205,17 @@ def _time_fields(setup: TrainSetup, device, mfu: float, hosts: int = 1) -> dict:
     )
 
 
-def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int = 6) -> Report:
-    """Lower and compile ``config``'s train step for ``accelerator``; measure it."""
-    devices = topology_devices(accelerator)
+def compile_report(
+    config, accelerator: Accelerator, *, mfu: float = 0.5, top: int = 6, hbm_bytes: int = 0, dcn_gbps=0.0
+) -> Report:
+    """Lower and compile ``config``'s train step for ``accelerator`` (``config.mesh.slices`` of them);
+    measure it. hbm_bytes: the HBM per chip a fit is judged against (default: the chip's)."""
+    check_numbers(config)  # mesh.slices before libtpu sees it
+    slices = int(config.mesh.get("slices", 1))
+    devices = topology_devices(accelerator, slices)
     setup = TrainSetup(config, sharding.make_mesh(config.mesh, devices=devices))
-    memory, compiler_error, seconds = compile_step(setup)
+    hbm_bytes = hbm_bytes or accelerator.hbm_bytes
+    memory, cost, compiler_error, seconds, compiled = compile_step(setup)
     obj = config.objective
     settings = dict(
         remat_policy=config.model.remat_policy,
@@ -274,10 +236,13 @@ def compile_report(config, accelerator: Accelerator, mfu: float = 0.5, top: int 
         device_kind=devices[0].device_kind,
         chips=int(setup.mesh.devices.size),
         mesh={k: int(v) for k, v in setup.mesh.shape.items()},
-        hbm_bytes=accelerator.hbm_bytes,
+        hbm_bytes=hbm_bytes,
         compile_seconds=seconds,
         settings=settings,
-        **_memory_fields(setup, memory, compiler_error, accelerator.hbm_bytes, top=top),
+        slices=slices,
+        dcn=dcn_traffic.report_fields(compiled, slices, accelerator.generation, dcn_gbps),
+        **_memory_fields(setup, memory, compiler_error, hbm_bytes, top=top),
+        **step_cost.report_fields(setup, cost, accelerator),
         **_time_fields(setup, devices[0], mfu, len({getattr(d, "process_index", 0) for d in devices})),
     )
 
@@ -293,7 +258,8 @@ def format_report(r: Report) -> str:
     head = f"fits: {need}" if r.fits else f"does not fit: {need}; the top consumers are listed below"
     lines = [
         head,
-        f"slice      {r.accelerator} = {r.chips} chips ({r.device_kind}, topology {r.topology}), mesh {mesh}",
+        f"slice      {f'{r.slices} x ' if r.slices > 1 else ''}{r.accelerator} = {r.chips} chips "
+        f"({r.device_kind}, topology {r.topology}), mesh {mesh}",
         "settings   " + ", ".join(f"{k}={v}" for k, v in r.settings.items()),
         "per chip:",
         f"  parameters        {_gib(r.parameter_bytes):>12}",
@@ -313,11 +279,18 @@ def format_report(r: Report) -> str:
             else ""
         ),
     ]
+    if r.dcn:
+        lines.append(dcn_traffic.report_line(r.dcn))
+    if r.dcn.get("seconds") and r.estimate:  # the roofline step plus the DCN transfer, not overlapped
+        step = r.estimate["step_seconds"] + r.dcn["seconds"]
+        mfu = r.estimate["mfu"] * r.estimate["step_seconds"] / step
+        lines.append(f"with DCN   {step:.3g} s per step, MFU {mfu:.0%} (estimate + DCN transfer)")
     if r.compiler_error:
         lines.insert(1, f"XLA:TPU   {r.compiler_error}")
+    lines[3:3] = step_cost.estimate_lines(r.estimate, r.num_steps, r.estimate_tokens)
     if r.step_seconds:
         lines.append(
-            f"time       {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU "
+            f"assumed    {r.step_seconds:.2f} s per step at {r.mfu:.0%} MFU (--mfu) "
             f"({r.peak_flops_per_chip / 1e12:.0f} TFLOP/s per chip): {r.hours:.1f} h for {r.num_steps} steps"
         )
     lines.append(f"compiled in {r.compile_seconds:.0f} s")
@@ -327,13 +300,46 @@ def format_report(r: Report) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def search_report(config, accelerator: Accelerator, *, budget: int, hbm_bytes=0, json_path=None) -> list:
+    """--search: the step_search candidates of ``config`` on ``accelerator``, each one compile."""
+
+    def evaluate(candidate_config, setting):
+        try:
+            r = compile_report(candidate_config, accelerator, hbm_bytes=hbm_bytes)
+        except UsageError as e:  # a value the config checks refuse
+            return step_search.Candidate(setting, error=str(e))
+        jax.clear_caches()  # each candidate's compiled step would otherwise stay in memory
+        print(f"searched {setting}: {format_report(r).splitlines()[0]}", file=sys.stderr, flush=True)
+        return step_search.Candidate.from_report(setting, r)
+
+    w = data_parallel_size(
+        dict(
+            sharding.make_mesh(
+                config.mesh, devices=topology_devices(accelerator, int(config.mesh.get("slices", 1)))
+            ).shape
+        )
+    )
+    return step_search.search(config, evaluate, data_parallel=w, budget=budget, json_path=json_path)
+
+
 def main(argv) -> int:
     cli.reject_extra_arguments(argv)
     config = cli.load_config(_CONFIG, "configs/gritlm.py:7b")
     if not _TOPOLOGY.value:
         raise UsageError("--topology is required, e.g. --topology v5p-64")
     accelerator = parse_accelerator(_TOPOLOGY.value)
-    report = compile_report(config, accelerator, mfu=_MFU.value, top=_TOP.value)
+    if _SLICES.value is not None:
+        config.mesh.slices = _SLICES.value  # checked with the config (mesh.slices)
+    hbm_bytes = int(_HBM_GIB.value * GiB)
+    if _SEARCH.value:
+        candidates = search_report(
+            config, accelerator, budget=_BUDGET.value, hbm_bytes=hbm_bytes, json_path=_JSON.value
+        )
+        print(f"{accelerator.name}: {len(candidates)} candidates\n{step_search.table(config, candidates)}")
+        return 0 if step_search.best(candidates) else 1
+    report = compile_report(
+        config, accelerator, mfu=_MFU.value, top=_TOP.value, hbm_bytes=hbm_bytes, dcn_gbps=_DCN_GBPS.value
+    )
     if _JSON.value:  # first: the report of a long compile must survive a closed stdout
         with open(_JSON.value, "w", encoding="utf-8") as f:
             f.write(report.to_json())
@@ -352,7 +358,8 @@ def _main(argv):
 def run(argv=None):
     """The console script; ``argv`` (program name first) for running it in-process."""
     hardware.quiet_platform("cpu")  # the host only compiles: never claim a local TPU or GPU
-    own = ("config", "topology", "mfu", "top", "json")
+    own = ("config", "topology", "mfu", "top", "json", "hbm_gib", "search", "search_budget")
+    own += ("slices", "dcn_gbps")
     cli.run_absl(_main, argv, cli.flags_parser("grit-aot", __doc__, own))
 
 

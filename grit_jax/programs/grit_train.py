@@ -5,9 +5,10 @@ resumed) -> steps.
     ...]
 
 A work directory holds config.json, checkpoints/, metrics.jsonl (one JSON line per logged step), tb/
-(TensorBoard) and run.lock (one run at a time: grit_jax.train.workdir_lock). Starting in a work directory
-that has checkpoints resumes from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C
-saves a checkpoint and exits cleanly.
+(TensorBoard), goodput.jsonl (where each attempt's time went: grit_jax.train.goodput) and run.lock (one
+run at a time: grit_jax.train.workdir_lock). Starting in a work directory that has checkpoints resumes
+from the newest intact one; SIGTERM (how TPU VMs are preempted) or Ctrl-C saves a checkpoint and exits
+cleanly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from grit_jax.retrieval.demo_report import EXAMPLE_FILE, demo_report, trained_mo
 from grit_jax.run_config import check_numbers, num_batch_shapes, profile_steps
 from grit_jax.train import lora_base, run_origin
 from grit_jax.train.compile_cache import CompileCache
+from grit_jax.train.goodput import Goodput
 from grit_jax.train.heldout import Evaluator
 from grit_jax.train.metrics_log import MetricsLog
 from grit_jax.train.run_inputs import local_data, prepare_base, prepare_data
@@ -131,9 +133,11 @@ def _first_line(e: Exception) -> str:
 class Loop:
     """The steps of one run: each applied or skipped (not finite), logged, evaluated and saved on time."""
 
-    def __init__(self, setup: TrainSetup, data, ckpt: Checkpoints, evaluator, *, log: MetricsLog, preempted):
+    def __init__(
+        self, setup: TrainSetup, data, ckpt: Checkpoints, evaluator, *, log: MetricsLog, preempted, goodput
+    ):
         self.config, self.setup, self.data, self.ckpt = setup.config, setup, data, ckpt
-        self.evaluator, self.log, self.preempted = evaluator, log, preempted
+        self.evaluator, self.log, self.preempted, self.goodput = evaluator, log, preempted, goodput
         self.train_step = make_train_step(setup)
         device_peak = self.config.log.peak_flops_per_device or hardware.device_peak_flops(jax.devices()[0])
         self.peak = device_peak * jax.device_count()
@@ -146,17 +150,22 @@ class Loop:
         """Steps start+1 .. num_steps (or until preempted); returns the last logged metrics."""
         config, every = self.config, self.config.log.every_steps
         if start == 0 and config.log.eval_every_steps and self.evaluator.enabled:
-            self.log.write(0, self.evaluator(state))
+            with self.goodput.timer("evaluation"):
+                evaluated = self.evaluator(state)
+            self.log.write(0, evaluated)
             self.log.write_items(0, self.evaluator.items)
         for step in range(start + 1, config.num_steps + 1):
             self._profile(step, starting=True)
+            with self.goodput.timer("data_wait"):
+                host_batch = next(self.data)
             started = time.perf_counter()
-            batch = global_batch(self.setup, next(self.data))
+            batch = global_batch(self.setup, host_batch)
             state, metrics = self.train_step(state, batch)
             metrics = jax.device_get(metrics)  # waits for the step: a profile ends after it
             self._profile(step, starting=False)
             shapes = tuple(sorted(field_shapes(batch).items()))  # step times per compiled shape
-            self.step_times.add(time.perf_counter() - started, shapes)
+            seconds = time.perf_counter() - started
+            self.goodput.step(step, seconds, compiled=self.step_times.add(seconds, shapes))
             self.tokens += float(metrics["tokens"])  # real tokens (packed or not)
             self.positions += float(metrics["positions"])
             self.flops += float(metrics["model_flops"])  # of the padded shapes, or the packed real tokens
@@ -211,27 +220,33 @@ class Loop:
             metrics["mfu"] = self.flops / max(elapsed, 1e-9) / self.peak
         eval_every = config.log.eval_every_steps
         if eval_every and self.evaluator.enabled and (step % eval_every == 0 or step == config.num_steps):
-            metrics.update(self.evaluator(state))
+            with self.goodput.timer("evaluation"):
+                metrics.update(self.evaluator(state))
             self.log.write_items(step, self.evaluator.items)
         self.log.write(step, metrics)
+        self.goodput.write()
         self.log.progress(step, metrics, seconds, self.step_times.per_step())
         self.last, self.t0 = {"step": step, **metrics}, time.perf_counter()
         self.tokens, self.positions, self.flops = 0.0, 0.0, 0.0
 
     def _save(self, step: int, state, metrics: dict) -> bool:
         """Saves when due or preempted; True when the run must end here (preempted)."""
-        self.ckpt.poll()  # a save that failed in the background stops the run at the next step after it
+        with self.goodput.timer("checkpoint_save"):  # a finished save's file list is written here
+            self.ckpt.poll()  # a save that failed in the background stops the run at the next step after it
         stop = self.preempted.agreed()
         # A save that falls on a non-finite step waits for the next finite one: checkpoints only
         # ever follow an applied update, so a run stopped for non-finite steps keeps its last good one.
         every = self.config.checkpoint.every_steps
         self.save_due = self.save_due or step % every == 0 or step == self.config.num_steps
         if (self.save_due and not metrics["nonfinite"]) or stop:
-            self.log.sync()  # a resumed run finds every line up to its checkpoint (gs:// work dirs)
-            self.ckpt.save(step, state, self.data.get_state(), force=True)
+            with self.goodput.timer("checkpoint_save"):
+                self.log.sync()  # a resumed run finds every line up to its checkpoint (gs:// work dirs)
+                self.ckpt.save(step, state, self.data.get_state(), force=True)
+            self.goodput.saved(step)
             self.save_due = False
         if stop:
-            self.ckpt.wait()
+            with self.goodput.timer("checkpoint_save"):
+                self.ckpt.wait()
             if jax.process_index() == 0:
                 print(
                     f"preempted: saved checkpoint step {step} in {self.ckpt.directory}; rerun to resume",
@@ -258,7 +273,7 @@ def lock_workdir(workdir: str) -> WorkdirLock:
 
 def train(config, workdir) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
-    preempted = Preempted()
+    started, preempted = time.perf_counter(), Preempted()  # the wall time of goodput.jsonl from here
     check_numbers(config)  # before the work dir is created or locked (TrainSetup checks the rest)
     if workdir:
         run_origin.check_not_inside_inputs(config, workdir)  # before anything is written there
@@ -266,12 +281,12 @@ def train(config, workdir) -> dict:
     check_weights(config)
     lock = lock_workdir(workdir)  # before anything in the work dir is read or written
     try:
-        return _train(config, workdir, preempted)
+        return _train(config, workdir, preempted, started)
     finally:
         lock.release()
 
 
-def _train(config, workdir, preempted: Preempted) -> dict:
+def _train(config, workdir, preempted: Preempted, started: float) -> dict:
     compile_cache = CompileCache(config.compile_cache_dir, workdir)  # before anything compiles
     prepare_base(config, workdir)
     setup = TrainSetup(config, sharding.make_mesh(config.mesh))  # checks the config and the model first
@@ -304,31 +319,39 @@ def _train(config, workdir, preempted: Preempted) -> dict:
         print(summary(config, setup, manifest, resume, **directories), flush=True)
     resuming = ckpt.latest_step() is not None
     changes = run_origin.check_resume(setup, workdir, resuming, config_json)
-    state, start = initial_state(setup, ckpt, data, main)
+    goodput = Goodput(workdir, main, started)
+    with goodput.timer("checkpoint_restore" if resuming else None):
+        state, start = initial_state(setup, ckpt, data, main)
+    goodput.begin(start)
     if main:  # only once the checkpoint matched: a refused resume leaves the run's own config.json
         run_origin.record(setup, workdir, start, changes, tokenizer_path=tokenizer.model_path)
         storage.write_text(storage.join(workdir, "config.json"), config_json)
     evaluator = Evaluator(config, setup.mesh, setup.graphdef, tokenizer.pad_id)
     log = MetricsLog(workdir, config.num_steps, main, start)
-    loop = Loop(setup, data, ckpt, evaluator, log=log, preempted=preempted)
+    loop = Loop(setup, data, ckpt, evaluator, log=log, preempted=preempted, goodput=goodput)
     try:
         last = loop.run(state, start)
     finally:
-        ckpt.close()
+        with goodput.timer("checkpoint_save"):  # waits for the last save
+            ckpt.close()
         log.close()
         data.close()
+        goodput.write()
     if main:
-        print(compile_cache.summary(), flush=True)
+        print(compile_cache.summary(), goodput.summary(), sep="\n", flush=True)
     if main and not preempted.requested:
-        rounded = {k: round(float(v), 5) for k, v in last.items()}
-        print(
-            f"done. checkpoints: {ckpt.directory}\nmetrics: {log.path}\nTensorBoard: "
-            f"{storage.join(workdir, 'tb')}\nfinal metrics: {json.dumps(rounded)}",
-            flush=True,
-        )
+        print(_done(ckpt, log, workdir, last), flush=True)
         if config.data.demo_corpus and os.path.isfile(os.path.join(config.data.data_dir, EXAMPLE_FILE)):
             print(_demo_report(setup, workdir, loop, tokenizer), flush=True)
     return last
+
+
+def _done(ckpt: Checkpoints, log: MetricsLog, workdir: str, last: dict) -> str:
+    rounded = {k: round(float(v), 5) for k, v in last.items()}
+    return (
+        f"done. checkpoints: {ckpt.directory}\nmetrics: {log.path}\nTensorBoard: "
+        f"{storage.join(workdir, 'tb')}\nfinal metrics: {json.dumps(rounded)}"
+    )
 
 
 def _demo_report(setup: TrainSetup, workdir: str, loop: Loop, tokenizer) -> str:

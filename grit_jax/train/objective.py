@@ -41,19 +41,59 @@ def contrastive_loss(q, p, temperature=0.02):
     return loss, accuracy
 
 
+def shifted_targets(tokens, loss_mask):
+    """(targets [B,T], weights [B,T] float32): position t-1 predicts tokens[t] where loss_mask[t].
+
+    Targets shifted left instead of logits[:, :-1]: slicing [B,T,V] logits copies them (and its gradient
+    pads them back); the last position gets weight 0 and any valid target.
+    """
+    targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
+    weight = jnp.pad(loss_mask[:, 1:].astype(jnp.float32), ((0, 0), (0, 1)))
+    return targets, weight
+
+
+def weighted_nll(logits, targets, weight):
+    """Sum over positions of weight * (-log softmax(logits)[target]), in float32."""
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(nll * weight)
+
+
 def token_cross_entropy(logits, tokens, loss_mask):
     """Next-token cross-entropy: logits [B,T,V] at t-1 predict tokens [B,T] at t where loss_mask [B,T].
 
     Returns (sum of the per-token losses over labelled targets, number of labelled targets).
     """
-    # Targets shifted left instead of logits[:, :-1]: slicing [B,T,V] logits copies them (and its gradient
-    # pads them back); the last position gets weight 0 and any valid target.
-    logits = logits.astype(jnp.float32)
-    targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
-    weight = jnp.pad(loss_mask[:, 1:].astype(jnp.float32), ((0, 0), (0, 1)))
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-    return jnp.sum(nll * weight), jnp.sum(weight)
+    targets, weight = shifted_targets(tokens, loss_mask)
+    return weighted_nll(logits, targets, weight), jnp.sum(weight)
+
+
+def blocked_token_cross_entropy(logits_fn, hidden, tokens, loss_mask, *, block: int):
+    """``token_cross_entropy(logits_fn(hidden), tokens, loss_mask)`` over blocks of ``block`` positions.
+
+    Each block's logits [B,block,V] are computed, reduced to one sum and dropped; the backward pass
+    recomputes them (jax.checkpoint), so the whole [B,T,V] float32 logits and their gradient never exist.
+    Blocks split T, never the (sharded) rows. The targets are shifted before the split (a block's last
+    position predicts the next block's first token); a T that ``block`` does not divide is padded with
+    positions of weight 0. block 0 or >= T: the whole sequence at once.
+    """
+    rows, length = tokens.shape
+    if not block or block >= length:
+        return token_cross_entropy(logits_fn(hidden), tokens, loss_mask)
+    targets, weight = shifted_targets(tokens, loss_mask)
+    count = -(-length // block)
+
+    def split(a):  # [B,T,...] -> [count, B, block, ...]
+        a = jnp.pad(a, [(0, 0), (0, count * block - length)] + [(0, 0)] * (a.ndim - 2))
+        return jnp.swapaxes(a.reshape(rows, count, block, *a.shape[2:]), 0, 1)
+
+    def block_sum(args):
+        h, t, w = args
+        return weighted_nll(logits_fn(h), t, w)
+
+    sums = jax.lax.map(jax.checkpoint(block_sum), (split(hidden), split(targets), split(weight)))
+    return jnp.sum(sums), jnp.sum(weight)
 
 
 def generative_normalizer(loss_mask, loss_gen_type, num_sequences=None):
@@ -168,7 +208,8 @@ def embedding_loss(graphdef, params, projection, batch, *, objective, chunks):
 def generative_loss(graphdef, params, field, objective, *, steps: int):
     """(loss, metrics) of next-token prediction on the generative field, in ``steps`` micro-batches.
 
-    loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``); for Mixtral
+    loss_gen = loss_gen_factor * CE (normalised per ``generative_normalizer``), the logits computed in
+    blocks of objective.gen_loss_block positions (``blocked_token_cross_entropy``); for Mixtral
     loss_router = router_aux_loss_coef * the load-balancing loss (mean over micro-batches).
     """
     targets = field.targets()
@@ -178,7 +219,9 @@ def generative_loss(graphdef, params, field, objective, *, steps: int):
         chat, weights = rows
         model = nnx.merge(graphdef, params)
         out = model(chat.tokens, training_attention(model, chat, "causal"), positions=chat.positions)
-        total, _ = token_cross_entropy(model.logits(out.hidden), chat.tokens, weights)
+        total, _ = blocked_token_cross_entropy(
+            model.logits, out.hidden, chat.tokens, weights, block=objective.gen_loss_block
+        )
         aux = jnp.zeros((), jnp.float32)
         if out.router_logits is not None:
             aux = load_balancing_loss(out.router_logits, model.config.num_experts_per_tok, chat.real)

@@ -37,6 +37,7 @@ FREE = (
     "model.remat_policy",
     "model.attention_impl",
     "model.moe_impl",
+    "objective.gen_loss_block",  # the same loss, its logits computed in blocks
     "data.num_threads",
     "data.prefetch_buffer_size",
     "data.length_buckets.",  # the same rows, losses and updates, padded less (README "Length buckets")

@@ -92,7 +92,12 @@ def summary(config, setup, manifest: dict, resume_step, *, checkpoints: str, com
         *ignored_lines(config, resume_step),
         f"parameters:    {_count(params)} ({config.model.dtype} compute, {config.model.param_dtype} weights)",
         f"mesh:          {mesh} over {jax.device_count()} {device.device_kind} device(s), "
-        f"{jax.process_count()} host(s)",
+        f"{jax.process_count()} host(s)"
+        + (
+            f" in {config.mesh.slices} slices (only data spans them)"
+            if config.mesh.get("slices", 1) > 1
+            else ""
+        ),
     ]
     for kind, size in (("embedding", config.data.embedding_batch_size),
                        ("generative", config.data.generative_batch_size)):  # fmt: skip
@@ -117,10 +122,13 @@ class StepTimes:
         self.times: deque[float] = deque(maxlen=window)
         self.shapes: set = set()
 
-    def add(self, seconds: float, shape) -> None:
+    def add(self, seconds: float, shape) -> bool:
+        """Counts one step; True when it met a new shape (it compiled)."""
         if shape in self.shapes:
             self.times.append(seconds)
+            return False
         self.shapes.add(shape)
+        return True
 
     def per_step(self) -> float | None:
         return statistics.median(self.times) if self.times else None

@@ -1,5 +1,6 @@
-"""launch/tpu.sh on gcloud's terms: accelerator names per generation, a provisioned Python, and `keep`,
-which re-creates a preempted Spot slice and resumes; against a scripted fake `gcloud` on PATH."""
+"""launch/tpu.sh on gcloud's terms: accelerator names per generation, a provisioned Python, multislice
+queued resources, and `keep`, which re-creates a preempted Spot slice (or all slices when one is
+preempted), resumes, and logs the goodput over the attempts; against a scripted fake `gcloud` on PATH."""
 
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from grit_jax.train.goodput import summary_line
 from tests.grit_fixtures import ROOT
 
 TPU_SH = Path(ROOT) / "launch/tpu.sh"
@@ -18,7 +20,9 @@ WHERE = ["--project", "p", "--zone", "z", "--name", "n"]
 TRAIN = ["--config", "configs/gritlm.py:7b", "--workdir", "gs://bucket/run 1"]
 
 # A stateful fake: `create` makes the queued resource exist, `delete` removes it; `describe` of an
-# existing one answers the next scripted state, the status ssh (worker 0) the next scripted status.
+# existing one answers the next scripted state, the status ssh (worker 0) the next scripted status, a
+# node's `tpu-vm describe` its next scripted state (READY when none), `storage cat` of goodput.jsonl the
+# next scripted text (the last one again when none is left; NOT_FOUND when none was scripted).
 FAKE_GCLOUD = """\
 #!{python}
 import json, sys
@@ -48,6 +52,14 @@ elif argv[2:4] == ["queued-resources", "describe"]:
     done(0, s["states"].pop(0))
 elif "--worker=0" in argv and "train.rc" in argv[-1]:
     done(0, s["statuses"].pop(0) if s["statuses"] else "scenario has no more statuses")
+elif argv[2:4] == ["tpu-vm", "describe"]:
+    states = s["nodes"].get(argv[4], [])
+    done(0, states.pop(0) if states else "READY")
+elif argv[:2] == ["storage", "cat"]:
+    if not s["goodput"]:
+        print("ERROR: NOT_FOUND " + argv[2], file=sys.stderr)
+        done(1)
+    done(0, s["goodput"].pop(0) if len(s["goodput"]) > 1 else s["goodput"][0])
 done()
 """
 
@@ -63,9 +75,18 @@ def gcloud(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIT_") and k != "DRY_RUN"}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", TMPDIR=str(tmp_path))
 
-    def run(*args, states=(), statuses=(), exists=False):
+    def run(*args, states=(), statuses=(), exists=False, nodes=None, goodput=()):
         scenario.write_text(
-            json.dumps(dict(exists=exists, states=list(states), statuses=list(statuses), calls=[]))
+            json.dumps(
+                dict(
+                    exists=exists,
+                    states=list(states),
+                    statuses=list(statuses),
+                    calls=[],
+                    nodes=nodes or {},
+                    goodput=list(goodput),
+                )
+            )  # fmt: skip
         )
         proc = subprocess.run(
             [str(TPU_SH), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
@@ -77,13 +98,14 @@ def gcloud(tmp_path):
 
 
 def kind(call: list[str]) -> str:
-    """A short name for one gcloud call: create, describe, delete, scp, setup, run, status."""
+    """A short name for one gcloud call: create, describe, delete, scp, setup, run, status, node (a
+    node's state), storage (goodput.jsonl read)."""
     if call[0] != "compute":  # a printed command, not an argv the fake recorded
         return kind(call[1:]) if call[0] == "gcloud" else call[0]
     if call[2] == "queued-resources":
         return call[3]
-    if call[3] == "scp":
-        return "scp"
+    if call[3] in ("scp", "describe"):
+        return {"scp": "scp", "describe": "node"}[call[3]]
     command = call[call.index("--command") + 1]
     if "train.rc" in command and "nohup" not in command:
         return "status"
@@ -183,6 +205,26 @@ def test_status_command_reads_the_worker_files(gcloud, tmp_path):
     assert answer(rc="2\n", log="grit-train: error: bad\n") == "failed:2"
 
 
+# goodput.jsonl of three attempts (grit_jax/train/goodput.py): killed at step 7 after a checkpoint at 4,
+# resumed there (3 s lost) and preempted at 10 after saving, resumed at 10 and finished at 12.
+ATTEMPTS = [
+    dict(attempt=1, start_step=0, last_step=7, wall=12.5, productive=6.25, compile=2.0, data_wait=0.5,
+         checkpoint_save=1.0, checkpoint_restore=0.0, evaluation=0.75, lost_to_restart=0.0,
+         checkpoints=[[4, 3.25]]),
+    dict(attempt=2, start_step=4, last_step=10, wall=9.0, productive=6.0, compile=1.0, data_wait=0.0,
+         checkpoint_save=0.5, checkpoint_restore=0.5, evaluation=0.0, lost_to_restart=3.0,
+         checkpoints=[[8, 4.0], [10, 6.0]]),
+    dict(attempt=3, start_step=10, last_step=12, wall=4.0, productive=2.0, compile=1.25e-05, data_wait=0.0,
+         checkpoint_save=0.25, checkpoint_restore=0.5, evaluation=0.0, lost_to_restart=0.0,
+         checkpoints=[[12, 2.0]]),
+]  # fmt: skip
+
+
+def goodput_texts(count: int) -> list[str]:
+    """What goodput.jsonl holds after each of the first `count` attempts."""
+    return ["".join(json.dumps(a) + "\n" for a in ATTEMPTS[: i + 1]) for i in range(count)]
+
+
 def test_keep_survives_two_preemptions_and_resumes(gcloud):
     proc, state = gcloud(
         "keep",
@@ -207,35 +249,52 @@ def test_keep_survives_two_preemptions_and_resumes(gcloud):
             *["ACTIVE", "ACTIVE", "ACTIVE"],
         ],
         statuses=["running", "running", "running", "done"],
+        goodput=goodput_texts(3),
     )
     assert proc.returncode == 0, proc.stderr
     kinds = [kind(c) for c in state["calls"]]
     cycle = ["scp", "setup", "run"]
     assert kinds == [
         *["describe", "create", "describe", "describe", *cycle, "describe", "status"],
-        *["describe", "describe", "describe", "delete", "create", "describe", *cycle, "describe", "status"],
-        *["describe", "describe", "delete", "create", "describe", *cycle],
-        *["describe", "status", "describe", "status"],
+        *["describe", "describe", "describe", "storage", "delete", "create", "describe", *cycle],
+        *["describe", "status", "describe", "describe", "storage", "delete", "create", "describe", *cycle],
+        *["describe", "status", "describe", "status", "storage"],
     ]
+    assert all(
+        c == ["storage", "cat", "gs://bucket/run 1/goodput.jsonl"]
+        for c in state["calls"]
+        if kind(c) == "storage"
+    )
     creates = [c for c in state["calls"] if kind(c) == "create"]
     assert all(c[c.index("--accelerator-type") + 1] == "v5litepod-16" and "--spot" in c for c in creates)
     runs = [c for c in state["calls"] if kind(c) == "run"]
     assert len(runs) == 3 and runs[0] == runs[1] == runs[2]  # the same work dir: grit-train resumes there
     assert "'gs://bucket/run 1'" in runs[0][-1]
     log = (gcloud.dir / "keep logs/keep.log").read_text().splitlines()
-    assert [line.split(" ", 2)[2] for line in log] == [
-        "keep: v5litepod-16, grit-train --config configs/gritlm.py:7b --workdir 'gs://bucket/run 1'",
-        "no queued resource: creating it",
-        "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
-        "queued resource is SUSPENDING",
-        "queued resource is SUSPENDED",
-        "queued resource SUSPENDED (preempted); restart 1 of 2: deleting and re-creating it",
-        "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
-        "queued resource is SUSPENDED",
-        "queued resource SUSPENDED (preempted); restart 2 of 2: deleting and re-creating it",
-        "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
-        "grit-train finished",
-    ]
+    assert (
+        [line.split(" ", 2)[2] for line in log]
+        == [
+            "keep: v5litepod-16, grit-train --config configs/gritlm.py:7b --workdir 'gs://bucket/run 1'",
+            "no queued resource: creating it",
+            "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
+            "queued resource is SUSPENDING",
+            "queued resource is SUSPENDED",
+            "queued resource SUSPENDED (preempted); restart 1 of 2: deleting and re-creating it",
+            summary_line(ATTEMPTS[:1]),  # the goodput so far (awk here; the same line as grit_jax's)
+            "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
+            "queued resource is SUSPENDED",
+            "queued resource SUSPENDED (preempted); restart 2 of 2: deleting and re-creating it",
+            summary_line(ATTEMPTS[:2]),
+            "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
+            "grit-train finished",
+            summary_line(ATTEMPTS),
+        ]
+    )
+    assert (
+        log[-1]
+        .split(" ", 2)[2]
+        .startswith("goodput: 0.441 of 25.5 s wall over 3 attempt(s): productive 11.2 s")
+    )
 
 
 def test_keep_restarts_a_preempted_run_and_gives_up_after_max(gcloud):
@@ -256,10 +315,13 @@ def test_keep_restarts_a_preempted_run_and_gives_up_after_max(gcloud):
     )
     assert proc.returncode == 1
     assert [kind(c) for c in state["calls"]] == [
-        *["describe", "describe", "scp", "setup", "run", "describe", "status", "run", "describe", "status"]
+        *["describe", "describe", "scp", "setup", "run", "describe", "status", "storage", "run"],
+        *["describe", "status", "storage"],
     ]
     assert "grit-train preempted on an ACTIVE slice; restart 1 of 1: starting it again" in proc.stderr
-    assert proc.stderr.rstrip().endswith("grit-train lost on an ACTIVE slice; gave up after 1 restarts")
+    assert "grit-train lost on an ACTIVE slice; gave up after 1 restarts" in proc.stderr
+    # no goodput.jsonl in the work dir (the fake's bucket is empty): said, not fatal
+    assert proc.stderr.rstrip().endswith("goodput: no record in gs://bucket/run 1/goodput.jsonl yet")
 
 
 def test_keep_does_not_restart_a_failed_run_and_needs_a_bucket(gcloud):
@@ -268,7 +330,7 @@ def test_keep_does_not_restart_a_failed_run_and_needs_a_bucket(gcloud):
         exists=True, states=["ACTIVE", "ACTIVE", "ACTIVE"], statuses=["failed:2"],
     )  # fmt: skip
     assert proc.returncode == 1 and "grit-train exited with status 2; not restarting" in proc.stderr
-    assert [kind(c) for c in state["calls"]][-2:] == ["describe", "status"]
+    assert [kind(c) for c in state["calls"]][-3:] == ["describe", "status", "storage"]
     proc, state = gcloud("keep", *WHERE, "--type", "v4-8", "--", "--workdir", "/tmp/run")
     assert proc.returncode == 2 and state["calls"] == []
     assert proc.stderr.splitlines() == [
@@ -282,3 +344,88 @@ def test_fake_scenario_is_strict(gcloud):
     # tpu.sh gives up (timeout or repeated describe failures, whichever comes first on this machine)
     assert proc.returncode == 2 and "scenario has no more states" in proc.stderr
     assert re.search(r"not ACTIVE after 1 s|could not describe queued resource n 10 times", proc.stderr)
+
+
+def test_multislice_dry_run_prints_one_queued_resource_of_n_slices_and_every_node(gcloud):
+    proc, state = gcloud(
+        "keep", *WHERE, "--type", "v5e-64", "--slices", "2", "--spot", "--dry-run", "--", *TRAIN
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert state["calls"] == []
+    commands = printed(proc.stdout)
+    [create] = [c for c in commands if kind(c) == "create"]
+    assert create[:7] == ["gcloud", "compute", "tpus", "queued-resources", "create", "n", "--node-count"]
+    assert create[7:10] == ["2", "--node-prefix", "n"] and "--node-id" not in create and "--spot" in create
+    assert create[create.index("--accelerator-type") + 1] == "v5litepod-64"  # the type of each slice
+    for step in ("scp", "setup", "run", "node"):  # every node of every slice
+        assert [c[5] if c[4] != "scp" else c[6].split(":")[0] for c in commands if kind(c) == step] == [
+            "n-0",
+            "n-1",
+        ]
+    assert all("--worker=all" in c for c in commands if kind(c) in ("scp", "setup", "run"))
+    assert [c[5] for c in commands if kind(c) == "status"] == ["n-0"]  # worker 0 of slice 0: process 0
+    assert commands[-1] == ["gcloud", "storage", "cat", "gs://bucket/run 1/goodput.jsonl"]
+    proc, _ = gcloud("create", *WHERE, "--type", "v5e-8", "--no-wait", "--dry-run")
+    assert "--node-id" in printed(proc.stdout)[0] and "--node-count" not in printed(proc.stdout)[0]
+    proc, _ = gcloud("ssh", *WHERE, "--slices", "3", "--node", "2", "--dry-run", "--", "hostname")
+    assert printed(proc.stdout) == [
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "n-2", "--project", "p", "--zone", "z", "--worker=0",
+         "--command", "hostname"]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--slices", "0"], "--slices must be a number of slices (1 or more), not '0'"),
+        (["--slices", "2", "--node", "2"], "--node must be a slice number below --slices 2, not '2'"),
+        (["--slices", "2", "--name", "a b"], "--name 'a b' with --slices: node names <name>-0.. may use "
+         "letters, digits and _.~+%- only"),
+    ],
+)  # fmt: skip
+def test_bad_slices_are_one_line(gcloud, args, error):
+    proc, state = gcloud("create", *WHERE, "--type", "v5e-8", *args, "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"tpu.sh: error: {error}"]
+    assert state["calls"] == []
+
+
+def test_keep_recreates_every_slice_when_one_is_preempted(gcloud):
+    proc, state = gcloud(
+        "keep", *WHERE, "--type", "v5e-16", "--slices", "2", "--spot", "--poll", "0", "--", *TRAIN,
+        # created and ACTIVE; slice 1 preempted while the queued resource still reads ACTIVE; re-created
+        states=["ACTIVE", "ACTIVE", "ACTIVE", "ACTIVE", "ACTIVE"],
+        nodes={"n-0": ["READY", "READY"], "n-1": ["PREEMPTED", "READY"]},
+        statuses=["done"],
+        goodput=goodput_texts(2),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cycle = ["scp", "setup", "scp", "setup", "run", "run"]  # each slice's node
+    assert [kind(c) for c in state["calls"]] == [
+        *[
+            "describe",
+            "create",
+            "describe",
+            *cycle,
+            "describe",
+            "node",
+            "node",
+            "storage",
+            "delete",
+            "create",
+        ],
+        *["describe", "describe", *cycle, "describe", "node", "node", "status", "storage"],
+    ]
+    creates = [c for c in state["calls"] if kind(c) == "create"]
+    assert len(creates) == 2 and all(c[c.index("--node-count") + 1] == "2" for c in creates)
+    log = (gcloud.dir / "logs/n/keep.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in log] == [
+        "keep: v5litepod-16 x 2 slices, grit-train --config configs/gritlm.py:7b "
+        "--workdir 'gs://bucket/run 1'",
+        "no queued resource: creating it",
+        "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
+        "slice n-1 is PREEMPTED; restart 1 of 10: deleting and re-creating all 2 slices",
+        summary_line(ATTEMPTS[:1]),
+        "ACTIVE: setting up and starting grit-train (it resumes from the latest checkpoint)",
+        "grit-train finished",
+        summary_line(ATTEMPTS[:2]),
+    ]

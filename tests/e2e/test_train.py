@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import pytest
 
+from grit_jax.train.goodput import BUCKETS, FILE, read_records
 from tests.grit_fixtures import ROOT
 from tests.train_runs import (
     EVERY,
@@ -44,6 +45,12 @@ def test_reference_run_logs_every_step(reference):
     assert sorted(metrics) == list(range(1, STEPS + 1))
     assert all(np.isfinite(m["loss"]) and m["nonfinite"] == 0 for m in metrics.values())
     assert sorted(os.listdir(os.path.join(reference, "checkpoints"))) == ["24", "28", "30"]
+    [record] = read_records(os.path.join(reference, FILE))  # where its time went (goodput)
+    assert (record["start_step"], record["last_step"], record["lost_to_restart"]) == (0, STEPS, 0.0)
+    assert record["productive"] > 0 and record["compile"] > 0 and record["checkpoint_save"] > 0
+    assert all(record[k] >= 0 for k in BUCKETS) and record["checkpoint_restore"] == 0.0
+    assert record["productive"] + sum(record[k] for k in BUCKETS) <= record["wall"]
+    assert [c[0] for c in record["checkpoints"]] == list(range(EVERY, STEPS, EVERY)) + [STEPS]
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, reference, data_dir, compile_cache):
@@ -51,14 +58,27 @@ def test_resume_after_sigkill_is_exact(tmp_path, reference, data_dir, compile_ca
     the uninterrupted run logged; lines the killed run wrote past its checkpoint are replaced."""
     workdir = str(tmp_path)
     process = start_train(workdir, data_dir, compile_cache)
-    first = os.path.join(workdir, "checkpoints", str(EVERY))
-    wait_for(lambda: os.path.isdir(first), process)  # orbax renames the directory when the save is complete
+    wait_for(lambda: _steps_past_checkpoint(workdir) >= 2, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     restart = ok(run_train(workdir, data_dir, compile_cache))
     resumed = int(restart.stdout.split("resuming from checkpoint step ")[1].split()[0])
     assert EVERY <= resumed < STEPS
     assert read_metrics(workdir) == read_metrics(reference)
+    # goodput: the resumed attempt counts the killed one's steps past its checkpoint as lost
+    killed, again = read_records(os.path.join(workdir, FILE))
+    assert killed["last_step"] > resumed == again["start_step"] and again["last_step"] == STEPS
+    assert again["lost_to_restart"] > 0 and again["checkpoint_restore"] > 0
+    assert "over 2 attempt(s)" in restart.stdout.split("goodput: ")[1].splitlines()[0]
+
+
+def _steps_past_checkpoint(workdir) -> int:
+    """Steps the run recorded (goodput.jsonl) past its newest complete checkpoint (orbax renames the
+    directory when the save is complete); -1 before the first."""
+    root = os.path.join(workdir, "checkpoints")
+    saved = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+    records = read_records(os.path.join(workdir, FILE))
+    return records[-1]["last_step"] - max(saved) if saved and records else -1
 
 
 def test_resume_after_sigterm_is_exact(tmp_path, reference, data_dir, compile_cache):
@@ -75,6 +95,8 @@ def test_resume_after_sigterm_is_exact(tmp_path, reference, data_dir, compile_ca
     restart = ok(run_train(workdir, data_dir, compile_cache))
     assert f"resuming from checkpoint step {saved} " in restart.stdout
     assert read_metrics(workdir) == read_metrics(reference)
+    stopped, again = read_records(os.path.join(workdir, FILE))  # saved where it stopped: nothing lost
+    assert stopped["last_step"] == saved == again["start_step"] and again["lost_to_restart"] == 0.0
 
 
 def test_one_device_and_eight_devices_log_the_same_losses(tmp_path, reference, data_dir, compile_cache):

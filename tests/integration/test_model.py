@@ -106,6 +106,24 @@ def test_scan_equals_loop(preset, remat_policy):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("remat_policy", ["matmuls"])
+def test_remat_policies_keep_values_and_gradients(remat_policy):
+    """A remat policy (matmuls: the outputs named in layers.MATMUL_OUTPUTS saved) only changes what the
+    backward recomputes: the same loss and gradients as without remat."""
+    tokens = np.random.default_rng(0).integers(3, 512, size=(2, 8)).astype(np.int32)
+    mask = make_attn_mask(np.ones(tokens.shape, bool), "causal")
+
+    def loss(model):
+        return jnp.mean(model.logits(model(jnp.asarray(tokens), mask).hidden) ** 2)
+
+    base = ModelConfig.preset("tiny", remat_policy="none")
+    l1, g1 = nnx.value_and_grad(loss)(Transformer(base, rngs=nnx.Rngs(0)))
+    l2, g2 = nnx.value_and_grad(loss)(Transformer(base.replace(remat_policy=remat_policy), rngs=nnx.Rngs(0)))
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "equation, x_shape, k_shape",
     [

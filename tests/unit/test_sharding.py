@@ -94,3 +94,51 @@ def test_train_state_is_created_sharded_and_matches_its_abstract_form():
     restarted = TrainSetup(c, mesh).create_state(given)
     np.testing.assert_array_equal(restarted.params["norm"]["scale"][...], given["norm"]["scale"])
     assert restarted.params["embed_tokens"]["embedding"][...].sharding == embedding.sharding
+
+
+# ----------------------------------------------------------------------------- multislice
+
+
+def _slice_ids(grid, of) -> np.ndarray:
+    return np.vectorize(of)(grid)
+
+
+def test_slices_split_only_the_data_axis():
+    """mesh.slices=2 on one process's 8 devices: each slice is a block of the data axis holding every
+    fsdp/tensor/expert position, so only the data axis spans slices."""
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1, expert=1, slices=2))
+    assert dict(mesh.shape) == dict(data=2, fsdp=4, tensor=1, expert=1)
+    slice_of = dict(zip(jax.devices(), sharding.device_slices(jax.devices(), 2)))
+    ids = _slice_ids(mesh.devices, slice_of.get)
+    assert (ids[0] == 0).all() and (ids[1] == 1).all()
+    mesh = sharding.make_mesh(dict(data=-1, slices=2))  # 8-way data: 4 data positions per slice
+    assert _slice_ids(mesh.devices, slice_of.get).ravel().tolist() == [0] * 4 + [1] * 4
+
+
+def test_a_slice_is_a_block_of_hosts():
+    """Devices without a slice index (CPU, GPU) take their slice from their process: 4 hosts x 4 devices in
+    2 slices put hosts 0-1 in slice 0 and hosts 2-3 in slice 1; fsdp=4 x tensor=2 stays in a slice."""
+    from types import SimpleNamespace
+
+    devices = [SimpleNamespace(id=i, process_index=i // 4) for i in range(16)]
+    assert sharding.device_slices(devices, 2) == [0] * 8 + [1] * 8
+    grid = sharding.slice_grid((2, 4, 2, 1), devices, 2)
+    slices = _slice_ids(grid, lambda d: d.process_index // 2)
+    assert (slices[0] == 0).all() and (slices[1] == 1).all()
+    with pytest.raises(UsageError, match=r"mesh.slices=3 must divide the 4 hosts"):
+        sharding.device_slices(devices, 3)
+
+
+@pytest.mark.parametrize(
+    "mesh, message",
+    [
+        (dict(data=1, fsdp=-1, slices=2), r"^mesh.slices=2: mesh.data=1 must be a multiple of it"),
+        (dict(data=-1, slices=3), r"^mesh.slices=3 must divide the 8 devices$"),
+        (dict(data=2, slices=2), r"^mesh.slices=2: the mesh .* must use all 8 devices"),
+        (dict(data=-1, slices=0), r"^mesh.slices=0: expected an integer >= 1$"),
+    ],
+)
+def test_bad_slices_are_one_line_naming_the_key(mesh, message):
+    with pytest.raises(UsageError, match=message) as err:
+        sharding.make_mesh(mesh)
+    assert "\n" not in str(err.value)
