@@ -107,6 +107,7 @@ def test_search_keeps_only_candidates_that_compile_and_fit(v5e4, tmp_path):
         "model.remat_policy": "full",
         "objective.embedding_chunk_size": 16,
         "objective.generative_accumulation_steps": 2,
+        "objective.gen_loss_block": 0,
     }
     config = _tiny(**start, **{"data.embedding_batch_size": 32, "data.generative_batch_size": 32})
     hbm = {}
