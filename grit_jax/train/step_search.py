@@ -21,6 +21,9 @@ from grit_jax.choices import REMAT_POLICIES
 from grit_jax.run_config import uses
 
 SPARE = 0.10  # of the chip's HBM a candidate must leave free (fragmentation, the runtime, XLA's slack)
+# Estimates within this fraction of the fastest are one speed (a roofline, not a measurement): among
+# them the candidate of least memory wins, not one whose lm head is 0.01% cheaper.
+TIE = 0.01
 
 
 def _remat_values(config, data_parallel: int) -> list:
@@ -128,6 +131,12 @@ class Candidate:
     def seconds(self) -> float:
         return self.estimate.get("step_seconds", 0.0)
 
+    @property
+    def seconds_per_token(self) -> float:
+        """What candidates are ranked by: their compiled batches may hold different numbers of positions
+        (packing's row counts are multiples of data-parallel size x micro-batches)."""
+        return self.seconds / self.tokens if self.tokens else 0.0
+
 
 def get(config, key: str):
     group, field = key.split(".")
@@ -144,9 +153,14 @@ def with_setting(config, setting: dict):
 
 
 def best(candidates) -> Candidate | None:
-    """The fastest estimate among the candidates that fit (then the smallest memory), or None."""
+    """Among the candidates that fit, the least memory of those within TIE of the fastest estimate per
+    real token; None where none fits."""
     fitting = [c for c in candidates if c.fits]
-    return min(fitting, key=lambda c: (c.seconds, c.total_bytes)) if fitting else None
+    if not fitting:
+        return None
+    fastest = min(c.seconds_per_token for c in fitting)
+    tied = [c for c in fitting if c.seconds_per_token <= fastest * (1 + TIE)]
+    return min(tied, key=lambda c: (c.total_bytes, c.seconds_per_token))
 
 
 def search(
@@ -195,7 +209,8 @@ def table(config, candidates: list[Candidate]) -> str:
         "| | "
         + " | ".join(k.split(".")[1] for k in keys)
         + " | GiB per chip (of HBM) | fits with 10% spare | compiled FLOPs per real token "
-        "| HBM GiB accessed per chip | est. s per step | est. MFU | compiled / model FLOPs |"
+        "| HBM GiB accessed per chip | est. s per step | est. ms per 1k real tokens | est. MFU "
+        "| compiled / model FLOPs |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in candidates:
@@ -203,7 +218,7 @@ def table(config, candidates: list[Candidate]) -> str:
         cells = [str(c.setting[k]) for k in keys]
         if not c.compiled:
             why = c.error.split(";")[0][:80] or "did not compile"
-            lines.append(f"| {mark} | " + " | ".join(cells) + f" | - | no: {why} | - | - | - | - | - |")
+            lines.append(f"| {mark} | " + " | ".join(cells) + f" | - | no: {why} | - | - | - | - | - | - |")
             continue
         e = c.estimate
         lines.append(
@@ -211,7 +226,8 @@ def table(config, candidates: list[Candidate]) -> str:
             + " | ".join(cells)
             + f" | {c.total_bytes / 2**30:.2f} ({1 - c.spare:.0%}) | {'yes' if c.fits else 'no'} "
             f"| {e['compiled_flops'] * c.chips / c.tokens:.3e} | {e['bytes_accessed'] / 2**30:.1f} "
-            f"| {e['step_seconds']:.3g} | {e['mfu']:.1%} | {e['flops_ratio']:.2f} |"
+            f"| {e['step_seconds']:.3g} | {c.seconds_per_token * 1e6:.3g} | {e['mfu']:.1%} "
+            f"| {e['flops_ratio']:.2f} |"
         )
     if chosen is None:
         lines.append("\nno candidate compiled with 10% of HBM to spare")
