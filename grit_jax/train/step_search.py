@@ -217,8 +217,11 @@ def table(config, candidates: list[Candidate]) -> str:
         mark = "**chosen**" if c is chosen else ("today" if c is candidates[0] else "")
         cells = [str(c.setting[k]) for k in keys]
         if not c.compiled:
-            why = c.error.split(";")[0][:80] or "did not compile"
-            lines.append(f"| {mark} | " + " | ".join(cells) + f" | - | no: {why} | - | - | - | - | - | - |")
+            oom = "CompileTimeHbmOom" in c.error
+            why = "XLA's compile-time out-of-memory" if oom else c.error.split(";")[0][:80]
+            need = f"{c.total_bytes / 2**30:.2f} ({1 - c.spare:.0%})" if c.total_bytes else "-"
+            cells += [need, f"no: {why or 'did not compile'}"] + ["-"] * 6
+            lines.append(f"| {mark} | " + " | ".join(cells) + " |")
             continue
         e = c.estimate
         lines.append(
