@@ -20,9 +20,12 @@ from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.rope import apply_rotary
 
 NEG_INF = jnp.finfo(jnp.float32).min
-# Names of the matmul outputs remat_policy="matmuls" saves (jax.ad_checkpoint.checkpoint_name); splash
-# names its output and log-sum-exp "attention" too (grit_jax.model.attention).
-MATMUL_OUTPUTS = ("query", "key", "value", "attention", "attention_out", "mlp_gate", "mlp_up")
+# remat_policy -> the outputs it saves, by their jax.ad_checkpoint.checkpoint_name below; splash names
+# its output and log-sum-exp "attention" too (grit_jax.model.attention). "attention" keeps about a third
+# of what "matmuls" keeps (the MLP's gate and up are [T, intermediate] each) and skips the attention
+# block's recomputation, for chips where the MLP's outputs do not fit.
+ATTENTION_OUTPUTS = ("query", "key", "value", "attention", "attention_out")
+SAVED_OUTPUTS = {"matmuls": (*ATTENTION_OUTPUTS, "mlp_gate", "mlp_up"), "attention": ATTENTION_OUTPUTS}
 
 
 def make_param(

@@ -16,7 +16,7 @@ from flax import nnx
 from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
 from grit_jax.model.attention import AttentionSpec
-from grit_jax.model.layers import MATMUL_OUTPUTS, MLP, Attention, Linear, RMSNorm, contract
+from grit_jax.model.layers import MLP, SAVED_OUTPUTS, Attention, Linear, RMSNorm, contract
 from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.moe import SparseMoE
 from grit_jax.model.rope import inverse_frequencies, rotary_tables
@@ -113,8 +113,8 @@ class Transformer(nnx.Module):
 
         if cfg.remat_policy != "none":
             policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat_policy])
-            if cfg.remat_policy == "matmuls":  # a policy over the names layers.py gives those outputs
-                policy = policy(*MATMUL_OUTPUTS)
+            if cfg.remat_policy in SAVED_OUTPUTS:  # a policy over the names layers.py gives outputs
+                policy = policy(*SAVED_OUTPUTS[cfg.remat_policy])
             layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=not cfg.scan_layers)
         per_layer = (layer_state, None if cache is None else (cache.k, cache.v))
         if cfg.scan_layers:

@@ -106,10 +106,10 @@ def test_scan_equals_loop(preset, remat_policy):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("remat_policy", ["matmuls"])
+@pytest.mark.parametrize("remat_policy", ["matmuls", "attention"])
 def test_remat_policies_keep_values_and_gradients(remat_policy):
-    """A remat policy (matmuls: the outputs named in layers.MATMUL_OUTPUTS saved) only changes what the
-    backward recomputes: the same loss and gradients as without remat."""
+    """A remat policy (the outputs named in layers.SAVED_OUTPUTS saved) only changes what the backward
+    recomputes: the same loss and gradients as without remat."""
     tokens = np.random.default_rng(0).integers(3, 512, size=(2, 8)).astype(np.int32)
     mask = make_attn_mask(np.ones(tokens.shape, bool), "causal")
 
