@@ -10,15 +10,16 @@ SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 # remat_policy -> the name of a jax.checkpoint_policies member; "none" runs without remat, "full" saves
 # nothing inside a layer, "matmuls" saves the outputs of the attention and MLP matmuls (q, k, v, the
-# attention and its projection, gate and up) and recomputes the rest; "attention" saves the attention
-# block's (q, k, v, the attention and its projection) and recomputes the MLP (the names each keeps:
-# grit_jax.model.layers.SAVED_OUTPUTS).
+# attention and its projection, gate and up) and recomputes the rest; "attention_up" all but the gate
+# (recomputed); "attention" the attention block's (q, k, v, the attention and its projection), the MLP's
+# gate and up recomputed (the names each keeps: grit_jax.model.layers.SAVED_OUTPUTS).
 REMAT_POLICIES = {
     "none": None,
     "full": "nothing_saveable",
     "dots": "checkpoint_dots",
     "dots_no_batch": "dots_with_no_batch_dims_saveable",
     "matmuls": "save_only_these_names",
+    "attention_up": "save_only_these_names",
     "attention": "save_only_these_names",
 }
 # model.attention_impl: "auto" picks by platform (splash on TPU, cudnn on GPU, dense elsewhere).

@@ -25,7 +25,11 @@ NEG_INF = jnp.finfo(jnp.float32).min
 # of what "matmuls" keeps (the MLP's gate and up are [T, intermediate] each) and skips the attention
 # block's recomputation, for chips where the MLP's outputs do not fit.
 ATTENTION_OUTPUTS = ("query", "key", "value", "attention", "attention_out")
-SAVED_OUTPUTS = {"matmuls": (*ATTENTION_OUTPUTS, "mlp_gate", "mlp_up"), "attention": ATTENTION_OUTPUTS}
+SAVED_OUTPUTS = {
+    "matmuls": (*ATTENTION_OUTPUTS, "mlp_gate", "mlp_up"),
+    "attention_up": (*ATTENTION_OUTPUTS, "mlp_up"),  # the backward recomputes only the gate projection
+    "attention": ATTENTION_OUTPUTS,  # the gate and up projections are recomputed (the down one never is)
+}
 
 
 def make_param(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import time
 import traceback
@@ -65,6 +66,13 @@ def topology_devices(accelerator: Accelerator, slices: int = 1):
             "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
         )
     hardware.quiet_libtpu(accelerator.cloud_type)
+    # libtpu 0.0.52 offloads gathers (the token embedding's) to the SparseCores of v5p and v6e as async
+    # ops its own HLO cannot be read back with (RET_CHECK "async-update ... 1 operands but sees 3"), and
+    # the estimate reads the compiled program: here the gathers stay on the TensorCores (read before the
+    # first compile; a flag the user set wins).
+    flags = os.environ.get("LIBTPU_INIT_ARGS", "")
+    if "offload_gather_to_sparsecore" not in flags:
+        os.environ["LIBTPU_INIT_ARGS"] = f"{flags} --xla_tpu_offload_gather_to_sparsecore=false".strip()
     from jax.experimental import topologies  # after quiet_libtpu: it reads the environment on import
 
     kwargs = (
@@ -134,13 +142,15 @@ def compile_step(setup: TrainSetup):
     compiled = None
     try:
         compiled = make_train_step(setup).lower(state, batch).compile()
-        memory, cost, compiler_error = compiled.memory_analysis(), step_cost.loop_cost(compiled), ""
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
-        (memory, compiler_error), cost = (
-            out_of_memory(e, jax.tree.leaves((state, batch))),
-            None,
-        )
-    return memory, cost, compiler_error, time.perf_counter() - start, compiled
+        memory, compiler_error = out_of_memory(e, jax.tree.leaves((state, batch)))
+        return memory, None, compiler_error, time.perf_counter() - start, None
+    try:
+        cost = step_cost.loop_cost(compiled)
+    except jax.errors.JaxRuntimeError as e:  # the program compiled; only reading it back failed
+        print(f"no estimate: the compiled program could not be read back: {str(e).splitlines()[0][:200]}")
+        cost = None
+    return compiled.memory_analysis(), cost, "", time.perf_counter() - start, compiled
 
 
 def _memory_fields(setup: TrainSetup, memory, compiler_error: str, hbm_bytes: int, *, top: int) -> dict:

@@ -28,9 +28,9 @@ TIE = 0.01
 
 def _remat_values(config, data_parallel: int) -> list:
     """Least recomputation first (none saves everything, full nothing), the matmul outputs before none:
-    on a large model only a policy that saves part of a layer fits, and only with small chunks; then the
-    attention block's outputs alone (a third of the matmuls' memory)."""
-    order = ("matmuls", "attention", "none", "dots_no_batch", "dots", "full")
+    on a large model only a policy that saves part of a layer fits, and only with small chunks; then
+    less of them (without the gate: two thirds of the matmuls' memory; the attention block's: a third)."""
+    order = ("matmuls", "attention_up", "attention", "none", "dots_no_batch", "dots", "full")
     return [p for p in order if p in REMAT_POLICIES]
 
 

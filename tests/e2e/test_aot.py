@@ -114,6 +114,36 @@ def test_tiny_compiles_for_v5e(tmp_path):
     assert report["top"] and report["top"][0][1] == max(b for _, b, _ in report["top"])
 
 
+# a step whose token gathers libtpu 0.0.52 offloads to a v6e chip's SparseCores (64 sequences of 256)
+SPARSECORE_GATHERS = [
+    "--config.data.embedding_batch_size=64",
+    "--config.data.generative_batch_size=64",
+    "--config.data.query_max_len=256",
+    "--config.data.passage_max_len=256",
+    "--config.data.generative_max_len=256",
+]
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_v6e_step_gets_its_estimate_and_one_that_cannot_be_read_back_keeps_its_memory(tmp_path, monkeypatch):
+    """On v5p and v6e libtpu offloads the embedding's gathers to the SparseCores as async ops whose
+    compiled HLO it cannot read back; grit-aot keeps them on the TensorCores, so the step is costed. With
+    the offload forced back on (a user's LIBTPU_INIT_ARGS wins), the report still gives the memory."""
+    args = ["-m", "grit_jax.programs.grit_aot", "--config", "configs/tiny.py", "--topology", "v6e-8"]
+    r = _run(*args, *SPARSECORE_GATHERS, f"--json={tmp_path / 'a.json'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("fits: needs ") and "\nestimate " in r.stdout
+    assert json.loads((tmp_path / "a.json").read_text())["estimate"]["compiled_flops"] > 0
+
+    monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_tpu_offload_gather_to_sparsecore=auto")
+    r = _run(*args, *SPARSECORE_GATHERS, f"--json={tmp_path / 'b.json'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("no estimate: the compiled program could not be read back: ")
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["fits"] and report["total_bytes"] > 0 and report["estimate"] == {}
+
+
 @needs_libtpu
 @pytest.mark.slow
 def test_config_that_does_not_fit_says_so():

@@ -106,7 +106,7 @@ def test_scan_equals_loop(preset, remat_policy):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("remat_policy", ["matmuls", "attention"])
+@pytest.mark.parametrize("remat_policy", ["matmuls", "attention_up", "attention"])
 def test_remat_policies_keep_values_and_gradients(remat_policy):
     """A remat policy (the outputs named in layers.SAVED_OUTPUTS saved) only changes what the backward
     recomputes: the same loss and gradients as without remat."""
