@@ -11,7 +11,8 @@ embedding or generative. Instead of model.hf_dir,
 --config.model.init_checkpoint=DIR takes a `grit-convert hf-to-orbax` output or another run's checkpoint.
 
 The embedding chunk (sequences per GradCache chunk, over the whole batch) must be a multiple of the
-data-parallel size. 8x7b: 128 suits up to 128 chips (v5p-256, checked with grit-aot); on v5p-512 pass
+data-parallel size. 7b: 128 suits up to 128 chips (v5e-64: 12.71 of 16 GiB per chip, grit-aot); on more,
+pass --config.objective.embedding_chunk_size=256 (or the data-parallel size). 8x7b: 128 suits up to 128 chips (v5p-256, checked with grit-aot); on v5p-512 pass
 --config.objective.embedding_chunk_size=256 --config.objective.generative_accumulation_steps=1.
 """
 
@@ -27,7 +28,11 @@ VARIANTS = {
         generative_batch_size=256,
         loss_gen_type="mixed",
         loss_gen_factor=1.0,
-        embedding_chunk_size=256,
+        # Keep the attention block's outputs and the MLP's up projection; recompute the gate (grit-aot
+        # --search on v5e-64: 12.71 of 16 GiB per chip, compiled / model FLOPs 1.09, where full remat with
+        # chunks of 256 is 1.22; benchmarks/RESULTS.md "Compiled-cost estimate and memory/recompute search").
+        remat_policy="attention_up",
+        embedding_chunk_size=128,
         generative_accumulation_steps=4,
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=1),
         # The public 7B script (scripts/training/train_gritlm_7b.sh) runs on 1 node x 8 GPUs.
@@ -40,6 +45,7 @@ VARIANTS = {
         generative_batch_size=256,
         loss_gen_type="token",
         loss_gen_factor=0.003,
+        remat_policy="full",
         embedding_chunk_size=128,
         generative_accumulation_steps=2,
         mesh=dict(data=1, fsdp=-1, tensor=1, expert=8),
@@ -49,12 +55,12 @@ VARIANTS = {
 }
 # GRIT on today's bases: the 7B recipe on Llama-3.1-8B and Qwen3-8B; a small one on Qwen2.5-0.5B. New
 # recipes train the exact gradient of the global loss (reference_world_size=0), not a past run's balance.
+# The 8B ones keep full remat and chunks of 256 (the settings checked for them; larger vocabularies).
+CHECKED_8B = dict(remat_policy="full", embedding_chunk_size=256, reference_world_size=0)
 VARIANTS["llama3.1-8b"] = dict(
-    VARIANTS["7b"], preset="llama3.1_8b", base_model="meta-llama/Llama-3.1-8B", reference_world_size=0
+    VARIANTS["7b"], preset="llama3.1_8b", base_model="meta-llama/Llama-3.1-8B", **CHECKED_8B
 )
-VARIANTS["qwen3-8b"] = dict(
-    VARIANTS["7b"], preset="qwen3_8b", base_model="Qwen/Qwen3-8B-Base", reference_world_size=0
-)
+VARIANTS["qwen3-8b"] = dict(VARIANTS["7b"], preset="qwen3_8b", base_model="Qwen/Qwen3-8B-Base", **CHECKED_8B)
 # Qwen3-MoE: the 8x7b recipe with Qwen's own router-loss weight.
 VARIANTS["qwen3-30b-a3b"] = dict(
     VARIANTS["8x7b"],
@@ -65,6 +71,7 @@ VARIANTS["qwen3-30b-a3b"] = dict(
 )
 VARIANTS["qwen2.5-0.5b"] = dict(
     VARIANTS["7b"],
+    remat_policy="full",
     preset="qwen2.5_0.5b",
     base_model="Qwen/Qwen2.5-0.5B",
     reference_world_size=0,
@@ -79,6 +86,7 @@ VARIANTS["qwen2.5-0.5b"] = dict(
 # The state is 1.75-2 GiB per v5e chip (benchmarks/RESULTS.md, "LoRA on one host"); check the step's
 # activations with `grit-aot --config configs/gritlm.py:7b-lora --topology v5e-8` (v4-8: 4 chips, 32 GiB).
 LORA = dict(
+    remat_policy="full",
     embedding_batch_size=256,
     generative_batch_size=32,
     embedding_chunk_size=32,
@@ -106,7 +114,7 @@ def get_config(arg="7b"):
         base_model=v["base_model"],
         dtype="bfloat16",
         param_dtype="float32",
-        remat_policy="full",
+        remat_policy=v["remat_policy"],
     )
     config.data.update(
         embedding_batch_size=v["embedding_batch_size"],
