@@ -56,8 +56,28 @@ def _constant(comp_text: str, operand: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def trip_count(computations: dict[str, str], parent: str, init: str, condition: str) -> int | None:
-    """Iterations of a counted loop (``i < N``, i starting at a constant): JAX's scans and fori_loops."""
+def _tuple_operands(comp_text: str, name: str) -> list[str]:
+    m = re.search(r"\btuple\((.*?)\)(?:,|$)", _instruction(comp_text, name.lstrip("%")))
+    return [a.strip() for a in re.sub(r"/\*.*?\*/", "", m.group(1)).split(",")] if m else []
+
+
+def _step(body_text: str, index: int) -> int:
+    """How much a loop body adds to its counter (tuple element ``index``): 1 unless the body's root sets
+    it to counter + constant (XLA's windowed einsums over FSDP shards count by 2)."""
+    root = re.search(r"^\s*ROOT (%[\w.\-]+) = ", body_text, re.M)
+    operands = _tuple_operands(body_text, root.group(1)) if root else []
+    if index >= len(operands):
+        return 1
+    m = re.search(r"\badd\((%[\w.\-]+), (%[\w.\-]+)\)", _instruction(body_text, operands[index].lstrip("%")))
+    steps = [_constant(body_text, o) for o in m.groups()] if m else []
+    return next((k for k in steps if k), 1)
+
+
+def trip_count(
+    computations: dict[str, str], parent: str, init: str, condition: str, body: str | None = None
+) -> int | None:
+    """Iterations of a counted loop (``i < N``, i starting at a constant and, per the ``body``, growing
+    by a constant): JAX's scans and fori_loops, XLA's windowed einsums."""
     cond = computations[condition]
     m = re.search(r"compare\((%[\w.\-]+), (%[\w.\-]+)\), direction=(LT|GT)", cond)
     if not m:
@@ -67,13 +87,13 @@ def trip_count(computations: dict[str, str], parent: str, init: str, condition: 
     index = re.search(r"get-tuple-element\([^)]*\), index=(\d+)", _instruction(cond, counter.lstrip("%")))
     if limit is None or not index:
         return None
-    start = 0
-    tuple_args = re.search(r"\btuple\((.*?)\)(?:,|$)", _instruction(computations[parent], init.lstrip("%")))
-    if tuple_args:
-        args = [a.strip() for a in re.sub(r"/\*.*?\*/", "", tuple_args.group(1)).split(",")]
-        first = _constant(computations[parent], args[int(index.group(1))])
+    start, position = 0, int(index.group(1))
+    args = _tuple_operands(computations[parent], init)
+    if position < len(args):
+        first = _constant(computations[parent], args[position])
         start = first if first is not None else 0
-    return max(limit - start, 0)
+    step = _step(computations[body], position) if body in computations else 1
+    return max(-(-(limit - start) // step), 0)
 
 
 def _reachable(computations: dict[str, str], root: str) -> list[str]:
@@ -145,7 +165,7 @@ def loop_cost(compiled) -> LoopCost:
                 continue  # the loops inside another loop's body: counted with that body
             for init, condition, body in _WHILE.findall(computations[callee]):
                 stats["loops"] += 1
-                trips = trip_count(computations, callee, init, condition)
+                trips = trip_count(computations, callee, init, condition, body)
                 stats["unknown"] += trips is None
                 body_flops, body_bytes = _xla_cost(computations, body, client)
                 inner_flops, inner_bytes = extra(body)

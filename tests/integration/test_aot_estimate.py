@@ -69,6 +69,25 @@ def test_cost_analysis_is_per_device_and_counts_a_loop_once(v5e4):
     assert cost.flops_once == once[8]
 
 
+def test_a_windowed_einsum_loop_that_counts_by_two_is_counted_once_per_shard(v5e4):
+    """Under FSDP XLA runs a large matmul as a loop over the weight's shards (a windowed einsum) whose
+    counter goes up by 2 to its bound: its trips are half the bound, and the matmul is counted once."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    grit_aot, _ = v5e4
+    mesh = Mesh(grit_aot.topology_devices(hardware.parse_accelerator("v5e-8")), ("f",))  # 4 chips: no loop
+    rows = NamedSharding(mesh, PartitionSpec("f", None))
+    m, k, n = 16384, 4096, 14336
+    x, w = (jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=rows) for s in ((m, k), (k, n)))
+    compiled = jax.jit(lambda x, w: jax.lax.with_sharding_constraint(x @ w, rows)).lower(x, w).compile()
+    assert "windowed_dot_general_body" in compiled.as_text()
+    cost = step_cost.loop_cost(compiled)
+    assert cost.loops >= 1 and cost.unknown_trips == 0
+    assert cost.flops == pytest.approx(2 * m * k * n / 8, rel=0.01)
+
+
 def test_estimate_follows_from_the_cost_and_the_chip_and_sees_remat(v5e4):
     grit_aot, accelerator = v5e4
     reports = {
