@@ -12,8 +12,9 @@ embedding or generative. Instead of model.hf_dir,
 
 The embedding chunk (sequences per GradCache chunk, over the whole batch) must be a multiple of the
 data-parallel size. 7b: 128 suits up to 128 chips (v5e-64: 12.71 of 16 GiB per chip, grit-aot); on more,
-pass --config.objective.embedding_chunk_size=256 (or the data-parallel size). 8x7b: 128 suits up to 128 chips (v5p-256, checked with grit-aot); on v5p-512 pass
---config.objective.embedding_chunk_size=256 --config.objective.generative_accumulation_steps=1.
+pass --config.objective.embedding_chunk_size=256 (or the data-parallel size). 8x7b: 128 suits up to 128
+chips (v5p-256, checked with grit-aot); on v5p-512 pass --config.objective.embedding_chunk_size=256
+--config.objective.generative_accumulation_steps=1.
 """
 
 from grit_jax.choices import MODES, PAPER_LENGTHS

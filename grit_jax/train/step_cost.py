@@ -74,7 +74,7 @@ def _step(body_text: str, index: int) -> int:
 
 
 def trip_count(
-    computations: dict[str, str], parent: str, init: str, condition: str, body: str | None = None
+    computations: dict[str, str], parent: str, init: str, condition: str, *, body: str | None = None
 ) -> int | None:
     """Iterations of a counted loop (``i < N``, i starting at a constant and, per the ``body``, growing
     by a constant): JAX's scans and fori_loops, XLA's windowed einsums."""
@@ -165,7 +165,7 @@ def loop_cost(compiled) -> LoopCost:
                 continue  # the loops inside another loop's body: counted with that body
             for init, condition, body in _WHILE.findall(computations[callee]):
                 stats["loops"] += 1
-                trips = trip_count(computations, callee, init, condition, body)
+                trips = trip_count(computations, callee, init, condition, body=body)
                 stats["unknown"] += trips is None
                 body_flops, body_bytes = _xla_cost(computations, body, client)
                 inner_flops, inner_bytes = extra(body)
