@@ -27,6 +27,8 @@ import dataclasses
 import math
 import re
 
+from grit_jax import hlo_text
+
 # DCN bandwidth per chip, Gbit/s, from Google's Cloud TPU system-architecture pages (module docstring).
 DCN_GBPS_PER_CHIP = {"v5e": 25.0, "v5p": 50.0}
 
@@ -38,9 +40,6 @@ _CALLEE = re.compile(r"\b(?:body|condition|calls|to_apply|true_computation|false
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _BODY = re.compile(r"\bbody=%?([\w.\-]+)")
-_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
-_CONSTANT = re.compile(r"%([\w.\-]+) = s(?:32|64)\[\][^ ]* constant\((\d+)\)")
-_LESS_THAN = re.compile(r"ROOT .*compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT")
 _SEND_BUFFER = re.compile(r"= \((\w+)\[([\d,]*)\]")  # a send's result: (buffer, context, token)
 _TRANSFER = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
 
@@ -72,11 +71,11 @@ def chip_send_factor(kind: str, slices: int) -> float:
     return 1.0
 
 
-def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+def _computations(text: str) -> tuple[dict[str, list[str]], str]:
     """({computation name: its instruction lines}, the entry computation's name)."""
     bodies: dict[str, list[str]] = {}
     entry, current = "", None
-    for line in hlo_text.splitlines():
+    for line in text.splitlines():
         start = _COMPUTATION.match(line)
         if start and not line.startswith(" "):
             current = start.group(1)
@@ -89,18 +88,17 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
     return bodies, entry
 
 
-def _trip_count(line: str, bodies: dict[str, list[str]]) -> int | None:
-    """A while loop's trip count: XLA's ``known_trip_count``, else the bound of a loop counting up from 0
-    (``i < N``, N a constant: what jax.lax.scan and fori_loop compile to; the TPU compiler drops
-    known_trip_count); None when neither says."""
+def _trip_count(line: str, parent: str, texts: dict[str, str]) -> int | None:
+    """A while loop's trip count: XLA's ``known_trip_count``, else what the loop's counter says
+    (grit_jax.hlo_text: the TPU compiler drops known_trip_count); None when neither says."""
     known = _TRIP_COUNT.search(line)
     if known:
         return int(known.group(1))
-    condition = _CONDITION.search(line)
-    lines = bodies.get(condition.group(1), []) if condition else []
-    constants = dict(m.groups() for m in map(_CONSTANT.search, lines) if m)
-    bound = next((m.group(1) for m in map(_LESS_THAN.search, lines) if m), None)
-    return int(constants[bound]) if bound in constants else None
+    loop = hlo_text.WHILE.search(line)
+    if not loop or loop.group(2) not in texts:
+        return None
+    init, condition, body = loop.groups()
+    return hlo_text.trip_count(texts, parent, init, condition, body=body)
 
 
 def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set[str]]:
@@ -108,6 +106,7 @@ def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set
     count is unknown (run once here)."""
     runs: dict[str, int] = {}
     unknown: set[str] = set()
+    texts = {name: "\n".join(lines) for name, lines in bodies.items()}
 
     def visit(name: str, times: int) -> None:
         runs[name] = runs.get(name, 0) + times
@@ -116,7 +115,7 @@ def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set
             for group in _BRANCHES.findall(line):
                 callees += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
             body = _BODY.search(line) if " while(" in line else None
-            trip = _trip_count(line, bodies) if body else None
+            trip = _trip_count(line, name, texts) if body else None
             for callee in callees:
                 repeat = 1
                 if body and callee == body.group(1):
@@ -129,9 +128,9 @@ def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set
     return runs, unknown
 
 
-def dcn_traffic(hlo_text: str, slices: int) -> DcnTraffic:
+def dcn_traffic(text: str, slices: int) -> DcnTraffic:
     """The DCN bytes per chip per step of a compiled program (``compiled.as_text()``) over ``slices``."""
-    bodies, entry = _computations(hlo_text)
+    bodies, entry = _computations(text)
     runs, unknown = _runs(bodies, entry)
     by_kind: dict[str, float] = {}
     transfers = in_unknown = 0

@@ -23,77 +23,15 @@ import jax
 from jax._src.lib import _jax as _xla_ext  # XLA's cost analysis of an HloModule, the one JAX exposes
 from jax._src.lib import xla_client
 
+from grit_jax import hlo_text
 from grit_jax.model.attention import SPLASH_BLOCKS
 from grit_jax.train import flops
 from grit_jax.train.step import abstract_batch
 
-_COMPUTATION = re.compile(r"^(ENTRY )?%([\w.\-]+) ", re.M)
-_WHILE = re.compile(r"while\((%[\w.\-]+)\), condition=%([\w.\-]+), body=%([\w.\-]+)")
 _NAME = re.compile(r"%([\w.\-]+)")
 _SPLASH = re.compile(r"^\s*%splash_mha_(fwd|dq|dkv)\S* = .*?operand_layout_constraints=\{(.*?)\}\}", re.M)
 # matmuls per (query, key) block: forward QK' and PV; dq QK', dP and dQ; dkv QK', dP, dV and dK
 _SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
-
-
-def _split(text: str) -> tuple[str, dict[str, str], str]:
-    """(module header line, {computation name: its text}, entry name) of an HLO module's text."""
-    header, computations, entry = text.split("\n", 1)[0], {}, ""
-    starts = list(_COMPUTATION.finditer(text))
-    for m, nxt in zip(starts, starts[1:] + [None]):
-        computations[m.group(2)] = text[m.start() : nxt.start() if nxt else len(text)]
-        if m.group(1):
-            entry = m.group(2)
-    return header, computations, entry
-
-
-def _instruction(comp_text: str, name: str) -> str:
-    m = re.search(rf"^\s*(?:ROOT )?%{re.escape(name)} = (.*)$", comp_text, re.M)
-    return m.group(1) if m else ""
-
-
-def _constant(comp_text: str, operand: str) -> int | None:
-    m = re.search(r"\bconstant\((-?\d+)\)", _instruction(comp_text, operand.lstrip("%")))
-    return int(m.group(1)) if m else None
-
-
-def _tuple_operands(comp_text: str, name: str) -> list[str]:
-    m = re.search(r"\btuple\((.*?)\)(?:,|$)", _instruction(comp_text, name.lstrip("%")))
-    return [a.strip() for a in re.sub(r"/\*.*?\*/", "", m.group(1)).split(",")] if m else []
-
-
-def _step(body_text: str, index: int) -> int:
-    """How much a loop body adds to its counter (tuple element ``index``): 1 unless the body's root sets
-    it to counter + constant (XLA's windowed einsums over FSDP shards count by 2)."""
-    root = re.search(r"^\s*ROOT (%[\w.\-]+) = ", body_text, re.M)
-    operands = _tuple_operands(body_text, root.group(1)) if root else []
-    if index >= len(operands):
-        return 1
-    m = re.search(r"\badd\((%[\w.\-]+), (%[\w.\-]+)\)", _instruction(body_text, operands[index].lstrip("%")))
-    steps = [_constant(body_text, o) for o in m.groups()] if m else []
-    return next((k for k in steps if k), 1)
-
-
-def trip_count(
-    computations: dict[str, str], parent: str, init: str, condition: str, *, body: str | None = None
-) -> int | None:
-    """Iterations of a counted loop (``i < N``, i starting at a constant and, per the ``body``, growing
-    by a constant): JAX's scans and fori_loops, XLA's windowed einsums."""
-    cond = computations[condition]
-    m = re.search(r"compare\((%[\w.\-]+), (%[\w.\-]+)\), direction=(LT|GT)", cond)
-    if not m:
-        return None
-    counter, bound = (m.group(1), m.group(2)) if m.group(3) == "LT" else (m.group(2), m.group(1))
-    limit = _constant(cond, bound)
-    index = re.search(r"get-tuple-element\([^)]*\), index=(\d+)", _instruction(cond, counter.lstrip("%")))
-    if limit is None or not index:
-        return None
-    start, position = 0, int(index.group(1))
-    args = _tuple_operands(computations[parent], init)
-    if position < len(args):
-        first = _constant(computations[parent], args[position])
-        start = first if first is not None else 0
-    step = _step(computations[body], position) if body in computations else 1
-    return max(-(-(limit - start) // step), 0)
 
 
 def _reachable(computations: dict[str, str], root: str) -> list[str]:
@@ -147,7 +85,7 @@ class LoopCost:
 def loop_cost(compiled) -> LoopCost:
     """Per-device FLOPs and bytes accessed of a compiled program with every loop body times its trips."""
     text = re.sub(r" stack_frame_id=\d+", "", compiled.as_text())  # the stack frame table stays behind
-    _, computations, entry = _split(text)
+    _, computations, entry = hlo_text.split(text)
     client = jax.local_devices(backend="cpu")[0].client  # XLA's generic cost model, on the TPU program
     once = compiled.cost_analysis()
     once = once[0] if isinstance(once, list) else once
@@ -163,9 +101,9 @@ def loop_cost(compiled) -> LoopCost:
         for callee in _reachable(computations, name):
             if callee in nested:
                 continue  # the loops inside another loop's body: counted with that body
-            for init, condition, body in _WHILE.findall(computations[callee]):
+            for init, condition, body in hlo_text.WHILE.findall(computations[callee]):
                 stats["loops"] += 1
-                trips = trip_count(computations, callee, init, condition, body=body)
+                trips = hlo_text.trip_count(computations, callee, init, condition, body=body)
                 stats["unknown"] += trips is None
                 body_flops, body_bytes = _xla_cost(computations, body, client)
                 inner_flops, inner_bytes = extra(body)
@@ -190,7 +128,7 @@ def _loop_bodies(computations: dict[str, str], name: str) -> set[str]:
     """Every computation reachable from the bodies of loops under ``name`` (not ``name`` itself)."""
     bodies = set()
     for callee in _reachable(computations, name):
-        for _, _, body in _WHILE.findall(computations[callee]):
+        for _, _, body in hlo_text.WHILE.findall(computations[callee]):
             bodies.update(_reachable(computations, body))
     return bodies - {name}
 

@@ -66,3 +66,34 @@ def test_one_slice_sends_nothing_and_the_report_line_says_so():
     line = dcn_traffic.report_line(dict(fields, gbps_per_chip=0.0, seconds=0.0))
     assert line.startswith("DCN        0.00 MiB sent per chip per step across 2 slices")
     assert "no cross-slice collective" in line and "--dcn_gbps" in line
+
+
+def test_a_loop_whose_counter_steps_by_two_runs_half_its_bound():
+    """XLA's windowed einsums count 0, 2, 4, ... < 8: four trips (grit_jax.hlo_text.trip_count, which the
+    compiled-cost estimate reads too)."""
+    text = "\n".join(
+        [
+            "HloModule m",
+            "",
+            "%pairs (p: (u32[], f32[4])) -> (u32[], f32[4]) {",
+            "  %i = u32[] get-tuple-element(%p), index=0",
+            "  %two = u32[] constant(2)",
+            "  %next = u32[] add(%i, %two)",
+            _send("send", "f32[256]{0}", "ALL_REDUCE"),
+            "  ROOT %out = (u32[], f32[4]) tuple(%next, %x)",
+            "}",
+            "",
+            "%below (p: (u32[], f32[4])) -> pred[] {",
+            "  %bound = u32[] constant(8)",
+            "  %j = u32[] get-tuple-element(%p), index=0",
+            "  ROOT %lt = pred[] compare(%j, %bound), direction=LT",
+            "}",
+            "",
+            "ENTRY %main (a: f32[4]) -> f32[4] {",
+            "  %zero = u32[] constant(0)",
+            "  %init = (u32[], f32[4]) tuple(%zero, %a)",
+            "  %w = (u32[], f32[4]) while(%init), condition=%below, body=%pairs",
+            "}",
+        ]
+    )
+    assert dcn_traffic.dcn_traffic(text, slices=2).by_kind == {"ALL_REDUCE": 4 * 1024 * 2 * 1 / 2}
