@@ -139,7 +139,6 @@ def compile_step(setup: TrainSetup):
     compiled step or None) of the train step."""
     state, batch = setup.abstract_state(), abstract_batch(setup)
     start = time.perf_counter()
-    compiled = None
     try:
         compiled = make_train_step(setup).lower(state, batch).compile()
     except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
