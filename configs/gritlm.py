@@ -29,9 +29,9 @@ VARIANTS = {
         generative_batch_size=256,
         loss_gen_type="mixed",
         loss_gen_factor=1.0,
-        # Keep the attention block's outputs and the MLP's up projection; recompute the gate (grit-aot
-        # --search on v5e-64: 12.71 of 16 GiB per chip, compiled / model FLOPs 1.09, where full remat with
-        # chunks of 256 is 1.22; benchmarks/RESULTS.md "Compiled-cost estimate and memory/recompute search").
+        # Keep the attention block's outputs and the MLP's up projection; recompute the gate (grit-aot on
+        # v5e-64: 12.71 of 16 GiB per chip, compiled / model FLOPs 1.09, where full remat with chunks of
+        # 256 is 1.22; benchmarks/RESULTS.md "Compiled-cost estimate and memory/recompute search").
         remat_policy="attention_up",
         embedding_chunk_size=128,
         generative_accumulation_steps=4,
