@@ -35,7 +35,6 @@ DCN_GBPS_PER_CHIP = {"v5e": 25.0, "v5p": 50.0}
 _ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2}
 _ITEM_BYTES |= {"bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8}
 
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _CALLEE = re.compile(r"\b(?:body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
@@ -71,23 +70,6 @@ def chip_send_factor(kind: str, slices: int) -> float:
     return 1.0
 
 
-def _computations(text: str) -> tuple[dict[str, list[str]], str]:
-    """({computation name: its instruction lines}, the entry computation's name)."""
-    bodies: dict[str, list[str]] = {}
-    entry, current = "", None
-    for line in text.splitlines():
-        start = _COMPUTATION.match(line)
-        if start and not line.startswith(" "):
-            current = start.group(1)
-            bodies[current] = []
-            entry = current if line.startswith("ENTRY") else entry
-        elif line.strip() == "}":
-            current = None
-        elif current is not None:
-            bodies[current].append(line)
-    return bodies, entry
-
-
 def _trip_count(line: str, parent: str, texts: dict[str, str]) -> int | None:
     """A while loop's trip count: XLA's ``known_trip_count``, else what the loop's counter says
     (grit_jax.hlo_text: the TPU compiler drops known_trip_count); None when neither says."""
@@ -101,16 +83,15 @@ def _trip_count(line: str, parent: str, texts: dict[str, str]) -> int | None:
     return hlo_text.trip_count(texts, parent, init, condition, body=body)
 
 
-def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set[str]]:
+def _runs(texts: dict[str, str], entry: str) -> tuple[dict[str, int], set[str]]:
     """How many times each computation runs per execution of ``entry``; and the loop bodies whose trip
     count is unknown (run once here)."""
     runs: dict[str, int] = {}
     unknown: set[str] = set()
-    texts = {name: "\n".join(lines) for name, lines in bodies.items()}
 
     def visit(name: str, times: int) -> None:
         runs[name] = runs.get(name, 0) + times
-        for line in bodies.get(name, ()):
+        for line in texts.get(name, "").splitlines():
             callees = _CALLEE.findall(line)
             for group in _BRANCHES.findall(line):
                 callees += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
@@ -130,12 +111,12 @@ def _runs(bodies: dict[str, list[str]], entry: str) -> tuple[dict[str, int], set
 
 def dcn_traffic(text: str, slices: int) -> DcnTraffic:
     """The DCN bytes per chip per step of a compiled program (``compiled.as_text()``) over ``slices``."""
-    bodies, entry = _computations(text)
-    runs, unknown = _runs(bodies, entry)
+    texts, entry = hlo_text.split(text)
+    runs, unknown = _runs(texts, entry)
     by_kind: dict[str, float] = {}
     transfers = in_unknown = 0
-    for name, lines in bodies.items():
-        for line in lines:
+    for name, computation in texts.items():
+        for line in computation.splitlines():
             if "xla_megascale_runtime" not in line or " send(" not in line:
                 continue
             shape = _SEND_BUFFER.search(line)

@@ -11,15 +11,15 @@ _COMPUTATION = re.compile(r"^(ENTRY )?%([\w.\-]+) ", re.M)
 WHILE = re.compile(r"while\((%[\w.\-]+)\), condition=%([\w.\-]+), body=%([\w.\-]+)")
 
 
-def split(text: str) -> tuple[str, dict[str, str], str]:
-    """(module header line, {computation name: its text}, entry name) of an HLO module's text."""
-    header, computations, entry = text.split("\n", 1)[0], {}, ""
+def split(text: str) -> tuple[dict[str, str], str]:
+    """({computation name: its text}, entry name) of an HLO module's text."""
+    computations, entry = {}, ""
     starts = list(_COMPUTATION.finditer(text))
     for m, nxt in zip(starts, starts[1:] + [None]):
         computations[m.group(2)] = text[m.start() : nxt.start() if nxt else len(text)]
         if m.group(1):
             entry = m.group(2)
-    return header, computations, entry
+    return computations, entry
 
 
 def instruction(comp_text: str, name: str) -> str:

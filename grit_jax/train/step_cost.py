@@ -85,7 +85,7 @@ class LoopCost:
 def loop_cost(compiled) -> LoopCost:
     """Per-device FLOPs and bytes accessed of a compiled program with every loop body times its trips."""
     text = re.sub(r" stack_frame_id=\d+", "", compiled.as_text())  # the stack frame table stays behind
-    _, computations, entry = hlo_text.split(text)
+    computations, entry = hlo_text.split(text)
     client = jax.local_devices(backend="cpu")[0].client  # XLA's generic cost model, on the TPU program
     once = compiled.cost_analysis()
     once = once[0] if isinstance(once, list) else once
