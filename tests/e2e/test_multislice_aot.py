@@ -64,16 +64,10 @@ def test_dcn_bytes_of_a_reduction_and_a_gather(two_slices, axes, reduced, gather
     assert traffic.seconds(25) == pytest.approx(reduced * mib * 8 / 25e9)
 
 
-@pytest.mark.slow
-def test_grit_aot_slices_reports_the_gradient_all_reduce(tmp_path):
-    """A generative-only step on 2 x v5e:1x1 (pure data parallelism across two one-chip slices): the only
-    DCN traffic is the all-reduce of the float32 gradient, as many bytes as the parameters (tile padding
-    aside: the demo model's widths are multiples of 128)."""
-    out = tmp_path / "report.json"
+def _grit_aot(*args):
+    """grit-aot as a user runs it: no faked CPU devices, the platform unset."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    args = ["--config=configs/tiny.py", "--topology=v5e:1x1", "--slices=2", f"--json={out}"]
-    args += ["--config.model.preset=demo", "--config.objective.mode=generative"]
-    r = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "grit_jax.programs.grit_aot", *args],
         cwd=ROOT,
         env=env,
@@ -81,6 +75,17 @@ def test_grit_aot_slices_reports_the_gradient_all_reduce(tmp_path):
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_grit_aot_slices_reports_the_gradient_all_reduce(tmp_path):
+    """A generative-only step on 2 x v5e:1x1 (pure data parallelism across two one-chip slices): the only
+    DCN traffic is the all-reduce of the float32 gradient, as many bytes as the parameters (tile padding
+    aside: the demo model's widths are multiples of 128)."""
+    out = tmp_path / "report.json"
+    args = ["--config=configs/tiny.py", "--topology=v5e:1x1", "--slices=2", f"--json={out}"]
+    args += ["--config.model.preset=demo", "--config.objective.mode=generative"]
+    r = _grit_aot(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
     assert report["slices"] == 2 and report["chips"] == 2 and report["mesh"]["data"] == 2
@@ -93,15 +98,7 @@ def test_grit_aot_slices_reports_the_gradient_all_reduce(tmp_path):
 
 
 def test_bad_slices_is_one_line_before_libtpu():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     args = ["--config=configs/tiny.py", "--topology=v5e-4", "--slices=0"]
-    r = subprocess.run(
-        [sys.executable, "-m", "grit_jax.programs.grit_aot", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _grit_aot(*args)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == "grit-aot: error: mesh.slices=0: expected an integer >= 1\n"
