@@ -173,10 +173,6 @@ class StepEstimate:
     loops: int
     unknown_trips: int
 
-    @property
-    def bound(self) -> str:
-        return "compute" if self.compute_seconds >= self.memory_seconds else "HBM bandwidth"
-
 
 def estimate(cost: LoopCost, *, chips: int, peak_flops: float, hbm_bandwidth: float, model_flops: float):
     """The roofline step time of ``cost`` (per chip) on a slice of ``chips``, and what it implies."""
