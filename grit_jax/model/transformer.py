@@ -15,7 +15,7 @@ from flax import nnx
 
 from grit_jax import sharding
 from grit_jax.choices import REMAT_POLICIES
-from grit_jax.model.attention import AttentionSpec
+from grit_jax.model.attention import AttentionSpec, mesh_platform
 from grit_jax.model.layers import MLP, SAVED_OUTPUTS, Attention, Linear, RMSNorm, contract
 from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.moe import SparseMoE
@@ -65,6 +65,22 @@ class DecoderLayer(nnx.Module):
         return x, router_logits, kv
 
 
+# Up to this many layers, the layer scan is unrolled on CPU (scan_unroll).
+CPU_UNROLL_LAYERS = 8
+
+
+def scan_unroll(cfg: ModelConfig) -> int | bool:
+    """How the layer scan is unrolled: fully on CPU for small models, else a rolled loop.
+
+    A rolled loop stacks every layer's saved activations into [L,...] buffers that XLA's CPU backend
+    fills with zeros, copies, updates and slices per layer: 12% of the CPU train step's op time in
+    benchmarks/torch_reference_step.py (RESULTS.md, "Train step vs PyTorch"). Unrolled, each layer's
+    activations stay where they were computed; same values. TPU and deep models keep the loop (compile
+    time; the splash and remat paths are tuned for it)."""
+    small = cfg.num_hidden_layers <= CPU_UNROLL_LAYERS
+    return True if small and mesh_platform() == "cpu" else 1
+
+
 class Transformer(nnx.Module):
     """The decoder of every family (Mistral, Mixtral, Llama, Qwen2, Qwen3), with Hugging Face names."""
 
@@ -111,14 +127,17 @@ class Transformer(nnx.Module):
             x, router_logits, kv = layer(x, mask, cos, sin, cache=cache_arg)
             return x, (router_logits, kv if cache is not None else None)
 
+        unroll = scan_unroll(cfg) if cfg.scan_layers else 1
         if cfg.remat_policy != "none":
             policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat_policy])
             if cfg.remat_policy in SAVED_OUTPUTS:  # a policy over the names layers.py gives outputs
                 policy = policy(*SAVED_OUTPUTS[cfg.remat_policy])
-            layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=not cfg.scan_layers)
+            # a rolled loop cannot merge the recomputation with the forward; unrolled code can
+            prevent_cse = not cfg.scan_layers or unroll is True
+            layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=prevent_cse)
         per_layer = (layer_state, None if cache is None else (cache.k, cache.v))
         if cfg.scan_layers:
-            x, (router_logits, kv) = jax.lax.scan(layer_fn, x, per_layer)
+            x, (router_logits, kv) = jax.lax.scan(layer_fn, x, per_layer, unroll=unroll)
         else:
             outputs = []
             for i in range(cfg.num_hidden_layers):

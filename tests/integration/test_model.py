@@ -10,7 +10,7 @@ from flax import nnx
 
 import grit_jax
 from grit_jax.errors import CheckpointError
-from grit_jax.model import ModelConfig, Transformer
+from grit_jax.model import ModelConfig, Transformer, transformer
 from grit_jax.model.layers import contract
 from grit_jax.model.masks import make_attn_mask
 from tests.hf_reference import (
@@ -121,6 +121,28 @@ def test_remat_policies_keep_values_and_gradients(remat_policy):
     l2, g2 = nnx.value_and_grad(loss)(Transformer(base.replace(remat_policy=remat_policy), rngs=nnx.Rngs(0)))
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_rolled_layer_scan_equals_unrolled(monkeypatch, remat_policy):
+    # On CPU a small model's layer scan is unrolled (transformer.scan_unroll); the rolled loop that TPU
+    # and deep models run must compute the same values and gradients.
+    cfg = ModelConfig.preset("tiny", remat_policy=remat_policy)
+    assert transformer.scan_unroll(cfg) is True
+    tokens = np.random.default_rng(0).integers(3, 512, size=(2, 8)).astype(np.int32)
+    mask = make_attn_mask(np.ones(tokens.shape, bool), "bidirectional")
+
+    def loss(model):
+        out = model(jnp.asarray(tokens), mask)
+        return jnp.mean(model.logits(out.hidden) ** 2)
+
+    unrolled = nnx.value_and_grad(loss)(Transformer(cfg, rngs=nnx.Rngs(0)))
+    monkeypatch.setattr(transformer, "CPU_UNROLL_LAYERS", 0)
+    assert transformer.scan_unroll(cfg) == 1
+    rolled = nnx.value_and_grad(loss)(Transformer(cfg, rngs=nnx.Rngs(0)))
+    np.testing.assert_allclose(unrolled[0], rolled[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(unrolled[1]), jax.tree.leaves(rolled[1])):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
