@@ -16,10 +16,10 @@ from jax.ad_checkpoint import checkpoint_name
 
 from grit_jax.model import lora
 from grit_jax.model.attention import AttentionSpec, attend
+from grit_jax.model.dense_attention import dense_attention
 from grit_jax.model.model_config import ModelConfig
 from grit_jax.model.rope import apply_rotary
 
-NEG_INF = jnp.finfo(jnp.float32).min
 # remat_policy -> the outputs it saves, by their jax.ad_checkpoint.checkpoint_name below; splash names
 # its output and log-sum-exp "attention" too (grit_jax.model.attention). "attention" keeps about a third
 # of what "matmuls" keeps (the MLP's gate and up are [T, intermediate] each) and skips the attention
@@ -114,17 +114,12 @@ class Attention(nnx.Module):
             cache_k, cache_v, index = cache
             k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-        b, t, n, h = q.shape
         if isinstance(mask, AttentionSpec):  # training: a kernel where one can run it, else dense
             out = attend(mask, q, k.astype(dtype), v.astype(dtype))
             if out is not None:
                 return checkpoint_name(self.o_proj("btnh,nhd->btd", out), "attention_out"), (k, v)
             mask = mask.dense_mask()
-        q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)  # B,T,K,G,H
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(dtype)).astype(jnp.float32) / jnp.sqrt(h)
-        scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(dtype)).reshape(b, t, n, h)
+        out = dense_attention(q, k, v, mask)
         y = checkpoint_name(self.o_proj("btnh,nhd->btd", checkpoint_name(out, "attention")), "attention_out")
         return y, (k, v)
 

@@ -1,6 +1,8 @@
 """Training attention as a spec (grit_jax.model.attention): splash in Pallas's interpreter equals the dense
 mask, values and gradients, alone and inside the train step on a 2x4 mesh; what `auto` picks; the cuDNN
-call (cuDNN itself needs a GPU: its arguments are checked through XLA's implementation of the same API)."""
+call (cuDNN itself needs a GPU: its arguments are checked through XLA's implementation of the same API).
+The dense path itself (grit_jax.model.dense_attention, its backward written out) equals autodiff of the
+plain formula."""
 
 import importlib.util
 import logging
@@ -13,8 +15,9 @@ from flax import nnx
 
 from grit_jax import hardware, sharding
 from grit_jax.errors import UsageError
-from grit_jax.model import ModelConfig, Transformer
+from grit_jax.model import ModelConfig, Transformer, masks
 from grit_jax.model import attention as attn
+from grit_jax.model.dense_attention import dense_attention as dense_path
 from grit_jax.programs import grit_aot as aot
 from grit_jax.run_config import base_config
 from grit_jax.train import step
@@ -30,6 +33,58 @@ def dense_attention(spec, q, k, v):
     scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(B, T, K, N // K, H), k) / jnp.sqrt(H)
     scores = jnp.where(spec.dense_mask()[:, None, None], scores, jnp.finfo(jnp.float32).min)
     return jnp.einsum("bkgts,bskh->btkgh", jax.nn.softmax(scores, -1), v).reshape(B, T, N, H)
+
+
+def plain_attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(H)) v over a [B,T,S] mask, any shapes, left to autodiff."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, kv, n // kv, h), k).astype(jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores / np.sqrt(h), jnp.finfo(jnp.float32).min)
+    out = jnp.einsum("bkgts,bskh->btkgh", jax.nn.softmax(scores, -1).astype(q.dtype), v)
+    return out.reshape(b, t, n, h)
+
+
+@pytest.mark.parametrize(
+    "name, kv_heads, keys",
+    [
+        ("causal over right padding", 2, T),
+        ("bidirectional over right padding", 1, T),
+        ("packed rows", 4, T),
+        ("a cache longer than the queries", 2, T + 32),
+    ],
+)
+def test_dense_path_equals_autodiff_of_the_plain_formula(name, kv_heads, keys):
+    # Every output enters the loss, the padded rows' too (they see no key when the row is all padding).
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((B, T, N, H)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((B, keys, kv_heads, H)), jnp.float32) for _ in range(2))
+    valid = np.arange(T)[None, :] < np.asarray([0, 100])[:, None]  # the first row is all padding
+    if name.startswith("packed"):
+        segments = np.where(valid, 1 + np.arange(T)[None, :] // 40, 0)
+        mask = masks.make_attn_mask(valid, "bidirectional", segments=segments)
+    elif keys > T:  # queries at positions keys-T.. of a cache whose first keys-T entries are real
+        mask = jnp.asarray(np.tril(np.ones((T, keys), bool), k=keys - T))[None].repeat(B, 0) & (
+            np.arange(keys)[None, None, :] < np.asarray([0, keys])[:, None, None]
+        )
+    else:
+        mask = masks.make_attn_mask(valid, name.split()[0])
+    weights = jnp.cos(jnp.arange(B * T * N * H, dtype=jnp.float32)).reshape(B, T, N, H)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, mask) * weights)
+
+    got, grads = jax.jit(jax.value_and_grad(loss(dense_path), argnums=(0, 1, 2)))(q, k, v)
+    want, want_grads = jax.value_and_grad(loss(plain_attention), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
+    half = [x.astype(jnp.bfloat16) for x in (q, k, v)]  # what inference on a TPU runs: bf16 in and out
+    out = dense_path(*half, mask)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        np.asarray(out, np.float32), np.asarray(plain_attention(*half, mask), np.float32), atol=2e-2
+    )
 
 
 def qkv_and_spec(kind, window, impl="splash"):
