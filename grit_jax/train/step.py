@@ -114,18 +114,20 @@ def make_train_step(setup: TrainSetup):
     """
     loss_and_grad, tx, schedule = _loss_and_grad(setup), setup.tx, setup.schedule
 
-    def keep_if(finite, new, old):
-        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
     def step(state: TrainState, batch):
         (loss, metrics), grads = loss_and_grad(state.trainable, batch, state.frozen)
         with sharding.use_mesh(setup.mesh):
             grad_norm = optax.tree.norm(grads)
-            updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-            params, projection = optax.apply_updates(state.trainable, updates)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            params, projection, opt_state = keep_if(
-                finite, (params, projection, opt_state), (*state.trainable, state.opt_state)
+
+            def update(trainable, opt_state):
+                updates, opt_state = tx.update(grads, opt_state, trainable)
+                return optax.apply_updates(trainable, updates), opt_state
+
+            # A branch rather than a select after the update: the select read and wrote every parameter
+            # and optimizer moment once more per step (3% of the CPU step).
+            (params, projection), opt_state = jax.lax.cond(
+                finite, update, lambda *kept: kept, state.trainable, state.opt_state
             )
             new_state = TrainState(
                 params, projection, opt_state, state.step + 1, jax.random.split(state.rng)[0], state.frozen
