@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,7 +39,9 @@ def rotary_tables(positions, inv_freq, dtype):
     """cos, sin [B,T,H] of positions [B,T] for the frequencies [H/2]."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     angles = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    # Computed once: left to itself XLA recomputes the cosine and sine inside every layer's rotation,
+    # forward and backward (48 fusions of the 4-layer CPU step of benchmarks/torch_reference_step.py).
+    return jax.lax.optimization_barrier((jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)))
 
 
 def apply_rotary(x, cos, sin):
