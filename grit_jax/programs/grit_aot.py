@@ -59,6 +59,13 @@ _DCN_GBPS = flags.DEFINE_float(
 )
 
 
+# libtpu flags that keep gathers and scatters off the SparseCores (see topology_devices)
+TENSORCORE_ONLY = (
+    "--xla_tpu_offload_gather_to_sparsecore=false",
+    "--xla_tpu_enable_offloading_scatter_to_sparsecore=false",
+)
+
+
 def topology_devices(accelerator: Accelerator, slices: int = 1):
     """The compile-only TPU devices of the slice (one per chip; of ``slices`` slices), from libtpu."""
     if importlib.util.find_spec("libtpu") is None:
@@ -66,13 +73,15 @@ def topology_devices(accelerator: Accelerator, slices: int = 1):
             "libtpu is not installed; it compiles for TPU on this machine: pip install -e .[aot]"
         )
     hardware.quiet_libtpu(accelerator.cloud_type)
-    # libtpu 0.0.52 offloads gathers (the token embedding's) to the SparseCores of v5p and v6e as async
-    # ops its own HLO cannot be read back with (RET_CHECK "async-update ... 1 operands but sees 3"), and
-    # the estimate reads the compiled program: here the gathers stay on the TensorCores (read before the
-    # first compile; a flag the user set wins).
+    # libtpu 0.0.52 offloads gathers (the token embedding's) and scatters (a MoE's) to the SparseCores of
+    # v5p and v6e as async ops its own HLO cannot be read back with (RET_CHECK "async-update ... 1
+    # operands but sees 3"), and the estimate reads the compiled program: here they stay on the
+    # TensorCores (read before the first compile; a flag the user set wins).
     flags = os.environ.get("LIBTPU_INIT_ARGS", "")
-    if "offload_gather_to_sparsecore" not in flags:
-        os.environ["LIBTPU_INIT_ARGS"] = f"{flags} --xla_tpu_offload_gather_to_sparsecore=false".strip()
+    for flag in TENSORCORE_ONLY:
+        if flag.split("=")[0] not in flags:
+            flags = f"{flags} {flag}".strip()
+    os.environ["LIBTPU_INIT_ARGS"] = flags
     from jax.experimental import topologies  # after quiet_libtpu: it reads the environment on import
 
     kwargs = (

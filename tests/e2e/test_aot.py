@@ -146,6 +146,20 @@ def test_v6e_step_gets_its_estimate_and_one_that_cannot_be_read_back_keeps_its_m
 
 @needs_libtpu
 @pytest.mark.slow
+def test_a_moe_step_on_v5p_gets_its_estimate(tmp_path, monkeypatch):
+    """A MoE's scatters go to v5p's SparseCores too, and that program could not be read back either
+    (GritLM-8x7B on v5p-256 had no estimate); grit-aot keeps them on the TensorCores."""
+    monkeypatch.delenv("LIBTPU_INIT_ARGS", raising=False)
+    moe = ["--config.model.preset=tiny_moe", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+    args = ["-m", "grit_jax.programs.grit_aot", "--config", "configs/tiny.py", "--topology", "v5p-8", *moe]
+    r = _run(*args, "--config.mesh.expert=2", f"--json={tmp_path / 'moe.json'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "\nestimate " in r.stdout and "no estimate" not in r.stdout
+    assert json.loads((tmp_path / "moe.json").read_text())["estimate"]["compiled_flops"] > 0
+
+
+@needs_libtpu
+@pytest.mark.slow
 def test_config_that_does_not_fit_says_so():
     # 4096 generative sequences of 2048 tokens on 4 chips: the float32 logits alone exceed 16 GiB a chip
     r = _run(
