@@ -125,7 +125,7 @@ def make_train_step(setup: TrainSetup):
                 return optax.apply_updates(trainable, updates), opt_state
 
             # A branch rather than a select after the update: the select read and wrote every parameter
-            # and optimizer moment once more per step (3% of the CPU step).
+            # and optimizer moment once more per step (1.4% of the CPU step; less HBM on a TPU).
             (params, projection), opt_state = jax.lax.cond(
                 finite, update, lambda *kept: kept, state.trainable, state.opt_state
             )
