@@ -2,7 +2,8 @@
 compiles (libtpu, compile-only devices) of the tiny config for a v5e-4 slice.
 
 What XLA's cost analysis says on this JAX/libtpu: per device, each while-loop body counted once;
-step_cost counts each body by its trips and adds the splash kernels' FLOPs; remat recomputation shows.
+step_cost counts each body by its trips, with the splash kernels' FLOPs and those other Pallas kernels
+declare (megablox gmm); remat recomputation shows.
 """
 
 import dataclasses
@@ -86,6 +87,34 @@ def test_a_windowed_einsum_loop_that_counts_by_two_is_counted_once_per_shard(v5e
     cost = step_cost.loop_cost(compiled)
     assert cost.loops >= 1 and cost.unknown_trips == 0
     assert cost.flops == pytest.approx(2 * m * k * n / 8, rel=0.01)
+
+
+def test_a_pallas_kernel_in_a_loop_counts_what_it_declares_each_trip(v5e4):
+    """megablox gmm (a MoE's experts) declares its FLOPs to XLA; the TPU's count of the program has them
+    once, and each further trip of the loop around it must add them again (GritLM-8x7B read 0.25x)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from grit_jax.model import moe_dispatch
+
+    grit_aot, accelerator = v5e4
+    one_chip = NamedSharding(
+        jax.sharding.Mesh(grit_aot.topology_devices(accelerator)[:1], ("d",)), PartitionSpec()
+    )
+    m, k, experts = 512, 256, 4
+    x = jax.ShapeDtypeStruct((m, k), jnp.float32, sharding=one_chip)
+    w = jax.ShapeDtypeStruct((experts, k, k), jnp.float32, sharding=one_chip)
+    sizes = jax.ShapeDtypeStruct((experts,), jnp.int32, sharding=one_chip)
+
+    def f(x, w, sizes):
+        step = lambda x, _: (moe_dispatch.gmm(x, w, sizes), None)  # noqa: E731
+        return jax.lax.scan(step, x, None, length=6)[0]
+
+    compiled = jax.jit(f).lower(x, w, sizes).compile()
+    cost = step_cost.loop_cost(compiled)
+    assert cost.loops == 1 and cost.unknown_trips == 0
+    assert cost.flops == pytest.approx(6 * 2 * m * k * k, rel=0.01)
 
 
 def test_estimate_follows_from_the_cost_and_the_chip_and_sees_remat(v5e4):
