@@ -73,13 +73,12 @@ def declared_flops(comp_text: str) -> float:
 def _xla_cost(computations: dict[str, str], entry: str, client) -> tuple[float, float]:
     """(FLOPs, bytes) of the module entered at ``entry``, its own loops counted once: XLA's cost
     analysis, the splash kernels' FLOPs and what the other Pallas kernels declare."""
-    parts = []
-    for name in _reachable(computations, entry):
+    parts, reachable = [], _reachable(computations, entry)
+    for name in reachable:
         body = computations[name].removeprefix("ENTRY ")
         parts.append(("ENTRY " if name == entry else "") + body)
     module = xla_client.hlo.hlo_module_from_text("HloModule cost_part\n\n" + "\n".join(parts))
     cost = _xla_ext.hlo_module_cost_analysis(client, module)
-    reachable = _reachable(computations, entry)
     kernels = sum(splash_flops(computations[n]) + declared_flops(computations[n]) for n in reachable)
     return cost.get("flops", 0.0) + kernels, cost.get("bytes accessed", 0.0)
 
