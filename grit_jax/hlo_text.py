@@ -50,7 +50,7 @@ def _step(body_text: str, index: int) -> int:
 
 
 def trip_count(
-    computations: dict[str, str], parent: str, init: str, condition: str, *, body: str | None = None
+    computations: dict[str, str], parent: str, init: str, condition: str, *, body: str
 ) -> int | None:
     """Iterations of a counted loop (``i < N``, i starting at a constant and, per the ``body``, growing
     by a constant): JAX's scans and fori_loops, XLA's windowed einsums."""
@@ -68,5 +68,5 @@ def trip_count(
     if position < len(args):
         first = constant(computations[parent], args[position])
         start = first if first is not None else 0
-    step = _step(computations[body], position) if body in computations else 1
+    step = _step(computations.get(body, ""), position)
     return max(-(-(limit - start) // step), 0)

@@ -77,11 +77,11 @@ def topology_devices(accelerator: Accelerator, slices: int = 1):
     # v5p and v6e as async ops its own HLO cannot be read back with (RET_CHECK "async-update ... 1
     # operands but sees 3"), and the estimate reads the compiled program: here they stay on the
     # TensorCores (read before the first compile; a flag the user set wins).
-    flags = os.environ.get("LIBTPU_INIT_ARGS", "")
+    libtpu_args = os.environ.get("LIBTPU_INIT_ARGS", "")
     for flag in TENSORCORE_ONLY:
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    os.environ["LIBTPU_INIT_ARGS"] = flags
+        if flag.split("=")[0] not in libtpu_args:
+            libtpu_args = f"{libtpu_args} {flag}".strip()
+    os.environ["LIBTPU_INIT_ARGS"] = libtpu_args
     from jax.experimental import topologies  # after quiet_libtpu: it reads the environment on import
 
     kwargs = (
