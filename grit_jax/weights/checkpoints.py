@@ -19,6 +19,7 @@ import glob
 import json
 import logging
 import os
+import sys
 
 import jax
 import ml_collections
@@ -194,19 +195,38 @@ def _reason(error: Exception) -> str:
 
 class _DropTracebacks(logging.Filter):
     """Orbax logs each failed background save with a traceback per thread (hundreds of lines); the
-    error is raised again on the main thread, where it ends as RunStopped's one line."""
+    error is raised again on the main thread, where it ends as RunStopped's one line. asyncio logs the
+    same error again when it collects orbax's write tasks, possibly after that line: dropped."""
 
     def filter(self, record):
+        if record.name == "asyncio":
+            return "orbax" not in record.getMessage()
         if "orbax" in record.pathname and record.levelno >= logging.ERROR:
             record.exc_info, record.exc_text = None, None
             record.msg, record.args = " ".join(record.getMessage().split())[:200], None
         return True
 
 
+def _drop_closed_loop_callbacks(previous):
+    """After a failed save orbax closes its event loop while tensorstore's writes still finish; each
+    finished write's callback then fails with "Event loop is closed", a traceback apiece (tens)."""
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.grit_jax = True
+    return hook
+
+
 def quiet_orbax_tracebacks():
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropTracebacks) for f in logger.filters):
-        logger.addFilter(_DropTracebacks())
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTracebacks) for f in logger.filters):
+            logger.addFilter(_DropTracebacks())
+    if not getattr(sys.unraisablehook, "grit_jax", False):
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def _without_frozen(state):

@@ -2,9 +2,8 @@
 exits cleanly, a damaged newest checkpoint is reported in one line and the run resumes from the one
 before, a save that fails stops the run in one line with the last good step."""
 
-import collections
-import fnmatch
 import json
+import logging
 import os
 import re
 import resource
@@ -12,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -122,48 +122,24 @@ def _run(cache, command):
     return subprocess.run(command, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=300)
 
 
-CLOSED_LOOP_TRACEBACK = (  # tensorstore's, for a write completing into asyncio's closed loop
-    "Traceback (most recent call last):",
-    'File "*/asyncio/base_events.py", line *, in call_soon_threadsafe',
-    "self._check_closed()",
-    'File "*/asyncio/base_events.py", line *, in _check_closed',
-    "raise RuntimeError('Event loop is closed')",
-    "RuntimeError: Event loop is closed",
-)
+def test_only_the_noise_of_a_failed_background_save_is_dropped(caplog):
+    """What orbax's background save leaves behind after it failed: tensorstore's callbacks into the closed
+    event loop (unraisable), asyncio's report of the unretrieved write tasks. Nothing else is hidden."""
+    from grit_jax.weights import checkpoints
 
+    seen = []
+    hook = checkpoints._drop_closed_loop_callbacks(seen.append)
+    for error in (RuntimeError("Event loop is closed"), RuntimeError("another"), ValueError("x")):
+        hook(types.SimpleNamespace(exc_value=error))
+    assert [str(u.exc_value) for u in seen] == ["another", "x"]
 
-# An absl/glog record, to the end of its line: another thread may print one in the middle of a traceback,
-# even in the middle of a line ("RuntimeError" + record + ": Event loop is closed").
-LOG_RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\n]*\n?")
-
-
-def _without_noise(stderr: str) -> tuple[list[str], list[str]]:
-    """(the log records of ``stderr``, its other lines without the CLOSED_LOOP_TRACEBACK lines). Several
-    threads print those tracebacks at once, their lines interleaved, so they are taken out line by line,
-    and only when every line of the traceback appears equally often (each traceback whole): any other
-    traceback leaves its own lines, or its header, behind."""
-    records = LOG_RECORD.findall(stderr)
-    lines = [line for line in LOG_RECORD.sub("", stderr).splitlines() if line.strip()]
-
-    def pattern(line):
-        return next((p for p in CLOSED_LOOP_TRACEBACK if fnmatch.fnmatchcase(line.strip(), p)), None)
-
-    counts = collections.Counter(pattern(line) for line in lines)
-    if len({counts[p] for p in CLOSED_LOOP_TRACEBACK}) > 1:  # a traceback that is not all closed loop
-        return records, lines
-    return records, [line for line in lines if pattern(line) is None]
-
-
-def test_closed_loop_tracebacks_are_found_however_threads_interleave_them():
-    block = [f"  {line}" for line in CLOSED_LOOP_TRACEBACK]
-    record = "E1204 05:57:03.264188 139795825575616 future.py:387] another thread failed"
-    cut = block[5].replace("RuntimeError", "RuntimeError" + record + "\n")  # a record inside a line
-    interleaved = [*block[:2], *block, *block[2:5], record, cut]  # two threads' tracebacks
-    stderr = "\n".join(["first", *interleaved, "last"])
-    assert _without_noise(stderr) == ([record + "\n", record + "\n"], ["first", "last"])
-    other = "\n".join(["first", *block, "Traceback (most recent call last):", "ValueError: x", "last"])
-    assert "ValueError: x" in _without_noise(other)[1]
-    assert "Traceback (most recent call last):" in _without_noise(other)[1]
+    checkpoints.quiet_orbax_tracebacks()
+    asyncio_log = logging.getLogger("asyncio")
+    with caplog.at_level(logging.ERROR):
+        unretrieved = "Task exception was never retrieved\nfuture: <Task coro=<{}>>"
+        asyncio_log.error(unretrieved.format("write_fragment() at /x/orbax/y.py"))
+        asyncio_log.error(unretrieved.format("mine() at /x/app.py"))
+    assert [r.getMessage().split("<")[-1] for r in caplog.records] == ["mine() at /x/app.py>>"]
 
 
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
@@ -189,12 +165,10 @@ def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
         r"grit-train: stopped: checkpoint step (\d+) could not be saved in .*\(File too large\)", last
     )
     assert failed and "The last good checkpoint is none" in last, result.stderr
-    # Known noise: tensorstore prints a traceback for each write that completes into the asyncio loop
-    # orbax closed after the failure ("RuntimeError: Event loop is closed"), interleaved with orbax's
-    # logged errors. Without those exact blocks, no traceback is left and the rest is short.
-    records, rest = _without_noise(result.stderr)
-    assert not any("Traceback" in line for line in rest + records), result.stderr
-    assert len(rest) + len(records) < 40, result.stderr
+    # orbax's background threads log the failure once each, a line apiece; no traceback reaches the user
+    # (tensorstore's writes into orbax's closed event loop, asyncio's unretrieved task errors)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) < 10, result.stderr
     assert "done." not in result.stdout
     # The save runs in the background: the run stops when it fails, and at the latest before the next save
     assert max(_steps(workdir)) < int(failed.group(1)) + 5
