@@ -19,7 +19,6 @@ import glob
 import json
 import logging
 import os
-import sys
 
 import jax
 import ml_collections
@@ -29,24 +28,12 @@ from jax.experimental import multihost_utils
 from grit_jax import storage
 from grit_jax.errors import CheckpointError, RunStopped, one_line
 from grit_jax.model.model_config import ModelConfig
-from grit_jax.weights import hf, orbax_files
+from grit_jax.weights import hf, orbax_files, orbax_noise
 
 STATE, DATA = "state", "data"
 MODEL_CONFIG = "model_config.json"
 RUN_ORIGIN = "origin"  # a work dir's record of what its run trains from (grit_jax/train/run_origin.py)
 PARAMS_ITEM = "params"
-
-
-class _NoMissingItemMetadata(logging.Filter):
-    """orbax looks for a _CHECKPOINT_METADATA file in each item directory (state/, params/) when it reads
-    an item's metadata, where a CheckpointManager never writes one (it writes the step's), and warns on
-    every load. Nothing is wrong: drop that one warning."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Metadata file does not exist")
-
-
-logging.getLogger("absl").addFilter(_NoMissingItemMetadata())  # orbax logs through absl's logger
 
 
 class Checkpoints:
@@ -67,7 +54,7 @@ class Checkpoints:
         self.saving: list[int] = []  # saved by this run, not yet finished and listed in orbax_files
         self.failure: RunStopped | None = None
         self.damaged: list[str] = []  # one line per damaged step set aside by latest_step
-        quiet_orbax_tracebacks()
+        orbax_noise.quiet()
 
     def step_dir(self, step: int) -> str:
         return storage.join(self.directory, str(step))
@@ -191,42 +178,6 @@ def _reason(error: Exception) -> str:
         if marker in text:
             return marker
     return text[:300]
-
-
-class _DropTracebacks(logging.Filter):
-    """Orbax logs each failed background save with a traceback per thread (hundreds of lines); the
-    error is raised again on the main thread, where it ends as RunStopped's one line. asyncio logs the
-    same error again when it collects orbax's write tasks, possibly after that line: dropped."""
-
-    def filter(self, record):
-        if record.name == "asyncio":
-            return "orbax" not in record.getMessage()
-        if "orbax" in record.pathname and record.levelno >= logging.ERROR:
-            record.exc_info, record.exc_text = None, None
-            record.msg, record.args = " ".join(record.getMessage().split())[:200], None
-        return True
-
-
-def _drop_closed_loop_callbacks(previous):
-    """After a failed save orbax closes its event loop while tensorstore's writes still finish; each
-    finished write's callback then fails with "Event loop is closed", a traceback apiece (tens)."""
-
-    def hook(unraisable):
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.grit_jax = True
-    return hook
-
-
-def quiet_orbax_tracebacks():
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTracebacks) for f in logger.filters):
-            logger.addFilter(_DropTracebacks())
-    if not getattr(sys.unraisablehook, "grit_jax", False):
-        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def _without_frozen(state):

@@ -125,15 +125,15 @@ def _run(cache, command):
 def test_only_the_noise_of_a_failed_background_save_is_dropped(caplog):
     """What orbax's background save leaves behind after it failed: tensorstore's callbacks into the closed
     event loop (unraisable), asyncio's report of the unretrieved write tasks. Nothing else is hidden."""
-    from grit_jax.weights import checkpoints
+    from grit_jax.weights import orbax_noise
 
     seen = []
-    hook = checkpoints._drop_closed_loop_callbacks(seen.append)
+    hook = orbax_noise._drop_closed_loop_callbacks(seen.append)
     for error in (RuntimeError("Event loop is closed"), RuntimeError("another"), ValueError("x")):
         hook(types.SimpleNamespace(exc_value=error))
     assert [str(u.exc_value) for u in seen] == ["another", "x"]
 
-    checkpoints.quiet_orbax_tracebacks()
+    orbax_noise.quiet()
     asyncio_log = logging.getLogger("asyncio")
     with caplog.at_level(logging.ERROR):
         unretrieved = "Task exception was never retrieved\nfuture: <Task coro=<{}>>"
