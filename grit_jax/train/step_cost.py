@@ -8,9 +8,11 @@ cost analysis (the module re-entered at the body), so that the step's FLOPs and 
 times its trips. What XLA counts includes the rematerialised forward passes: compiled FLOPs over the
 model FLOPs of the step's tokens measure what the step recomputes.
 
-The roofline (max of FLOPs / peak FLOP/s and bytes / HBM bandwidth, per chip) is a LOWER BOUND on the
-step's time: it knows nothing of collectives and how far they overlap compute (ICI within a slice, DCN
-between slices), of the host's input pipeline, or of how efficiently each kernel runs.
+The bytes are HBM's: what the program keeps in on-chip memory is taken out of XLA's count
+(grit_jax.train.hbm_bytes). The roofline (max of FLOPs / peak FLOP/s and bytes / HBM bandwidth, per chip)
+is a LOWER BOUND on the step's time: it knows nothing of collectives and how far they overlap compute
+(ICI within a slice, DCN between slices), of the host's input pipeline, or of how efficiently each
+kernel runs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from jax._src.lib import xla_client
 
 from grit_jax import hlo_text
 from grit_jax.model.attention import SPLASH_BLOCKS
-from grit_jax.train import flops
+from grit_jax.train import flops, hbm_bytes
 from grit_jax.train.step import abstract_batch
 
 _NAME = re.compile(r"%([\w.\-]+)")
@@ -70,9 +72,10 @@ def declared_flops(comp_text: str) -> float:
     return float(sum(int(n) for n in _KERNEL_ESTIMATE.findall(comp_text)))
 
 
-def _xla_cost(computations: dict[str, str], entry: str, client) -> tuple[float, float]:
-    """(FLOPs, bytes) of the module entered at ``entry``, its own loops counted once: XLA's cost
-    analysis, the splash kernels' FLOPs and what the other Pallas kernels declare."""
+def _xla_cost(computations: dict[str, str], entry: str, client) -> tuple[float, float, int]:
+    """(FLOPs, HBM bytes, instructions whose bytes are XLA's) of the module entered at ``entry``, its own
+    loops counted once: XLA's cost analysis, the splash kernels' FLOPs, what the other Pallas kernels
+    declare, and the bytes in on-chip memory taken out (grit_jax.train.hbm_bytes)."""
     parts, reachable = [], _reachable(computations, entry)
     for name in reachable:
         body = computations[name].removeprefix("ENTRY ")
@@ -80,17 +83,19 @@ def _xla_cost(computations: dict[str, str], entry: str, client) -> tuple[float, 
     module = xla_client.hlo.hlo_module_from_text("HloModule cost_part\n\n" + "\n".join(parts))
     cost = _xla_ext.hlo_module_cost_analysis(client, module)
     kernels = sum(splash_flops(computations[n]) + declared_flops(computations[n]) for n in reachable)
-    return cost.get("flops", 0.0) + kernels, cost.get("bytes accessed", 0.0)
+    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client, _reachable)
+    return cost.get("flops", 0.0) + kernels, cost.get("bytes accessed", 0.0) - on_chip, unread
 
 
 @dataclasses.dataclass
 class LoopCost:
     flops: float  # per device, every loop body times its trips
-    bytes_accessed: float
+    bytes_accessed: float  # HBM only (grit_jax.train.hbm_bytes)
     flops_once: float  # XLA's own count: each loop body once
     bytes_once: float
     loops: int  # while loops found
     unknown_trips: int  # loops whose trip count was not found (counted once)
+    unread_bytes: int = 0  # instructions in on-chip memory whose bytes are XLA's (hbm_bytes could not read)
 
 
 def loop_cost(compiled) -> LoopCost:
@@ -100,7 +105,7 @@ def loop_cost(compiled) -> LoopCost:
     client = jax.local_devices(backend="cpu")[0].client  # XLA's generic cost model, on the TPU program
     once = compiled.cost_analysis()
     once = once[0] if isinstance(once, list) else once
-    stats = {"loops": 0, "unknown": 0}
+    stats = {"loops": 0, "unknown": 0, "unread": 0}
     cache: dict[str, tuple[float, float]] = {}
 
     def extra(name: str) -> tuple[float, float]:
@@ -116,7 +121,8 @@ def loop_cost(compiled) -> LoopCost:
                 stats["loops"] += 1
                 trips = hlo_text.trip_count(computations, callee, init, condition, body=body)
                 stats["unknown"] += trips is None
-                body_flops, body_bytes = _xla_cost(computations, body, client)
+                body_flops, body_bytes, unread = _xla_cost(computations, body, client)
+                stats["unread"] += unread
                 inner_flops, inner_bytes = extra(body)
                 add_flops += ((trips or 1) - 1) * (body_flops + inner_flops) + inner_flops
                 add_bytes += ((trips or 1) - 1) * (body_bytes + inner_bytes) + inner_bytes
@@ -124,14 +130,16 @@ def loop_cost(compiled) -> LoopCost:
         return cache[name]
 
     add_flops, add_bytes = extra(entry)
+    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client, _reachable)
     kernels = sum(splash_flops(computations[n]) for n in _reachable(computations, entry))
     return LoopCost(
         flops=once.get("flops", 0.0) + kernels + add_flops,
-        bytes_accessed=once.get("bytes accessed", 0.0) + add_bytes,
+        bytes_accessed=once.get("bytes accessed", 0.0) - on_chip + add_bytes,
         flops_once=once.get("flops", 0.0),
         bytes_once=once.get("bytes accessed", 0.0),
         loops=stats["loops"],
         unknown_trips=stats["unknown"],
+        unread_bytes=unread + stats["unread"],
     )
 
 
@@ -183,6 +191,7 @@ class StepEstimate:
     hbm_bandwidth: float  # per chip, bytes/s
     loops: int
     unknown_trips: int
+    unread_bytes: int = 0
 
 
 def estimate(cost: LoopCost, *, chips: int, peak_flops: float, hbm_bandwidth: float, model_flops: float):
@@ -203,6 +212,7 @@ def estimate(cost: LoopCost, *, chips: int, peak_flops: float, hbm_bandwidth: fl
         hbm_bandwidth=hbm_bandwidth,
         loops=cost.loops,
         unknown_trips=cost.unknown_trips,
+        unread_bytes=cost.unread_bytes,
     )
 
 
@@ -240,9 +250,14 @@ def estimate_lines(e: dict, num_steps: int, tokens: int) -> list[str]:
         f"{bound}-bound)",
         f"  per chip {e['compiled_flops']:.3e} compiled FLOPs ({e['compute_seconds']:.3g} s at "
         f"{e['peak_flops'] / 1e12:.0f} TFLOP/s), {e['bytes_accessed'] / 2**30:.2f} GiB of HBM traffic "
-        f"({e['memory_seconds']:.3g} s at {e['hbm_bandwidth'] / 1e9:.0f} GB/s)",
+        f"({e['memory_seconds']:.3g} s at {e['hbm_bandwidth'] / 1e9:.0f} GB/s; on-chip memory left out)",
         f"  compiled / model FLOPs {e['flops_ratio']:.2f} (model: {e['model_flops']:.3e} for the "
         f"{tokens:,} tokens of the compiled batch, all real; GradCache's first forward counted)",
         "  not in the estimate: collectives and their overlap (ICI, DCN), the host's input, kernel efficiency"
-        + (f"; {e['unknown_trips']} loops of unknown trip count counted once" if e["unknown_trips"] else ""),
+        + (f"; {e['unknown_trips']} loops of unknown trip count counted once" if e["unknown_trips"] else "")
+        + (
+            f"; {e['unread_bytes']} instructions' on-chip bytes counted as HBM"
+            if e.get("unread_bytes")
+            else ""
+        ),
     ]
