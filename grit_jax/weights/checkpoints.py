@@ -129,6 +129,7 @@ class Checkpoints:
         self.saving = []
 
     def _failed(self, step: int, error: Exception) -> RunStopped:
+        orbax_noise.after_failed_save()
         failed = set(self.saving) | {step}
         good = [s for s in self.manager.all_steps() if s not in failed]
         last = f"step {max(good)}" if good else "none"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 
 class _NoMissingItemMetadata(logging.Filter):
@@ -59,3 +60,9 @@ def quiet():
             logger.addFilter(_ShortRecords())
     if not getattr(sys.unraisablehook, "grit_jax", False):
         sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+
+
+def after_failed_save():
+    """A failed save leaves orbax's write coroutines never awaited, and Python warns of each at exit,
+    after the run's one line: from here on, those warnings are not shown."""
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 import pytest
 
@@ -140,6 +141,13 @@ def test_only_the_noise_of_a_failed_background_save_is_dropped(caplog):
         asyncio_log.error(unretrieved.format("write_fragment() at /x/orbax/y.py"))
         asyncio_log.error(unretrieved.format("mine() at /x/app.py"))
     assert [r.getMessage().split("<")[-1] for r in caplog.records] == ["mine() at /x/app.py>>"]
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        orbax_noise.after_failed_save()
+        warnings.warn("coroutine 'write_fragment' was never awaited", RuntimeWarning, stacklevel=1)
+        warnings.warn("something else", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["something else"]
 
 
 def test_a_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, cache):
