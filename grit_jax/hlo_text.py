@@ -1,6 +1,7 @@
-"""Reading XLA's optimised HLO text: its computations, an instruction's operands and constants, and the
-trip count of a counted while loop (what the compiled-cost estimate and the DCN byte count both need;
-the TPU compiler drops ``known_trip_count``, so the count is read from the loop itself)."""
+"""Reading XLA's optimised HLO text: its computations and those each one reaches, an instruction's
+operands and constants, and the trip count of a counted while loop (what the compiled-cost estimate and
+the DCN byte count both need; the TPU compiler drops ``known_trip_count``, so the count is read from the
+loop itself)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 
 _COMPUTATION = re.compile(r"^(ENTRY )?%([\w.\-]+) ", re.M)
 # a while loop: (its initial tuple, condition, body)
+_NAME = re.compile(r"%([\w.\-]+)")
 WHILE = re.compile(r"while\((%[\w.\-]+)\), condition=%([\w.\-]+), body=%([\w.\-]+)")
 
 
@@ -70,3 +72,14 @@ def trip_count(
         start = first if first is not None else 0
     step = _step(computations.get(body, ""), position)
     return max(-(-(limit - start) // step), 0)
+
+
+def reachable(computations: dict[str, str], root: str) -> list[str]:
+    """``root`` and every computation it names, directly or not, in the module's order (callees first)."""
+    seen, todo = {root}, [root]
+    while todo:
+        for name in _NAME.findall(computations[todo.pop()]):
+            if name in computations and name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return [name for name in computations if name in seen]  # the module's order: callees first

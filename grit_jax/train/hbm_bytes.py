@@ -20,6 +20,8 @@ import re
 from jax._src.lib import _jax as _xla_ext
 from jax._src.lib import xla_client
 
+from grit_jax import hlo_text
+
 # an instruction: its name and the rest, to the next instruction (a kernel's metadata spans lines)
 _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?)\s*(?=^\s*(?:ROOT )?%[\w.\-]+ = |^\}$|\Z)", re.M | re.S
@@ -103,7 +105,7 @@ def control_computations(computations: dict[str, str], root: str) -> list[str]:
     return seen
 
 
-def _module(computations, reachable, shapes: dict, instructions: list) -> str:
+def _module(computations, shapes: dict, instructions: list) -> str:
     """Instructions [(name, parsed)] as a module of their own, the last its root: operands from outside
     them as parameters, and the computations they call."""
     inside = {name for name, _ in instructions}
@@ -118,7 +120,7 @@ def _module(computations, reachable, shapes: dict, instructions: list) -> str:
         lines.append(f"  {root}%{name} = {shape} {opcode}({args}){attributes}")
         for target in _CALLED.findall(attributes):
             for callee in re.findall(r"%([\w.\-]+)", target):
-                called += [c for c in reachable(computations, callee) if c not in called]
+                called += [c for c in hlo_text.reachable(computations, callee) if c not in called]
     params = ", ".join(f"p.{i}: {shapes[o]}" for i, o in enumerate(outside))
     parts = [computations[c].removeprefix("ENTRY ") for c in called]
     parts.append(f"ENTRY %one ({params}) -> {instructions[-1][1][0]} {{\n" + "\n".join(lines) + "\n}\n")
@@ -141,16 +143,15 @@ def _recounted(shape: str, opcode: str, operands: list[str], shapes: dict, *, co
     return total + (0.0 if on_chip(shape) else cost.get("bytes accessedout{}", 0.0))
 
 
-def on_chip_correction(computations: dict[str, str], root: str, client, reachable) -> tuple[float, int]:
+def on_chip_correction(computations: dict[str, str], root: str, client) -> tuple[float, int]:
     """(bytes to subtract, instructions left as XLA counts them): what XLA's generic cost analysis of the
     module entered at ``root`` counts that is not HBM traffic. For each instruction of its control
     computations that touches memory space 1, and each asynchronous start and done (costed as a pair:
     XLA's parser takes a done only after its start), XLA's count less ours; one that cannot be read
-    back on its own keeps XLA's count. ``reachable(computations, name)``: a computation and its callees
-    (step_cost's)."""
+    back on its own keeps XLA's count."""
 
     def xla_cost(instructions):
-        module = _module(computations, reachable, shapes, instructions)
+        module = _module(computations, shapes, instructions)
         return _xla_ext.hlo_module_cost_analysis(client, xla_client.hlo.hlo_module_from_text(module))
 
     correction, unread = 0.0, 0

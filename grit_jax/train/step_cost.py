@@ -30,7 +30,6 @@ from grit_jax.model.attention import SPLASH_BLOCKS
 from grit_jax.train import flops, hbm_bytes
 from grit_jax.train.step import abstract_batch
 
-_NAME = re.compile(r"%([\w.\-]+)")
 _SPLASH = re.compile(r"^\s*%splash_mha_(fwd|dq|dkv)\S* = .*?operand_layout_constraints=\{(.*?)\}\}", re.M)
 # matmuls per (query, key) block: forward QK' and PV; dq QK', dP and dQ; dkv QK', dP, dV and dK
 _SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
@@ -38,16 +37,6 @@ _SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
 
 # what a Pallas kernel declares it computes (pl.CostEstimate), in its custom call's backend config
 _KERNEL_ESTIMATE = re.compile(r'"cost_estimate":\{"flops":"(\d+)"')
-
-
-def _reachable(computations: dict[str, str], root: str) -> list[str]:
-    seen, todo = {root}, [root]
-    while todo:
-        for name in _NAME.findall(computations[todo.pop()]):
-            if name in computations and name not in seen:
-                seen.add(name)
-                todo.append(name)
-    return [name for name in computations if name in seen]  # the module's order: callees first
 
 
 def splash_flops(comp_text: str) -> float:
@@ -76,14 +65,14 @@ def _xla_cost(computations: dict[str, str], entry: str, client) -> tuple[float, 
     """(FLOPs, HBM bytes, instructions whose bytes are XLA's) of the module entered at ``entry``, its own
     loops counted once: XLA's cost analysis, the splash kernels' FLOPs, what the other Pallas kernels
     declare, and the bytes in on-chip memory taken out (grit_jax.train.hbm_bytes)."""
-    parts, reachable = [], _reachable(computations, entry)
+    parts, reachable = [], hlo_text.reachable(computations, entry)
     for name in reachable:
         body = computations[name].removeprefix("ENTRY ")
         parts.append(("ENTRY " if name == entry else "") + body)
     module = xla_client.hlo.hlo_module_from_text("HloModule cost_part\n\n" + "\n".join(parts))
     cost = _xla_ext.hlo_module_cost_analysis(client, module)
     kernels = sum(splash_flops(computations[n]) + declared_flops(computations[n]) for n in reachable)
-    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client, _reachable)
+    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client)
     return cost.get("flops", 0.0) + kernels, cost.get("bytes accessed", 0.0) - on_chip, unread
 
 
@@ -95,7 +84,7 @@ class LoopCost:
     bytes_once: float
     loops: int  # while loops found
     unknown_trips: int  # loops whose trip count was not found (counted once)
-    unread_bytes: int = 0  # instructions in on-chip memory whose bytes are XLA's (hbm_bytes could not read)
+    unread_instructions: int = 0  # their bytes XLA's: hbm_bytes could not cost them on their own
 
 
 def loop_cost(compiled) -> LoopCost:
@@ -114,7 +103,7 @@ def loop_cost(compiled) -> LoopCost:
             return cache[name]
         add_flops = add_bytes = 0.0
         nested = _loop_bodies(computations, name)
-        for callee in _reachable(computations, name):
+        for callee in hlo_text.reachable(computations, name):
             if callee in nested:
                 continue  # the loops inside another loop's body: counted with that body
             for init, condition, body in hlo_text.WHILE.findall(computations[callee]):
@@ -130,8 +119,8 @@ def loop_cost(compiled) -> LoopCost:
         return cache[name]
 
     add_flops, add_bytes = extra(entry)
-    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client, _reachable)
-    kernels = sum(splash_flops(computations[n]) for n in _reachable(computations, entry))
+    on_chip, unread = hbm_bytes.on_chip_correction(computations, entry, client)
+    kernels = sum(splash_flops(computations[n]) for n in hlo_text.reachable(computations, entry))
     return LoopCost(
         flops=once.get("flops", 0.0) + kernels + add_flops,
         bytes_accessed=once.get("bytes accessed", 0.0) - on_chip + add_bytes,
@@ -139,16 +128,16 @@ def loop_cost(compiled) -> LoopCost:
         bytes_once=once.get("bytes accessed", 0.0),
         loops=stats["loops"],
         unknown_trips=stats["unknown"],
-        unread_bytes=unread + stats["unread"],
+        unread_instructions=unread + stats["unread"],
     )
 
 
 def _loop_bodies(computations: dict[str, str], name: str) -> set[str]:
     """Every computation reachable from the bodies of loops under ``name`` (not ``name`` itself)."""
     bodies = set()
-    for callee in _reachable(computations, name):
+    for callee in hlo_text.reachable(computations, name):
         for _, _, body in hlo_text.WHILE.findall(computations[callee]):
-            bodies.update(_reachable(computations, body))
+            bodies.update(hlo_text.reachable(computations, body))
     return bodies - {name}
 
 
@@ -191,7 +180,7 @@ class StepEstimate:
     hbm_bandwidth: float  # per chip, bytes/s
     loops: int
     unknown_trips: int
-    unread_bytes: int = 0
+    unread_instructions: int = 0
 
 
 def estimate(cost: LoopCost, *, chips: int, peak_flops: float, hbm_bandwidth: float, model_flops: float):
@@ -212,7 +201,7 @@ def estimate(cost: LoopCost, *, chips: int, peak_flops: float, hbm_bandwidth: fl
         hbm_bandwidth=hbm_bandwidth,
         loops=cost.loops,
         unknown_trips=cost.unknown_trips,
-        unread_bytes=cost.unread_bytes,
+        unread_instructions=cost.unread_instructions,
     )
 
 
@@ -256,8 +245,8 @@ def estimate_lines(e: dict, num_steps: int, tokens: int) -> list[str]:
         "  not in the estimate: collectives and their overlap (ICI, DCN), the host's input, kernel efficiency"
         + (f"; {e['unknown_trips']} loops of unknown trip count counted once" if e["unknown_trips"] else "")
         + (
-            f"; {e['unread_bytes']} instructions' on-chip bytes counted as HBM"
-            if e.get("unread_bytes")
+            f"; {e['unread_instructions']} instructions' on-chip bytes counted as HBM"
+            if e["unread_instructions"]
             else ""
         ),
     ]

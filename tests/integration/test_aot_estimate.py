@@ -113,7 +113,7 @@ ENTRY %e (p: f32[256,256]) -> f32[256,256] {
     computations, entry = hlo_text.split(text)
     client = jax.local_devices(backend="cpu")[0].client
     _, hbm, unread = step_cost._xla_cost(computations, entry, client)
-    on_chip, _ = step_cost.hbm_bytes.on_chip_correction(computations, entry, client, step_cost._reachable)
+    on_chip, _ = step_cost.hbm_bytes.on_chip_correction(computations, entry, client)
     assert hbm == 3 * 256 * 256 * 4 and unread == 0
     generic = hbm + on_chip
     assert generic > 3 * 256 * 256 * 4  # XLA's own count charges the on-chip reads and writes too
